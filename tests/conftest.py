@@ -1,0 +1,7 @@
+# Fixtures live in tests/fixtures/, one module per fake or resource.
+pytest_plugins = [
+    "tests.fixtures.db",
+    "tests.fixtures.slack_api",
+    "tests.fixtures.openai_api",
+    "tests.fixtures.tiny_model",
+]
