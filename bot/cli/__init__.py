@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from bot.cli import data, evaluation, slack, training
+from bot.cli import checks, data, evaluation, slack, training
 
 app = typer.Typer(
     name="ftbot",
@@ -14,7 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for feature in (data, slack, training, evaluation):
+for feature in (checks, data, slack, training, evaluation):
     feature.register(app)
 
 
