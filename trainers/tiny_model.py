@@ -1,0 +1,110 @@
+"""A tiny Llama-shaped chat model and tokenizer, built offline in well under a second.
+
+Used by the tests, the benchmarks and the local console when no base model is configured, so the whole
+capture → train → evaluate loop runs without accounts or downloads. The weights are random: the model
+learns (loss drops) but says nothing useful.
+
+Heavy imports (tokenizers, transformers, torch) happen inside :func:`build_tiny_model`, never at import time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# ChatML with ``{% generation %}`` markers around each assistant turn *including* its end-of-turn token,
+# so ``assistant_only_loss=True`` trains the model to stop (REFERENCE.md §2).
+CHATML_TRAINING_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- set content = message['content'] if message['content'] is string else "
+    "(message['content'] | map(attribute='text') | join('') if message['content'] else '') -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{ '<|im_start|>assistant\\n' }}"
+    "{%- generation -%}{{ content }}{{ '<|im_end|>' }}{%- endgeneration -%}"
+    "{{ '\\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|pad|>")
+TINY_MODEL_MARKER = "ftbot-tiny-model.json"
+
+# A small support-flavoured corpus so the byte-level BPE learns useful merges for test conversations.
+_CORPUS = [
+    "How do I reset my password? Go to Settings, then Security, and click Reset password.",
+    "My invoice shows the wrong amount. I am sorry about that; I have refunded the difference.",
+    "The app crashes when I upload a file. Please update to the latest version and try again.",
+    "Can I export my data to CSV? Yes: open Reports, choose Export, and pick CSV.",
+    "How do I add a teammate? Open Admin, then Members, and click Invite.",
+    "Where can I find the API key? It is under Settings, Developer, API keys.",
+    "Thanks for reaching out! Let me check that for you and get back within the hour.",
+    "You are a helpful support assistant for Acme. Answer briefly and politely.",
+    "system user assistant tool The customer asked about billing, refunds, login, shipping and orders.",
+    "0123456789 order number tracking delivery address email phone account subscription plan upgrade",
+]
+
+
+def build_tiny_model(out_dir: str | Path, *, vocab_size: int = 768, hidden_size: int = 64, seed: int = 0) -> Path:
+    """Build a tiny ``LlamaForCausalLM`` plus a byte-level BPE ChatML tokenizer in ``out_dir``; return the path.
+
+    Deterministic for a given seed. The directory loads with ``AutoModelForCausalLM`` and
+    ``AutoTokenizer`` (a Llama config, so transformers does not swap the tokenizer class; REFERENCE.md §1).
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_CORPUS * 4, trainer=trainer)
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        unk_token=None,
+        additional_special_tokens=["<|im_start|>"],
+        model_max_length=2048,
+    )
+    tokenizer.chat_template = CHATML_TRAINING_TEMPLATE
+    tokenizer.save_pretrained(out)
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    (out / TINY_MODEL_MARKER).write_text(json.dumps({"built_by": "ftbot", "seed": seed}) + "\n")
+    return out
+
+
+def is_tiny_model(path: str | Path) -> bool:
+    """True when ``path`` is a directory built by :func:`build_tiny_model`."""
+    return (Path(path) / TINY_MODEL_MARKER).is_file()
