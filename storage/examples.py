@@ -1,0 +1,314 @@
+"""Training examples: capture from Slack, bulk import from JSONL, review, and stream out for export/snapshots.
+
+Every example is an OpenAI SFT line (messages, optional tools / parallel_tool_calls). Its content hash
+(``trainers.records.content_hash`` of that line) is unique, so exact duplicates cannot be stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from storage.db import Database
+from storage.errors import DuplicateExample, ExampleNotFound
+from storage.models import Example, ExampleStatus, utcnow
+from trainers.errors import ValidationFailed
+from trainers.records import content_hash, sft_record
+
+T = TypeVar("T")
+
+# Rows per bulk INSERT / per IN (...) lookup: large enough to amortise round trips, small enough
+# to stay under SQLite's 32766 bound-parameter limit.
+BATCH_SIZE = 1000
+_CAPTURE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class SaveResult(Generic[T]):
+    """The stored row and whether this call created it (False: it existed and was updated or left as is)."""
+
+    example: T
+    created: bool
+
+    @property
+    def pair(self) -> T:
+        """The same row, named for ``storage.pairs`` callers."""
+        return self.example
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    added: int
+    unchanged: int  # already stored (same content hash) or repeated within the input
+
+
+def example_record(example: Example) -> dict[str, Any]:
+    """The OpenAI SFT line of a stored example."""
+    return sft_record(example.messages, example.tools, example.parallel_tool_calls)
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    """Content hash of an SFT line, over messages/tools/parallel_tool_calls only (other keys do not count)."""
+    return content_hash(_normalized(record))
+
+
+def _normalized(record: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+        raise ValidationFailed("an example needs a 'messages' list (an OpenAI chat fine-tuning line)")
+    return sft_record(record["messages"], record.get("tools"), record.get("parallel_tool_calls"))
+
+
+def _check_status(status: str) -> str:
+    if status not in ExampleStatus.ALL:
+        raise ValidationFailed(f"unknown status {status!r}: use one of {', '.join(ExampleStatus.ALL)}")
+    return status
+
+
+def _id_with_hash(session: Session, digest: str) -> int | None:
+    return session.scalar(select(Example.id).where(Example.content_hash == digest))
+
+
+def _apply_record(example: Example, record: dict[str, Any], digest: str) -> None:
+    example.messages = record["messages"]
+    example.tools = record.get("tools")
+    example.parallel_tool_calls = record.get("parallel_tool_calls")
+    example.content_hash = digest
+
+
+def _apply_status(example: Example, status: str, by: str | None) -> None:
+    # approved_by/approved_at describe the current approval: set on approval, cleared when it is withdrawn.
+    if status == ExampleStatus.APPROVED:
+        if example.status != ExampleStatus.APPROVED or example.approved_by is None:
+            example.approved_by = by
+            example.approved_at = utcnow()
+    else:
+        example.approved_by = None
+        example.approved_at = None
+    example.status = status
+
+
+def save_capture(
+    db: Database,
+    *,
+    record: dict[str, Any],
+    source_key: str,
+    channel: str | None,
+    ts: str | None,
+    thread_ts: str | None,
+    permalink: str | None,
+    captured_by: str | None,
+    status: str = ExampleStatus.PENDING,
+    approved_by: str | None = None,
+    tags: Sequence[str] = (),
+) -> SaveResult[Example]:
+    """Store a reply captured from Slack; capturing the same message (``source_key``) again updates it.
+
+    Raises ``DuplicateExample`` when the content equals another example (e.g. one imported from a file).
+    Safe against concurrent captures of one message (two Slack retries, two reviewers): the loser of
+    the insert race retries as an update.
+    """
+    normalized = _normalized(record)
+    digest = content_hash(normalized)
+    _check_status(status)
+    for attempt in range(_CAPTURE_ATTEMPTS):
+        try:
+            with db.session() as session:
+                example = session.scalar(select(Example).where(Example.source_key == source_key))
+                other = _id_with_hash(session, digest)
+                if other is not None and (example is None or other != example.id):
+                    raise DuplicateExample(other, action="capturing this message")
+                created = example is None
+                if example is None:
+                    example = Example(
+                        content_hash=digest,
+                        messages=normalized["messages"],
+                        source_kind="slack",
+                        source_key=source_key,
+                        captured_by=captured_by,
+                    )
+                    session.add(example)
+                _apply_record(example, normalized, digest)
+                example.source_channel = channel
+                example.source_ts = ts
+                example.source_thread_ts = thread_ts
+                example.source_permalink = permalink
+                example.tags = list(dict.fromkeys(tags))
+                _apply_status(example, status, approved_by or captured_by)
+                example.updated_at = utcnow()
+                session.flush()
+                return SaveResult(example, created)
+        except IntegrityError:
+            # Another writer inserted this source_key (or this content) between our read and our insert.
+            if attempt == _CAPTURE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def import_records(
+    db: Database,
+    items: Iterable[tuple[int, dict[str, Any]]],
+    *,
+    source_file: str,
+    approved_by: str | None,
+    session: Session | None = None,
+) -> ImportResult:
+    """Store SFT lines as approved examples with file/line provenance, in one transaction.
+
+    ``items`` are (line number, record) pairs. Records whose content is already stored, or repeated
+    earlier in ``items``, count as unchanged. Any error rolls the whole import back. Pass ``session``
+    to make this part of a larger transaction (the CLI imports SFT and DPO lines together).
+    """
+    if session is None:
+        with db.session() as own_session:
+            return import_records(db, items, source_file=source_file, approved_by=approved_by, session=own_session)
+
+    added = unchanged = 0
+    seen: set[str] = set()
+    for batch in _batched(items, BATCH_SIZE):
+        rows: dict[str, dict[str, Any]] = {}
+        now = utcnow()
+        for line, record in batch:
+            normalized = _normalized(record)
+            digest = content_hash(normalized)
+            if digest in seen:
+                unchanged += 1
+                continue
+            seen.add(digest)
+            rows[digest] = {
+                "content_hash": digest,
+                "messages": normalized["messages"],
+                "tools": normalized.get("tools"),
+                "parallel_tool_calls": normalized.get("parallel_tool_calls"),
+                "status": ExampleStatus.APPROVED,
+                "source_kind": "import",
+                "source_file": source_file,
+                "source_line": line,
+                "approved_by": approved_by,
+                "approved_at": now,
+                "tags": [],
+                "pii_allowed": False,
+                "created_at": now,
+                "updated_at": now,
+            }
+        if not rows:
+            continue
+        stored = set(session.scalars(select(Example.content_hash).where(Example.content_hash.in_(list(rows)))))
+        new_rows = [row for digest, row in rows.items() if digest not in stored]
+        unchanged += len(rows) - len(new_rows)
+        if new_rows:
+            # One executemany per batch: Core insert, no ORM object per row.
+            session.execute(insert(Example), new_rows)
+            added += len(new_rows)
+    return ImportResult(added=added, unchanged=unchanged)
+
+
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def get_example(db: Database, example_id: int) -> Example:
+    with db.session() as session:
+        example = session.get(Example, example_id)
+        if example is None:
+            raise ExampleNotFound(example_id)
+        return example
+
+
+def set_status(db: Database, example_id: int, status: str, *, by: str | None) -> Example:
+    """Approve, reject or reopen an example; approval records who and when."""
+    _check_status(status)
+    with db.session() as session:
+        example = session.get(Example, example_id, with_for_update=True)
+        if example is None:
+            raise ExampleNotFound(example_id)
+        if example.status != status:
+            _apply_status(example, status, by)
+            example.updated_at = utcnow()
+        return example
+
+
+def update_example(
+    db: Database,
+    example_id: int,
+    *,
+    record: dict[str, Any] | None = None,
+    tags: Sequence[str] | None = None,
+    pii_allowed: bool | None = None,
+) -> Example:
+    """Edit an example's content, tags or PII allowance; refuses an edit that duplicates another example."""
+    with db.session() as session:
+        example = session.get(Example, example_id, with_for_update=True)
+        if example is None:
+            raise ExampleNotFound(example_id)
+        if record is not None:
+            normalized = _normalized(record)
+            digest = content_hash(normalized)
+            other = _id_with_hash(session, digest)
+            if other is not None and other != example.id:
+                raise DuplicateExample(other, action=f"this edit of example #{example_id}")
+            _apply_record(example, normalized, digest)
+        if tags is not None:
+            example.tags = list(dict.fromkeys(tags))
+        if pii_allowed is not None:
+            example.pii_allowed = pii_allowed
+        example.updated_at = utcnow()
+        try:
+            session.flush()
+        except IntegrityError as error:
+            # A concurrent writer stored the same content after our check.
+            session.rollback()
+            with db.session() as fresh:
+                other = _id_with_hash(fresh, example.content_hash)
+            if other is None:
+                raise
+            raise DuplicateExample(other, action=f"this edit of example #{example_id}") from error
+        return example
+
+
+def list_examples(
+    db: Database, *, status: str | None = None, limit: int | None = None, offset: int = 0
+) -> list[Example]:
+    """Examples in id order, optionally of one status."""
+    query = select(Example).order_by(Example.id).offset(offset)
+    if status is not None:
+        query = query.where(Example.status == _check_status(status))
+    if limit is not None:
+        query = query.limit(limit)
+    with db.session() as session:
+        return list(session.scalars(query))
+
+
+def count_by_status(db: Database) -> dict[str, int]:
+    """{"pending": n, "approved": n, "rejected": n} (zeros included)."""
+    counts = dict.fromkeys(ExampleStatus.ALL, 0)
+    with db.session() as session:
+        for status, count in session.execute(select(Example.status, func.count()).group_by(Example.status)):
+            counts[status] = count
+    return counts
+
+
+def iter_records(db: Database, *, status: str | None = ExampleStatus.APPROVED) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(example id, SFT line) in id order, streamed from the database (constant memory)."""
+    query = select(Example.id, Example.messages, Example.tools, Example.parallel_tool_calls).order_by(Example.id)
+    if status is not None:
+        query = query.where(Example.status == _check_status(status))
+    with db.session() as session:
+        for example_id, messages, tools, parallel in session.execute(query.execution_options(yield_per=BATCH_SIZE)):
+            yield example_id, sft_record(messages, tools, parallel)
+
+
+def approved_records(db: Database) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(example id, OpenAI SFT line) of every approved example, streamed in id order."""
+    return iter_records(db, status=ExampleStatus.APPROVED)

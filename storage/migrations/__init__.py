@@ -1,0 +1,1 @@
+"""Alembic migrations for ftbot's schema, run programmatically by ``storage.migrate.upgrade``."""

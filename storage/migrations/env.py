@@ -1,0 +1,32 @@
+"""Alembic environment: always driven from ``storage.migrate`` with an open connection.
+
+``storage.migrate`` passes the connection in ``config.attributes["connection"]``; there is no alembic.ini.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+
+import storage.models  # noqa: F401  (registers every table on SQLModel.metadata)
+from sqlmodel import SQLModel
+
+target_metadata = SQLModel.metadata
+
+
+def run_migrations() -> None:
+    connection = context.config.attributes.get("connection")
+    if connection is None:
+        raise RuntimeError("run migrations through storage.migrate (python -m storage.migrate), not the alembic CLI")
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        # SQLite cannot ALTER most things: batch mode rebuilds the table for future column changes.
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+        compare_server_default=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+run_migrations()

@@ -1,0 +1,136 @@
+"""DPO preference pairs: from decided blind comparisons or imported preference JSONL.
+
+A pair is stored as its OpenAI preference line (``input``, ``preferred_output``, ``non_preferred_output``);
+its content hash is unique, so the same pair is never stored twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from storage.db import Database
+from storage.examples import BATCH_SIZE, ImportResult, SaveResult, _batched
+from storage.models import PreferencePair, utcnow
+from trainers.errors import ValidationFailed
+from trainers.records import content_hash
+
+DPO_KEYS = ("input", "preferred_output", "non_preferred_output")
+
+
+def dpo_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI preference line with only its three keys (extra keys do not change identity)."""
+    if not isinstance(record, dict) or any(key not in record for key in DPO_KEYS):
+        raise ValidationFailed("a preference pair needs 'input', 'preferred_output' and 'non_preferred_output'")
+    return {key: record[key] for key in DPO_KEYS}
+
+
+def pair_hash(record: dict[str, Any]) -> str:
+    return content_hash(dpo_record(record))
+
+
+def add_pair(
+    db: Database,
+    record: dict[str, Any],
+    *,
+    source_kind: str,
+    comparison_id: int | None = None,
+    source_file: str | None = None,
+    source_line: int | None = None,
+) -> SaveResult[PreferencePair]:
+    """Store one pair; an identical pair already stored is returned with ``created=False``."""
+    normalized = dpo_record(record)
+    digest = content_hash(normalized)
+    for attempt in range(2):
+        try:
+            with db.session() as session:
+                existing = session.scalar(select(PreferencePair).where(PreferencePair.content_hash == digest))
+                if existing is not None:
+                    return SaveResult(existing, False)
+                pair = PreferencePair(
+                    content_hash=digest,
+                    record=normalized,
+                    source_kind=source_kind,
+                    comparison_id=comparison_id,
+                    source_file=source_file,
+                    source_line=source_line,
+                )
+                session.add(pair)
+                session.flush()
+                return SaveResult(pair, True)
+        except IntegrityError:
+            # A concurrent writer stored the same pair first: the next attempt returns it.
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def import_pairs(
+    db: Database,
+    items: Iterable[tuple[int, dict[str, Any]]],
+    *,
+    source_file: str,
+    session: Session | None = None,
+) -> ImportResult:
+    """Store preference lines with file/line provenance in one transaction; known pairs count as unchanged."""
+    if session is None:
+        with db.session() as own_session:
+            return import_pairs(db, items, source_file=source_file, session=own_session)
+    added = unchanged = 0
+    seen: set[str] = set()
+    for batch in _batched(items, BATCH_SIZE):
+        rows: dict[str, dict[str, Any]] = {}
+        now = utcnow()
+        for line, record in batch:
+            normalized = dpo_record(record)
+            digest = content_hash(normalized)
+            if digest in seen:
+                unchanged += 1
+                continue
+            seen.add(digest)
+            rows[digest] = {
+                "content_hash": digest,
+                "record": normalized,
+                "source_kind": "import",
+                "source_file": source_file,
+                "source_line": line,
+                "created_at": now,
+            }
+        if not rows:
+            continue
+        stored = set(
+            session.scalars(select(PreferencePair.content_hash).where(PreferencePair.content_hash.in_(list(rows))))
+        )
+        new_rows = [row for digest, row in rows.items() if digest not in stored]
+        unchanged += len(rows) - len(new_rows)
+        if new_rows:
+            session.execute(insert(PreferencePair), new_rows)
+            added += len(new_rows)
+    return ImportResult(added=added, unchanged=unchanged)
+
+
+def list_pairs(db: Database, *, limit: int | None = None, offset: int = 0) -> list[PreferencePair]:
+    query = select(PreferencePair).order_by(PreferencePair.id).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    with db.session() as session:
+        return list(session.scalars(query))
+
+
+def count_pairs(db: Database) -> int:
+    from sqlalchemy import func
+
+    with db.session() as session:
+        return session.scalar(select(func.count()).select_from(PreferencePair)) or 0
+
+
+def pair_records(db: Database) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(pair id, OpenAI preference line) in id order, streamed."""
+    query = select(PreferencePair.id, PreferencePair.record).order_by(PreferencePair.id)
+    with db.session() as session:
+        for pair_id, record in session.execute(query.execution_options(yield_per=BATCH_SIZE)):
+            yield pair_id, record
