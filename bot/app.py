@@ -1,0 +1,130 @@
+"""Building the Bolt app: one ``BotContext`` shared by every feature, each feature registered by ``register(app, bot)``.
+
+The app is synchronous (Bolt ``App``) with ``process_before_response=False``: listeners ``ack()`` first and
+do slow work afterwards on Bolt's thread pool. Slack delivers events at least once, so a global middleware
+claims each ``event_id`` in the database and answers later deliveries of the same event with a bare 200.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from slack_bolt import App, BoltResponse
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+
+from bot.commands import Router
+from bot.config import Settings
+from bot.roles import Roles
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+SLACK_API_DEFAULT = "https://slack.com/api/"
+
+
+@dataclass
+class BotContext:
+    """Everything a listener needs besides Bolt's own arguments."""
+
+    settings: Settings
+    db: Database
+    router: Router
+    roles: Roles
+    client: WebClient
+    # Free slot for features to keep per-process state (caches, schedulers) under their own key.
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def build_client(settings: Settings, *, rate_limit_retries: int = 2) -> WebClient:
+    """A Web API client pointed at Slack (or ``FTBOT_SLACK_API_URL``), retrying 429s and dropped connections."""
+    client = WebClient(
+        token=settings.slack_bot_token,
+        base_url=settings.slack_api_url or SLACK_API_DEFAULT,
+        timeout=30,
+    )
+    # slack_sdk honours Retry-After in RateLimitErrorRetryHandler, but it is not on by default.
+    client.retry_handlers = [
+        ConnectionErrorRetryHandler(max_retry_count=1),
+        RateLimitErrorRetryHandler(max_retry_count=rate_limit_retries),
+    ]
+    return client
+
+
+def _claim_events(db: Database):
+    """Global middleware: only the first delivery of an ``event_id`` reaches the listeners."""
+    from storage.events import claim_event
+
+    def once_per_event(body: dict[str, Any], next) -> BoltResponse | None:  # noqa: A002 - Bolt's argument name
+        if body.get("type") == "event_callback" and body.get("event_id"):
+            if not claim_event(db, body["event_id"]):
+                log.info("event %s already handled; ignoring this delivery", body["event_id"])
+                return BoltResponse(status=200, body="")
+        next()
+        return None
+
+    return once_per_event
+
+
+def release_event(db: Database, event_id: str) -> None:
+    """Forget a claimed event whose handling failed, so Slack's next retry can still be processed."""
+    import storage.events as events
+
+    release = getattr(events, "release_event", None)
+    if release is not None:
+        release(db, event_id)
+        return
+    from sqlmodel import delete
+
+    from storage.models import ProcessedEvent
+
+    with db.session() as session:
+        session.exec(delete(ProcessedEvent).where(ProcessedEvent.event_id == event_id))
+
+
+def build_app(
+    settings: Settings,
+    db: Database,
+    *,
+    client: WebClient | None = None,
+    listener_executor: Executor | None = None,
+) -> App:
+    """The Bolt app with every feature registered. ``app.ftbot`` is its ``BotContext``."""
+    client = client or build_client(settings)
+    app = App(
+        client=client,
+        signing_secret=settings.slack_signing_secret or "",
+        # Socket Mode has no signatures; HTTP mode and the tests always verify them.
+        request_verification_enabled=bool(settings.slack_signing_secret),
+        # auth.test runs on the first request instead of at start-up, so building the app never needs the network.
+        token_verification_enabled=False,
+        process_before_response=False,
+        listener_executor=listener_executor,
+        name="ftbot",
+    )
+    bot = BotContext(settings=settings, db=db, router=Router(), roles=Roles(settings, client), client=client)
+    app.ftbot = bot  # type: ignore[attr-defined]
+    app.middleware(_claim_events(db))
+
+    @app.error
+    def on_listener_error(error: Exception, body: dict[str, Any]) -> None:
+        log.error("listener failed: %s: %s", type(error).__name__, error, exc_info=error)
+        if isinstance(body, dict) and body.get("type") == "event_callback" and body.get("event_id"):
+            try:
+                release_event(db, body["event_id"])
+            except Exception:  # the original error matters more
+                log.exception("could not release event %s", body.get("event_id"))
+
+    from bot import capture, commands, evaluation, home, training
+
+    commands.register(app, bot)
+    for feature in (capture, home, training, evaluation):
+        feature.register(app, bot)
+    return app
+
+
+def bot_context(app: App) -> BotContext:
+    return app.ftbot  # type: ignore[attr-defined]

@@ -1,0 +1,50 @@
+"""A listener thread pool that can say when all submitted work is done.
+
+Bolt runs the work after ``ack()`` on its listener executor. The console (and the tests) hand Bolt this
+one so they can wait for the bot to finish answering before showing the next prompt or asserting.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+
+class TrackingExecutor(ThreadPoolExecutor):
+    def __init__(self, max_workers: int | None = None, thread_name_prefix: str = "ftbot-listener"):
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._pending = 0
+        self._cond = threading.Condition()
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
+        with self._cond:
+            self._pending += 1
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._done(None)
+            raise
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _future: Future | None) -> None:
+        with self._cond:
+            self._pending -= 1
+            self._cond.notify_all()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until no submitted work is running or queued; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
