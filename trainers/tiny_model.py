@@ -108,3 +108,35 @@ def build_tiny_model(out_dir: str | Path, *, vocab_size: int = 768, hidden_size:
 def is_tiny_model(path: str | Path) -> bool:
     """True when ``path`` is a directory built by :func:`build_tiny_model`."""
     return (Path(path) / TINY_MODEL_MARKER).is_file()
+
+
+_QUESTIONS = [
+    ("How do I reset my password?", "Go to Settings, then Security, and click Reset password. You will get an email with a link."),
+    ("My invoice shows the wrong amount.", "I am sorry about that. I have refunded the difference; it shows on your card in 3 to 5 days."),
+    ("The app crashes when I upload a file.", "Please update to the latest version and try again. If it still crashes, send us the file name."),
+    ("Can I export my data to CSV?", "Yes: open Reports, choose Export, and pick CSV."),
+    ("How do I add a teammate?", "Open Admin, then Members, and click Invite. They get an email to join."),
+    ("Where can I find the API key?", "It is under Settings, Developer, API keys. Keep it secret."),
+    ("Where is my order?", "Your order is on its way. The tracking number is in your shipping email."),
+    ("How do I upgrade my plan?", "Open Billing, choose Plans, and click Upgrade. The new plan starts today."),
+]
+
+
+def sample_conversations(n: int, *, seed: int = 0, min_turns: int = 1, max_turns: int = 4) -> list[dict]:
+    """``n`` length-diverse support conversations as OpenAI SFT lines (deterministic for a seed).
+
+    For tests, the console demo and the packing benchmark: 1 to ``max_turns`` question/answer turns with
+    answers of varied length, so padding wastes a lot of a batch and packing has something to win.
+    """
+    import random
+
+    rng = random.Random(seed)
+    records = []
+    for index in range(n):
+        messages = [{"role": "system", "content": "You are a helpful support assistant for Acme."}]
+        for _turn in range(rng.randint(min_turns, max_turns)):
+            question, answer = _QUESTIONS[rng.randrange(len(_QUESTIONS))]
+            messages.append({"role": "user", "content": f"{question} (ticket {index}-{rng.randint(100, 999)})"})
+            messages.append({"role": "assistant", "content": " ".join([answer] * rng.randint(1, 3))})
+        records.append({"messages": messages})
+    return records

@@ -1,0 +1,298 @@
+"""Training jobs, their metrics and the model registry: data access only (no Slack, no ML imports).
+
+Both the bot and the training worker process write here; every write is a short transaction so SQLite (WAL)
+and PostgreSQL serve them concurrently. Effects that Slack retries or double clicks could repeat are idempotent:
+a job per ``idempotency_key``, a metric row per (job, step), a registered model per job, and
+:func:`claim_job` moves a quoted job forward exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from storage.db import Database
+from storage.models import Job, JobMetric, JobStatus, RegisteredModel, utcnow
+from trainers.errors import FtbotError
+
+
+class JobNotFound(FtbotError):
+    """No training job with that id."""
+
+
+class ModelNotFound(FtbotError):
+    """No registered model with that name or id."""
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job: Job
+    created: bool
+
+
+def create_job(
+    db: Database,
+    *,
+    backend: str,
+    base_model: str,
+    method: str = "sft",
+    snapshot_id: int | None = None,
+    config: dict[str, Any] | None = None,
+    quote: dict[str, Any] | None = None,
+    estimated_tokens: int | None = None,
+    estimated_cost_usd: float | None = None,
+    created_by: str | None = None,
+    idempotency_key: str | None = None,
+    slack_channel: str | None = None,
+    slack_ts: str | None = None,
+    status: str = JobStatus.QUOTED,
+) -> JobResult:
+    """Create a job; with an ``idempotency_key`` already used, return that job instead (``created=False``)."""
+    for _attempt in range(2):
+        if idempotency_key is not None:
+            with db.session() as session:
+                existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+            if existing is not None:
+                return JobResult(existing, False)
+        try:
+            with db.session() as session:
+                job = Job(
+                    idempotency_key=idempotency_key, backend=backend, method=method, status=status,
+                    snapshot_id=snapshot_id, base_model=base_model, config=config or {}, quote=quote,
+                    estimated_tokens=estimated_tokens, estimated_cost_usd=estimated_cost_usd,
+                    created_by=created_by, slack_channel=slack_channel, slack_ts=slack_ts,
+                )
+                session.add(job)
+            return JobResult(job, True)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+    raise AssertionError("unreachable: the idempotency key both exists and does not")
+
+
+def get_job(db: Database, job_id: int) -> Job:
+    with db.session() as session:
+        job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(f"training job {job_id} does not exist; `ftbot jobs` (or /ft jobs) lists them.")
+    return job
+
+
+def update_job(db: Database, job_id: int, **fields: Any) -> Job:
+    """Set fields on a job (``updated_at`` too) and return it."""
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(f"training job {job_id} does not exist.")
+        for name, value in fields.items():
+            if not hasattr(job, name):
+                raise AttributeError(f"Job has no field {name!r}")
+            setattr(job, name, value)
+        job.updated_at = utcnow()
+        session.add(job)
+    return job
+
+
+def claim_job(db: Database, job_id: int, *, from_status: str = JobStatus.QUOTED, to_status: str = JobStatus.PENDING) -> bool:
+    """Atomically move a job from one status to the next; True only for the caller that did it.
+
+    A double-clicked Start button sends two requests: only one of them gets True and starts training.
+    """
+    with db.session() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == from_status)
+            .values(status=to_status, updated_at=utcnow())
+        )
+        return result.rowcount == 1
+
+
+def finish_job(
+    db: Database,
+    job_id: int,
+    status: str,
+    *,
+    error: str | None = None,
+    log_tail: str | None = None,
+    result_model: str | None = None,
+    trained_tokens: int | None = None,
+) -> bool:
+    """Mark a job finished unless it already is; True if this call finished it (first writer wins)."""
+    if status not in JobStatus.FINISHED:
+        raise ValueError(f"{status!r} is not a finished status")
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "updated_at": utcnow()}
+    for name, value in (("error", error), ("log_tail", log_tail), ("result_model", result_model), ("trained_tokens", trained_tokens)):
+        if value is not None:
+            values[name] = value
+    with db.session() as session:
+        result = session.execute(
+            update(Job).where(Job.id == job_id, Job.status.not_in(JobStatus.FINISHED)).values(**values)
+        )
+        return result.rowcount == 1
+
+
+def list_jobs(db: Database, *, status: str | None = None, limit: int | None = 20) -> list[Job]:
+    query = select(Job).order_by(Job.id.desc())
+    if status is not None:
+        query = query.where(Job.status == status)
+    if limit is not None:
+        query = query.limit(limit)
+    with db.session() as session:
+        return list(session.scalars(query))
+
+
+def active_jobs(db: Database, *, backend: str | None = None) -> list[Job]:
+    """Jobs that were started and have not finished (what the relay watches)."""
+    query = select(Job).where(Job.status.not_in((*JobStatus.FINISHED, JobStatus.QUOTED))).order_by(Job.id)
+    if backend is not None:
+        query = query.where(Job.backend == backend)
+    with db.session() as session:
+        return list(session.scalars(query))
+
+
+# --- metrics ---------------------------------------------------------------------------------------------------
+
+
+def record_metric(
+    db: Database,
+    job_id: int,
+    step: int,
+    *,
+    train_loss: float | None = None,
+    valid_loss: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Upsert the metrics of one step; a value already stored is only replaced by a non-None one."""
+    for _attempt in range(2):
+        try:
+            with db.session() as session:
+                row = session.scalar(select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step == step))
+                if row is None:
+                    session.add(JobMetric(job_id=job_id, step=step, train_loss=train_loss, valid_loss=valid_loss, extra=extra))
+                    return
+                if train_loss is not None:
+                    row.train_loss = train_loss
+                if valid_loss is not None:
+                    row.valid_loss = valid_loss
+                if extra:
+                    row.extra = {**(row.extra or {}), **extra}
+                session.add(row)
+            return
+        except IntegrityError:
+            continue  # a concurrent writer inserted the same step: update it on the second pass
+
+
+def job_metrics(db: Database, job_id: int) -> list[JobMetric]:
+    with db.session() as session:
+        return list(session.scalars(select(JobMetric).where(JobMetric.job_id == job_id).order_by(JobMetric.step)))
+
+
+def metric_points(db: Database, job_id: int) -> list[dict[str, Any]]:
+    """``[{step, train_loss, valid_loss}]`` in step order: the form the CLI's ``--json`` and the plots use."""
+    return [{"step": m.step, "train_loss": m.train_loss, "valid_loss": m.valid_loss} for m in job_metrics(db, job_id)]
+
+
+def last_losses(db: Database, job_id: int) -> tuple[int | None, float | None, float | None]:
+    """(latest step, latest train loss, latest valid loss), each None when not reported yet."""
+    points = metric_points(db, job_id)
+    step = points[-1]["step"] if points else None
+    train = next((p["train_loss"] for p in reversed(points) if p["train_loss"] is not None), None)
+    valid = next((p["valid_loss"] for p in reversed(points) if p["valid_loss"] is not None), None)
+    return step, train, valid
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def job_record(db: Database, job: Job) -> dict[str, Any]:
+    """The JSON view of a job (``ftbot jobs --json``, ``ftbot train --wait --json``)."""
+    return {
+        "id": job.id, "status": job.status, "backend": job.backend, "method": job.method,
+        "base_model": job.base_model, "model": job.result_model, "snapshot_id": job.snapshot_id,
+        "external_id": job.external_id, "estimated_tokens": job.estimated_tokens, "trained_tokens": job.trained_tokens,
+        "estimated_cost_usd": job.estimated_cost_usd, "error": job.error, "progress": job.progress,
+        "created_by": job.created_by, "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at), "metrics": metric_points(db, job.id),
+    }
+
+
+# --- model registry --------------------------------------------------------------------------------------------
+
+
+def register_model(
+    db: Database,
+    *,
+    name: str,
+    backend: str,
+    base_model: str,
+    location: str,
+    job_id: int | None = None,
+    snapshot_id: int | None = None,
+    metrics: dict[str, Any] | None = None,
+    cost_usd: float | None = None,
+) -> tuple[RegisteredModel, bool]:
+    """Register a model; a job registers at most one (a second call returns it with ``False``)."""
+    with db.session() as session:
+        query = select(RegisteredModel).where(
+            RegisteredModel.job_id == job_id if job_id is not None else RegisteredModel.name == name
+        )
+        existing = session.scalar(query)
+        if existing is not None:
+            return existing, False
+        model = RegisteredModel(
+            name=name, backend=backend, base_model=base_model, location=location, job_id=job_id,
+            snapshot_id=snapshot_id, metrics=metrics, cost_usd=cost_usd,
+        )
+        session.add(model)
+    return model, True
+
+
+def list_models(db: Database) -> list[RegisteredModel]:
+    with db.session() as session:
+        return list(session.scalars(select(RegisteredModel).order_by(RegisteredModel.id.desc())))
+
+
+def get_model(db: Database, name_or_id: str | int) -> RegisteredModel:
+    with db.session() as session:
+        model = None
+        if isinstance(name_or_id, int) or str(name_or_id).isdigit():
+            model = session.get(RegisteredModel, int(name_or_id))
+        if model is None:
+            model = session.scalar(select(RegisteredModel).where(RegisteredModel.name == str(name_or_id)))
+    if model is None:
+        raise ModelNotFound(f"no registered model named {name_or_id!r}; `ftbot models` (or /ft models) lists them.")
+    return model
+
+
+def use_model(db: Database, name_or_id: str | int) -> RegisteredModel:
+    """Mark one model active (the one evaluations and drafts use); every other model becomes inactive."""
+    chosen = get_model(db, name_or_id)
+    with db.session() as session:
+        session.execute(update(RegisteredModel).where(RegisteredModel.id != chosen.id).values(active=False))
+        session.execute(update(RegisteredModel).where(RegisteredModel.id == chosen.id).values(active=True))
+    chosen.active = True
+    return chosen
+
+
+def active_model(db: Database) -> RegisteredModel | None:
+    with db.session() as session:
+        return session.scalar(select(RegisteredModel).where(RegisteredModel.active.is_(True)))
+
+
+def model_for_job(db: Database, job_id: int) -> RegisteredModel | None:
+    with db.session() as session:
+        return session.scalar(select(RegisteredModel).where(RegisteredModel.job_id == job_id))
+
+
+def model_record(model: RegisteredModel) -> dict[str, Any]:
+    return {
+        "id": model.id, "name": model.name, "backend": model.backend, "base_model": model.base_model,
+        "location": model.location, "job_id": model.job_id, "snapshot_id": model.snapshot_id,
+        "metrics": model.metrics, "cost_usd": model.cost_usd, "active": model.active,
+        "created_at": _iso(model.created_at),
+    }
