@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -118,9 +118,14 @@ def save_capture(
     for attempt in range(_CAPTURE_ATTEMPTS):
         try:
             with db.session() as session:
-                example = session.scalar(select(Example).where(Example.source_key == source_key))
-                other = _id_with_hash(session, digest)
-                if other is not None and (example is None or other != example.id):
+                # One statement, so both facts come from one snapshot (separate SELECTs can straddle
+                # another writer's commit and report this very message as a duplicate of itself).
+                matches = session.scalars(
+                    select(Example).where(or_(Example.source_key == source_key, Example.content_hash == digest))
+                ).all()
+                example = next((row for row in matches if row.source_key == source_key), None)
+                other = next((row.id for row in matches if row.content_hash == digest and row is not example), None)
+                if other is not None:
                     raise DuplicateExample(other, action="capturing this message")
                 created = example is None
                 if example is None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from storage.types import UTCDateTime
 
 
 def utcnow() -> datetime:
@@ -18,7 +20,7 @@ def utcnow() -> datetime:
 
 
 def _created() -> Any:
-    return Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+    return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
 
 
 def _json(nullable: bool = True) -> Any:
@@ -56,7 +58,7 @@ class Example(SQLModel, table=True):
     source_line: Optional[int] = None
     captured_by: Optional[str] = Field(default=None, max_length=64)
     approved_by: Optional[str] = Field(default=None, max_length=64)
-    approved_at: Optional[datetime] = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    approved_at: Optional[datetime] = Field(default=None, sa_column=Column(UTCDateTime()))
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     # "train", "validation" or None: a pin the user set; snapshots split the rest deterministically.
     split: Optional[str] = Field(default=None, max_length=16)
@@ -143,8 +145,8 @@ class Job(SQLModel, table=True):
     slack_ts: Optional[str] = Field(default=None, max_length=32)
     created_at: datetime = _created()
     updated_at: datetime = _created()
-    started_at: Optional[datetime] = Field(default=None, sa_column=Column(DateTime(timezone=True)))
-    finished_at: Optional[datetime] = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    started_at: Optional[datetime] = Field(default=None, sa_column=Column(UTCDateTime()))
+    finished_at: Optional[datetime] = Field(default=None, sa_column=Column(UTCDateTime()))
 
 
 class JobMetric(SQLModel, table=True):
@@ -190,8 +192,8 @@ class EvalRound(SQLModel, table=True):
     status: str = Field(default="open", max_length=16)  # "generating" | "open" | "closed"
     created_by: Optional[str] = Field(default=None, max_length=64)
     created_at: datetime = _created()
-    closes_at: Optional[datetime] = Field(default=None, sa_column=Column(DateTime(timezone=True)))
-    closed_at: Optional[datetime] = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    closes_at: Optional[datetime] = Field(default=None, sa_column=Column(UTCDateTime()))
+    closed_at: Optional[datetime] = Field(default=None, sa_column=Column(UTCDateTime()))
 
 
 class EvalPrompt(SQLModel, table=True):

@@ -10,7 +10,16 @@ from alembic import context
 import storage.models  # noqa: F401  (registers every table on SQLModel.metadata)
 from sqlmodel import SQLModel
 
+from storage.types import UTCDateTime
+
 target_metadata = SQLModel.metadata
+
+
+def render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
+    # Revisions must not import storage.types: render the database type it stands for.
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
 
 
 def run_migrations() -> None:
@@ -24,6 +33,7 @@ def run_migrations() -> None:
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
         compare_server_default=True,
+        render_item=render_item,
     )
     with context.begin_transaction():
         context.run_migrations()
