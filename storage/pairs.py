@@ -20,17 +20,23 @@ from trainers.errors import ValidationFailed
 from trainers.records import content_hash
 
 DPO_KEYS = ("input", "preferred_output", "non_preferred_output")
+# Older versions of OpenAI's spec named the outputs *_completion; stored pairs always use the current names.
+_LEGACY_NAMES = {"preferred_output": "preferred_completion", "non_preferred_output": "non_preferred_completion"}
 
 
-def dpo_record(record: dict[str, Any]) -> dict[str, Any]:
+def normalize_pair(record: dict[str, Any]) -> dict[str, Any]:
     """The OpenAI preference line with only its three keys (extra keys do not change identity)."""
-    if not isinstance(record, dict) or any(key not in record for key in DPO_KEYS):
-        raise ValidationFailed("a preference pair needs 'input', 'preferred_output' and 'non_preferred_output'")
-    return {key: record[key] for key in DPO_KEYS}
+    if isinstance(record, dict):
+        normalized = {
+            key: record[key] if key in record else record.get(_LEGACY_NAMES.get(key, key)) for key in DPO_KEYS
+        }
+        if all(value is not None for value in normalized.values()):
+            return normalized
+    raise ValidationFailed("a preference pair needs 'input', 'preferred_output' and 'non_preferred_output'")
 
 
 def pair_hash(record: dict[str, Any]) -> str:
-    return content_hash(dpo_record(record))
+    return content_hash(normalize_pair(record))
 
 
 def add_pair(
@@ -43,7 +49,7 @@ def add_pair(
     source_line: int | None = None,
 ) -> SaveResult[PreferencePair]:
     """Store one pair; an identical pair already stored is returned with ``created=False``."""
-    normalized = dpo_record(record)
+    normalized = normalize_pair(record)
     digest = content_hash(normalized)
     for attempt in range(2):
         try:
@@ -86,7 +92,7 @@ def import_pairs(
         rows: dict[str, dict[str, Any]] = {}
         now = utcnow()
         for line, record in batch:
-            normalized = dpo_record(record)
+            normalized = normalize_pair(record)
             digest = content_hash(normalized)
             if digest in seen:
                 unchanged += 1

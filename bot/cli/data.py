@@ -1,9 +1,362 @@
-"""CLI commands: data."""
+"""CLI commands for the dataset store: ``ftbot import``, ``ftbot export``, ``ftbot examples list``, ``ftbot db ...``.
+
+The database is the one ``Database.open()`` picks (``FTBOT_DATABASE_URL``, else SQLite under ``FTBOT_HOME``).
+User errors print one line on stderr and exit 1, never a traceback.
+"""
 
 from __future__ import annotations
 
+import getpass
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from trainers.errors import FtbotError
+
+console = Console()
+err_console = Console(stderr=True)
+
+# Files with more lines than this get a progress bar (when stderr is a terminal).
+PROGRESS_MIN_LINES = 5000
+MAX_ERRORS_SHOWN = 20
+
+
+class ExportFormat(str, Enum):
+    openai = "openai"
+    dpo = "dpo"
+    trl_dpo = "trl-dpo"
+    hf = "hf"
+
+
+class StatusChoice(str, Enum):
+    approved = "approved"
+    pending = "pending"
+    rejected = "rejected"
+    all = "all"
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn ftbot's named errors and unreachable databases into one clear line and exit code 1."""
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
+    try:
+        yield
+    except FtbotError as error:
+        err_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except (OperationalError, ArgumentError) as error:
+        from storage.db import default_database_url
+
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        err_console.print(
+            f"[red]error:[/red] cannot use the database {escape(_safe_url(default_database_url()))}: {escape(reason)}. "
+            "Check FTBOT_DATABASE_URL (or FTBOT_HOME) and that the server is running.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as "(invalid URL)"
+        return "(invalid URL)"
+
+
+def _open_db():
+    from storage.db import Database
+
+    return Database.open()
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+# --- import ------------------------------------------------------------------------------------
+
+
+def import_command(
+    file: Annotated[Path, typer.Argument(help="OpenAI fine-tuning JSONL: SFT chat lines and/or DPO preference lines.")],
+    by: Annotated[Optional[str], typer.Option("--by", help="Who approves the imported examples (default: your OS user).")] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Store the valid lines even if other lines have errors.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Validate FILE and store its valid lines as approved examples (all or nothing unless --skip-invalid)."""
+    from storage.imports import count_lines, import_file
+
+    approved_by = by or _os_user()
+    with _user_errors():
+        db = _open_db()
+        total = count_lines(file) if file.is_file() and not as_json and err_console.is_terminal else 0
+        if total >= PROGRESS_MIN_LINES:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=err_console, transient=True) as progress:
+                task = progress.add_task("import", total=total)
+                result = import_file(
+                    db,
+                    file,
+                    approved_by=approved_by,
+                    skip_invalid=skip_invalid,
+                    on_line=lambda line: progress.update(task, completed=line),
+                )
+        else:
+            result = import_file(db, file, approved_by=approved_by, skip_invalid=skip_invalid)
+
+    if as_json:
+        _print_json(result.to_json())
+        if not result.stored:
+            raise typer.Exit(1)
+        return
+
+    for issue in result.errors[:MAX_ERRORS_SHOWN]:
+        where = f"line {issue.line}" if issue.line is not None else "file"
+        message = issue.message.removeprefix(f"{where}: ")
+        err_console.print(f"  {where}: [bold]{issue.code}[/bold]: {escape(message)}", soft_wrap=True, highlight=False)
+    hidden = result.invalid_lines - min(len(result.errors), MAX_ERRORS_SHOWN)
+    if result.errors and hidden > 0:
+        err_console.print(f"  … and more errors on {hidden} other line(s); see them all with `ftbot validate {escape(str(file))}`")
+
+    if not result.stored:
+        err_console.print(
+            f"[red]error:[/red] nothing imported: {escape(str(file))} has {result.invalid_lines} invalid line(s) "
+            f"of {result.lines}. Fix them, or pass --skip-invalid to import the {result.valid_lines} valid line(s).",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+    parts = []
+    if result.examples.added or result.examples.unchanged or not result.pairs.added + result.pairs.unchanged:
+        parts.append(f"{result.examples.added} example(s) added")
+    if result.pairs.added or result.pairs.unchanged:
+        parts.append(f"{result.pairs.added} preference pair(s) added")
+    summary = ", ".join(parts)
+    if result.unchanged:
+        summary += f", {result.unchanged} already stored"
+    if result.invalid_lines:
+        summary += f", {result.invalid_lines} invalid line(s) skipped"
+    if result.added == 0 and result.unchanged and not result.invalid_lines:
+        console.print(f"Nothing new: all {result.unchanged} line(s) of {escape(str(file))} are already stored.", soft_wrap=True)
+    else:
+        console.print(f"Imported {escape(str(file))}: {summary} (approved by {escape(approved_by)}).", soft_wrap=True)
+        if result.warning_counts:
+            counts = ", ".join(f"{code} ×{count}" for code, count in sorted(result.warning_counts.items()))
+            console.print(
+                f"Warnings: {counts}. Review them with `ftbot validate {escape(str(file))}`.", highlight=False, soft_wrap=True
+            )
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return "unknown"
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def export_command(
+    format: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="openai: SFT JSONL; dpo: OpenAI preference JSONL; trl-dpo: TRL prompt/chosen/rejected JSONL; "
+            "hf: a Hugging Face dataset directory (load_from_disk) with a messages column.",
+        ),
+    ] = ExportFormat.openai,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file (directory for hf). Default: stdout.")] = None,
+    status: Annotated[StatusChoice, typer.Option("--status", help="Which examples to export (openai, hf).")] = StatusChoice.approved,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing hf dataset directory.")] = False,
+) -> None:
+    """Write stored examples (or preference pairs) in a training format."""
+    from storage import exports
+    from storage.examples import iter_records
+    from storage.pairs import pair_records
+
+    wanted = None if status is StatusChoice.all else status.value
+    with _user_errors():
+        db = _open_db()
+        if format is ExportFormat.openai:
+            records = (record for _, record in iter_records(db, status=wanted))
+            what = f"{status.value} example(s)"
+        elif format is ExportFormat.hf:
+            if out is None:
+                raise FtbotError("--format hf writes a dataset directory: give it with --out DIR")
+            rows = ({"id": example_id, **record} for example_id, record in iter_records(db, status=wanted))
+            count = exports.save_hf_dataset(rows, out, overwrite=force)
+            err_console.print(
+                f"Saved {count} {status.value} example(s) to {escape(str(out))} "
+                "(load with datasets.load_from_disk)."
+            )
+            return
+        else:
+            records = (record for _, record in pair_records(db))
+            if format is ExportFormat.trl_dpo:
+                records = (exports.trl_preference_row(record) for record in records)
+            what = "preference pair(s)"
+
+        if out is None:
+            count = exports.write_jsonl(records, sys.stdout)
+            sys.stdout.flush()
+        else:
+            count = exports.write_jsonl_file(records, out)
+    destination = "stdout" if out is None else str(out)
+    err_console.print(f"Wrote {count} {what} to {escape(destination)}.")
+
+
+# --- examples list -----------------------------------------------------------------------------
+
+
+def _source(example) -> str:
+    if example.source_kind == "import" and example.source_file:
+        return f"{Path(example.source_file).name}:{example.source_line}"
+    if example.source_channel:
+        return f"#{example.source_channel} {example.source_ts or ''}".strip()
+    return example.source_kind
+
+
+def _first(messages: list[dict[str, Any]], role: str) -> str:
+    for message in messages if role == "user" else reversed(messages):
+        if message.get("role") == role and isinstance(message.get("content"), str):
+            text = " ".join(message["content"].split())
+            return text if len(text) <= 60 else text[:59] + "…"
+    return ""
+
+
+def list_command(
+    status: Annotated[Optional[StatusChoice], typer.Option("--status", help="Only examples with this status.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="At most N examples (0: all).")] = 50,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip the first N.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (records included).")] = False,
+) -> None:
+    """List stored examples, oldest first."""
+    from storage.examples import count_by_status, example_record, list_examples
+
+    wanted = None if status in (None, StatusChoice.all) else status.value
+    with _user_errors():
+        db = _open_db()
+        examples = list_examples(db, status=wanted, limit=limit or None, offset=offset)
+        counts = count_by_status(db)
+
+    if as_json:
+        _print_json(
+            {
+                "counts": counts,
+                "examples": [
+                    {
+                        "id": example.id,
+                        "status": example.status,
+                        "source_kind": example.source_kind,
+                        "source": _source(example),
+                        "source_permalink": example.source_permalink,
+                        "source_file": example.source_file,
+                        "source_line": example.source_line,
+                        "captured_by": example.captured_by,
+                        "approved_by": example.approved_by,
+                        "approved_at": example.approved_at.isoformat() if example.approved_at else None,
+                        "tags": example.tags,
+                        "content_hash": example.content_hash,
+                        "created_at": example.created_at.isoformat(),
+                        "updated_at": example.updated_at.isoformat(),
+                        "record": example_record(example),
+                    }
+                    for example in examples
+                ],
+            }
+        )
+        return
+
+    matching = sum(counts.values()) if wanted is None else counts.get(wanted, 0)
+    if not examples:
+        console.print(
+            "No examples yet: capture replies in Slack or run `ftbot import FILE`."
+            if not matching
+            else f"No examples at offset {offset} (there are {matching})."
+        )
+        return
+    table = Table(show_lines=False, header_style="bold")
+    for column in ("id", "status", "source", "question", "answer", "approved by"):
+        table.add_column(column, overflow="fold" if column in ("question", "answer") else "ellipsis")
+    for example in examples:
+        table.add_row(
+            str(example.id),
+            example.status,
+            escape(_source(example)),
+            escape(_first(example.messages, "user")),
+            escape(_first(example.messages, "assistant")),
+            escape(example.approved_by or ""),
+        )
+    console.print(table)
+    totals = ", ".join(f"{name} {count}" for name, count in counts.items())
+    console.print(f"Showing {len(examples)} of {matching} ({totals}).", highlight=False)
+
+
+# --- db ----------------------------------------------------------------------------------------
+
+
+def db_info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show which database ftbot uses, its schema revision and what it holds."""
+    from storage.examples import count_by_status
+    from storage.migrate import current_revision, head_revision
+    from storage.pairs import count_pairs
+
+    with _user_errors():
+        db = _open_db()
+        info = {
+            "url": db.url,
+            "revision": current_revision(db),
+            "head": head_revision(),
+            "examples": count_by_status(db),
+            "preference_pairs": count_pairs(db),
+        }
+    if as_json:
+        _print_json(info)
+        return
+    console.print(f"database  {escape(info['url'])}", highlight=False)
+    console.print(f"schema    revision {info['revision']} (this ftbot: {info['head']})", highlight=False)
+    console.print(
+        "examples  " + ", ".join(f"{name} {count}" for name, count in info["examples"].items())
+        + f"; preference pairs {info['preference_pairs']}",
+        highlight=False,
+    )
+
+
+def db_upgrade() -> None:
+    """Create or upgrade the database schema (ftbot also does this whenever it opens the database)."""
+    from storage.migrate import current_revision
+
+    with _user_errors():
+        db = _open_db()
+        console.print(f"{escape(db.url)} is at schema revision {current_revision(db)}.", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("import")(import_command)
+    app.command("export")(export_command)
+
+    examples_app = typer.Typer(help="Browse the stored training examples.", no_args_is_help=True)
+    examples_app.command("list")(list_command)
+    app.add_typer(examples_app, name="examples")
+
+    db_app = typer.Typer(help="The database: where it is, its schema revision.", no_args_is_help=True)
+    db_app.command("info")(db_info)
+    db_app.command("upgrade")(db_upgrade)
+    app.add_typer(db_app, name="db")

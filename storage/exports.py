@@ -1,0 +1,95 @@
+"""Writing stored examples and pairs out: OpenAI JSONL, TRL preference rows, a Hugging Face dataset.
+
+Everything streams from the database (constant memory). ``datasets`` is imported only by
+``save_hf_dataset`` so the bot and the CLI start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from trainers.errors import DataFileError
+
+
+def jsonl_line(record: dict[str, Any]) -> str:
+    """One JSONL line as Python's json.dumps writes it by default, UTF-8 kept readable."""
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], handle: IO[str]) -> int:
+    count = 0
+    for record in records:
+        handle.write(jsonl_line(record))
+        count += 1
+    return count
+
+
+def write_jsonl_file(records: Iterable[dict[str, Any]], out: str | os.PathLike[str]) -> int:
+    """Write to a temp file next to ``out`` and rename it into place: a failure leaves no partial file."""
+    target = Path(out)
+    if target.is_dir():
+        raise DataFileError(f"{target}: is a directory; give a file path for --out")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            count = write_jsonl(records, handle)
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def trl_preference_row(record: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI preference line as a TRL DPOTrainer row: conversational prompt/chosen/rejected."""
+    prompt = record["input"]
+    row: dict[str, Any] = {
+        "prompt": prompt["messages"],
+        "chosen": record["preferred_output"],
+        "rejected": record["non_preferred_output"],
+    }
+    if prompt.get("tools") is not None:
+        row["tools"] = prompt["tools"]
+    return row
+
+
+def save_hf_dataset(rows: Iterable[dict[str, Any]], out: str | os.PathLike[str], *, overwrite: bool = False) -> int:
+    """Save rows (e.g. ``{"id": 1, "messages": [...]}``) as a ``datasets`` dataset for ``load_from_disk``.
+
+    Built with ``Dataset.from_generator`` (streamed to Arrow, not held in memory) in a private cache
+    directory, so the user's Hugging Face cache is left alone. Returns the number of rows.
+    """
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        if not overwrite:
+            raise DataFileError(f"{target}: already exists; choose another --out or pass --force to replace it")
+    iterator = iter(rows)
+    first = next(iterator, None)
+    if first is None:
+        raise DataFileError("nothing to export: no rows match (check --status)")
+
+    from datasets import Dataset  # heavy (~2 s): only on this path
+
+    def generate() -> Iterator[dict[str, Any]]:
+        yield first
+        yield from iterator
+
+    with tempfile.TemporaryDirectory(prefix="ftbot-hf-") as cache_dir:
+        try:
+            dataset = Dataset.from_generator(generate, cache_dir=cache_dir)
+        except Exception as error:  # Arrow cannot give one type to a column whose rows disagree
+            raise DataFileError(
+                f"cannot build a Hugging Face dataset from these examples ({error.__class__.__name__}: {error}); "
+                "export --format openai and load the JSONL instead"
+            ) from error
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        dataset.save_to_disk(str(target))
+        return len(dataset)
