@@ -197,8 +197,12 @@ class TokenCounter:
             return total
         return 0
 
-    def count_messages(self, messages: list[Any]) -> tuple[int, int]:
-        """(tokens of the messages without the per-example overhead, tokens of trained assistant text)."""
+    def count_messages(self, messages: list[Any], reply_tokens: list[int] | None = None) -> tuple[int, int]:
+        """(tokens of the messages without the per-example overhead, tokens of trained assistant text).
+
+        When ``reply_tokens`` is given, the token ids of trained assistant text are appended to it
+        (the near-duplicate check shingles them, so replies are not encoded twice).
+        """
         encode = self._encode
         total = 0
         assistant = 0
@@ -212,7 +216,12 @@ class TokenCounter:
                 if key == "weight" or value is None:
                     continue
                 if key == "content":
-                    tokens = self._content_tokens(value, role == "system")
+                    if is_assistant and reply_tokens is not None and isinstance(value, str):
+                        ids = encode(value)
+                        reply_tokens.extend(ids)
+                        tokens = len(ids)
+                    else:
+                        tokens = self._content_tokens(value, role == "system")
                 elif key == "tool_calls" or key == "function_call":
                     tokens = len(encode(_json_text(value)))
                 elif isinstance(value, str):
@@ -231,7 +240,7 @@ class TokenCounter:
             return 0
         return self._count_repeated(_json_text(tools))
 
-    def count_record(self, record: dict[str, Any]) -> RecordTokens:
+    def count_record(self, record: dict[str, Any], reply_tokens: list[int] | None = None) -> RecordTokens:
         """Tokens of an SFT or DPO line (DPO: the prompt plus both candidate replies)."""
         if "input" in record or "preferred_output" in record or "preferred_completion" in record:
             prompt = record.get("input") or {}
@@ -240,12 +249,13 @@ class TokenCounter:
             assistant = 0
             for key in ("preferred_output", "preferred_completion", "non_preferred_output", "non_preferred_completion"):
                 if key in record:
-                    tokens, trained = self.count_messages(record[key] or [])
+                    preferred = key.startswith("preferred")
+                    tokens, trained = self.count_messages(record[key] or [], reply_tokens if preferred else None)
                     total += tokens
-                    if key.startswith("preferred"):
+                    if preferred:
                         assistant += trained
         else:
-            total, assistant = self.count_messages(record.get("messages") or [])
+            total, assistant = self.count_messages(record.get("messages") or [], reply_tokens)
             tools = record.get("tools")
         tools_tokens = self.count_tools(tools)
         return RecordTokens(total + tools_tokens + _EXAMPLE_OVERHEAD, assistant, bool(tools_tokens))

@@ -26,6 +26,9 @@ __all__ = [
     "MAX_LINE_BYTES",
     "read_jsonl",
     "iter_raw_lines",
+    "iter_blocks",
+    "split_block",
+    "InvalidUtf8",
     "parse_line",
     "check_record",
     "detect_kind",
@@ -128,50 +131,77 @@ def _open_checked(path: str | os.PathLike[str]):
         raise DataFileError(f"{p}: cannot be opened ({exc.strerror})") from None
 
 
-def iter_raw_lines(
-    path: str | os.PathLike[str], *, max_line_bytes: int | None = None
+def iter_blocks(
+    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK, max_line_bytes: int | None = None
 ) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes without the line ending) for every line; blank lines included.
+    """(number of the first line, bytes holding only whole lines) for consecutive blocks of the file.
 
     Reads fixed-size blocks, so memory stays bounded by ``max_line_bytes`` plus one block whatever the
     file holds; a line longer than the limit raises ``LineTooLong`` as soon as the limit is passed.
-    A UTF-8 byte-order mark at the start of the file is dropped.
+    A UTF-8 byte-order mark at the start of the file is dropped. The last line may lack its newline.
     """
     limit = MAX_LINE_BYTES if max_line_bytes is None else max_line_bytes
     name = str(path)
     with _open_checked(path) as handle:
-        pending = bytearray()
-        line_no = 0
+        carry = b""
+        next_line = 1
         first = True
         while True:
-            block = handle.read(_READ_BLOCK)
-            if not block:
-                break
+            data = handle.read(block_size)
             if first:
                 first = False
-                if block.startswith(b"\xef\xbb\xbf"):
-                    block = block[3:]
-            start = 0
-            while True:
-                end = block.find(b"\n", start)
-                if end < 0:
-                    pending += block[start:]
-                    if len(pending) > limit:
-                        raise LineTooLong(name, line_no + 1, limit)
-                    break
-                line_no += 1
-                if pending:
-                    pending += block[start:end]
-                    line = bytes(pending)
-                    pending.clear()
-                else:
-                    line = block[start:end]
-                if len(line) > limit:
-                    raise LineTooLong(name, line_no, limit)
-                yield line_no, line.rstrip(b"\r")
-                start = end + 1
-        if pending:
-            yield line_no + 1, bytes(pending).rstrip(b"\r")
+                if data.startswith(b"\xef\xbb\xbf"):
+                    data = data[3:]
+            if not data:
+                if carry:
+                    yield next_line, carry
+                return
+            buffer = carry + data if carry else data
+            cut = buffer.rfind(b"\n")
+            if cut < 0:
+                carry = buffer
+                if len(carry) > limit:
+                    raise LineTooLong(name, next_line, limit)
+                continue
+            block, carry = buffer[: cut + 1], buffer[cut + 1 :]
+            if len(block) > limit:
+                _check_line_lengths(block, next_line, limit, name)
+            yield next_line, block
+            next_line += block.count(b"\n")
+            if len(carry) > limit:
+                raise LineTooLong(name, next_line, limit)
+
+
+def _check_line_lengths(block: bytes, first_line: int, limit: int, name: str) -> None:
+    start = 0
+    line = first_line
+    while True:
+        end = block.find(b"\n", start)
+        if end < 0:
+            end = len(block)
+        if end - start > limit:
+            raise LineTooLong(name, line, limit)
+        if end >= len(block) - 1:
+            return
+        start = end + 1
+        line += 1
+
+
+def split_block(block: bytes, first_line: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, line bytes without CR/LF) for each line of a block from ``iter_blocks``."""
+    lines = block.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    for offset, line in enumerate(lines):
+        yield first_line + offset, line[:-1] if line.endswith(b"\r") else line
+
+
+def iter_raw_lines(
+    path: str | os.PathLike[str], *, max_line_bytes: int | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes without the line ending) for every line, blank lines included (see ``iter_blocks``)."""
+    for first_line, block in iter_blocks(path, max_line_bytes=max_line_bytes):
+        yield from split_block(block, first_line)
 
 
 def parse_line(line_no: int, raw: bytes | str, path: str = "input") -> tuple[Any | None, Issue | None]:
