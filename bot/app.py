@@ -118,10 +118,10 @@ def build_app(
             except Exception:  # the original error matters more
                 log.exception("could not release event %s", body.get("event_id"))
 
-    from bot import capture, commands, evaluation, home, training
+    from bot import capture, commands, evaluation, home, reports, training
 
     commands.register(app, bot)
-    for feature in (capture, home, training, evaluation):
+    for feature in (capture, reports, home, training, evaluation):
         feature.register(app, bot)
     return app
 

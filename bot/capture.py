@@ -1,7 +1,732 @@
-"""Slack listeners: capture. Registered by bot.app.build_app."""
+"""Capturing replies from Slack threads, and reviewing them.
+
+Three ways in, one flow: the message shortcut ``ft_add_message`` on a reply, ``/ft add <permalink>``, and
+``@ftbot add`` as a thread reply (no trigger_id there, so it answers with a button that opens the form).
+The modal opens right after ``ack()`` (trigger_ids expire in 3 s) with a loading view, the thread is read
+with ``conversations.replies`` and the form is filled with ``views.update``. The draft lives in the database
+(``storage.settings``), so long threads never hit the 3000-character ``private_metadata`` limit.
+
+Submitting validates the edited example (``trainers.validate.check_record``), stores it idempotently on
+``slack:<channel>:<ts>`` and posts a confirmation; reviewers approve or reject with its buttons or ``/ft review``.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+import secrets
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
-def register(app, bot) -> None:
-    """Add this feature's listeners to the Bolt `app` and its /ft subcommands to `bot.router`."""
+from slack_bolt import Ack, App, BoltContext, Respond
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot import blocks as bk
+from bot.commands import CommandContext
+from trainers.errors import FtbotError
+
+if TYPE_CHECKING:
+    from bot.app import BotContext
+
+log = logging.getLogger(__name__)
+
+SHORTCUT_ID = "ft_add_message"
+VIEW_ID = "ft_capture"
+OPEN_ACTION = "ft_capture_open"
+REDACT_ACTION = "ft_capture_redact"
+APPROVE_ACTION = "ft_review_approve"
+REJECT_ACTION = "ft_review_reject"
+PAGE_ACTION = "ft_review_page"
+TAGS_BLOCK = "tags"
+DRAFT_PREFIX = "capture_draft:"
+PROMPT_PREFIX = "channel_prompt:"
+REVIEW_PAGE_SIZE = 5
+# Turns shown as editable inputs; earlier ones are kept as captured (a modal holds at most 100 blocks).
+MAX_EDITABLE_TURNS = 40
+ROLE_LABELS = {"system": "System prompt", "user": "Customer (user)", "assistant": "Agent reply (assistant)"}
+
+_PERMALINK = re.compile(r"https?://[\w.-]+\.slack\.com/archives/(?P<channel>[CDG][A-Z0-9_]+)/p(?P<ts>\d{16})(?P<rest>\S*)")
+_MESSAGES_INDEX = re.compile(r"messages\[(\d+)\]")
+
+
+# ---- conversation building ----------------------------------------------------------------------------------------
+@dataclass
+class Draft:
+    """The example being edited in a capture modal."""
+
+    source_key: str
+    channel: str
+    ts: str
+    thread_ts: str | None
+    permalink: str | None
+    captured_by: str
+    turns: list[dict[str, str]]  # {"role", "content"}; the first is the system prompt
+    tags: list[str] = field(default_factory=list)
+    rev: int = 0
+    # Why a turn cannot be edited in the modal (too long); those turns are kept exactly as captured.
+    locked: list[int] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        from trainers.records import sft_record
+
+        return sft_record([{"role": t["role"], "content": t["content"]} for t in self.turns])
+
+
+def parse_permalink(text: str) -> tuple[str, str, str | None]:
+    """``(channel, ts, thread_ts)`` from a message link as Slack shows it (``<https://…|label>`` accepted)."""
+    candidate = text.strip().strip("<>").split("|")[0].replace("&amp;", "&")
+    match = _PERMALINK.search(candidate)
+    if not match:
+        raise FtbotError(
+            "That is not a Slack message link. Use ⋮ → *Copy link* on the reply and run `/ft add <link>` "
+            "(for thread replies the link ends with `?thread_ts=…`)"
+        )
+    digits = match["ts"]
+    ts = f"{digits[:10]}.{digits[10:]}"
+    query = parse_qs(urlsplit(match["rest"] or "").query) if "?" in match["rest"] else {}
+    thread_ts = (query.get("thread_ts") or [None])[0]
+    return match["channel"], ts, thread_ts
+
+
+def _ts_key(ts: str) -> Decimal:
+    return Decimal(ts)
+
+
+class _Names:
+    """users.info lookups, cached for one conversation."""
+
+    def __init__(self, client: WebClient):
+        self.client = client
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, user_id: str) -> str:
+        if user_id not in self._cache:
+            name = user_id
+            try:
+                user = self.client.users_info(user=user_id).get("user") or {}
+                profile = user.get("profile") or {}
+                name = profile.get("display_name") or user.get("real_name") or user.get("name") or user_id
+            except SlackApiError:
+                pass
+            self._cache[user_id] = name
+        return self._cache[user_id]
+
+
+_MARKUP = re.compile(r"<([^<>]+)>")
+
+
+def slack_to_plain(text: str, name_of: Any = lambda u: u) -> str:
+    """Slack's message markup → the plain text a model should learn from."""
+
+    def replace(match: re.Match[str]) -> str:
+        inner = match.group(1)
+        target, _, label = inner.partition("|")
+        if target.startswith("@"):
+            return "@" + (label or name_of(target[1:]))
+        if target.startswith("#"):
+            return "#" + (label or target[1:])
+        if target.startswith("!subteam^"):
+            return label or "@team"
+        if target.startswith("!"):
+            return "@" + (label or target[1:].split("^")[0])
+        if target.startswith("mailto:"):
+            return label or target[7:]
+        if label and label != target:
+            return f"{label} ({target})"
+        return target
+
+    plain = _MARKUP.sub(replace, text or "")
+    return plain.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
+
+
+def channel_system_prompt(bot: "BotContext", channel: str) -> str:
+    from storage.settings import get_setting
+
+    stored = get_setting(bot.db, PROMPT_PREFIX + channel)
+    return stored if isinstance(stored, str) and stored.strip() else bot.settings.channel_prompt(channel)
+
+
+def _is_bot_message(message: dict[str, Any], bot_user_id: str | None) -> bool:
+    return bool(message.get("bot_id") or message.get("subtype") in {"bot_message", "channel_join", "channel_leave",
+                                                                      "thread_broadcast_bot"}
+                or (bot_user_id and message.get("user") == bot_user_id))
+
+
+def _is_capture_mention(message: dict[str, Any], bot_user_id: str | None) -> bool:
+    return bool(bot_user_id) and f"<@{bot_user_id}>" in (message.get("text") or "")
+
+
+def fetch_thread(client: WebClient, channel: str, root_ts: str) -> list[dict[str, Any]]:
+    """Every message of a thread, oldest first (follows pagination)."""
+    messages: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        kwargs: dict[str, Any] = dict(channel=channel, ts=root_ts, limit=200)
+        if cursor:
+            kwargs["cursor"] = cursor
+        try:
+            response = client.conversations_replies(**kwargs)
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            if error in ("not_in_channel", "channel_not_found"):
+                raise FtbotError("I cannot read that channel: invite me first with `/invite @ftbot`, then try again") from None
+            if error == "thread_not_found":
+                raise FtbotError("That message no longer exists (deleted?), so there is nothing to capture") from None
+            raise
+        messages.extend(response.get("messages") or [])
+        cursor = (response.get("response_metadata") or {}).get("next_cursor")
+        if not cursor or not response.get("has_more"):
+            break
+    messages.sort(key=lambda m: _ts_key(m["ts"]))
+    return messages
+
+
+def build_turns(bot: "BotContext", client: WebClient, channel: str, ts: str, thread_ts: str | None,
+                *, bot_user_id: str | None) -> list[dict[str, str]]:
+    """The conversation up to and including the chosen reply, with the channel's system prompt first."""
+    root = thread_ts or ts
+    thread = fetch_thread(client, channel, root)
+    chosen = next((m for m in thread if m["ts"] == ts), None)
+    if chosen is None:
+        raise FtbotError("I could not find that message in its thread (deleted?); nothing was captured")
+    author = chosen.get("user")
+    roles = bot.roles
+    if _is_bot_message(chosen, bot_user_id):
+        raise FtbotError("That message was written by a bot; capture a reply written by your support team")
+    if roles.configured and not roles.is_team(author):
+        raise FtbotError(
+            f"That message is by <@{author}>, who is not on the support team (FTBOT_AGENTS/REVIEWERS/TRAINERS/ADMINS), "
+            "so it would be a customer turn. Capture the agent's reply instead"
+        )
+    names = _Names(client)
+    turns: list[dict[str, str]] = []
+    for message in thread:
+        if _ts_key(message["ts"]) > _ts_key(ts):
+            break
+        if _is_bot_message(message, bot_user_id) or _is_capture_mention(message, bot_user_id):
+            continue
+        user = message.get("user")
+        role = "assistant" if (user == author or roles.is_team(user)) else "user"
+        text = slack_to_plain(message.get("text") or "", names)
+        if not text:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"] += "\n\n" + text  # consecutive messages by one side are one turn
+        else:
+            turns.append({"role": role, "content": text})
+    if not any(t["role"] == "user" for t in turns):
+        raise FtbotError("There is no customer message before that reply in its thread, so there is nothing to learn from. "
+                         "Capture a reply inside a thread that starts with the customer's question")
+    return [{"role": "system", "content": channel_system_prompt(bot, channel)}, *turns]
+
+
+# ---- the modal ------------------------------------------------------------------------------------------------------
+def _loading_view() -> dict[str, Any]:
+    return bk.modal("Add to ftbot", [bk.section(":hourglass_flowing_sand: Reading the thread…")], callback_id=VIEW_ID)
+
+
+def _error_view(message: str) -> dict[str, Any]:
+    return bk.modal("Add to ftbot", [bk.section(f":warning: {message}")], callback_id=VIEW_ID + "_error")
+
+
+def _turn_block_id(index: int, rev: int) -> str:
+    # A new block_id per revision makes Slack show the new initial_value after a redaction.
+    return f"turn_{index}_r{rev}"
+
+
+def _pii_findings(turns: list[dict[str, str]]) -> list[tuple[int, Any]]:
+    from trainers.pii import find_pii
+
+    return [(i, finding) for i, turn in enumerate(turns) for finding in find_pii(turn["content"])]
+
+
+def capture_view(draft: Draft, draft_key: str, *, notice: str | None = None) -> dict[str, Any]:
+    """The capture form: one multiline input per turn (role shown), PII findings with a redact button, tags."""
+    view_blocks: list[dict[str, Any]] = []
+    source = f"<{draft.permalink}|the message>" if draft.permalink else "the message"
+    view_blocks.append(bk.context(f"Captured from {source} in <#{draft.channel}>. Edit the turns, then *Save*."))
+    if notice:
+        view_blocks.append(bk.section(notice))
+    findings = _pii_findings(draft.turns)
+    if findings:
+        listed = ", ".join(f"{f.kind} in turn {i}" for i, f in findings[:10])
+        more = f" and {len(findings) - 10} more" if len(findings) > 10 else ""
+        view_blocks.append(bk.section(
+            f":shield: *Possible personal data*: {bk.escape(listed)}{more}. Redact it before it leaves the premises.",
+            accessory=bk.button("Redact PII", REDACT_ACTION, "redact", style="danger"), block_id="pii"))
+    first_editable = max(1, len(draft.turns) - MAX_EDITABLE_TURNS)
+    if first_editable > 1:
+        view_blocks.append(bk.context(f"_{first_editable - 1} earlier turns are kept as captured._"))
+    for index, turn in enumerate(draft.turns):
+        label = f"{index}. {ROLE_LABELS.get(turn['role'], turn['role'])}"
+        if index != 0 and index < first_editable:
+            continue
+        if index in draft.locked or len(turn["content"]) > bk.MAX_INPUT_VALUE:
+            preview = bk.truncate(turn["content"], 2500)
+            view_blocks.append(bk.section(f"*{bk.escape(label)}* (too long to edit here; kept as captured)\n"
+                                          f"{bk.escape(preview)}", block_id=f"locked_{index}"))
+            continue
+        view_blocks.append(bk.text_input(_turn_block_id(index, draft.rev), label, action_id="text", initial=turn["content"],
+                                         multiline=True))
+    view_blocks.append(bk.text_input(TAGS_BLOCK, "Tags", action_id="value", initial=", ".join(draft.tags), optional=True,
+                                     placeholder="billing, refund", hint="Comma-separated; used to filter and report."))
+    meta = json.dumps({"draft": draft_key, "rev": draft.rev})
+    return bk.modal("Add to ftbot", view_blocks, callback_id=VIEW_ID, submit="Save", close="Cancel", private_metadata=meta)
+
+
+def _save_draft(bot: "BotContext", draft: Draft) -> str:
+    from storage.settings import set_setting
+
+    key = f"{DRAFT_PREFIX}{draft.source_key}:{draft.captured_by}"
+    set_setting(bot.db, key, asdict(draft))
+    return key
+
+
+def _load_draft(bot: "BotContext", key: str) -> Draft | None:
+    from storage.settings import get_setting
+
+    if not key.startswith(DRAFT_PREFIX):
+        return None
+    raw = get_setting(bot.db, key)
+    return Draft(**raw) if isinstance(raw, dict) else None
+
+
+def _apply_edits(draft: Draft, values: dict[str, dict[str, Any]]) -> None:
+    """Copy the modal's current input values into the draft."""
+    for index, turn in enumerate(draft.turns):
+        entry = values.get(_turn_block_id(index, draft.rev), {}).get("text")
+        if entry is not None and entry.get("value") is not None:
+            turn["content"] = entry["value"].replace("\r\n", "\n").strip()
+    tags_raw = (values.get(TAGS_BLOCK, {}).get("value") or {}).get("value")
+    if tags_raw is not None:
+        draft.tags = [t.strip().lower() for t in re.split(r"[,\n]", tags_raw) if t.strip()][:20]
+
+
+def open_capture(bot: "BotContext", client: WebClient, *, trigger_id: str, channel: str, ts: str, thread_ts: str | None,
+                 user: str, bot_user_id: str | None) -> None:
+    """Open the modal at once, then read the thread and fill it in."""
+    opened = client.views_open(trigger_id=trigger_id, view=_loading_view())
+    view = opened["view"]
+    try:
+        if not bot.roles.may_capture(user):
+            raise FtbotError("Only the support team can capture replies. Ask an ftbot admin to add you to FTBOT_AGENTS")
+        turns = build_turns(bot, client, channel, ts, thread_ts, bot_user_id=bot_user_id)
+        try:
+            permalink = client.chat_getPermalink(channel=channel, message_ts=ts).get("permalink")
+        except SlackApiError:
+            permalink = None
+        root = thread_ts if thread_ts and thread_ts != ts else None
+        draft = Draft(source_key=f"slack:{channel}:{ts}", channel=channel, ts=ts, thread_ts=root, permalink=permalink,
+                      captured_by=user, turns=turns)
+        draft.tags = _existing_tags(bot, draft.source_key)
+        key = _save_draft(bot, draft)
+        client.views_update(view_id=view["id"], hash=view.get("hash"), view=capture_view(draft, key))
+    except FtbotError as exc:
+        client.views_update(view_id=view["id"], view=_error_view(bk.escape(str(exc)) if "<@" not in str(exc) else str(exc)))
+
+
+def _existing_tags(bot: "BotContext", source_key: str) -> list[str]:
+    from sqlmodel import select
+
+    from storage.models import Example
+
+    with bot.db.session() as session:
+        example = session.exec(select(Example).where(Example.source_key == source_key)).first()
+        return list(example.tags) if example else []
+
+
+def submission_errors(draft: Draft) -> dict[str, str]:
+    """Field errors for ``response_action: errors``, from the data core's per-line checks."""
+    from trainers.validate import check_record
+
+    checked = check_record(draft.record(), 1, kind="sft", pii=False)
+    errors: dict[str, str] = {}
+    editable = {i: _turn_block_id(i, draft.rev) for i in range(len(draft.turns))}
+    fallback_block = editable[len(draft.turns) - 1]
+    for issue in checked.errors:
+        message = re.sub(r"^line \d+: ", "", issue.message)
+        match = _MESSAGES_INDEX.search(message)
+        block = editable.get(int(match.group(1))) if match else None
+        block = block or fallback_block
+        errors[block] = (errors[block] + " " + message) if block in errors else message
+    return {k: bk.truncate(v, 2000) for k, v in errors.items()}
+
+
+# ---- confirmation and review --------------------------------------------------------------------------------------
+def example_summary(example: Any, *, limit: int = 600) -> str:
+    """Last customer turn and the reply, escaped, for confirmations and the review list."""
+    messages = example.messages or []
+    question = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "") or ""
+    reply = next((m.get("content") for m in reversed(messages) if m.get("role") == "assistant"), "") or ""
+    return (f"*Customer:* {bk.escape(bk.truncate(str(question), limit))}\n"
+            f"*Reply:* {bk.escape(bk.truncate(str(reply), limit))}")
+
+
+STATUS_EMOJI = {"pending": ":hourglass:", "approved": ":white_check_mark:", "rejected": ":no_entry_sign:"}
+
+
+def confirmation_blocks(example: Any, *, created: bool) -> tuple[str, list[dict[str, Any]]]:
+    verb = "Captured" if created else "Updated"
+    status = example.status
+    head = (f"{STATUS_EMOJI.get(status, '')} {verb} example *#{example.id}* by <@{example.captured_by}> "
+            f"({len(example.messages)} turns) — *{status}*")
+    if status == "approved" and example.approved_by:
+        head += f" by <@{example.approved_by}>"
+    out = [bk.section(head), bk.section(example_summary(example))]
+    if example.tags:
+        out.append(bk.context("Tags: " + bk.escape(", ".join(example.tags))))
+    if status == "pending":
+        out.append(bk.actions(bk.button("Approve", APPROVE_ACTION, str(example.id), style="primary"),
+                              bk.button("Reject", REJECT_ACTION, str(example.id), style="danger"),
+                              block_id=f"review_{example.id}"))
+    text = f"{verb} example #{example.id} ({status})"
+    return text, out
+
+
+def review_page(bot: "BotContext", page: int) -> tuple[str, list[dict[str, Any]]]:
+    from storage.examples import count_by_status, list_examples
+
+    pending_total = count_by_status(bot.db).get("pending", 0)
+    pages = max(1, -(-pending_total // REVIEW_PAGE_SIZE))
+    page = min(max(page, 1), pages)
+    items = list_examples(bot.db, status="pending", limit=REVIEW_PAGE_SIZE, offset=(page - 1) * REVIEW_PAGE_SIZE)
+    if not items:
+        return "Nothing to review", [bk.section(":tada: Nothing waiting for review.")]
+    out: list[dict[str, Any]] = [bk.section(f"*{pending_total} example(s) waiting for review* — page {page} of {pages}")]
+    for example in items:
+        out.append(bk.divider())
+        link = f" · <{example.source_permalink}|thread>" if example.source_permalink else ""
+        out.append(bk.section(f"*#{example.id}* by <@{example.captured_by}>{link}\n{example_summary(example, limit=400)}"))
+        out.append(bk.actions(bk.button("Approve", APPROVE_ACTION, f"{example.id}:{page}", style="primary"),
+                              bk.button("Reject", REJECT_ACTION, f"{example.id}:{page}", style="danger"),
+                              block_id=f"review_{example.id}"))
+    pager = []
+    if page > 1:
+        pager.append(bk.button("◀ Previous", PAGE_ACTION + "_prev", str(page - 1)))
+    if page < pages:
+        pager.append(bk.button("Next ▶", PAGE_ACTION + "_next", str(page + 1)))
+    if pager:
+        out.append(bk.actions(*pager, block_id="review_pager"))
+    return f"{pending_total} example(s) waiting for review", bk.fit_blocks(out)
+
+
+# ---- listeners ------------------------------------------------------------------------------------------------------
+def register(app: App, bot: "BotContext") -> None:
+    @app.shortcut(SHORTCUT_ID)
+    def on_shortcut(ack: Ack, shortcut: dict[str, Any], client: WebClient, context: BoltContext) -> None:
+        ack()
+        message = shortcut.get("message") or {}
+        open_capture(bot, client, trigger_id=shortcut["trigger_id"], channel=shortcut["channel"]["id"],
+                     ts=message.get("ts") or shortcut.get("message_ts"), thread_ts=message.get("thread_ts"),
+                     user=shortcut["user"]["id"], bot_user_id=context.bot_user_id)
+
+    def ft_add(ctx: CommandContext) -> None:
+        if not ctx.args:
+            raise FtbotError("Usage: `/ft add <message link>` (⋮ → Copy link on the reply). In a thread, use the "
+                             "message shortcut *Add to ftbot* or mention `@ftbot add`")
+        channel, ts, thread_ts = parse_permalink(ctx.args[0])
+        trigger_id = ctx.command.get("trigger_id")
+        if not trigger_id:
+            raise FtbotError("Slack sent no trigger to open the form; run the command again")
+        open_capture(bot, ctx.client, trigger_id=trigger_id, channel=channel, ts=ts, thread_ts=thread_ts,
+                     user=ctx.user_id, bot_user_id=_bot_user_id(ctx.client, bot))
+
+    bot.router.add("add", usage="/ft add <message link>", summary="Capture a reply (and its thread) as a training example",
+                   handler=ft_add)
+
+    @app.event("app_mention")
+    def on_mention(event: dict[str, Any], client: WebClient, context: BoltContext) -> None:
+        user, channel = event.get("user"), event.get("channel")
+        text = slack_to_plain(_MARKUP.sub(lambda m: "" if m.group(1).startswith("@") else m.group(0), event.get("text") or ""))
+        words = text.split()
+        thread_ts = event.get("thread_ts")
+
+        def tell(message: str, blocks: list[dict[str, Any]] | None = None) -> None:
+            client.chat_postEphemeral(channel=channel, user=user, text=bk.fallback(message), blocks=blocks,
+                                      thread_ts=thread_ts)
+
+        if not words or words[0].lower() != "add":
+            tell("Mention me with `add` in a thread reply to capture the reply above it, or type `/ft help`.")
+            return
+        if len(words) > 1:
+            try:
+                link_channel, ts, link_thread = parse_permalink(words[1])
+            except FtbotError as exc:
+                tell(f":warning: {bk.escape(str(exc))}")
+                return
+            target = {"channel": link_channel, "ts": ts, "thread_ts": link_thread}
+            quoted = "the linked message"
+        else:
+            if not thread_ts:
+                tell("Use `@ftbot add` as a reply *inside the thread* you want to capture (or `/ft add <link>`).")
+                return
+            thread = fetch_thread(client, channel, thread_ts)
+            target_message = _reply_before(bot, thread, event["ts"], context.bot_user_id)
+            if target_message is None:
+                tell("I found no reply by your team above this message to capture.")
+                return
+            target = {"channel": channel, "ts": target_message["ts"], "thread_ts": thread_ts}
+            quoted = bk.escape(bk.truncate(slack_to_plain(target_message.get("text") or ""), 300))
+        tell("Capture this reply for ftbot?", [
+            bk.section(f"Capture this reply as a training example?\n>{quoted}"),
+            bk.actions(bk.button("Open capture form", OPEN_ACTION, json.dumps(target), style="primary"), block_id="capture_open"),
+        ])
+
+    @app.action(OPEN_ACTION)
+    def on_open(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient, context: BoltContext) -> None:
+        ack()
+        target = json.loads(action.get("value") or "{}")
+        open_capture(bot, client, trigger_id=body["trigger_id"], channel=target["channel"], ts=target["ts"],
+                     thread_ts=target.get("thread_ts"), user=body["user"]["id"], bot_user_id=context.bot_user_id)
+
+    @app.action(REDACT_ACTION)
+    def on_redact(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        ack()
+        from trainers.pii import redact
+
+        view = body["view"]
+        meta = json.loads(view.get("private_metadata") or "{}")
+        draft = _load_draft(bot, meta.get("draft", ""))
+        if draft is None:
+            client.views_update(view_id=view["id"], view=_error_view("This form expired; start the capture again."))
+            return
+        _apply_edits(draft, (view.get("state") or {}).get("values") or {})
+        for turn in draft.turns:
+            turn["content"] = redact(turn["content"])
+        draft.rev += 1
+        key = _save_draft(bot, draft)
+        client.views_update(view_id=view["id"], hash=view.get("hash"),
+                            view=capture_view(draft, key, notice=":white_check_mark: Personal data redacted."))
+
+    @app.view(VIEW_ID)
+    def on_submit(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
+        meta = json.loads(view.get("private_metadata") or "{}")
+        draft = _load_draft(bot, meta.get("draft", "")) if meta else None
+        if draft is None:
+            ack()  # the loading/error view, or a form whose draft was already saved by an earlier click
+            return
+        _apply_edits(draft, (view.get("state") or {}).get("values") or {})
+        errors = submission_errors(draft)
+        if errors:
+            ack(response_action="errors", errors=errors)
+            return
+        ack()
+        save_draft_as_example(bot, client, draft, meta["draft"], user=body["user"]["id"], view_id=view["id"])
+
+    for action_id in (APPROVE_ACTION, REJECT_ACTION):
+        app.action(action_id)(_review_listener(bot))
+    app.action(re.compile(f"^{PAGE_ACTION}_"))(_page_listener(bot))
+
+    def ft_review(ctx: CommandContext) -> None:
+        if not bot.roles.may_review(ctx.user_id):
+            raise FtbotError("Only reviewers can review captures (FTBOT_REVIEWERS). Ask an ftbot admin")
+        page = int(ctx.args[0]) if ctx.args and ctx.args[0].isdigit() else 1
+        text, page_blocks = review_page(bot, page)
+        ctx.respond(text, blocks=page_blocks)
+
+    bot.router.add("review", usage="/ft review [page]", summary="Approve or reject captured examples", handler=ft_review)
+    bot.router.add("list", usage="/ft list", summary="Recent examples and counts by status", handler=_ft_list(bot))
+    bot.router.add("stats", usage="/ft stats", summary="Dataset statistics: statuses, tags, top capturers",
+                   handler=_ft_stats(bot))
+    bot.router.add("prompt", usage="/ft prompt [show | set <text> | reset]",
+                   summary="This channel's system prompt for new captures", handler=_ft_prompt(bot))
+
+
+def _bot_user_id(client: WebClient, bot: "BotContext") -> str | None:
+    cached = bot.extras.get("bot_user_id")
+    if cached is None:
+        try:
+            cached = client.auth_test().get("user_id")
+        except SlackApiError:
+            cached = None
+        bot.extras["bot_user_id"] = cached
+    return cached
+
+
+def _reply_before(bot: "BotContext", thread: list[dict[str, Any]], mention_ts: str, bot_user_id: str | None) -> dict[str, Any] | None:
+    """The message `@ftbot add` refers to: the latest team reply (any human reply without roles) above the mention."""
+    candidates = [m for m in thread if _ts_key(m["ts"]) < _ts_key(mention_ts)]
+    for message in reversed(candidates):
+        if _is_bot_message(message, bot_user_id) or _is_capture_mention(message, bot_user_id):
+            continue
+        if bot.roles.configured and not bot.roles.is_team(message.get("user")):
+            continue
+        return message
+    return None
+
+
+def save_draft_as_example(bot: "BotContext", client: WebClient, draft: Draft, draft_key: str, *, user: str,
+                          view_id: str) -> None:
+    """Store the submitted example once, then confirm (in the thread for review, or privately when approved)."""
+    from storage.events import claim_event
+    from storage.examples import save_capture
+    from storage.settings import delete_setting
+
+    # A double-clicked Save sends the same view twice: only the first stores and confirms.
+    if not claim_event(bot.db, f"view_submission:{view_id}:{draft.source_key}"):
+        return
+    status = bot.roles.capture_status(user)
+    try:
+        result = save_capture(bot.db, record=draft.record(), source_key=draft.source_key, channel=draft.channel, ts=draft.ts,
+                              thread_ts=draft.thread_ts, permalink=draft.permalink, captured_by=user, status=status,
+                              approved_by=user if status == "approved" else None, tags=draft.tags)
+    except FtbotError as exc:
+        client.chat_postEphemeral(channel=draft.channel, user=user, text=f":warning: {bk.escape(str(exc))}",
+                                  thread_ts=draft.thread_ts)
+        return
+    delete_setting(bot.db, draft_key)
+    example = result.example
+    text, confirm = confirmation_blocks(example, created=result.created)
+    thread_ts = draft.thread_ts or draft.ts
+    if example.status == "pending":
+        # Reviewers need to see it: a reply in the captured thread, with Approve/Reject buttons.
+        posted = client.chat_postMessage(channel=draft.channel, thread_ts=thread_ts, text=text, blocks=confirm)
+        _attach_full_text_if_long(client, draft, posted.get("ts"))
+    else:
+        client.chat_postEphemeral(channel=draft.channel, user=user, thread_ts=thread_ts, text=text, blocks=confirm)
+
+
+def _attach_full_text_if_long(client: WebClient, draft: Draft, thread_ts: str | None) -> None:
+    text = "\n\n".join(f"[{t['role']}]\n{t['content']}" for t in draft.turns)
+    if len(text) <= 1200:
+        return
+    try:
+        bk.upload_file(client, draft.channel, content=text, filename=f"example-{draft.ts}.txt",
+                       title="Full captured conversation", thread_ts=draft.thread_ts or draft.ts)
+    except SlackApiError as exc:
+        log.warning("could not attach the full conversation: %s", exc.response.get("error"))
+
+
+def _review_listener(bot: "BotContext"):
+    def on_review(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient, respond: Respond) -> None:
+        ack()
+        from storage.examples import set_status
+
+        user = body["user"]["id"]
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+        if not bot.roles.may_review(user):
+            respond(text="Only reviewers can approve or reject examples (FTBOT_REVIEWERS). Ask an ftbot admin.",
+                    response_type="ephemeral", replace_original=False)
+            return
+        example_id_raw, _, page_raw = (action.get("value") or "").partition(":")
+        status = "approved" if action["action_id"] == APPROVE_ACTION else "rejected"
+        try:
+            example = set_status(bot.db, int(example_id_raw), status, by=user)
+        except FtbotError as exc:
+            respond(text=f":warning: {bk.escape(str(exc))}", response_type="ephemeral", replace_original=False)
+            return
+        container = body.get("container") or {}
+        if page_raw:  # from the /ft review list (ephemeral): redraw the page
+            text, page_blocks = review_page(bot, int(page_raw))
+            respond(text=text, blocks=page_blocks, replace_original=True)
+            return
+        text, confirm = confirmation_blocks(example, created=True)
+        verdict = f"{STATUS_EMOJI[status]} *{status.capitalize()}* by <@{user}>"
+        confirm = [b for b in confirm if b.get("type") != "actions"] + [bk.context(verdict)]
+        if container.get("is_ephemeral") or not container.get("message_ts"):
+            respond(text=text, blocks=confirm, replace_original=True)
+        else:
+            client.chat_update(channel=channel, ts=container["message_ts"], text=f"{text}: {status} by {user}", blocks=confirm)
+
+    return on_review
+
+
+def _page_listener(bot: "BotContext"):
+    def on_page(ack: Ack, action: dict[str, Any], respond: Respond, body: dict[str, Any]) -> None:
+        ack()
+        if not bot.roles.may_review(body["user"]["id"]):
+            return
+        text, page_blocks = review_page(bot, int(action.get("value") or 1))
+        respond(text=text, blocks=page_blocks, replace_original=True)
+
+    return on_page
+
+
+def _ft_list(bot: "BotContext"):
+    def ft_list(ctx: CommandContext) -> None:
+        from sqlmodel import select
+
+        from storage.examples import count_by_status
+        from storage.models import Example
+
+        counts = count_by_status(bot.db)
+        with bot.db.session() as session:
+            recent = list(session.exec(select(Example).order_by(Example.id.desc()).limit(10)))
+        head = " · ".join(f"{STATUS_EMOJI.get(s, '')} {counts.get(s, 0)} {s}" for s in ("approved", "pending", "rejected"))
+        out = [bk.section(f"*Examples:* {head}")]
+        lines = []
+        for example in recent:
+            question = next((m.get("content") for m in reversed(example.messages) if m.get("role") == "user"), "")
+            who = f" by <@{example.captured_by}>" if example.captured_by else f" ({example.source_kind})"
+            lines.append(f"{STATUS_EMOJI.get(example.status, '')} *#{example.id}*{who}: "
+                         f"{bk.escape(bk.truncate(str(question or ''), 120))}")
+        out.append(bk.section("\n".join(lines) if lines else "_No examples yet. Capture a reply with the *Add to ftbot* shortcut._"))
+        ctx.respond(f"Examples: {counts.get('approved', 0)} approved, {counts.get('pending', 0)} pending, "
+                    f"{counts.get('rejected', 0)} rejected", blocks=out)
+
+    return ft_list
+
+
+def _ft_stats(bot: "BotContext"):
+    def ft_stats(ctx: CommandContext) -> None:
+        from collections import Counter
+
+        from sqlmodel import select
+
+        from storage.examples import count_by_status
+        from storage.models import Example
+
+        counts = count_by_status(bot.db)
+        tags: Counter[str] = Counter()
+        capturers: Counter[str] = Counter()
+        turns = 0
+        total = 0
+        with bot.db.session() as session:
+            for example_tags, captured_by, messages, source_kind in session.exec(
+                    select(Example.tags, Example.captured_by, Example.messages, Example.source_kind)):
+                total += 1
+                tags.update(example_tags or [])
+                capturers[captured_by or source_kind] += 1
+                turns += len(messages or [])
+        pairs = [("Approved", str(counts.get("approved", 0))), ("Pending", str(counts.get("pending", 0))),
+                 ("Rejected", str(counts.get("rejected", 0))),
+                 ("Avg turns", f"{turns / total:.1f}" if total else "–")]
+        out = [bk.header("ftbot dataset"), bk.fields_section(pairs)]
+        if capturers:
+            out.append(bk.section("*Top capturers:* " + ", ".join(
+                (f"<@{who}> ({n})" if re.fullmatch(r"[UW][A-Z0-9_]+", who) else f"{bk.escape(who)} ({n})")
+                for who, n in capturers.most_common(5))))
+        if tags:
+            out.append(bk.section("*Tags:* " + bk.escape(", ".join(f"{t} ({n})" for t, n in tags.most_common(15)))))
+        ctx.respond(f"{total} examples: {counts.get('approved', 0)} approved", blocks=out)
+
+    return ft_stats
+
+
+def _ft_prompt(bot: "BotContext"):
+    def ft_prompt(ctx: CommandContext) -> None:
+        from storage.settings import delete_setting, set_setting
+
+        action = ctx.args[0].lower() if ctx.args else "show"
+        key = PROMPT_PREFIX + ctx.channel_id
+        if action in ("set", "reset") and not bot.roles.may_review(ctx.user_id):
+            raise FtbotError("Only reviewers and admins can change a channel's system prompt")
+        if action == "set":
+            text = ctx.rest.split(None, 1)[1].strip() if len(ctx.rest.split(None, 1)) > 1 else ""
+            if not text:
+                raise FtbotError("Usage: `/ft prompt set <system prompt text>`")
+            set_setting(bot.db, key, slack_to_plain(text))
+            ctx.respond(f"System prompt for <#{ctx.channel_id}> set. New captures here start with it.")
+        elif action == "reset":
+            delete_setting(bot.db, key)
+            ctx.respond(f"System prompt for <#{ctx.channel_id}> reset to the configured default.")
+        elif action == "show":
+            ctx.respond(f"System prompt for <#{ctx.channel_id}>:\n>{bk.escape(channel_system_prompt(bot, ctx.channel_id))}")
+        else:
+            raise FtbotError("Usage: `/ft prompt [show | set <text> | reset]`")
+
+    return ft_prompt
