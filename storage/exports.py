@@ -12,9 +12,12 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from trainers.errors import DataFileError
+
+if TYPE_CHECKING:
+    from storage.db import Database
 
 
 def jsonl_line(record: dict[str, Any]) -> str:
@@ -60,30 +63,45 @@ def trl_preference_row(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def save_hf_dataset(rows: Iterable[dict[str, Any]], out: str | os.PathLike[str], *, overwrite: bool = False) -> int:
-    """Save rows (e.g. ``{"id": 1, "messages": [...]}``) as a ``datasets`` dataset for ``load_from_disk``.
+def example_rows(url: str, status: str | None) -> Iterator[dict[str, Any]]:
+    """Rows of the hf export: ``{"id", "messages"[, "tools", "parallel_tool_calls"]}``, streamed.
 
-    Built with ``Dataset.from_generator`` (streamed to Arrow, not held in memory) in a private cache
+    A module-level function of plain arguments, because ``Dataset.from_generator`` pickles its generator.
+    """
+    from storage.db import Database
+    from storage.examples import iter_records
+
+    database = Database.open(url, migrate=False)
+    try:
+        for example_id, record in iter_records(database, status=status):
+            yield {"id": example_id, **record}
+    finally:
+        database.close()
+
+
+def save_hf_dataset(db: "Database", out: str | os.PathLike[str], *, status: str | None, overwrite: bool = False) -> int:
+    """Save the examples with ``status`` as a ``datasets`` dataset for ``load_from_disk`` (a ``messages`` column).
+
+    Built with ``Dataset.from_generator`` (streamed to Arrow, never all in memory) in a private cache
     directory, so the user's Hugging Face cache is left alone. Returns the number of rows.
     """
+    from storage.examples import count_by_status
+
     target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        if not overwrite:
-            raise DataFileError(f"{target}: already exists; choose another --out or pass --force to replace it")
-    iterator = iter(rows)
-    first = next(iterator, None)
-    if first is None:
-        raise DataFileError("nothing to export: no rows match (check --status)")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+        raise DataFileError(f"{target}: already exists; choose another --out or pass --force to replace it")
+    counts = count_by_status(db)
+    if (sum(counts.values()) if status is None else counts.get(status, 0)) == 0:
+        raise DataFileError(f"nothing to export: no {status or ''} examples stored".replace("  ", " "))
 
     from datasets import Dataset  # heavy (~2 s): only on this path
 
-    def generate() -> Iterator[dict[str, Any]]:
-        yield first
-        yield from iterator
-
+    url = db.engine.url.render_as_string(hide_password=False)
     with tempfile.TemporaryDirectory(prefix="ftbot-hf-") as cache_dir:
         try:
-            dataset = Dataset.from_generator(generate, cache_dir=cache_dir)
+            dataset = Dataset.from_generator(
+                example_rows, gen_kwargs={"url": url, "status": status}, cache_dir=cache_dir
+            )
         except Exception as error:  # Arrow cannot give one type to a column whose rows disagree
             raise DataFileError(
                 f"cannot build a Hugging Face dataset from these examples ({error.__class__.__name__}: {error}); "

@@ -105,7 +105,8 @@ def import_file(
             else:
                 checked = check_record(value, line, kind)
                 line_errors = checked.errors
-                result.warning_counts.update(warning.code for warning in checked.warnings)
+                if not line_errors:
+                    result.warning_counts.update(warning.code for warning in checked.warnings)
             if line_errors:
                 result.invalid_lines += 1
                 room = MAX_REPORTED_ERRORS - len(result.errors)

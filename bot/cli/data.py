@@ -75,10 +75,16 @@ def _safe_url(url: str) -> str:
         return "(invalid URL)"
 
 
-def _open_db():
+@contextmanager
+def _database():
+    """The configured database, created/migrated if needed, closed (pool disposed) afterwards."""
     from storage.db import Database
 
-    return Database.open()
+    database = Database.open()
+    try:
+        yield database
+    finally:
+        database.close()
 
 
 def _print_json(value: Any) -> None:
@@ -100,8 +106,7 @@ def import_command(
     from storage.imports import count_lines, import_file
 
     approved_by = by or _os_user()
-    with _user_errors():
-        db = _open_db()
+    with _user_errors(), _database() as db:
         total = count_lines(file) if file.is_file() and not as_json and err_console.is_terminal else 0
         if total >= PROGRESS_MIN_LINES:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -192,16 +197,17 @@ def export_command(
     from storage.pairs import pair_records
 
     wanted = None if status is StatusChoice.all else status.value
-    with _user_errors():
-        db = _open_db()
+    with _user_errors(), _database() as db:
         if format is ExportFormat.openai:
             records = (record for _, record in iter_records(db, status=wanted))
             what = f"{status.value} example(s)"
         elif format is ExportFormat.hf:
             if out is None:
                 raise FtbotError("--format hf writes a dataset directory: give it with --out DIR")
-            rows = ({"id": example_id, **record} for example_id, record in iter_records(db, status=wanted))
-            count = exports.save_hf_dataset(rows, out, overwrite=force)
+            import datasets
+
+            datasets.disable_progress_bars()  # our own one-line summary follows
+            count = exports.save_hf_dataset(db, out, status=wanted, overwrite=force)
             err_console.print(
                 f"Saved {count} {status.value} example(s) to {escape(str(out))} "
                 "(load with datasets.load_from_disk)."
@@ -251,8 +257,7 @@ def list_command(
     from storage.examples import count_by_status, example_record, list_examples
 
     wanted = None if status in (None, StatusChoice.all) else status.value
-    with _user_errors():
-        db = _open_db()
+    with _user_errors(), _database() as db:
         examples = list_examples(db, status=wanted, limit=limit or None, offset=offset)
         counts = count_by_status(db)
 
@@ -293,8 +298,12 @@ def list_command(
         )
         return
     table = Table(show_lines=False, header_style="bold")
-    for column in ("id", "status", "source", "question", "answer", "approved by"):
-        table.add_column(column, overflow="fold" if column in ("question", "answer") else "ellipsis")
+    # Identifying columns never wrap; the message previews take the remaining width.
+    for column in ("id", "status", "source"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("question", ratio=1, overflow="fold")
+    table.add_column("answer", ratio=1, overflow="fold")
+    table.add_column("approved by", overflow="ellipsis")
     for example in examples:
         table.add_row(
             str(example.id),
@@ -318,8 +327,7 @@ def db_info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
     from storage.migrate import current_revision, head_revision
     from storage.pairs import count_pairs
 
-    with _user_errors():
-        db = _open_db()
+    with _user_errors(), _database() as db:
         info = {
             "url": db.url,
             "revision": current_revision(db),
@@ -343,8 +351,7 @@ def db_upgrade() -> None:
     """Create or upgrade the database schema (ftbot also does this whenever it opens the database)."""
     from storage.migrate import current_revision
 
-    with _user_errors():
-        db = _open_db()
+    with _user_errors(), _database() as db:
         console.print(f"{escape(db.url)} is at schema revision {current_revision(db)}.", highlight=False)
 
 
