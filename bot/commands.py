@@ -103,7 +103,7 @@ class Router:
         if chunk:
             blocks.append(section("\n".join(chunk)))
         blocks.append(context("Capture a thread reply with the message shortcut *Add to ftbot* (⋮ on the message), "
-                              "`/ft add <link>` or `@ftbot add` in the thread."))
+                              "`/ft add &lt;link&gt;` or `@ftbot add` in the thread."))
         text = ("I don't know that subcommand. " if unknown is not None else "") + "ftbot commands: " + ", ".join(
             c.usage for c in self._commands.values())
         return text, blocks

@@ -58,7 +58,7 @@ def home_view(bot: "BotContext", user: str, *, first_visit: bool) -> dict[str, A
         "*How to capture a reply*\n"
         "• On the reply in a thread: ⋮ → *Add to ftbot* (message shortcut)\n"
         "• Or reply in the thread with `@ftbot add`\n"
-        "• Or in a channel: `/ft add <message link>`\n"
+        "• Or in a channel: `/ft add &lt;message link&gt;`\n"
         "The thread up to that reply becomes the example: customers are `user` turns, your team `assistant` turns."))
     out.append(bk.section(f"*Reviewers:* {bot.roles.reviewers_text()}"))
     out.append(bk.context("Type `/ft help` for every command."))

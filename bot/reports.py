@@ -45,7 +45,9 @@ def _upload(ctx: CommandContext, *, content: str, filename: str, title: str, com
 
 
 def _money(value: Any) -> str:
-    return f"${value:,.2f}" if isinstance(value, (int, float)) else "–"
+    if not isinstance(value, (int, float)):
+        return "–"
+    return f"${value:,.4f}" if 0 < value < 1 else f"${value:,.2f}"
 
 
 def _issue_lines(issues: list[dict[str, Any]], label: str) -> str:

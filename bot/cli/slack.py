@@ -1,9 +1,86 @@
-"""CLI commands: slack."""
+"""CLI commands: ``ftbot run [--http --port N]`` and ``ftbot shell``."""
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import typer
+
+from trainers.errors import ConfigError
+
+CONNECT_HINT = (
+    "No Slack credentials set: starting the local console. To connect a real workspace, create the app from "
+    "manifest.yml, then set SLACK_BOT_TOKEN and SLACK_APP_TOKEN (Socket Mode) or SLACK_BOT_TOKEN and "
+    "SLACK_SIGNING_SECRET with `ftbot run --http` (see README, \"Slack app\")."
+)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"ftbot: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _settings():
+    from bot.config import Settings
+
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _open_db(settings):
+    from storage.db import Database
+
+    return Database.open(settings.database_url)
+
+
+def _console(settings) -> None:
+    from bot.console.shell import run_console
+
+    db = _open_db(settings)
+    try:
+        run_console(settings, db)
+    finally:
+        db.close()
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command()
+    def run(
+        http: bool = typer.Option(False, "--http", help="Serve Slack's HTTP requests at /slack/events (needs SLACK_SIGNING_SECRET)."),
+        port: int = typer.Option(None, "--port", help="HTTP port (default $PORT or 3000)."),
+        host: str = typer.Option("0.0.0.0", "--host", help="HTTP interface to listen on."),
+    ) -> None:
+        """Run the Slack bot: Socket Mode with SLACK_APP_TOKEN, HTTP with --http, else the local console."""
+        settings = _settings()
+        if http or settings.slack_app_token or settings.slack_bot_token:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if http:
+            try:
+                settings.require_http()
+            except ConfigError as exc:
+                _fail(str(exc))
+            from bot.app import build_app
+            from bot.http import serve
+
+            serve(build_app(settings, _open_db(settings)), host=host, port=port or settings.http_port)
+            return
+        if settings.slack_app_token or settings.slack_bot_token:
+            try:
+                settings.require_socket_mode()
+            except ConfigError as exc:
+                _fail(f"{exc}. (For HTTP mode instead, set SLACK_SIGNING_SECRET and run `ftbot run --http`.)")
+            from bot.app import build_app
+            from bot.socket import serve as serve_socket
+
+            serve_socket(build_app(settings, _open_db(settings)), settings.slack_app_token)
+            return
+        typer.echo(CONNECT_HINT, err=not sys.stdout.isatty())
+        _console(settings)
+
+    @app.command()
+    def shell() -> None:
+        """The local console: the real bot against an in-process fake Slack workspace."""
+        _console(_settings())
