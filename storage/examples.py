@@ -173,17 +173,15 @@ def import_records(
             return import_records(db, items, source_file=source_file, approved_by=approved_by, session=own_session)
 
     added = unchanged = 0
-    seen: set[str] = set()
     for batch in _batched(items, BATCH_SIZE):
         rows: dict[str, dict[str, Any]] = {}
         now = utcnow()
         for line, record in batch:
             normalized = _normalized(record)
             digest = content_hash(normalized)
-            if digest in seen:
+            if digest in rows:
                 unchanged += 1
                 continue
-            seen.add(digest)
             rows[digest] = {
                 "content_hash": digest,
                 "messages": normalized["messages"],
@@ -206,7 +204,9 @@ def import_records(
         new_rows = [row for digest, row in rows.items() if digest not in stored]
         unchanged += len(rows) - len(new_rows)
         if new_rows:
-            # One executemany per batch: Core insert, no ORM object per row.
+            # One executemany per batch: Core insert, no ORM object per row. Earlier batches are already
+            # inserted in this transaction, so the lookup above also catches repeats across batches
+            # without keeping every hash in memory.
             session.execute(insert(Example), new_rows)
             added += len(new_rows)
     return ImportResult(added=added, unchanged=unchanged)

@@ -19,7 +19,10 @@ from typing import Any
 from storage.db import Database
 from storage.examples import BATCH_SIZE, ImportResult, import_records
 from storage.pairs import import_pairs
-from trainers.errors import DataFileError
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from trainers.errors import DataFileError, FtbotError
 from trainers.validate import Issue, check_record, read_jsonl
 
 # Errors kept in memory for the report; the count is always exact.
@@ -77,66 +80,77 @@ def import_file(
     """
     file_path = Path(path)
     result = FileImportResult(path=str(file_path))
-    source = str(file_path.resolve())
-    sft_batch: list[tuple[int, dict[str, Any]]] = []
-    dpo_batch: list[tuple[int, dict[str, Any]]] = []
-    storing = True
-    examples = [0, 0]
-    pairs = [0, 0]
-
-    with db.session() as session:
-
-        def flush() -> None:
-            if sft_batch:
-                done = import_records(db, sft_batch, source_file=source, approved_by=approved_by, session=session)
-                examples[0] += done.added
-                examples[1] += done.unchanged
-                sft_batch.clear()
-            if dpo_batch:
-                done = import_pairs(db, dpo_batch, source_file=source, session=session)
-                pairs[0] += done.added
-                pairs[1] += done.unchanged
-                dpo_batch.clear()
-
-        for line, value, issue in read_jsonl(file_path):
-            result.lines += 1
-            if issue is not None:
-                line_errors = [issue]
-            else:
-                checked = check_record(value, line, kind)
-                line_errors = checked.errors
-                if not line_errors:
+    try:
+        with db.session() as session:
+            writer = _BatchWriter(db, session, source_file=str(file_path.resolve()), approved_by=approved_by)
+            for line, value, read_error in read_jsonl(file_path):
+                result.lines += 1
+                checked = None if read_error is not None else check_record(value, line, kind)
+                errors = [read_error] if checked is None else checked.errors
+                if errors:
+                    result.invalid_lines += 1
+                    result.errors.extend(errors[: max(MAX_REPORTED_ERRORS - len(result.errors), 0)])
+                    if not skip_invalid:
+                        writer.stop()  # nothing will be stored; keep reading to report every error
+                else:
+                    result.valid_lines += 1
                     result.warning_counts.update(warning.code for warning in checked.warnings)
-            if line_errors:
-                result.invalid_lines += 1
-                room = MAX_REPORTED_ERRORS - len(result.errors)
-                result.errors.extend(line_errors[: max(room, 0)])
-                if not skip_invalid:
-                    # Nothing will be stored: stop writing, keep reading to report every error.
-                    storing = False
-                    sft_batch.clear()
-                    dpo_batch.clear()
+                    writer.add(checked.kind, line, value)
+                if on_line is not None:
+                    on_line(line)
+            if result.lines == 0:
+                raise DataFileError(f"{file_path}: is empty (no JSON lines); nothing to import")
+            if writer.active:
+                writer.flush()
+                result.stored = True
+                result.examples, result.pairs = writer.examples, writer.pairs
             else:
-                result.valid_lines += 1
-                if storing:
-                    (dpo_batch if checked.kind == "dpo" else sft_batch).append((line, value))
-                    if len(sft_batch) >= BATCH_SIZE or len(dpo_batch) >= BATCH_SIZE:
-                        flush()
-            if on_line is not None:
-                on_line(line)
-
-        if result.lines == 0:
-            raise DataFileError(f"{file_path}: is empty (no JSON lines); nothing to import")
-        if storing:
-            flush()
-            result.stored = True
-        else:
-            session.rollback()
-
-    if result.stored:
-        result.examples = ImportResult(*examples)
-        result.pairs = ImportResult(*pairs)
+                session.rollback()
+    except IntegrityError as error:
+        # Only a concurrent writer storing the same content between our lookup and our insert gets here.
+        raise FtbotError(
+            f"{file_path}: another import or capture stored some of the same examples at the same moment, "
+            "so nothing was imported; run the import again (it adds only what is missing)"
+        ) from error
     return result
+
+
+class _BatchWriter:
+    """Buffers valid lines and writes them in batches inside the caller's transaction."""
+
+    def __init__(self, db: Database, session: Session, *, source_file: str, approved_by: str | None):
+        self.db, self.session = db, session
+        self.source_file, self.approved_by = source_file, approved_by
+        self.active = True
+        self.examples = ImportResult(0, 0)
+        self.pairs = ImportResult(0, 0)
+        self._sft: list[tuple[int, dict[str, Any]]] = []
+        self._dpo: list[tuple[int, dict[str, Any]]] = []
+
+    def add(self, kind: str, line: int, record: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        batch = self._dpo if kind == "dpo" else self._sft
+        batch.append((line, record))
+        if len(batch) >= BATCH_SIZE:
+            self.flush()
+
+    def stop(self) -> None:
+        self.active = False
+        self._sft.clear()
+        self._dpo.clear()
+
+    def flush(self) -> None:
+        if self._sft:
+            done = import_records(
+                self.db, self._sft, source_file=self.source_file, approved_by=self.approved_by, session=self.session
+            )
+            self.examples = ImportResult(self.examples.added + done.added, self.examples.unchanged + done.unchanged)
+            self._sft.clear()
+        if self._dpo:
+            done = import_pairs(self.db, self._dpo, source_file=self.source_file, session=self.session)
+            self.pairs = ImportResult(self.pairs.added + done.added, self.pairs.unchanged + done.unchanged)
+            self._dpo.clear()
 
 
 def count_lines(path: str | os.PathLike[str]) -> int:

@@ -87,17 +87,15 @@ def import_pairs(
         with db.session() as own_session:
             return import_pairs(db, items, source_file=source_file, session=own_session)
     added = unchanged = 0
-    seen: set[str] = set()
     for batch in _batched(items, BATCH_SIZE):
         rows: dict[str, dict[str, Any]] = {}
         now = utcnow()
         for line, record in batch:
             normalized = normalize_pair(record)
             digest = content_hash(normalized)
-            if digest in seen:
+            if digest in rows:
                 unchanged += 1
                 continue
-            seen.add(digest)
             rows[digest] = {
                 "content_hash": digest,
                 "record": normalized,

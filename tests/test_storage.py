@@ -330,3 +330,39 @@ def test_settings_hold_json_values(db: Database) -> None:
     assert get_setting(db, "onboarded") == {"U1": True, "list": [1, 2]}
     assert delete_setting(db, "prompt:C1") and not delete_setting(db, "prompt:C1")
     assert get_setting(db, "prompt:C1", 0) == 0
+
+
+_CAPTURE_SCRIPT = """
+import sys
+from storage.db import Database
+from storage.examples import save_capture
+db = Database.open(sys.argv[1])
+for round_ in range(15):
+    record = {"messages": [{"role": "user", "content": "Refund?"},
+                           {"role": "assistant", "content": "Refunds take 5 days (" + sys.argv[2] + str(round_ % 3) + ")"}]}
+    save_capture(db, record=record, source_key="slack:C9:555.5", channel="C9", ts="555.5", thread_ts=None,
+                 permalink=None, captured_by="U" + sys.argv[2], status="pending")
+print("ok")
+"""
+
+
+def test_two_processes_capturing_one_message_end_with_one_row(db: Database) -> None:
+    """The bot and a second bot instance (or a worker) write the same Slack message at once."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.fixtures.db import database_url
+
+    repo = Path(__file__).resolve().parents[1]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", _CAPTURE_SCRIPT, database_url(db), name], cwd=repo,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name in ("A", "B")
+    ]
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        assert out.strip() == "ok"
+    (example,) = list_examples(db)
+    assert example.source_key == "slack:C9:555.5" and example.captured_by in ("UA", "UB")
