@@ -465,7 +465,7 @@ def register(app: App, bot: "BotContext") -> None:
                 tell("Use `@ftbot add` as a reply *inside the thread* you want to capture (or `/ft add <link>`).")
                 return
             thread = fetch_thread(client, channel, thread_ts)
-            target_message = _reply_before(bot, thread, event["ts"], context.bot_user_id)
+            target_message = _reply_before(bot, thread, event["ts"], context.bot_user_id, user)
             if target_message is None:
                 tell("I found no reply by your team above this message to capture.")
                 return
@@ -547,16 +547,17 @@ def _bot_user_id(client: WebClient, bot: "BotContext") -> str | None:
     return cached
 
 
-def _reply_before(bot: "BotContext", thread: list[dict[str, Any]], mention_ts: str, bot_user_id: str | None) -> dict[str, Any] | None:
-    """The message `@ftbot add` refers to: the latest team reply (any human reply without roles) above the mention."""
-    candidates = [m for m in thread if _ts_key(m["ts"]) < _ts_key(mention_ts)]
-    for message in reversed(candidates):
-        if _is_bot_message(message, bot_user_id) or _is_capture_mention(message, bot_user_id):
-            continue
-        if bot.roles.configured and not bot.roles.is_team(message.get("user")):
-            continue
-        return message
-    return None
+def _reply_before(bot: "BotContext", thread: list[dict[str, Any]], mention_ts: str, bot_user_id: str | None,
+                  mentioner: str | None) -> dict[str, Any] | None:
+    """The message `@ftbot add` refers to: the latest team reply above the mention (with roles configured),
+    else the mentioner's own latest message (agents mention the bot under their reply), else the latest human reply."""
+    candidates = [m for m in thread if _ts_key(m["ts"]) < _ts_key(mention_ts)
+                  and not _is_bot_message(m, bot_user_id) and not _is_capture_mention(m, bot_user_id)]
+    if bot.roles.configured:
+        return next((m for m in reversed(candidates) if bot.roles.is_team(m.get("user"))), None)
+    own = next((m for m in reversed(candidates) if m.get("user") == mentioner), None)
+    replies = [m for m in candidates if m["ts"] != m.get("thread_ts", m["ts"]) or len(candidates) == 1]
+    return own or (replies[-1] if replies else None)
 
 
 def save_draft_as_example(bot: "BotContext", client: WebClient, draft: Draft, draft_key: str, *, user: str,

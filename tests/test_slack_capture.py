@@ -173,9 +173,17 @@ def test_app_mention_add_offers_the_form_once_even_when_retried(slack_bot: Slack
     assert len(offers) == 1
     button = offers[0].args["blocks"][1]["elements"][0]
     target = json.loads(button["value"])
-    # the reply right above the mention is "Great, thanks!" by the customer... with no roles, the last human message
-    # before the mention is the target; here that is the customer's thanks, so configure roles to pick the agent reply
-    assert target["thread_ts"] == parent["ts"]
+    # no roles configured: the mentioning agent's own reply above the mention is the one to capture
+    assert target == {"channel": "C_SUPPORT", "ts": reply["ts"], "thread_ts": parent["ts"]}
+    assert offers[0].args["user"] == "U_AGENT" and offers[0].args["thread_ts"] == parent["ts"]
+
+
+def test_app_mention_outside_a_thread_explains_where_to_use_it(slack_bot: SlackHarness):
+    h = slack_bot
+    mention = h.fake.post_message("C_SUPPORT", "U_AGENT", "<@U0FTBOT> add")
+    h.event(app_mention("<@U0FTBOT> add", ts=mention["ts"], thread_ts=None), event_id="EvTop")
+    h.wait()
+    assert "inside the thread" in h.fake.calls_to("chat.postEphemeral")[0].args["text"]
 
 
 def test_app_mention_with_roles_targets_the_agent_reply(sqlite_db, fake_slack):
