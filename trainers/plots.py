@@ -1,0 +1,42 @@
+"""Loss-curve PNGs with matplotlib (Agg backend: no display needed, safe in the bot's worker threads)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def loss_curve_png(points: Sequence[dict[str, Any]], *, title: str = "Training loss", path: str | Path | None = None) -> bytes:
+    """Render ``[{step, train_loss, valid_loss}]`` as a PNG (bytes; also written to ``path`` if given).
+
+    Raises ValueError when there is no loss to draw.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure  # the object API: no global pyplot state shared between threads
+
+    train = [(p["step"], p["train_loss"]) for p in points if p.get("train_loss") is not None]
+    valid = [(p["step"], p["valid_loss"]) for p in points if p.get("valid_loss") is not None]
+    if not train and not valid:
+        raise ValueError("no losses recorded yet: nothing to plot")
+    figure = Figure(figsize=(6.4, 3.6), dpi=100)
+    axes = figure.add_subplot()
+    if train:
+        axes.plot(*zip(*train), label="train loss", color="#1f77b4", linewidth=1.6)
+    if valid:
+        axes.plot(*zip(*valid), label="validation loss", color="#d62728", marker="o", markersize=3.5, linewidth=1.2)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    data = buffer.getvalue()
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data

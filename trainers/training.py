@@ -1,0 +1,269 @@
+"""Training jobs from quote to registered model: the one API behind ``/ft train`` and ``ftbot train``.
+
+- :func:`quote_job` freezes a snapshot, prices it and stores a job in status ``quoted``.
+- :func:`start_job` checks the gate (data errors, PII for OpenAI, budget), claims the job exactly once and starts
+  it: OpenAI upload + create, or the local worker process.
+- :func:`refresh_job` advances what the caller watches: polls OpenAI, or checks the local worker is alive
+  (a dead worker fails its job with the log tail); on success it registers the model. Idempotent.
+- :func:`cancel_job` stops a job on either back end.
+
+No Slack and no ML imports here: the bot calls this on its scheduler threads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from storage.db import Database
+from storage.jobs import (
+    claim_job,
+    create_job,
+    finish_job,
+    get_job,
+    last_losses,
+    metric_points,
+    model_for_job,
+    register_model,
+    update_job,
+)
+from storage.models import Job, JobStatus, RegisteredModel
+from storage.snapshots import create_snapshot
+from trainers.errors import ConfigError, TrainingError, ValidationFailed
+from trainers.launch import read_log_tail, spawn_worker, stop_worker, worker_exit_code
+from trainers.local.config import TINY_BASE_MODEL, LocalTrainConfig, configured_base_model
+from trainers.quote import Quote, TrainingSettings, build_quote
+
+BACKENDS = ("openai", "local")
+METHODS = ("sft", "dpo")
+
+
+@dataclass(frozen=True)
+class QuotedJob:
+    job: Job
+    quote: Quote
+    created: bool
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    job: Job
+    finished: bool
+    changed: bool
+    model: RegisteredModel | None = None
+
+
+def quote_job(
+    db: Database,
+    *,
+    backend: str,
+    method: str = "sft",
+    model: str | None = None,
+    created_by: str | None = None,
+    idempotency_key: str | None = None,
+    validation_fraction: float = 0.1,
+    epochs: int | None = None,
+    local_options: dict[str, Any] | None = None,
+    settings: TrainingSettings | None = None,
+    slack_channel: str | None = None,
+) -> QuotedJob:
+    """Snapshot the approved examples (or pairs for DPO), quote them, and store a ``quoted`` job."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown back end {backend!r}: use 'openai' or 'local'")
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}: use 'sft' or 'dpo'")
+    settings = settings or TrainingSettings.from_env()
+    snapshot = create_snapshot(
+        db, kind=method, validation_fraction=validation_fraction, created_by=created_by
+    ).snapshot
+    if backend == "openai":
+        base_model = model or settings.openai_model
+        config: dict[str, Any] = {"seed": 42}
+        if epochs:
+            config["n_epochs"] = epochs
+    else:
+        base_model = configured_base_model(model)
+        options = dict(local_options or {})
+        if epochs:
+            options["epochs"] = epochs
+        config = LocalTrainConfig(base_model=base_model, method=method, **options).to_dict()
+    quote = build_quote(db, snapshot, backend=backend, model=base_model, method=method, epochs=epochs, settings=settings)
+    result = create_job(
+        db, backend=backend, method=method, base_model=base_model, snapshot_id=snapshot.id, config=config,
+        quote=quote.to_json(), estimated_tokens=quote.trained_tokens, estimated_cost_usd=quote.cost_usd,
+        created_by=created_by, idempotency_key=idempotency_key, slack_channel=slack_channel,
+    )
+    stored_quote = Quote.from_json(result.job.quote) if result.job.quote else quote
+    return QuotedJob(result.job, stored_quote, result.created)
+
+
+def start_job(
+    db: Database,
+    job_id: int,
+    *,
+    admin_confirmed: bool = False,
+    allow_pii: bool = False,
+    openai_client: Any | None = None,
+    database_url: str | None = None,
+) -> Job:
+    """Start a quoted job once; a second call (double click, retry) returns the job without starting it again.
+
+    Raises ValidationFailed with every blocker when the gate refuses.
+    """
+    job = get_job(db, job_id)
+    if job.status != JobStatus.QUOTED:
+        return job
+    quote = Quote.from_json(job.quote or {})
+    blockers = quote.blockers(admin_confirmed=admin_confirmed, allow_pii=allow_pii)
+    if blockers:
+        raise ValidationFailed("cannot start job #%d: %s" % (job_id, "; ".join(blockers)))
+    if not claim_job(db, job_id):
+        return get_job(db, job_id)  # someone else started it a moment ago
+    # Who overrode which gate is part of the job's record.
+    update_job(db, job_id, config={**job.config, "gate": {"allow_pii": allow_pii, "admin_confirmed": admin_confirmed}})
+    if job.backend == "openai":
+        from trainers.openai_backend import OpenAIBackend
+
+        try:
+            return OpenAIBackend(openai_client).submit(db, job_id)
+        except TrainingError:
+            raise
+        except Exception as error:
+            finish_job(db, job_id, JobStatus.FAILED, error=f"Could not start the OpenAI job: {error}")
+            raise TrainingError(f"could not start the OpenAI job: {error}") from error
+    url = database_url or db.engine.url.render_as_string(hide_password=False)
+    pid = spawn_worker(job_id, database_url=url)
+    return update_job(db, job_id, worker_pid=pid)
+
+
+def _register(db: Database, job: Job) -> RegisteredModel | None:
+    if job.status != JobStatus.SUCCEEDED or not job.result_model:
+        return None
+    existing = model_for_job(db, job.id)
+    if existing is not None:
+        return existing
+    step, train_loss, valid_loss = last_losses(db, job.id)
+    metrics = {
+        "steps": step, "final_train_loss": train_loss, "final_valid_loss": valid_loss,
+        "trained_tokens": job.trained_tokens, "estimated_tokens": job.estimated_tokens,
+    }
+    if job.backend == "openai":
+        name = job.result_model
+        cost = _openai_cost(job)
+    else:
+        short = "tiny" if job.base_model == TINY_BASE_MODEL else Path(job.base_model.rstrip("/")).name
+        name = f"{short}-{job.method}-job{job.id}"
+        cost = job.estimated_cost_usd
+        metrics["tokens_per_second"] = (job.progress or {}).get("tokens_per_second")
+    model, _created = register_model(
+        db, name=name, backend=job.backend, base_model=job.base_model, location=job.result_model, job_id=job.id,
+        snapshot_id=job.snapshot_id, metrics=metrics, cost_usd=cost,
+    )
+    return model
+
+
+def _openai_cost(job: Job) -> float | None:
+    if job.trained_tokens is None:
+        return job.estimated_cost_usd
+    from trainers.pricing import load_price_table, training_cost
+
+    entry = load_price_table().find(job.base_model)
+    return training_cost(entry, job.trained_tokens) if entry is not None else job.estimated_cost_usd
+
+
+def refresh_job(db: Database, job_id: int, *, openai_client: Any | None = None) -> JobUpdate:
+    """Bring one job's record up to date and register its model when it succeeded."""
+    job = get_job(db, job_id)
+    changed = False
+    if job.status not in JobStatus.FINISHED and job.status != JobStatus.QUOTED:
+        if job.backend == "openai":
+            from trainers.openai_backend import OpenAIBackend
+
+            result = OpenAIBackend(openai_client).poll(db, job_id)
+            job, changed = result.job, result.changed
+        else:
+            changed = _check_worker(db, job)
+            job = get_job(db, job_id)
+    model = _register(db, job)
+    return JobUpdate(job, job.status in JobStatus.FINISHED, changed, model)
+
+
+def _check_worker(db: Database, job: Job) -> bool:
+    """Fail a local job whose worker is gone without recording a result (killed, crashed, out of memory)."""
+    if job.worker_pid is None:
+        return False
+    code = worker_exit_code(job.worker_pid)
+    if code is None:
+        return False
+    time.sleep(0.05)
+    fresh = get_job(db, job.id)
+    if fresh.status in JobStatus.FINISHED:
+        return True  # the worker recorded its own result before exiting
+    how = f"was killed by signal {-code}" if code < -1 else ("is gone" if code == -1 else f"exited with code {code}")
+    finish_job(
+        db, job.id, JobStatus.FAILED,
+        error=f"The training worker (pid {job.worker_pid}) {how} before finishing. The log tail is below; "
+        f"fix the cause and start a new job (`/ft train local`).",
+        log_tail=read_log_tail(job.id),
+    )
+    return True
+
+
+def cancel_job(db: Database, job_id: int, *, openai_client: Any | None = None) -> Job:
+    job = get_job(db, job_id)
+    if job.status in JobStatus.FINISHED:
+        return job
+    if job.backend == "openai" and job.external_id:
+        from trainers.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(openai_client).cancel(db, job_id)
+    finish_job(db, job_id, JobStatus.CANCELLED)
+    if job.worker_pid is not None and worker_exit_code(job.worker_pid) is None:
+        stop_worker(job.worker_pid)
+    return get_job(db, job_id)
+
+
+def wait_for_job(
+    db: Database,
+    job_id: int,
+    *,
+    interval: float = 2.0,
+    timeout: float | None = None,
+    openai_client: Any | None = None,
+    on_update: Callable[[JobUpdate], None] | None = None,
+) -> JobUpdate:
+    """Refresh until the job finishes (the CLI's ``--wait``)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        update = refresh_job(db, job_id, openai_client=openai_client)
+        if on_update is not None:
+            on_update(update)
+        if update.finished:
+            return update
+        if deadline is not None and time.monotonic() > deadline:
+            raise TrainingError(f"job {job_id} did not finish within {timeout:.0f} s; it keeps running (see `ftbot jobs`).")
+        time.sleep(interval)
+
+
+def progress_line(db: Database, job: Job) -> str:
+    """One line: status, step and losses (the Slack progress message and the CLI's --wait print it)."""
+    step, train_loss, valid_loss = last_losses(db, job.id)
+    progress = job.progress or {}
+    parts = [f"job #{job.id} {job.status}"]
+    if step is not None:
+        total = progress.get("total_steps") or progress.get("max_steps")
+        parts.append(f"step {step}" + (f"/{total}" if total else ""))
+    if train_loss is not None:
+        parts.append(f"train loss {train_loss:.4f}")
+    if valid_loss is not None:
+        parts.append(f"valid loss {valid_loss:.4f}")
+    return " · ".join(parts)
+
+
+__all__ = [
+    "QuotedJob", "JobUpdate", "quote_job", "start_job", "refresh_job", "cancel_job", "wait_for_job",
+    "progress_line", "metric_points",
+]
