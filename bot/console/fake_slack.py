@@ -272,6 +272,11 @@ class FakeSlack:
         if failure is not None:
             extra = {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else {}
             return self._finish(call, failure.status, extra, {"ok": False, "error": failure.error})
+        if method == "apps.connections.open":
+            # Socket Mode asks for its WebSocket URL with the app-level token; nothing listens there in tests.
+            ok = bool(token and token.startswith("xapp-"))
+            body = {"ok": True, "url": "ws://127.0.0.1:9/link/?ticket=fake"} if ok else {"ok": False, "error": "not_allowed_token_type"}
+            return self._finish(call, 200, {}, body)
         if self.token is not None and token != self.token:
             return self._finish(call, 200, {}, {"ok": False, "error": "invalid_auth"})
         handler = getattr(self, "_api_" + method.replace(".", "_"), None)
