@@ -366,3 +366,28 @@ def test_two_processes_capturing_one_message_end_with_one_row(db: Database) -> N
         assert out.strip() == "ok"
     (example,) = list_examples(db)
     assert example.source_key == "slack:C9:555.5" and example.captured_by in ("UA", "UB")
+
+
+# --- the fixture itself ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ci, outcome", [("", "1 passed, 1 skipped"), ("true", "1 passed, 1 error")])
+def test_postgres_cases_skip_locally_but_fail_in_ci_when_the_server_is_down(tmp_path, ci: str, outcome: str) -> None:
+    """CI must never silently skip the PostgreSQL half of the suite."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["tests.fixtures.db"]\n')
+    (tmp_path / "test_probe.py").write_text("def test_probe(db):\n    assert db is not None\n")
+    env = {**os.environ, "CI": ci, "PYTHONPATH": str(repo),
+           "FTBOT_TEST_POSTGRES_URL": "postgresql+psycopg://postgres@127.0.0.1:1/test"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert outcome in completed.stdout, completed.stdout + completed.stderr
+    if not ci:
+        assert "PostgreSQL not reachable at postgresql+psycopg://postgres@127.0.0.1:1/test" in completed.stdout
