@@ -29,6 +29,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from storage.errors import MigrationError
 
@@ -82,20 +83,27 @@ def upgrade(db: "Database", revision: str = "head") -> None:
             return
     except Exception:  # noqa: BLE001 - an unreadable version table is handled under the lock below
         pass
-    try:
-        with db.engine.connect() as connection:
+    with db.engine.connect() as connection:  # connection errors propagate as they are
+        try:
             if connection.dialect.name == "sqlite":
                 # Takes SQLite's write lock now (waiting up to busy_timeout) and makes the DDL one transaction.
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             elif connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+            # Alembic sees the transaction we opened and runs every revision inside it: all or nothing.
             command.upgrade(alembic_config(connection), revision)
             connection.commit()
-    except CommandError as error:
-        raise MigrationError(
-            f"cannot migrate {db.url} to {revision}: {error}. If the database was created by a newer "
-            f"ftbot, upgrade ftbot (pip install -U ftbot)"
-        ) from error
+        except CommandError as error:
+            raise MigrationError(
+                f"cannot migrate {db.url} to {revision}: {error}. If the database was created by a newer "
+                "ftbot, upgrade ftbot (pip install -U ftbot)"
+            ) from error
+        except SQLAlchemyError as error:
+            reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            raise MigrationError(
+                f"cannot migrate {db.url} to {revision}: {reason}; the schema was left unchanged. "
+                "Is this database used by another application? Point FTBOT_DATABASE_URL at a database of its own"
+            ) from error
 
 
 def downgrade(db: "Database", revision: str) -> None:

@@ -147,6 +147,17 @@ def test_database_from_a_newer_ftbot_gives_a_clear_error(empty_db: Database) -> 
         upgrade(empty_db)
 
 
+def test_a_failing_migration_leaves_the_schema_unchanged(empty_db: Database) -> None:
+    """All revisions run in one transaction: a failure half-way creates no tables and no version."""
+    with empty_db.engine.begin() as connection:
+        # A foreign table in the way of revision 0001 (created after several other tables).
+        connection.execute(text("CREATE TABLE snapshot_members (id INTEGER PRIMARY KEY)"))
+    with pytest.raises(MigrationError, match="schema was left unchanged"):
+        upgrade(empty_db)
+    assert set(inspect(empty_db.engine).get_table_names()) == {"snapshot_members"}
+    assert current_revision(empty_db) is None
+
+
 def test_sqlite_connections_enforce_foreign_keys_and_use_wal(sqlite_db: Database) -> None:
     with sqlite_db.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
