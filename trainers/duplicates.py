@@ -12,6 +12,7 @@ which is what macros do, stay found while memory stays flat.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ NUM_PERM = 32
 BANDS = 8
 ROWS = NUM_PERM // BANDS
 MIN_SHINGLE_TOKENS = 8  # replies shorter than this are flagged by short_assistant_reply instead
+SAMPLE = 4  # power of two
 _SHINGLE = 3
 _MAX_BATCH_SHINGLES = 1 << 16
 
@@ -43,48 +45,50 @@ _P = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], dtyp
 _BAND_MIX = (_rng.integers(1, 2**63 - 1, size=ROWS, dtype=np.uint64) << np.uint64(1)) | np.uint64(1)
 
 
-def minhash_signatures(token_lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """MinHash signatures (uint32, shape n×NUM_PERM) of the token-trigram sets of each list.
+def minhash_signatures(flat_tokens: Sequence[int], lengths: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """MinHash signatures (uint32, n×NUM_PERM) of the token-trigram sets of consecutive replies.
 
-    Returns (indices into ``token_lists`` that were long enough, signatures in that order).
+    ``flat_tokens`` holds the token ids of every reply back to back, ``lengths`` each reply's count.
+    Only one trigram in ``1/SAMPLE`` (chosen by its hash, so the same trigrams everywhere) enters the
+    sketch: the Jaccard estimate stays unbiased and the work drops accordingly.
+    Returns (indices of the replies that got a signature, their signatures).
     """
-    keep = [index for index, tokens in enumerate(token_lists) if len(tokens) >= MIN_SHINGLE_TOKENS]
-    if not keep:
-        return np.empty(0, dtype=np.int64), np.empty((0, NUM_PERM), dtype=np.uint32)
-    lengths = np.fromiter((len(token_lists[index]) for index in keep), dtype=np.int64, count=len(keep))
-    flat = np.fromiter(
-        (token for index in keep for token in token_lists[index]), dtype=np.uint64, count=int(lengths.sum())
-    )
-    # Trigram hash at every position, then drop the positions whose trigram crosses into the next reply.
+    empty = (np.empty(0, dtype=np.int64), np.empty((0, NUM_PERM), dtype=np.uint32))
+    if not lengths:
+        return empty
+    sizes = np.asarray(lengths, dtype=np.int64)
+    flat = np.asarray(flat_tokens, dtype=np.uint64)
+    if len(flat) < _SHINGLE:
+        return empty
     with np.errstate(over="ignore"):
         shingles = flat[:-2] * _P[0] + flat[1:-1] * _P[1] + flat[2:] * _P[2]
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    valid = np.ones(len(shingles), dtype=bool)
-    for offset in (1, 2):
-        boundary = ends[:-1] - offset
-        valid[boundary[boundary < len(valid)]] = False
-    shingles = shingles[valid]
-    counts = lengths - (_SHINGLE - 1)
-    shingle_starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    signatures = np.empty((len(keep), NUM_PERM), dtype=np.uint32)
-    # Work in slices of whole replies so the temporary NUM_PERM × shingles matrix stays small.
+        shingles ^= shingles >> np.uint64(29)
+    owner = np.repeat(np.arange(len(sizes)), sizes)[: len(shingles)]
+    ends = np.cumsum(sizes)
+    # A trigram belongs to one reply: drop those that cross into the next, and short replies.
+    keep = (owner == np.repeat(np.arange(len(sizes)), sizes)[2:]) & (sizes[owner] >= MIN_SHINGLE_TOKENS)
+    keep &= (shingles & np.uint64(SAMPLE - 1)) == 0
+    shingles = shingles[keep]
+    owner = owner[keep]
+    del ends
+    if len(shingles) == 0:
+        return empty
+    rows, starts = np.unique(owner, return_index=True)
+    signatures = np.empty((len(rows), NUM_PERM), dtype=np.uint32)
+    # Slices of whole replies keep the temporary NUM_PERM × shingles matrix small.
+    bounds = list(starts) + [len(shingles)]
     first = 0
-    while first < len(keep):
+    while first < len(rows):
         last = first + 1
-        budget = counts[first]
-        while last < len(keep) and budget + counts[last] <= _MAX_BATCH_SHINGLES:
-            budget += counts[last]
+        while last < len(rows) and bounds[last + 1] - bounds[first] <= _MAX_BATCH_SHINGLES:
             last += 1
-        lo = shingle_starts[first]
-        hi = lo + budget
+        lo, hi = bounds[first], bounds[last]
         with np.errstate(over="ignore"):
             hashed = (_A[:, None] * shingles[None, lo:hi] + _B[:, None]) >> np.uint64(32)
-        reduced = np.minimum.reduceat(hashed, shingle_starts[first:last] - lo, axis=1)
+        reduced = np.minimum.reduceat(hashed, np.asarray(bounds[first:last]) - lo, axis=1)
         signatures[first:last] = reduced.T.astype(np.uint32)
         first = last
-    del starts
-    return np.asarray(keep, dtype=np.int64), signatures
+    return rows.astype(np.int64), signatures
 
 
 def band_keys(signatures: np.ndarray) -> np.ndarray:
@@ -130,48 +134,45 @@ class NearDuplicateIndex:
     def __init__(self, threshold: float = 0.7, capacity: int = 20_000):
         self.threshold = threshold
         self.capacity = capacity
+        self._min_same = math.ceil(threshold * NUM_PERM)
         self._bands: dict[int, int] = {}  # band key -> representative line
-        self._reps: dict[int, tuple[np.ndarray, list[int], int]] = {}  # line -> (signature, band keys, matches)
+        self._reps: dict[int, list] = {}  # line -> [signature, band keys, matches]
         self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._reps)
 
     def check(self, line: int, signature: np.ndarray, keys: Sequence[int]) -> NearMatch | None:
-        """The most similar earlier representative above the threshold, else None (and index this reply)."""
-        best: NearMatch | None = None
-        tried: set[int] = set()
+        """An earlier representative whose reply is similar above the threshold, else None (and index this reply)."""
         bands = self._bands
+        reps = self._reps
+        tried: list[int] = []
         for key in keys:
             candidate = bands.get(key)
             if candidate is None or candidate in tried:
                 continue
-            tried.add(candidate)
-            rep = self._reps.get(candidate)
+            rep = reps.get(candidate)
             if rep is None:
                 continue
-            similarity = float(np.count_nonzero(rep[0] == signature)) / NUM_PERM
-            if similarity >= self.threshold and (best is None or similarity > best.similarity):
-                best = NearMatch(candidate, similarity)
-        if best is not None:
-            signature_rep, rep_keys, matches = self._reps[best.line]
-            self._reps[best.line] = (signature_rep, rep_keys, matches + 1)
-            return best
-        if len(self._reps) >= self.capacity:
+            same = int(np.count_nonzero(rep[0] == signature))
+            if same >= self._min_same:
+                rep[2] += 1
+                return NearMatch(candidate, same / NUM_PERM)
+            tried.append(candidate)
+        if len(reps) >= self.capacity:
             self._evict()
-        key_list = [int(key) for key in keys]
-        self._reps[line] = (signature.copy(), key_list, 0)
-        for key in key_list:
+        reps[line] = [signature, keys, 0]
+        for key in keys:
             bands.setdefault(key, line)
         return None
 
     def _evict(self) -> None:
         # Lossy counting: drop representatives nothing has matched; halve everyone's count so old
         # macros that stopped recurring eventually make room too.
-        survivors: dict[int, tuple[np.ndarray, list[int], int]] = {}
+        survivors: dict[int, list] = {}
         for line, (signature, keys, matches) in self._reps.items():
             if matches > 0:
-                survivors[line] = (signature, keys, matches // 2)
+                survivors[line] = [signature, keys, matches // 2]
         if len(survivors) >= self.capacity // 2:
             ranked = sorted(survivors.items(), key=lambda item: item[1][2], reverse=True)
             survivors = dict(ranked[: self.capacity // 2])

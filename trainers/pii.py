@@ -35,14 +35,19 @@ class PiiFinding:
         return PII_KINDS[self.kind]
 
 
-_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}(?![\w-])")
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
-_SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
-_IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.])")
-# A run of digits with the separators people type in phone and card numbers.
-_DIGIT_RUN = re.compile(r"(?<![\w+])\+?\(?\d[\d \t().-]{6,}\d(?![\w])")
+# Patterns start with a character class (no leading look-behind) so the regex engine can skip ahead
+# quickly; the word-boundary check on the left is done in Python on the rare candidates.
+_EMAIL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}(?![\w-])")
+_IBAN = re.compile(r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
+_IBAN_HEAD = re.compile(r"[A-Z]{2}[0-9]{2}")
+# A run of digits with the separators people type in phone, card, SSN numbers and IP addresses. Every
+# digit-based kind, IBANs included, contains one, so this is the only full scan of the text.
+_DIGIT_RUN = re.compile(r"[0-9][0-9 \t().\-]{5,}[0-9]")
 _DIGITS = re.compile(r"\d")
-_DATE_LIKE = re.compile(r"^\d{1,4}([./-])\d{1,2}\1\d{1,4}$")
+_SSN = re.compile(r"(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}")
+_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)")
+_CARD_SHAPE = re.compile(r"\d(?:[ -]?\d){12,18}")
+_DATE_LIKE = re.compile(r"\d{1,4}([./-])\d{1,2}\1\d{1,4}")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -68,21 +73,41 @@ def iban_valid(candidate: str) -> bool:
     return int(numeric) % 97 == 1
 
 
-def _classify_digit_run(run: str) -> str | None:
-    digits = "".join(_DIGITS.findall(run))
-    count = len(digits)
-    stripped = run.strip()
-    if _DATE_LIKE.match(stripped):
+def _classify_digit_run(run: str, opener: str) -> str | None:
+    """Kind of a digit run ("card", "ssn", "ip", "phone") or None; ``opener`` is "+" or "(" typed before it."""
+    if _SSN.fullmatch(run):
+        return "ssn"
+    if _DATE_LIKE.fullmatch(run):
         return None
-    # Cards: 13-19 digits typed plain or in groups of digits separated by spaces or dashes.
-    if 13 <= count <= 19 and re.fullmatch(r"\d[\d -]*\d", stripped) and luhn_valid(digits):
+    if "." in run and _IPV4.fullmatch(run):
+        return "ip"
+    digits = _DIGITS.findall(run)
+    count = len(digits)
+    if 13 <= count <= 19 and _CARD_SHAPE.fullmatch(run) and luhn_valid("".join(digits)):
         return "card"
-    if 9 <= count <= 15:
-        plus = stripped.startswith("+")
-        grouped = bool(re.search(r"[ ().-]", stripped))
+    if 9 <= count <= 15 and "." not in run.replace(". ", " "):
         # A bare run of digits is more often an order or ticket number than a phone number.
-        if plus or (grouped and count >= 10) or (stripped.startswith("(") and count >= 10):
+        grouped = any(separator in run for separator in " ()-")
+        if opener or (grouped and count >= 10):
             return "phone"
+    return None
+
+
+def _left_boundary(text: str, start: int) -> bool:
+    return start == 0 or not (text[start - 1].isalnum() or text[start - 1] in "_.+-@")
+
+
+def _iban_at(text: str, run_start: int) -> re.Match[str] | None:
+    """An IBAN that contains the digit run starting at ``run_start`` (its head is at most 34 chars back)."""
+    window_start = max(0, run_start - 34)
+    for head in _IBAN_HEAD.finditer(text, window_start, run_start + 4):
+        if head.start() > run_start:
+            break
+        if not _left_boundary(text, head.start()):
+            continue
+        match = _IBAN.match(text, head.start())
+        if match and match.end() > run_start and iban_valid(match.group()):
+            return match
     return None
 
 
@@ -92,30 +117,52 @@ def find_pii(text: str) -> list[PiiFinding]:
         return []
     findings: list[PiiFinding] = []
     if "@" in text:
-        findings.extend(PiiFinding("email", m.start(), m.end(), m.group()) for m in _EMAIL.finditer(text))
-    has_digit = _DIGITS.search(text) is not None
-    if has_digit:
-        for match in _IBAN.finditer(text):
-            if iban_valid(match.group()):
-                findings.append(PiiFinding("iban", match.start(), match.end(), match.group()))
-        if "-" in text:
-            findings.extend(PiiFinding("ssn", m.start(), m.end(), m.group()) for m in _SSN.finditer(text))
-        if "." in text:
-            findings.extend(PiiFinding("ip", m.start(), m.end(), m.group()) for m in _IPV4.finditer(text))
-        for match in _DIGIT_RUN.finditer(text):
-            run = match.group()
-            # The run may swallow a trailing separator; trim it so the span is exact.
-            trimmed = run.rstrip(" \t().-")
-            kind = _classify_digit_run(trimmed)
-            if kind:
-                findings.append(PiiFinding(kind, match.start(), match.start() + len(trimmed), trimmed))
+        for match in _EMAIL.finditer(text):
+            if _left_boundary(text, match.start()):
+                findings.append(PiiFinding("email", match.start(), match.end(), match.group()))
+    position = 0
+    while True:
+        match = _DIGIT_RUN.search(text, position)
+        if match is None:
+            break
+        start = match.start()
+        position = match.end()
+        iban = _iban_at(text, start) if start >= 2 else None
+        if iban is not None:
+            findings.append(PiiFinding("iban", iban.start(), iban.end(), iban.group()))
+            position = max(position, iban.end())
+            continue
+        if start and text[start - 1].isalnum():
+            continue  # part of a word or code such as "A1234567"
+        if start and text[start - 1] == "_":
+            continue
+        if match.end() < len(text) and (text[match.end()].isalnum() or text[match.end()] == "_"):
+            continue  # runs into a word: "12345678abc"
+        run = match.group().rstrip(" \t(.-")
+        opener = text[start - 1] if start and text[start - 1] in "+(" else ""
+        kind = _classify_digit_run(run, opener)
+        if kind is not None:
+            begin = start - 1 if opener else start
+            findings.append(PiiFinding(kind, begin, start + len(run), text[begin : start + len(run)]))
+            continue
+        if " " in run or "\t" in run:
+            # Two numbers typed side by side ("123-45-6789 415-555-0134"): classify each part.
+            offset = start
+            for part in re.split(r"([ \t]+)", run):
+                piece = part.strip("().")
+                if piece and not part.isspace():
+                    piece_start = text.find(piece, offset)
+                    found = _classify_digit_run(piece, "")
+                    if found:
+                        findings.append(PiiFinding(found, piece_start, piece_start + len(piece), piece))
+                offset += len(part)
     if len(findings) <= 1:
         return findings
     findings.sort(key=lambda finding: (finding.start, -(finding.end - finding.start)))
     merged: list[PiiFinding] = []
     for finding in findings:
         if merged and finding.start < merged[-1].end:
-            continue  # overlaps an earlier, longer finding (an SSN inside a phone-like run, say)
+            continue  # overlaps an earlier, longer finding
         merged.append(finding)
     return merged
 

@@ -225,7 +225,8 @@ class TokenCounter:
                 elif key == "tool_calls" or key == "function_call":
                     tokens = len(encode(_json_text(value)))
                 elif isinstance(value, str):
-                    tokens = len(encode(value))
+                    # role, name and tool_call_id values repeat across lines: memoized
+                    tokens = self._count_repeated(value)
                     if key == "name":
                         tokens += _NAME_OVERHEAD
                 else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,10 @@ WARNING_CODES = (
 # longer than this is a broken export, not an example, and is never read into memory.
 MAX_LINE_BYTES = int(os.environ.get("FTBOT_MAX_LINE_BYTES", 16 * 1024 * 1024))
 _READ_BLOCK = 1 << 20
-SHORT_REPLY_WORDS = 3
+SHORT_REPLY_WORDS = 5  # fewer words than this: short_assistant_reply
+_SYSTEM_PII: dict[str, bool] = {}
+_PII_NAMES = {"email": "email address", "phone": "phone number", "card": "card number", "iban": "IBAN",
+              "ssn": "US social security number", "ip": "IP address"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,13 +289,14 @@ def _type_name(value: Any) -> str:
 class _Checker:
     """Collects issues for one line; ``where`` prefixes say which message and field."""
 
-    __slots__ = ("line", "errors", "warnings", "pii")
+    __slots__ = ("line", "errors", "warnings", "pii", "pii_parts")
 
     def __init__(self, line: int, pii: bool):
         self.line = line
         self.errors: list[Issue] = []
         self.warnings: list[Issue] = []
         self.pii = pii
+        self.pii_parts: list[tuple[str, str]] = []
 
     def error(self, code: str, message: str) -> None:
         self.errors.append(Issue(self.line, code, f"line {self.line}: {message}"))
@@ -479,16 +484,43 @@ class _Checker:
             return role, None
         return role, text
 
-    def scan_pii(self, text: str, where: str) -> None:
-        findings = find_pii(text)
-        if findings:
-            kinds: dict[str, int] = {}
-            for finding in findings:
-                kinds[finding.kind] = kinds.get(finding.kind, 0) + 1
-            described = ", ".join(f"{count} {kind}" for kind, count in kinds.items())
+    def note_text(self, text: str, where: str, role: str) -> None:
+        """Queue a message's text for the PII scan (one scan per line, see ``scan_pii``)."""
+        if role == "system":
+            known = _SYSTEM_PII.get(text)
+            if known is None:
+                if len(_SYSTEM_PII) >= 256:
+                    _SYSTEM_PII.clear()
+                known = _SYSTEM_PII[text] = bool(find_pii(text))
+            if not known:
+                return  # the same system prompt repeats on every line: scan it once
+        self.pii_parts.append((where, text))
+
+    def scan_pii(self) -> None:
+        """Scan the queued texts joined into one string and warn once per message with findings."""
+        parts = self.pii_parts
+        if not parts:
+            return
+        joined = "\n\n".join(text for _, text in parts)
+        findings = find_pii(joined)
+        if not findings:
+            return
+        bounds: list[int] = []
+        offset = 0
+        for _, text in parts:
+            offset += len(text)
+            bounds.append(offset)
+            offset += 2
+        by_part: dict[int, dict[str, int]] = {}
+        for finding in findings:
+            index = bisect_left(bounds, finding.start + 1)
+            kinds = by_part.setdefault(index, {})
+            kinds[finding.kind] = kinds.get(finding.kind, 0) + 1
+        for index, kinds in sorted(by_part.items()):
+            described = ", ".join(f"{count} {_PII_NAMES.get(kind, kind)}" for kind, count in kinds.items())
             self.warn(
                 "pii",
-                f"{where}.content contains personal data ({described}); redact it (placeholders like [EMAIL]) "
+                f"{parts[index][0]}.content contains personal data ({described}); redact it (placeholders like [EMAIL]) "
                 "or confirm it may be used for training",
             )
 
@@ -519,8 +551,8 @@ class _Checker:
                         self.check_reply(text, message_where)
             if role == "system":
                 system_texts.append(text)
-            if text and self.pii and role in ("user", "assistant", "system", "tool"):
-                self.scan_pii(text, message_where)
+            if text and self.pii and role is not None:
+                self.note_text(text, message_where, role)
         if need_assistant and not self.errors and not trained_assistant:
             self.error(
                 "example_missing_assistant_message",
@@ -555,6 +587,8 @@ def check_record(value: Any, line: int, kind: str = "auto", *, pii: bool = True)
         _check_dpo(value, checker)
     else:
         raise ValueError(f"kind must be 'sft', 'dpo' or 'auto', not {kind!r}")
+    if checker.pii:
+        checker.scan_pii()
     record = value if not checker.errors else None
     return CheckedLine(line, kind, record, checker.errors, checker.warnings)
 
@@ -601,5 +635,5 @@ def _check_dpo(value: dict[str, Any], checker: _Checker) -> None:
             if key in _DPO_PREFERRED and not output[0].get("tool_calls"):
                 checker.check_reply(text, f"{key}[0]")
             if text and checker.pii:
-                checker.scan_pii(text, f"{key}[0]")
+                checker.note_text(text, f"{key}[0]", "assistant")
     checker.conversation_warnings(roles)
