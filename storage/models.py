@@ -24,7 +24,8 @@ def _created() -> Any:
 
 
 def _json(nullable: bool = True) -> Any:
-    return Field(default=None, sa_column=Column(JSON, nullable=nullable))
+    # none_as_null: a missing value is SQL NULL (so "IS NULL" finds it), not the JSON text 'null'.
+    return Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=nullable))
 
 
 class ExampleStatus:

@@ -195,6 +195,18 @@ def test_tool_calls_unicode_and_optional_keys_round_trip(db: Database) -> None:
     assert "tools" not in record and "parallel_tool_calls" not in record
 
 
+def test_absent_tools_are_sql_null_so_queries_can_filter_on_them(db: Database) -> None:
+    from sqlalchemy import func, select
+
+    from storage.models import Example
+
+    capture(db, conversation("q", "a"))
+    capture(db, TOOL_RECORD, key="slack:C1:7.7")
+    with db.session() as session:
+        assert session.scalar(select(func.count()).where(Example.tools.is_(None))) == 1
+        assert session.scalar(select(func.count()).where(Example.tools.is_not(None))) == 1
+
+
 def test_extra_keys_do_not_change_identity(db: Database) -> None:
     import_records(db, [(1, conversation("q", "a"))], source_file="a.jsonl", approved_by="U1")
     result = import_records(db, [(1, {**conversation("q", "a"), "metadata": {"x": 1}})], source_file="b.jsonl", approved_by="U1")
