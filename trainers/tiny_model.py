@@ -47,7 +47,9 @@ _CORPUS = [
 ]
 
 
-def build_tiny_model(out_dir: str | Path, *, vocab_size: int = 768, hidden_size: int = 64, seed: int = 0) -> Path:
+def build_tiny_model(
+    out_dir: str | Path, *, vocab_size: int = 768, hidden_size: int = 64, seed: int = 0, initializer_range: float = 0.2
+) -> Path:
     """Build a tiny ``LlamaForCausalLM`` plus a byte-level BPE ChatML tokenizer in ``out_dir``; return the path.
 
     Deterministic for a given seed. The directory loads with ``AutoModelForCausalLM`` and
@@ -96,6 +98,9 @@ def build_tiny_model(out_dir: str | Path, *, vocab_size: int = 768, hidden_size:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        # Wider than Llama's 0.02: with LoRA the embeddings and norms stay frozen, and tiny random embeddings
+        # cap the logits near zero, so the loss could hardly fall below ln(vocab). 0.2 gives LoRA room to learn.
+        initializer_range=initializer_range,
     )
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
