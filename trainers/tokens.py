@@ -166,12 +166,11 @@ class TokenCounter:
     exact and saves a large share of the work. The memo is bounded.
     """
 
-    MEMO_LIMIT = 4096
+    __slots__ = ("encoding", "memo_limit", "_encode", "_memo")
 
-    __slots__ = ("encoding", "_encode", "_memo")
-
-    def __init__(self, encoding: tiktoken.Encoding):
+    def __init__(self, encoding: tiktoken.Encoding, *, memo_limit: int = 4096):
         self.encoding = encoding
+        self.memo_limit = memo_limit
         self._encode = encoding.encode_ordinary
         self._memo: dict[str, int] = {}
 
@@ -181,7 +180,7 @@ class TokenCounter:
     def _count_repeated(self, text: str) -> int:
         count = self._memo.get(text)
         if count is None:
-            if len(self._memo) >= self.MEMO_LIMIT:
+            if len(self._memo) >= self.memo_limit:
                 self._memo.clear()
             count = self._memo[text] = len(self._encode(text))
         return count
