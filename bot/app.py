@@ -8,7 +8,8 @@ claims each ``event_id`` in the database and answers later deliveries of the sam
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Executor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, R
 
 from bot.commands import Router
 from bot.config import Settings
+from bot.console.executor import TrackingExecutor
 from bot.roles import Roles
 from storage.db import Database
 
@@ -35,8 +37,31 @@ class BotContext:
     router: Router
     roles: Roles
     client: WebClient
+    # Where slow work after an ack runs (see ``defer``); a TrackingExecutor so tests and the console can wait for it.
+    work: TrackingExecutor = field(default_factory=lambda: TrackingExecutor(max_workers=3, thread_name_prefix="ftbot-work"))
     # Free slot for features to keep per-process state (caches, schedulers) under their own key.
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def defer(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn`` after the ack on the work pool, not on Bolt's listener pool.
+
+        Bolt runs slash-command and interaction listeners on its listener pool and waits there for ``ack()``.
+        Slow work kept on that pool delays the acks of the requests queued behind it; moving it here keeps
+        every ack fast under load. Errors are logged (the user is told by the function itself).
+        """
+
+        def run() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception:
+                log.exception("deferred %s failed", getattr(fn, "__name__", fn))
+                raise
+
+        return self.work.submit(run)
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until the deferred work is done (tests and the console)."""
+        return self.work.wait_idle(timeout)
 
 
 def build_client(settings: Settings, *, rate_limit_retries: int = 2) -> WebClient:

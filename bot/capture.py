@@ -420,7 +420,7 @@ def register(app: App, bot: "BotContext") -> None:
     def on_shortcut(ack: Ack, shortcut: dict[str, Any], client: WebClient, context: BoltContext) -> None:
         ack()
         message = shortcut.get("message") or {}
-        open_capture(bot, client, trigger_id=shortcut["trigger_id"], channel=shortcut["channel"]["id"],
+        bot.defer(open_capture, bot, client, trigger_id=shortcut["trigger_id"], channel=shortcut["channel"]["id"],
                      ts=message.get("ts") or shortcut.get("message_ts"), thread_ts=message.get("thread_ts"),
                      user=shortcut["user"]["id"], bot_user_id=context.bot_user_id)
 
@@ -480,7 +480,7 @@ def register(app: App, bot: "BotContext") -> None:
     def on_open(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient, context: BoltContext) -> None:
         ack()
         target = json.loads(action.get("value") or "{}")
-        open_capture(bot, client, trigger_id=body["trigger_id"], channel=target["channel"], ts=target["ts"],
+        bot.defer(open_capture, bot, client, trigger_id=body["trigger_id"], channel=target["channel"], ts=target["ts"],
                      thread_ts=target.get("thread_ts"), user=body["user"]["id"], bot_user_id=context.bot_user_id)
 
     @app.action(REDACT_ACTION)
@@ -515,7 +515,7 @@ def register(app: App, bot: "BotContext") -> None:
             ack(response_action="errors", errors=errors)
             return
         ack()
-        save_draft_as_example(bot, client, draft, meta["draft"], user=body["user"]["id"], view_id=view["id"])
+        bot.defer(save_draft_as_example, bot, client, draft, meta["draft"], user=body["user"]["id"], view_id=view["id"])
 
     for action_id in (APPROVE_ACTION, REJECT_ACTION):
         app.action(action_id)(_review_listener(bot))

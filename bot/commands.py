@@ -2,7 +2,7 @@
 
 Feature modules add subcommands with ``bot.router.add(name, usage=..., summary=..., handler=fn)``.
 The router acks at once (Slack wants an answer within 3 s), then runs ``handler(ctx)`` after the ack
-on Bolt's thread pool. Replies are ephemeral (``ctx.respond``) unless a handler posts elsewhere.
+on the bot's work pool (``BotContext.defer``), so slow handlers never delay other requests' acks. Replies are ephemeral (``ctx.respond``) unless a handler posts elsewhere.
 """
 
 from __future__ import annotations
@@ -156,4 +156,4 @@ def register(app: App, bot: "BotContext") -> None:
             bot=bot,
             _respond=respond,
         )
-        bot.router.dispatch(ctx)
+        bot.defer(bot.router.dispatch, ctx)

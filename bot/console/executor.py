@@ -48,3 +48,14 @@ class TrackingExecutor(ThreadPoolExecutor):
                     return False
                 self._cond.wait(left)
         return True
+
+
+def wait_all_idle(*executors: TrackingExecutor, timeout: float = 30.0) -> bool:
+    """Wait until all ``executors`` are idle at the same moment (work on one may submit work to another)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for executor in executors:
+            if not executor.wait_idle(max(0.0, deadline - time.monotonic())):
+                return False
+        if not any(executor.pending for executor in executors):
+            return True

@@ -26,7 +26,7 @@ from slack_bolt import BoltRequest
 from slack_sdk.signature import SignatureVerifier
 
 from bot.config import Settings
-from bot.console.executor import TrackingExecutor
+from bot.console.executor import TrackingExecutor, wait_all_idle
 from bot.console.fake_slack import Call, FakeSlack
 from bot.console.render import Button, mrkdwn_to_text, render_blocks
 
@@ -165,7 +165,7 @@ class Console:
         headers = {"Content-Type": content_type, "X-Slack-Request-Timestamp": timestamp,
                    "X-Slack-Signature": self._verifier.generate_signature(timestamp=timestamp, body=body)}
         response = self.app.dispatch(BoltRequest(body=body, headers=headers))
-        self.executor.wait_idle(30)
+        wait_all_idle(self.executor, self.app.ftbot.work, timeout=60)
         return response
 
     def _interactive(self, payload: dict[str, Any]) -> Any:
@@ -380,8 +380,9 @@ class Console:
                 break
 
     def close(self) -> None:
-        self.executor.wait_idle(10)
+        wait_all_idle(self.executor, self.app.ftbot.work, timeout=30)
         self.executor.shutdown(wait=True)
+        self.app.ftbot.work.shutdown(wait=True)
         self.fake.stop()
 
 
