@@ -403,3 +403,23 @@ def test_postgres_cases_skip_locally_but_fail_in_ci_when_the_server_is_down(tmp_
     assert outcome in completed.stdout, completed.stdout + completed.stderr
     if not ci:
         assert "PostgreSQL not reachable at postgresql+psycopg://postgres@127.0.0.1:1/test" in completed.stdout
+
+
+def test_concurrent_first_writes_of_one_setting_all_succeed(db: Database) -> None:
+    barrier = threading.Barrier(6)
+    errors: list[Exception] = []
+
+    def write(value: int) -> None:
+        barrier.wait()
+        try:
+            set_setting(db, "home:U1", {"seen": value})
+        except Exception as error:  # noqa: BLE001 - asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert get_setting(db, "home:U1")["seen"] in range(6)
