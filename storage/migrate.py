@@ -12,6 +12,11 @@ Developer commands (run from the repository root):
 it autogenerates 0001 against an empty SQLite database. Review the file it writes.
 After a release, never edit 0001; add a revision instead. ``tests/test_migrations.py`` fails
 when models.py and the migrations disagree.
+
+Notes for revision authors: all pending revisions run in ONE transaction (SQLite included), so a failure
+changes nothing. On SQLite, ALTERs are rendered as ``batch_alter_table`` (copy-and-move); foreign keys are
+enforced on ftbot's connections and ``PRAGMA foreign_keys`` cannot change inside a transaction, so a batch
+that recreates a table other tables reference must keep its rows' ids (it does by default).
 """
 
 from __future__ import annotations
@@ -81,7 +86,7 @@ def upgrade(db: "Database", revision: str = "head") -> None:
     try:
         if current_revision(db) == target:
             return
-    except Exception:  # noqa: BLE001 - an unreadable version table is handled under the lock below
+    except SQLAlchemyError:  # unreachable or unreadable: reported by the locked attempt below
         pass
     with db.engine.connect() as connection:  # connection errors propagate as they are
         try:
