@@ -261,11 +261,12 @@ def capture_view(draft: Draft, draft_key: str, *, notice: str | None = None) -> 
     first_editable = max(1, len(draft.turns) - MAX_EDITABLE_TURNS)
     if first_editable > 1:
         view_blocks.append(bk.context(f"_{first_editable - 1} earlier turns are kept as captured._"))
+    editable = editable_turns(draft)
     for index, turn in enumerate(draft.turns):
         label = f"{index}. {ROLE_LABELS.get(turn['role'], turn['role'])}"
         if index != 0 and index < first_editable:
             continue
-        if index in draft.locked or len(turn["content"]) > bk.MAX_INPUT_VALUE:
+        if index not in editable:
             preview = bk.truncate(turn["content"], 2500)
             view_blocks.append(bk.section(f"*{bk.escape(label)}* (too long to edit here; kept as captured)\n"
                                           f"{bk.escape(preview)}", block_id=f"locked_{index}"))
@@ -276,6 +277,13 @@ def capture_view(draft: Draft, draft_key: str, *, notice: str | None = None) -> 
                                      placeholder="billing, refund", hint="Comma-separated; used to filter and report."))
     meta = json.dumps({"draft": draft_key, "rev": draft.rev})
     return bk.modal("Add to ftbot", view_blocks, callback_id=VIEW_ID, submit="Save", close="Cancel", private_metadata=meta)
+
+
+def editable_turns(draft: Draft) -> set[int]:
+    """Turns shown as inputs: the system prompt and the last ``MAX_EDITABLE_TURNS``, unless too long to edit."""
+    first_editable = max(1, len(draft.turns) - MAX_EDITABLE_TURNS)
+    return {i for i, turn in enumerate(draft.turns)
+            if (i == 0 or i >= first_editable) and i not in draft.locked and len(turn["content"]) <= bk.MAX_INPUT_VALUE}
 
 
 def _save_draft(bot: "BotContext", draft: Draft) -> str:
@@ -345,8 +353,9 @@ def submission_errors(draft: Draft) -> dict[str, str]:
 
     checked = check_record(draft.record(), 1, kind="sft", pii=False)
     errors: dict[str, str] = {}
-    editable = {i: _turn_block_id(i, draft.rev) for i in range(len(draft.turns))}
-    fallback_block = editable[len(draft.turns) - 1]
+    # Errors can only be attached to blocks the modal shows.
+    editable = {i: _turn_block_id(i, draft.rev) for i in editable_turns(draft)}
+    fallback_block = editable[max(editable)] if editable else TAGS_BLOCK
     for issue in checked.errors:
         message = re.sub(r"^line \d+: ", "", issue.message)
         match = _MESSAGES_INDEX.search(message)
