@@ -14,9 +14,9 @@ After a release, never edit 0001; add a revision instead. ``tests/test_migration
 when models.py and the migrations disagree.
 
 Notes for revision authors: all pending revisions run in ONE transaction (SQLite included), so a failure
-changes nothing. On SQLite, ALTERs are rendered as ``batch_alter_table`` (copy-and-move); foreign keys are
-enforced on ftbot's connections and ``PRAGMA foreign_keys`` cannot change inside a transaction, so a batch
-that recreates a table other tables reference must keep its rows' ids (it does by default).
+changes nothing. On SQLite, ALTERs are rendered as ``batch_alter_table`` (copy-and-move); they run with
+foreign keys off, as SQLite's ALTER TABLE recipe requires, and ``PRAGMA foreign_key_check`` must pass
+before the transaction commits.
 """
 
 from __future__ import annotations
@@ -89,14 +89,23 @@ def upgrade(db: "Database", revision: str = "head") -> None:
     except SQLAlchemyError:  # unreachable or unreadable: reported by the locked attempt below
         pass
     with db.engine.connect() as connection:  # connection errors propagate as they are
+        sqlite = connection.dialect.name == "sqlite"
         try:
-            if connection.dialect.name == "sqlite":
+            if sqlite:
+                # SQLite's ALTER recipe: foreign keys off (only possible outside a transaction) so batch
+                # table rebuilds can drop and rename referenced tables; checked again before commit.
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
                 # Takes SQLite's write lock now (waiting up to busy_timeout) and makes the DDL one transaction.
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             elif connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
             # Alembic sees the transaction we opened and runs every revision inside it: all or nothing.
             command.upgrade(alembic_config(connection), revision)
+            if sqlite and (broken := connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()):
+                raise MigrationError(
+                    f"migrating {db.url} would break {len(broken)} foreign key reference(s) (first: {broken[0]}); "
+                    "the schema was left unchanged. Report this as a bug in the migration"
+                )
             connection.commit()
         except CommandError as error:
             raise MigrationError(
@@ -109,6 +118,10 @@ def upgrade(db: "Database", revision: str = "head") -> None:
                 f"cannot migrate {db.url} to {revision}: {reason}; the schema was left unchanged. "
                 "Is this database used by another application? Point FTBOT_DATABASE_URL at a database of its own"
             ) from error
+        finally:
+            if sqlite:
+                # Never hand a connection with foreign keys off back to the pool.
+                connection.invalidate()
 
 
 def downgrade(db: "Database", revision: str) -> None:
