@@ -105,8 +105,11 @@ def save_capture(
     status: str = ExampleStatus.PENDING,
     approved_by: str | None = None,
     tags: Sequence[str] = (),
+    source_kind: str = "slack",
 ) -> SaveResult[Example]:
     """Store a reply captured from Slack; capturing the same message (``source_key``) again updates it.
+
+    ``source_kind`` is "slack" (or "console" for the local console's fake workspace).
 
     Raises ``DuplicateExample`` when the content equals another example (e.g. one imported from a file).
     Safe against concurrent captures of one message (two Slack retries, two reviewers): the loser of
@@ -132,7 +135,7 @@ def save_capture(
                     example = Example(
                         content_hash=digest,
                         messages=normalized["messages"],
-                        source_kind="slack",
+                        source_kind=source_kind,
                         source_key=source_key,
                         captured_by=captured_by,
                     )
