@@ -275,7 +275,7 @@ class _Analyzer:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                failure = InvalidUtf8(self.source, line, exc)
+                failure = InvalidUtf8.at(self.source, line, exc)
                 break
             try:
                 value = loads(text)

@@ -96,28 +96,44 @@ class CheckedLine:
         return not self.errors
 
 
-class LineTooLong(DataFileError):
-    """A line is longer than ``MAX_LINE_BYTES``; carries the line number and the code ``line_too_long``."""
+class _LineError(DataFileError):
+    """A file error at one line; ``line`` and ``code`` say where and what (picklable across processes)."""
+
+    code = "data_file"
+
+    def __init__(self, message: str, line: int):
+        super().__init__(message)
+        self.line = line
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.line))
+
+
+class LineTooLong(_LineError):
+    """A line is longer than ``MAX_LINE_BYTES``."""
 
     code = "line_too_long"
 
-    def __init__(self, path: str, line: int, limit: int):
-        self.line = line
-        super().__init__(
+    @classmethod
+    def at(cls, path: str, line: int, limit: int) -> "LineTooLong":
+        return cls(
             f"{path}: line {line} is longer than {limit // (1024 * 1024)} MiB (line_too_long); "
-            "each example must be one JSON object on one line: check that the file is JSONL, not one big JSON array"
+            "each example must be one JSON object on one line: check that the file is JSONL, not one big JSON array",
+            line,
         )
 
 
-class InvalidUtf8(DataFileError):
+class InvalidUtf8(_LineError):
+    """A line is not valid UTF-8."""
+
     code = "invalid_utf8"
 
-    def __init__(self, path: str, line: int, error: UnicodeDecodeError):
-        self.line = line
+    @classmethod
+    def at(cls, path: str, line: int, error: UnicodeDecodeError) -> "InvalidUtf8":
         bad = error.object[error.start : error.start + 1].hex()
-        super().__init__(
-            f"{path}: line {line} is not valid UTF-8 (byte 0x{bad} at byte {error.start + 1} of the line); "
-            "re-save the file as UTF-8"
+        return cls(
+            f"{path}: line {line} is not valid UTF-8 (byte 0x{bad} at byte {error.start + 1} of the line); re-save the file as UTF-8",
+            line,
         )
 
 
@@ -165,7 +181,7 @@ def iter_blocks(
             if cut < 0:
                 carry = buffer
                 if len(carry) > limit:
-                    raise LineTooLong(name, next_line, limit)
+                    raise LineTooLong.at(name, next_line, limit)
                 continue
             block, carry = buffer[: cut + 1], buffer[cut + 1 :]
             if len(block) > limit:
@@ -173,7 +189,7 @@ def iter_blocks(
             yield next_line, block
             next_line += block.count(b"\n")
             if len(carry) > limit:
-                raise LineTooLong(name, next_line, limit)
+                raise LineTooLong.at(name, next_line, limit)
 
 
 def _check_line_lengths(block: bytes, first_line: int, limit: int, name: str) -> None:
@@ -184,7 +200,7 @@ def _check_line_lengths(block: bytes, first_line: int, limit: int, name: str) ->
         if end < 0:
             end = len(block)
         if end - start > limit:
-            raise LineTooLong(name, line, limit)
+            raise LineTooLong.at(name, line, limit)
         if end >= len(block) - 1:
             return
         start = end + 1
@@ -214,7 +230,7 @@ def parse_line(line_no: int, raw: bytes | str, path: str = "input") -> tuple[Any
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InvalidUtf8(path, line_no, exc) from None
+            raise InvalidUtf8.at(path, line_no, exc) from None
     else:
         text = raw
     try:
