@@ -38,7 +38,7 @@ class BotContext:
     roles: Roles
     client: WebClient
     # Where slow work after an ack runs (see ``defer``); a TrackingExecutor so tests and the console can wait for it.
-    work: TrackingExecutor = field(default_factory=lambda: TrackingExecutor(max_workers=3, thread_name_prefix="ftbot-work"))
+    work: TrackingExecutor = field(default_factory=lambda: TrackingExecutor(max_workers=8, thread_name_prefix="ftbot-work"))
     # Free slot for features to keep per-process state (caches, schedulers) under their own key.
     extras: dict[str, Any] = field(default_factory=dict)
 

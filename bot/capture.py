@@ -495,21 +495,7 @@ def register(app: App, bot: "BotContext") -> None:
     @app.action(REDACT_ACTION)
     def on_redact(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
         ack()
-        from trainers.pii import redact
-
-        view = body["view"]
-        meta = json.loads(view.get("private_metadata") or "{}")
-        draft = _load_draft(bot, meta.get("draft", ""))
-        if draft is None:
-            client.views_update(view_id=view["id"], view=_error_view("This form expired; start the capture again."))
-            return
-        _apply_edits(draft, (view.get("state") or {}).get("values") or {})
-        for turn in draft.turns:
-            turn["content"] = redact(turn["content"])
-        draft.rev += 1
-        key = _save_draft(bot, draft)
-        client.views_update(view_id=view["id"], hash=view.get("hash"),
-                            view=capture_view(draft, key, notice=":white_check_mark: Personal data redacted."))
+        bot.defer(redact_view, bot, client, body["view"])
 
     @app.view(VIEW_ID)
     def on_submit(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
@@ -611,9 +597,30 @@ def _attach_full_text_if_long(client: WebClient, draft: Draft, thread_ts: str | 
         log.warning("could not attach the full conversation: %s", exc.response.get("error"))
 
 
+def redact_view(bot: "BotContext", client: WebClient, view: dict[str, Any]) -> None:
+    """Redact personal data in every turn (keeping the user's unsaved edits) and redraw the form."""
+    from trainers.pii import redact
+
+    meta = json.loads(view.get("private_metadata") or "{}")
+    draft = _load_draft(bot, meta.get("draft", ""))
+    if draft is None:
+        client.views_update(view_id=view["id"], view=_error_view("This form expired; start the capture again."))
+        return
+    _apply_edits(draft, (view.get("state") or {}).get("values") or {})
+    for turn in draft.turns:
+        turn["content"] = redact(turn["content"])
+    draft.rev += 1
+    key = _save_draft(bot, draft)
+    client.views_update(view_id=view["id"], hash=view.get("hash"),
+                        view=capture_view(draft, key, notice=":white_check_mark: Personal data redacted."))
+
+
 def _review_listener(bot: "BotContext"):
     def on_review(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient, respond: Respond) -> None:
         ack()
+        bot.defer(review, body, action, client, respond)
+
+    def review(body: dict[str, Any], action: dict[str, Any], client: WebClient, respond: Respond) -> None:
         from storage.examples import set_status
 
         user = body["user"]["id"]
