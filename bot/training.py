@@ -1,7 +1,412 @@
-"""Slack listeners: training. Registered by bot.app.build_app."""
+"""Slack listeners: training (``/ft train``, ``/ft cancel``, ``/ft jobs``, ``/ft models``, ``/ft use``).
+
+Flow: ``/ft train`` answers the requester ephemerally with the quote and Start / Cancel buttons. Start (trainers
+role; over-budget jobs need an admin; PII bound for OpenAI needs the explicit confirm button) starts the job once,
+posts ONE progress message in the channel and schedules :func:`relay_training_job`, which the bot's scheduler
+runs every few seconds from the database job store (it survives restarts): it refreshes the job (OpenAI poll or
+local worker check), edits the progress message in place, and at the end uploads the loss curve and registers
+the model. The heavy ML stack never loads here: local training runs in ``python -m trainers.worker``.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from typing import TYPE_CHECKING, Any
 
-def register(app, bot) -> None:
+from slack_bolt import Ack, App, Respond
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot import blocks as bk
+from bot.scheduler import context_for, context_key, schedule_every, start_scheduler, unschedule
+from storage.jobs import active_jobs, get_job, list_jobs, list_models, metric_points, model_for_job, update_job, use_model
+from storage.models import Job, JobStatus
+from trainers.errors import FtbotError
+from trainers.quote import Quote, quote_lines
+
+if TYPE_CHECKING:
+    from bot.app import BotContext
+    from bot.commands import CommandContext
+
+log = logging.getLogger(__name__)
+
+START_ACTION = "ft_train_start"
+START_PII_ACTION = "ft_train_start_allow_pii"
+START_OVER_BUDGET_ACTION = "ft_train_start_over_budget"
+DISCARD_ACTION = "ft_train_discard"
+POLL_SECONDS_ENV = "FTBOT_TRAINING_POLL_SECONDS"
+OPENAI_CLIENT_KEY = "openai_client"  # tests may put a client in bot.extras
+
+
+def _poll_seconds() -> float:
+    return float(os.environ.get(POLL_SECONDS_ENV, "10"))
+
+
+def _schedule_id(job_id: int) -> str:
+    return f"training-job-{job_id}"
+
+
+# --- /ft train ---------------------------------------------------------------------------------------------------
+
+USAGE = "/ft train [openai|local] [model] [--method sft|dpo] [--epochs N]"
+
+
+def parse_train_args(args: list[str]) -> dict[str, Any]:
+    """``[openai|local] [model] [--method sft|dpo] [--epochs N]`` → options; FtbotError on anything else."""
+    options: dict[str, Any] = {"backend": "local", "model": None, "method": "sft", "epochs": None}
+    positional: list[str] = []
+    items = list(args)
+    while items:
+        item = items.pop(0)
+        if item in ("--method", "--epochs"):
+            if not items:
+                raise FtbotError(f"{item} needs a value. Usage: `{USAGE}`")
+            value = items.pop(0)
+            if item == "--method":
+                if value not in ("sft", "dpo"):
+                    raise FtbotError(f"--method must be sft or dpo, not {value!r}. Usage: `{USAGE}`")
+                options["method"] = value
+            else:
+                if not value.isdigit() or int(value) < 1:
+                    raise FtbotError(f"--epochs must be a whole number ≥ 1, not {value!r}")
+                options["epochs"] = int(value)
+        elif item.startswith("--"):
+            raise FtbotError(f"unknown option {item}. Usage: `{USAGE}`")
+        else:
+            positional.append(item)
+    if positional and positional[0].lower() in ("openai", "local"):
+        options["backend"] = positional.pop(0).lower()
+    if positional:
+        options["model"] = positional.pop(0)
+    if positional:
+        raise FtbotError(f"unexpected {' '.join(positional)!r}. Usage: `{USAGE}`")
+    return options
+
+
+def _local_fallback(bot: "BotContext") -> str:
+    """The base model when none is configured: the real default, or the offline tiny model in the console."""
+    from trainers.local.config import DEFAULT_BASE_MODEL, TINY_BASE_MODEL
+
+    return DEFAULT_BASE_MODEL if bot.settings.has_slack_credentials else TINY_BASE_MODEL
+
+
+def quote_blocks(job: Job, quote: Quote) -> tuple[str, list[dict[str, Any]]]:
+    lines = quote_lines(quote)
+    text = f"Training quote for job #{job.id}: " + "; ".join(lines[:4])
+    out = [bk.header(f"Training quote · job #{job.id}"), bk.section("\n".join(bk.escape(line) for line in lines[:4]))]
+    details = lines[4:]
+    if details:
+        out.append(bk.section("\n".join(bk.escape(line) for line in details)))
+    blockers = quote.blockers()
+    buttons = []
+    if quote.error_count:
+        out.append(bk.context(":no_entry: Fix the validation errors before training."))
+    else:
+        if not blockers:
+            buttons.append(bk.button("Start training", START_ACTION, str(job.id), style="primary"))
+        if quote.pii_blocks:
+            button = bk.button("Upload with PII", START_PII_ACTION, str(job.id), style="danger")
+            button["confirm"] = {
+                "title": bk.plain("Upload personal data?"),
+                "text": bk.mrkdwn(f"{len(quote.pii)} example(s) contain unredacted personal data that will be sent to OpenAI."),
+                "confirm": bk.plain("Upload anyway"), "deny": bk.plain("Back"), "style": "danger",
+            }
+            buttons.append(button)
+        if quote.over_budget:
+            button = bk.button("Start over budget (admin)", START_OVER_BUDGET_ACTION, str(job.id), style="danger")
+            button["confirm"] = {
+                "title": bk.plain("Exceed the budget?"),
+                "text": bk.mrkdwn(f"Estimated ${quote.cost_usd:,.2f} is above the ${quote.budget_usd:,.2f} cap."),
+                "confirm": bk.plain("Start"), "deny": bk.plain("Back"), "style": "danger",
+            }
+            buttons.append(button)
+        for reason in blockers:
+            out.append(bk.context(f":warning: {bk.escape(reason)}"))
+    buttons.append(bk.button("Cancel", DISCARD_ACTION, str(job.id)))
+    out.append(bk.actions(*buttons, block_id=f"train-quote-{job.id}"))
+    return text, bk.fit_blocks(out)
+
+
+def _ft_train(bot: "BotContext"):
+    def handler(ctx: "CommandContext") -> None:
+        from trainers.training import quote_job
+
+        if not bot.roles.may_train(ctx.user_id):
+            ctx.respond("Only members of the trainers role (FTBOT_TRAINERS) can train models. Ask an ftbot admin.")
+            return
+        options = parse_train_args(ctx.args)
+        model = options["model"]
+        if options["backend"] == "local" and model is None:
+            from trainers.local.config import configured_base_model
+
+            model = configured_base_model(fallback=_local_fallback(bot))
+        quoted = quote_job(
+            bot.db, backend=options["backend"], method=options["method"], model=model, epochs=options["epochs"],
+            created_by=ctx.user_id, idempotency_key=f"slack:{ctx.command.get('trigger_id') or ''}:train" if ctx.command.get("trigger_id") else None,
+            slack_channel=ctx.channel_id,
+        )
+        text, quote_view = quote_blocks(quoted.job, quoted.quote)
+        ctx.respond(text, blocks=quote_view)
+
+    return handler
+
+
+# --- buttons -----------------------------------------------------------------------------------------------------
+
+
+def _job_from_action(body: dict[str, Any]) -> int:
+    return int(body["actions"][0]["value"])
+
+
+def _start_listener(bot: "BotContext", *, allow_pii: bool = False, over_budget: bool = False):
+    def listener(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
+        ack()
+        user = body["user"]["id"]
+        job_id = _job_from_action(body)
+        channel = (body.get("channel") or {}).get("id")
+        if not bot.roles.may_train(user):
+            respond(text="Only members of the trainers role (FTBOT_TRAINERS) can start training.",
+                    response_type="ephemeral", replace_original=False)
+            return
+        if over_budget and not bot.roles.is_admin(user):
+            respond(text="This job is above the budget cap: only an ftbot admin (FTBOT_ADMINS) can start it.",
+                    response_type="ephemeral", replace_original=False)
+            return
+        bot.defer(start_from_slack, bot, client, respond, job_id, user=user, channel=channel,
+                  allow_pii=allow_pii, admin_confirmed=over_budget)
+
+    return listener
+
+
+def start_from_slack(bot: "BotContext", client: WebClient, respond: Respond, job_id: int, *, user: str,
+                     channel: str | None, allow_pii: bool, admin_confirmed: bool) -> None:
+    from trainers.training import start_job
+
+    try:
+        result = start_job(bot.db, job_id, allow_pii=allow_pii, admin_confirmed=admin_confirmed,
+                           openai_client=bot.extras.get(OPENAI_CLIENT_KEY))
+    except FtbotError as error:
+        respond(text=f":warning: {bk.escape(str(error))}", response_type="ephemeral", replace_original=False)
+        job = get_job(bot.db, job_id)
+        if job.status == JobStatus.FAILED:
+            _post_progress(bot, client, job, channel or job.slack_channel)
+        return
+    job = result.job
+    if not result.started:
+        respond(text=f"Job #{job_id} is already {job.status}.", response_type="ephemeral", replace_original=False)
+        return
+    respond(text=f"Started training job #{job_id} ({job.backend}, {job.method}) — progress is posted in the channel.",
+            replace_original=True)
+    _post_progress(bot, client, job, channel or job.slack_channel, started_by=user)
+    schedule_every(bot, _schedule_id(job_id), relay_training_job, seconds=_poll_seconds(), args=(context_key(bot), job_id))
+
+
+def _discard_listener(bot: "BotContext"):
+    def listener(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
+        ack()
+        job_id = _job_from_action(body)
+        from storage.jobs import claim_job
+
+        if claim_job(bot.db, job_id, to_status=JobStatus.CANCELLED):
+            update_job(bot.db, job_id, error="Quote discarded in Slack")
+        respond(text=f"Training quote #{job_id} discarded. Nothing was uploaded or trained.", replace_original=True)
+
+    return listener
+
+
+# --- the progress message ----------------------------------------------------------------------------------------
+
+
+def progress_blocks(bot: "BotContext", job: Job, *, started_by: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    from trainers.training import progress_line
+
+    line = progress_line(bot.db, job)
+    icon = {JobStatus.SUCCEEDED: ":white_check_mark:", JobStatus.FAILED: ":x:", JobStatus.CANCELLED: ":no_entry_sign:"}.get(job.status, ":hourglass_flowing_sand:")
+    out = [bk.section(f"{icon} *Training job #{job.id}* — {bk.escape(job.backend)} {bk.escape(job.method)} on `{bk.escape(job.base_model)}`\n{bk.escape(line)}")]
+    if job.status == JobStatus.SUCCEEDED:
+        model = model_for_job(bot.db, job.id)
+        name = model.name if model else job.result_model
+        tokens = ""
+        if job.trained_tokens is not None:
+            tokens = f"Trained tokens: {job.trained_tokens:,} (estimated {job.estimated_tokens or 0:,})"
+        out.append(bk.section(f"Model *{bk.escape(name)}* is registered. Use it with `/ft use {bk.escape(name)}`.\n{tokens}"))
+    elif job.status == JobStatus.FAILED:
+        out.append(bk.section(bk.escape(job.error or "The job failed.")))
+        if job.log_tail:
+            out.append(bk.section("```" + bk.escape(bk.truncate(job.log_tail, 2500)) + "```"))
+    elif job.status == JobStatus.CANCELLED:
+        out.append(bk.context("Cancelled."))
+    else:
+        out.append(bk.context(f"`/ft cancel {job.id}` stops it."))
+    if started_by:
+        out.append(bk.context(f"Started by <@{bk.escape(started_by)}>"))
+    return f"Training job #{job.id}: {line}", bk.fit_blocks(out)
+
+
+def _post_progress(bot: "BotContext", client: WebClient, job: Job, channel: str | None, *, started_by: str | None = None) -> None:
+    if not channel:
+        return
+    text, view = progress_blocks(bot, job, started_by=started_by)
+    if job.slack_ts:
+        client.chat_update(channel=job.slack_channel or channel, ts=job.slack_ts, text=text, blocks=view)
+        return
+    posted = client.chat_postMessage(channel=channel, text=text, blocks=view)
+    update_job(bot.db, job.id, slack_channel=posted["channel"], slack_ts=posted["ts"])
+
+
+def relay_training_job(key: str, job_id: int) -> None:
+    """Scheduled every few seconds per running job: refresh it, update its one message, finish it off."""
+    bot = context_for(key)
+    if bot is None:
+        log.warning("no bot context for %s; job %s waits for the next process", key, job_id)
+        return
+    from trainers.training import refresh_job
+
+    try:
+        update = refresh_job(bot.db, job_id, openai_client=bot.extras.get(OPENAI_CLIENT_KEY))
+    except FtbotError as error:
+        log.warning("refreshing job %s failed: %s", job_id, error)
+        return
+    except Exception:
+        # OpenAI unreachable after the client's own retries, a DB hiccup...: try again next time.
+        log.exception("refreshing job %s failed; will retry", job_id)
+        return
+    job = update.job
+    progress = dict(job.progress or {})
+    first_relay = not progress.get("relayed")
+    if job.slack_channel and job.slack_ts and (update.changed or update.finished or first_relay):
+        text, view = progress_blocks(bot, job)
+        try:
+            bot.client.chat_update(channel=job.slack_channel, ts=job.slack_ts, text=text, blocks=view)
+        except SlackApiError as error:
+            log.warning("cannot update the progress message of job %s: %s", job_id, error.response.get("error"))
+        if first_relay:
+            progress["relayed"] = True
+            job = update_job(bot.db, job_id, progress=progress)
+    if not update.finished:
+        return
+    if job.status == JobStatus.SUCCEEDED and job.slack_channel and not progress.get("plot_posted"):
+        _post_plot(bot, job)
+    unschedule(bot, _schedule_id(job_id))
+
+
+def _post_plot(bot: "BotContext", job: Job) -> None:
+    from trainers.plots import loss_curve_png
+
+    points = metric_points(bot.db, job.id)
+    try:
+        png = loss_curve_png(points, title=f"Job #{job.id}: {job.result_model}")
+    except ValueError:
+        return  # no metrics recorded
+    bk.upload_file(bot.client, job.slack_channel, content=png, filename=f"ftbot-job{job.id}-loss.png",
+                   title=f"Loss curve · job #{job.id}", thread_ts=job.slack_ts,
+                   initial_comment=f"Loss curve of training job #{job.id}")
+    update_job(bot.db, job.id, progress={**(get_job(bot.db, job.id).progress or {}), "plot_posted": True})
+
+
+# --- /ft cancel, /ft jobs, /ft models, /ft use ------------------------------------------------------------------
+
+
+def _ft_cancel(bot: "BotContext"):
+    def handler(ctx: "CommandContext") -> None:
+        from trainers.training import cancel_job
+
+        if not bot.roles.may_train(ctx.user_id):
+            ctx.respond("Only members of the trainers role (FTBOT_TRAINERS) can cancel training.")
+            return
+        if len(ctx.args) != 1 or not ctx.args[0].lstrip("#").isdigit():
+            ctx.respond("Usage: `/ft cancel <job id>` (`/ft jobs` lists them).")
+            return
+        job = cancel_job(bot.db, int(ctx.args[0].lstrip("#")), openai_client=bot.extras.get(OPENAI_CLIENT_KEY))
+        if job.slack_channel and job.slack_ts:
+            text, view = progress_blocks(bot, job)
+            bot.client.chat_update(channel=job.slack_channel, ts=job.slack_ts, text=text, blocks=view)
+        unschedule(bot, _schedule_id(job.id))
+        ctx.respond(f"Job #{job.id} is {job.status}.")
+
+    return handler
+
+
+def _ft_jobs(bot: "BotContext"):
+    def handler(ctx: "CommandContext") -> None:
+        from trainers.training import progress_line
+
+        jobs = list_jobs(bot.db, limit=15)
+        if not jobs:
+            ctx.respond("No training jobs yet. Start one with `/ft train`.")
+            return
+        lines = [f"• {bk.escape(progress_line(bot.db, job))} — {bk.escape(job.backend)} `{bk.escape(job.base_model)}`"
+                 + (f" → `{bk.escape(job.result_model)}`" if job.result_model and job.status == JobStatus.SUCCEEDED else "")
+                 for job in jobs]
+        ctx.respond("Training jobs:\n" + "\n".join(lines), blocks=[bk.section("*Training jobs*\n" + "\n".join(lines))])
+
+    return handler
+
+
+def _ft_models(bot: "BotContext"):
+    def handler(ctx: "CommandContext") -> None:
+        models = list_models(bot.db)
+        if not models:
+            ctx.respond("No models registered yet: a finished training job registers its model.")
+            return
+        lines = []
+        for model in models[:30]:
+            metrics = model.metrics or {}
+            loss = metrics.get("final_valid_loss")
+            lines.append(
+                f"{'★ ' if model.active else '• '}*{bk.escape(model.name)}* — {bk.escape(model.backend)}, base `{bk.escape(model.base_model)}`"
+                + (f", job #{model.job_id}" if model.job_id else "")
+                + (f", valid loss {loss:.3f}" if isinstance(loss, (int, float)) else "")
+                + (f", ${model.cost_usd:,.2f}" if model.cost_usd is not None else "")
+            )
+        ctx.respond("Models:\n" + "\n".join(lines), blocks=[bk.section("*Models* (★ = in use)\n" + "\n".join(lines))])
+
+    return handler
+
+
+def _ft_use(bot: "BotContext"):
+    def handler(ctx: "CommandContext") -> None:
+        if not bot.roles.may_train(ctx.user_id):
+            ctx.respond("Only members of the trainers role (FTBOT_TRAINERS) can choose the model in use.")
+            return
+        if len(ctx.args) != 1:
+            ctx.respond("Usage: `/ft use <model name>` (`/ft models` lists them).")
+            return
+        model = use_model(bot.db, ctx.args[0])
+        ctx.respond(f"Now using *{bk.escape(model.name)}* for evaluations and drafts.")
+
+    return handler
+
+
+def register(app: App, bot: "BotContext") -> None:
     """Add this feature's listeners to the Bolt `app` and its /ft subcommands to `bot.router`."""
+    bot.router.add("train", usage=USAGE, summary="Quote a training run on the approved examples, then start it",
+                   handler=_ft_train(bot))
+    bot.router.add("cancel", usage="/ft cancel <job id>", summary="Stop a training job", handler=_ft_cancel(bot))
+    bot.router.add("jobs", usage="/ft jobs", summary="Recent training jobs and their progress", handler=_ft_jobs(bot))
+    bot.router.add("models", usage="/ft models", summary="Registered models (★ = in use)", handler=_ft_models(bot))
+    bot.router.add("use", usage="/ft use <model>", summary="Choose the model evaluations and drafts use",
+                   handler=_ft_use(bot))
+    app.action(START_ACTION)(_start_listener(bot))
+    app.action(START_PII_ACTION)(_start_listener(bot, allow_pii=True))
+    app.action(START_OVER_BUDGET_ACTION)(_start_listener(bot, over_budget=True))
+    app.action(DISCARD_ACTION)(_discard_listener(bot))
+    # Resume relaying jobs a previous bot process started (their scheduled polls are in the database).
+    if _has_stored_schedules(bot) or active_jobs(bot.db):
+        start_scheduler(bot)
+
+
+def _has_stored_schedules(bot: "BotContext") -> bool:
+    from sqlalchemy import inspect, text
+
+    from bot.scheduler import JOBS_TABLE
+
+    try:
+        if not inspect(bot.db.engine).has_table(JOBS_TABLE):
+            return False
+        with bot.db.engine.connect() as connection:
+            return bool(connection.execute(text(f"SELECT 1 FROM {JOBS_TABLE} LIMIT 1")).first())
+    except Exception:  # never block the bot's start on this check
+        log.debug("cannot read the scheduler's job table", exc_info=True)
+        return False

@@ -145,7 +145,7 @@ def test_a_killed_worker_fails_its_job_with_the_log_tail(sqlite_db, local_env):
     from trainers.training import refresh_job, start_job
 
     job = _quoted_local_job(sqlite_db, local_env, max_steps=100000)
-    started = start_job(sqlite_db, job.id)
+    started = start_job(sqlite_db, job.id).job
     assert started.worker_pid and started.status == JobStatus.PENDING
     _wait_for(lambda: get_job(sqlite_db, job.id).status == JobStatus.RUNNING)
     os.kill(started.worker_pid, signal.SIGKILL)
@@ -164,7 +164,7 @@ def test_a_crashing_worker_records_its_error_and_traceback(sqlite_db, local_env,
     not_a_model = tmp_path / "not-a-model"
     not_a_model.mkdir()
     job = _quoted_local_job(sqlite_db, not_a_model)
-    started = start_job(sqlite_db, job.id)
+    started = start_job(sqlite_db, job.id).job
     update = _wait_for(lambda: (u := refresh_job(sqlite_db, job.id)).finished and u, timeout=120)
     assert update.job.status == JobStatus.FAILED
     assert "has no config.json" in update.job.error

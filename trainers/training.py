@@ -49,6 +49,12 @@ class QuotedJob:
 
 
 @dataclass(frozen=True)
+class StartResult:
+    job: Job
+    started: bool  # False: it was already started (double click, retry) or had finished
+
+
+@dataclass(frozen=True)
 class JobUpdate:
     job: Job
     finished: bool
@@ -108,27 +114,27 @@ def start_job(
     allow_pii: bool = False,
     openai_client: Any | None = None,
     database_url: str | None = None,
-) -> Job:
+) -> StartResult:
     """Start a quoted job once; a second call (double click, retry) returns the job without starting it again.
 
     Raises ValidationFailed with every blocker when the gate refuses.
     """
     job = get_job(db, job_id)
     if job.status != JobStatus.QUOTED:
-        return job
+        return StartResult(job, False)
     quote = Quote.from_json(job.quote or {})
     blockers = quote.blockers(admin_confirmed=admin_confirmed, allow_pii=allow_pii)
     if blockers:
         raise ValidationFailed("cannot start job #%d: %s" % (job_id, "; ".join(blockers)))
     if not claim_job(db, job_id):
-        return get_job(db, job_id)  # someone else started it a moment ago
+        return StartResult(get_job(db, job_id), False)  # someone else started it a moment ago
     # Who overrode which gate is part of the job's record.
     update_job(db, job_id, config={**job.config, "gate": {"allow_pii": allow_pii, "admin_confirmed": admin_confirmed}})
     if job.backend == "openai":
         from trainers.openai_backend import OpenAIBackend
 
         try:
-            return OpenAIBackend(openai_client).submit(db, job_id)
+            return StartResult(OpenAIBackend(openai_client).submit(db, job_id), True)
         except TrainingError:
             raise
         except Exception as error:
@@ -136,7 +142,7 @@ def start_job(
             raise TrainingError(f"could not start the OpenAI job: {error}") from error
     url = database_url or db.engine.url.render_as_string(hide_password=False)
     pid = spawn_worker(job_id, database_url=url)
-    return update_job(db, job_id, worker_pid=pid)
+    return StartResult(update_job(db, job_id, worker_pid=pid), True)
 
 
 def _register(db: Database, job: Job) -> RegisteredModel | None:
@@ -264,6 +270,6 @@ def progress_line(db: Database, job: Job) -> str:
 
 
 __all__ = [
-    "QuotedJob", "JobUpdate", "quote_job", "start_job", "refresh_job", "cancel_job", "wait_for_job",
+    "QuotedJob", "StartResult", "JobUpdate", "quote_job", "start_job", "refresh_job", "cancel_job", "wait_for_job",
     "progress_line", "metric_points",
 ]

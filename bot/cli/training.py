@@ -1,9 +1,194 @@
-"""CLI commands: training."""
+"""CLI commands: ``ftbot train``, ``ftbot jobs``, ``ftbot models``, ``ftbot use``, ``ftbot cancel``.
+
+The twins of ``/ft train``, ``/ft jobs``, ``/ft models``, ``/ft use`` and ``/ft cancel``, on the same engine
+(``trainers.training``). ``ftbot train`` prints the quote and asks before starting (``--yes`` skips the question);
+``--wait`` follows the job to its end; ``--json`` prints the job record on stdout (progress goes to stderr).
+"""
 
 from __future__ import annotations
 
+import getpass
+import json
+from enum import Enum
+from typing import Annotated, Optional
+
 import typer
+from rich.markup import escape
+from rich.table import Table
+
+from bot.cli.data import _database, _user_errors, console, err_console
+
+
+class Backend(str, Enum):
+    local = "local"
+    openai = "openai"
+
+
+class Method(str, Enum):
+    sft = "sft"
+    dpo = "dpo"
+
+
+def train(
+    backend: Annotated[Backend, typer.Option("--backend", "-b", help="Where to train: on-prem (local) or OpenAI.")] = Backend.local,
+    base_model: Annotated[Optional[str], typer.Option("--base-model", help="Local: HF id or directory (default $FTBOT_BASE_MODEL, else Qwen/Qwen2.5-0.5B-Instruct; 'ftbot:tiny' = offline tiny model).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="OpenAI: the base model to fine-tune (default $FTBOT_OPENAI_MODEL).")] = None,
+    method: Annotated[Method, typer.Option("--method", help="sft on approved examples, dpo on preference pairs.")] = Method.sft,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs (OpenAI default: its auto rule; local: 3).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Local: stop after this many optimizer steps.")] = None,
+    validation_fraction: Annotated[float, typer.Option("--validation-fraction", help="Share of examples held out for validation.")] = 0.1,
+    load_in_4bit: Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="Local: 4-bit NF4 base (default: on with CUDA, off on CPU).")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="Local: also export a merged full model.")] = False,
+    num_processes: Annotated[Optional[int], typer.Option("--num-processes", min=1, help="Local: GPUs to train on (runs under `accelerate launch`).")] = None,
+    allow_pii: Annotated[bool, typer.Option("--allow-pii", help="OpenAI: upload examples with unredacted personal data anyway.")] = False,
+    over_budget: Annotated[bool, typer.Option("--over-budget", help="As an admin: start even above FTBOT_BUDGET_USD.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Start without asking.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it finishes.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job record as JSON on stdout.")] = False,
+) -> None:
+    """Quote a training run on the approved examples (or pairs), then start it."""
+    from storage.jobs import claim_job, get_job, job_record
+    from storage.models import JobStatus
+    from trainers.quote import quote_lines
+    from trainers.training import progress_line, quote_job, start_job, wait_for_job
+
+    out = err_console if as_json else console
+    with _user_errors(), _database() as db:
+        local_options: dict = {}
+        if max_steps:
+            local_options["max_steps"] = max_steps
+        if load_in_4bit is not None:
+            local_options["load_in_4bit"] = load_in_4bit
+        if merge:
+            local_options["merge"] = True
+        if num_processes:
+            local_options["num_processes"] = num_processes
+        chosen = (base_model or model) if backend == Backend.local else (model or base_model)
+        quoted = quote_job(
+            db, backend=backend.value, method=method.value, model=chosen, epochs=epochs, created_by=getpass.getuser(),
+            validation_fraction=validation_fraction, local_options=local_options,
+        )
+        job, quote = quoted.job, quoted.quote
+        out.print(f"[bold]Training quote · job #{job.id}[/bold]")
+        for line in quote_lines(quote):
+            out.print(escape(line), soft_wrap=True)
+        blockers = quote.blockers(admin_confirmed=over_budget, allow_pii=allow_pii)
+        if blockers:
+            claim_job(db, job.id, to_status=JobStatus.CANCELLED)
+            for reason in blockers:
+                err_console.print(f"[red]blocked:[/red] {escape(reason)}", soft_wrap=True)
+            raise typer.Exit(1)
+        if not yes and not typer.confirm("Start training?", default=False, err=as_json):
+            claim_job(db, job.id, to_status=JobStatus.CANCELLED)
+            out.print(f"Not started; quote #{job.id} discarded.")
+            raise typer.Exit(0)
+        started = start_job(db, job.id, admin_confirmed=over_budget, allow_pii=allow_pii).job
+        out.print(f"Started job #{started.id} ({started.backend}, {started.method}, base {escape(started.base_model)}).")
+        if not wait:
+            out.print("Follow it with `ftbot jobs`.")
+            if as_json:
+                print(json.dumps(job_record(db, started), indent=2))
+            return
+        last = [""]
+
+        def show(update) -> None:
+            line = progress_line(db, update.job)
+            if line != last[0]:
+                out.print(escape(line))
+                last[0] = line
+
+        update = wait_for_job(db, job.id, interval=1.0, on_update=show)
+        final = get_job(db, job.id)
+        if as_json:
+            print(json.dumps(job_record(db, final), indent=2))
+        if final.status == JobStatus.SUCCEEDED:
+            name = update.model.name if update.model else final.result_model
+            out.print(f"[green]Succeeded.[/green] Model [bold]{escape(name)}[/bold] registered ({escape(final.result_model or '')}).")
+            out.print(f"Use it with `ftbot use {escape(name)}`.")
+            return
+        err_console.print(f"[red]Job #{final.id} {final.status}.[/red] {escape(final.error or '')}", soft_wrap=True)
+        if final.log_tail:
+            err_console.print(escape(final.log_tail), soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def jobs(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+         limit: Annotated[int, typer.Option("--limit", min=1)] = 20) -> None:
+    """Recent training jobs with status, step and losses (refreshes running ones first)."""
+    from storage.jobs import job_record, list_jobs
+    from trainers.training import refresh_job
+
+    with _user_errors(), _database() as db:
+        records = []
+        for job in list_jobs(db, limit=limit):
+            try:
+                job = refresh_job(db, job.id).job
+            except Exception as error:  # noqa: BLE001 - listing must work even when OpenAI is unreachable
+                err_console.print(f"[yellow]warning:[/yellow] cannot refresh job #{job.id}: {escape(str(error))}")
+            records.append(job_record(db, job))
+        if as_json:
+            print(json.dumps(records, indent=2))
+            return
+        if not records:
+            console.print("No training jobs yet. Start one with `ftbot train`.")
+            return
+        table = Table("id", "status", "backend", "method", "base model", "step", "train loss", "valid loss", "model")
+        for r in records:
+            last = r["metrics"][-1] if r["metrics"] else {}
+            train_loss = next((m["train_loss"] for m in reversed(r["metrics"]) if m["train_loss"] is not None), None)
+            valid_loss = next((m["valid_loss"] for m in reversed(r["metrics"]) if m["valid_loss"] is not None), None)
+            table.add_row(
+                str(r["id"]), r["status"], r["backend"], r["method"], escape(r["base_model"]), str(last.get("step", "")),
+                f"{train_loss:.4f}" if train_loss is not None else "", f"{valid_loss:.4f}" if valid_loss is not None else "",
+                escape(r["model"] or ""),
+            )
+        console.print(table)
+
+
+def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Registered models; the one marked * is in use."""
+    from storage.jobs import list_models, model_record
+
+    with _user_errors(), _database() as db:
+        records = [model_record(m) for m in list_models(db)]
+        if as_json:
+            print(json.dumps(records, indent=2))
+            return
+        if not records:
+            console.print("No models registered yet: a finished training job registers its model.")
+            return
+        table = Table("", "name", "backend", "base model", "job", "valid loss", "cost", "location")
+        for r in records:
+            loss = (r["metrics"] or {}).get("final_valid_loss")
+            table.add_row(
+                "*" if r["active"] else "", escape(r["name"]), r["backend"], escape(r["base_model"]), str(r["job_id"] or ""),
+                f"{loss:.4f}" if isinstance(loss, (int, float)) else "",
+                f"${r['cost_usd']:,.4f}" if r["cost_usd"] is not None else "", escape(r["location"]),
+            )
+        console.print(table)
+
+
+def use(name: Annotated[str, typer.Argument(help="Model name (or id) from `ftbot models`.")]) -> None:
+    """Mark a registered model as the one evaluations and drafts use."""
+    from storage.jobs import use_model
+
+    with _user_errors(), _database() as db:
+        model = use_model(db, name)
+        console.print(f"Now using [bold]{escape(model.name)}[/bold] ({model.backend}, {escape(model.location)}).")
+
+
+def cancel(job_id: Annotated[int, typer.Argument(help="Job id from `ftbot jobs`.")]) -> None:
+    """Stop a training job (OpenAI or local)."""
+    from trainers.training import cancel_job
+
+    with _user_errors(), _database() as db:
+        job = cancel_job(db, job_id)
+        console.print(f"Job #{job.id} is {job.status}.")
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("train")(train)
+    app.command("jobs")(jobs)
+    app.command("models")(models)
+    app.command("use")(use)
+    app.command("cancel")(cancel)

@@ -59,6 +59,15 @@ class LocalTrainConfig:
         return cls(**data)
 
 
-def configured_base_model(explicit: str | None = None) -> str:
-    """The base model to train: the explicit choice, else ``$FTBOT_BASE_MODEL``, else the documented default."""
-    return explicit or os.environ.get(BASE_MODEL_ENV) or DEFAULT_BASE_MODEL
+def configured_base_model(explicit: str | None = None, *, fallback: str = DEFAULT_BASE_MODEL) -> str:
+    """The base model to train on-prem: the explicit choice, else ``$FTBOT_BASE_MODEL``, else ``fallback``.
+
+    An OpenAI model name in ``FTBOT_BASE_MODEL`` (other features read it as the chat model to compare against)
+    is not a model this back end can load, so it is skipped.
+    """
+    if explicit:
+        return explicit
+    configured = (os.environ.get(BASE_MODEL_ENV) or "").strip()
+    if configured and not configured.startswith(("gpt-", "ft:", "o1", "o3", "o4")):
+        return configured
+    return fallback

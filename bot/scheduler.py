@@ -1,0 +1,115 @@
+"""The bot's scheduler: APScheduler with its job store in ftbot's own database, so scheduled work survives restarts.
+
+Training uses it to poll OpenAI and relay local workers' progress to Slack every few seconds; other features may
+add their own jobs (:func:`schedule_every`). Stored jobs keep only a textual function reference and plain
+arguments; the function finds the live ``BotContext`` with :func:`context_for` using the database URL as the key,
+so a new bot process on the same database picks up every stored job where the old one stopped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+
+if TYPE_CHECKING:
+    from bot.app import BotContext
+
+log = logging.getLogger(__name__)
+
+JOBS_TABLE = "apscheduler_jobs"
+EXTRAS_KEY = "scheduler"
+
+_contexts: dict[str, "BotContext"] = {}
+_lock = threading.Lock()
+
+
+def context_key(bot: "BotContext") -> str:
+    """The key stored with scheduled jobs: the database URL (password hidden), stable across restarts."""
+    return bot.db.url
+
+
+def context_for(key: str) -> "BotContext | None":
+    return _contexts.get(key)
+
+
+def build_scheduler(bot: "BotContext", *, max_workers: int = 2) -> BackgroundScheduler:
+    """A scheduler whose jobs live in the bot's database (same engine, so SQLite's settings apply)."""
+    return BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(engine=bot.db.engine, tablename=JOBS_TABLE)},
+        executors={"default": ThreadPoolExecutor(max_workers)},
+        # A poll missed while the bot was down runs once when it is back, not once per missed interval.
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
+        timezone="UTC",
+    )
+
+
+def start_scheduler(bot: "BotContext") -> BackgroundScheduler:
+    """Register ``bot`` for scheduled jobs and start its scheduler (once); stored jobs resume now."""
+    with _lock:
+        _contexts[context_key(bot)] = bot
+        scheduler = bot.extras.get(EXTRAS_KEY)
+        if scheduler is None:
+            scheduler = build_scheduler(bot)
+            scheduler.start()
+            bot.extras[EXTRAS_KEY] = scheduler
+            atexit.register(_shutdown_quietly, scheduler)
+        return scheduler
+
+
+def stop_scheduler(bot: "BotContext", *, wait: bool = True) -> None:
+    """Stop this bot's scheduler; its stored jobs stay in the database for the next process."""
+    with _lock:
+        scheduler = bot.extras.pop(EXTRAS_KEY, None)
+        if _contexts.get(context_key(bot)) is bot:
+            del _contexts[context_key(bot)]
+    if scheduler is not None:
+        _shutdown_quietly(scheduler, wait=wait)
+
+
+def _shutdown_quietly(scheduler: BackgroundScheduler, wait: bool = False) -> None:
+    try:
+        if scheduler.running:
+            scheduler.shutdown(wait=wait)
+    except Exception:  # at exit the database may already be gone
+        log.debug("scheduler shutdown failed", exc_info=True)
+
+
+def schedule_every(
+    bot: "BotContext",
+    job_id: str,
+    func: str | Callable[..., Any],
+    *,
+    seconds: float,
+    args: tuple[Any, ...] = (),
+    run_now: bool = True,
+) -> None:
+    """Run ``func(*args)`` every ``seconds`` until it is removed; the same ``job_id`` replaces, never duplicates.
+
+    ``func`` should be a module-level function (stored as ``"module:function"``) with picklable ``args``.
+    """
+    from datetime import datetime, timezone
+
+    scheduler = start_scheduler(bot)
+    kwargs: dict[str, Any] = {}
+    if run_now:
+        kwargs["next_run_time"] = datetime.now(timezone.utc)
+    scheduler.add_job(func, "interval", seconds=seconds, id=job_id, args=list(args), replace_existing=True, **kwargs)
+
+
+def unschedule(bot: "BotContext", job_id: str) -> None:
+    from apscheduler.jobstores.base import JobLookupError
+
+    scheduler = bot.extras.get(EXTRAS_KEY)
+    if scheduler is None:
+        return
+    try:
+        scheduler.remove_job(job_id)
+    except JobLookupError:
+        pass
