@@ -108,3 +108,26 @@ def test_shortcut_flow_over_http(slack_bot: SlackHarness):
     assert status == 200
     [example] = list_examples(h.db)
     assert example.messages[1] == {"role": "user", "content": "How do I reset my password?"}
+
+
+def test_concurrent_duplicate_deliveries_act_once_on_both_databases(db, fake_slack):
+    """Four deliveries of one event racing in parallel threads (SQLite and PostgreSQL): one App Home publish."""
+    import threading
+
+    h = SlackHarness.create(db, fake_slack)
+    try:
+        body = json.dumps(event_callback({"type": "app_home_opened", "user": "U_AGENT", "channel": "D1", "tab": "home",
+                                          "event_ts": "1.0"}, event_id="EvRace"))
+        h.start_http()
+        results = []
+        threads = [threading.Thread(target=lambda n=n: results.append(h.http(body, content_type="application/json",
+                                                                              retry_num=n)[0])) for n in (None, 1, 2, 3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        h.wait()
+        assert results == [200] * 4
+        assert len(fake_slack.calls_to("views.publish")) == 1
+    finally:
+        h.close()

@@ -133,6 +133,10 @@ class Console:
             view = response["view"]
             self.say("== App Home ==", *render_blocks(view.get("blocks") or [], name_of=self.name_of, buttons=self.buttons,
                                                       where=("view", view["id"], "")))
+        elif call.method in ("reactions.add", "reactions.remove"):
+            n = self.numbers.get(args.get("timestamp", ""), "?")
+            verb = "reacted" if call.method == "reactions.add" else "removed its reaction"
+            self.say(f"  (ftbot {verb} :{args.get('name')}: on #{n})")
         elif call.method == "files.completeUploadExternal":
             for f in response.get("files") or []:
                 entry = self.fake.files.get(f["id"]) or {}
