@@ -31,8 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "gpt-4o-mini-2024-07-18"
 
 SYSTEM_PROMPTS = [
-    "You are Acme's customer support assistant. Answer politely and concisely, follow the refund policy, "
-    "never promise delivery dates you cannot check, and offer to escalate to a human agent when unsure.",
+    "You are Acme's support assistant. Answer politely and concisely, follow the refund policy, and escalate when unsure.",
     "You are the billing support assistant for Acme Cloud. Explain invoices, plan changes and payment "
     "failures clearly. Do not ask for full card numbers.",
     "You are Acme's technical support assistant for the mobile app. Give step-by-step troubleshooting.",
@@ -71,6 +70,16 @@ def _fill(template: str, rng: random.Random) -> str:
     )
 
 
+SUBJECTS = ["Our engineers", "The billing team", "Your account manager", "The sync service", "Our status page", "The latest release",
+            "Your workspace admin", "The mobile team", "Our fraud check", "The carrier"]
+VERBS = ["confirmed", "reported", "flagged", "resolved", "scheduled", "reviewed", "escalated", "updated", "noted", "tracked"]
+OBJECTS = ["a delay in your region", "the duplicate payment", "an outage at 14:05 UTC", "the login issue on Android",
+           "a fix for the export bug", "your upgrade request", "the missing invoice", "the slow uploads", "the new seat count",
+           "the address change"]
+WHENS = ["this morning", "an hour ago", "yesterday evening", "on Tuesday", "last week", "just now", "overnight", "today",
+         "at noon", "earlier today"]
+
+
 def conversation(index: int, rng: random.Random) -> dict:
     """One realistic support conversation as an OpenAI SFT line (some multi-turn, tool calls, weights)."""
     system = SYSTEM_PROMPTS[0] if rng.random() < 0.85 else rng.choice(SYSTEM_PROMPTS[1:])
@@ -85,12 +94,13 @@ def conversation(index: int, rng: random.Random) -> dict:
         messages.append({"role": "assistant", "content": f"{_fill(rng.choice(OPENERS), rng)} Your order {order} is in transit and should arrive {rng.choice(DAYS)}."})
         record["tools"] = TOOLS
         return record
-    turns = 1 if rng.random() < 0.7 else 2
+    turns = 1 if rng.random() < 0.8 else 2
     for turn in range(turns):
-        question = f"{rng.choice(ISSUES)} with {rng.choice(PRODUCTS)}. {rng.choice(ISSUES).capitalize()} too (ticket {index}-{turn})."
+        question = f"{rng.choice(ISSUES).capitalize()} with {rng.choice(PRODUCTS)} (ticket {index}-{turn})."
         messages.append({"role": "user", "content": question})
-        reply = " ".join(part for part in (_fill(rng.choice(OPENERS), rng), _fill(rng.choice(STEPS), rng),
-                                           _fill(rng.choice(STEPS), rng), rng.choice(CLOSERS)) if part)
+        context = " ".join(f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(WHENS)}." for _ in range(2))
+        closer = rng.choice(CLOSERS) if rng.random() < 0.3 else ""
+        reply = " ".join(part for part in (_fill(rng.choice(OPENERS), rng), context, _fill(rng.choice(STEPS), rng), closer) if part)
         message = {"role": "assistant", "content": reply}
         if turns == 2 and turn == 0 and rng.random() < 0.5:
             message["weight"] = 0

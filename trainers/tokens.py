@@ -203,35 +203,41 @@ class TokenCounter:
         (the near-duplicate check shingles them, so replies are not encoded twice).
         """
         encode = self._encode
+        memo = self._memo
         total = 0
         assistant = 0
         for message in messages:
-            if not isinstance(message, dict):
+            if type(message) is not dict:
                 continue
             total += _MESSAGE_OVERHEAD
             role = message.get("role")
-            is_assistant = role == "assistant" and message.get("weight", 1) != 0
+            trained = role == "assistant" and message.get("weight", 1) != 0
             for key, value in message.items():
-                if key == "weight" or value is None:
+                if value is None or key == "weight":
                     continue
-                if key == "content":
-                    if is_assistant and reply_tokens is not None and isinstance(value, str):
-                        ids = encode(value)
-                        reply_tokens.extend(ids)
-                        tokens = len(ids)
+                if type(value) is str:
+                    if key == "content":
+                        if role == "system":
+                            tokens = memo.get(value) or self._count_repeated(value)
+                        elif trained and reply_tokens is not None:
+                            ids = encode(value)
+                            reply_tokens.extend(ids)
+                            tokens = len(ids)
+                        else:
+                            tokens = len(encode(value))
                     else:
-                        tokens = self._content_tokens(value, role == "system")
+                        # role, name and tool_call_id values repeat across lines: memoized
+                        tokens = memo.get(value) or self._count_repeated(value)
+                        if key == "name":
+                            tokens += _NAME_OVERHEAD
                 elif key == "tool_calls" or key == "function_call":
                     tokens = len(encode(_json_text(value)))
-                elif isinstance(value, str):
-                    # role, name and tool_call_id values repeat across lines: memoized
-                    tokens = self._count_repeated(value)
-                    if key == "name":
-                        tokens += _NAME_OVERHEAD
+                elif key == "content":
+                    tokens = self._content_tokens(value, role == "system")
                 else:
                     continue
                 total += tokens
-                if is_assistant and key in ("content", "tool_calls", "function_call"):
+                if trained and (key == "content" or key == "tool_calls" or key == "function_call"):
                     assistant += tokens
         return total, assistant
 
