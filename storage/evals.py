@@ -473,7 +473,7 @@ def save_verdict(db: Database, comparison_id: int, judge_model: str, choice: str
     return verdict
 
 
-def round_verdicts(db: Database, round_id: int, judge_model: str | None = None) -> dict[int, JudgeVerdict]:
+def round_verdicts(db: Database, round_id: int, judge_model: str | None = None) -> list[JudgeVerdict]:
     query = (
         select(JudgeVerdict).join(Comparison, Comparison.id == JudgeVerdict.comparison_id)
         .where(Comparison.round_id == round_id)
@@ -481,7 +481,7 @@ def round_verdicts(db: Database, round_id: int, judge_model: str | None = None) 
     if judge_model is not None:
         query = query.where(JudgeVerdict.judge_model == judge_model)
     with db.session() as session:
-        return {v.comparison_id: v for v in session.scalars(query.order_by(JudgeVerdict.id))}
+        return list(session.scalars(query.order_by(JudgeVerdict.id)))
 
 
 def count_votes(db: Database, round_id: int) -> int:

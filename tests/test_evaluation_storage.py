@@ -201,5 +201,7 @@ def test_judge_verdicts_upsert(db):
     cid = evals.round_comparisons(db, _round(db).id)[0].id
     evals.save_verdict(db, cid, "gpt-4o", "A", {"orders": ["A", "A"]})
     evals.save_verdict(db, cid, "gpt-4o", "tie", {"orders": ["A", "B"]})
-    verdicts = evals.round_verdicts(db, _round_id_of(db, cid))
-    assert verdicts[cid].choice == "tie" and verdicts[cid].detail == {"orders": ["A", "B"]}
+    evals.save_verdict(db, cid, "gpt-4.1", "B")
+    verdicts = evals.round_verdicts(db, _round_id_of(db, cid), "gpt-4o")
+    assert [(v.comparison_id, v.choice, v.detail) for v in verdicts] == [(cid, "tie", {"orders": ["A", "B"]})]
+    assert len(evals.round_verdicts(db, _round_id_of(db, cid))) == 2
