@@ -6,6 +6,7 @@ customer message containing ``<!channel>`` or ``<@U123>`` is shown as text and n
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -125,8 +126,6 @@ def text_input(
 
 def fit_blocks(blocks: list[Block], *, max_blocks: int = MAX_MESSAGE_BLOCKS, note: str | None = None) -> list[Block]:
     """Keep a message within the block count and total size limits, ending with a note when something was cut."""
-    import json
-
     note_block = context(note or "_Truncated to fit Slack's limits; the full text is attached as a file._")
     out: list[Block] = []
     size = len(json.dumps(note_block))
@@ -142,8 +141,6 @@ def fit_blocks(blocks: list[Block], *, max_blocks: int = MAX_MESSAGE_BLOCKS, not
 
 
 def blocks_fit(blocks: list[Block], *, max_blocks: int = MAX_MESSAGE_BLOCKS) -> bool:
-    import json
-
     return len(blocks) <= max_blocks and len(json.dumps(blocks)) <= MAX_MESSAGE_CHARS
 
 

@@ -66,9 +66,8 @@ class Draft:
     captured_by: str
     turns: list[dict[str, str]]  # {"role", "content"}; the first is the system prompt
     tags: list[str] = field(default_factory=list)
+    # Bumped by each redaction: new block_ids make Slack show the new values.
     rev: int = 0
-    # Why a turn cannot be edited in the modal (too long); those turns are kept exactly as captured.
-    locked: list[int] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
         from trainers.records import sft_record
@@ -199,7 +198,7 @@ def build_turns(bot: "BotContext", client: WebClient, channel: str, ts: str, thr
         raise FtbotError("That message was written by a bot; capture a reply written by your support team")
     if roles.configured and not roles.is_team(author):
         raise FtbotError(
-            f"That message is by <@{author}>, who is not on the support team (FTBOT_AGENTS/REVIEWERS/TRAINERS/ADMINS), "
+            "That message is by someone who is not on the support team (FTBOT_AGENTS/REVIEWERS/TRAINERS/ADMINS), "
             "so it would be a customer turn. Capture the agent's reply instead"
         )
     names = _Names(client)
@@ -283,7 +282,7 @@ def editable_turns(draft: Draft) -> set[int]:
     """Turns shown as inputs: the system prompt and the last ``MAX_EDITABLE_TURNS``, unless too long to edit."""
     first_editable = max(1, len(draft.turns) - MAX_EDITABLE_TURNS)
     return {i for i, turn in enumerate(draft.turns)
-            if (i == 0 or i >= first_editable) and i not in draft.locked and len(turn["content"]) <= bk.MAX_INPUT_VALUE}
+            if (i == 0 or i >= first_editable) and len(turn["content"]) <= bk.MAX_INPUT_VALUE}
 
 
 def _save_draft(bot: "BotContext", draft: Draft) -> str:
@@ -334,7 +333,7 @@ def open_capture(bot: "BotContext", client: WebClient, *, trigger_id: str, chann
         key = _save_draft(bot, draft)
         client.views_update(view_id=view["id"], hash=view.get("hash"), view=capture_view(draft, key))
     except FtbotError as exc:
-        client.views_update(view_id=view["id"], view=_error_view(bk.escape(str(exc)) if "<@" not in str(exc) else str(exc)))
+        client.views_update(view_id=view["id"], view=_error_view(bk.escape(str(exc))))
 
 
 def _existing_tags(bot: "BotContext", source_key: str) -> list[str]:

@@ -90,7 +90,7 @@ class Roles:
         return self._in(user, (*s.agents, *s.reviewers, *s.trainers, *s.admins))
 
     def may_capture(self, user: str | None) -> bool:
-        return not self.configured and bool(user) or self.is_team(user)
+        return (not self.configured and bool(user)) or self.is_team(user)
 
     def may_review(self, user: str | None) -> bool:
         if not self.configured:
