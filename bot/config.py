@@ -48,6 +48,18 @@ def _channel_prompts(raw: str | None) -> Mapping[str, str]:
     return MappingProxyType(dict(parsed))
 
 
+def _positive_float(name: str, raw: str | None, default: float, *, allow_zero: bool = False) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0 or (value == 0 and not allow_zero) or value != value:
+        raise ConfigError(f"{name}={raw!r} is not a positive number: set it to e.g. {default:g}, or unset it")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """ftbot's configuration. Build it with ``Settings.from_env()``; tests pass fields directly."""
@@ -68,6 +80,11 @@ class Settings:
     channel_prompts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     base_model: str = DEFAULT_BASE_MODEL
     http_port: int = 3000
+    # Evaluation: the baseline ("base" = the candidate's base model, "openai:<model>", a registered model or a local
+    # base model), how long voting stays open, and the pause between posted comparisons (Slack: ~1 message/s/channel).
+    eval_baseline: str | None = None
+    eval_hours: float = 24.0
+    eval_post_interval: float = 1.1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -100,6 +117,9 @@ class Settings:
             channel_prompts=_channel_prompts(get("FTBOT_CHANNEL_PROMPTS")),
             base_model=get("FTBOT_BASE_MODEL") or DEFAULT_BASE_MODEL,
             http_port=port,
+            eval_baseline=get("FTBOT_EVAL_BASELINE"),
+            eval_hours=_positive_float("FTBOT_EVAL_HOURS", get("FTBOT_EVAL_HOURS"), 24.0),
+            eval_post_interval=_positive_float("FTBOT_EVAL_POST_INTERVAL", get("FTBOT_EVAL_POST_INTERVAL"), 1.1, allow_zero=True),
         )
         return cls(**values)
 
