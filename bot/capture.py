@@ -185,11 +185,16 @@ def fetch_thread(client: WebClient, channel: str, root_ts: str) -> list[dict[str
 
 
 def build_turns(bot: "BotContext", client: WebClient, channel: str, ts: str, thread_ts: str | None,
-                *, bot_user_id: str | None) -> list[dict[str, str]]:
-    """The conversation up to and including the chosen reply, with the channel's system prompt first."""
+                *, bot_user_id: str | None) -> tuple[list[dict[str, str]], str]:
+    """The conversation up to and including the chosen reply, with the channel's system prompt first,
+    and the thread's root ts."""
     root = thread_ts or ts
     thread = fetch_thread(client, channel, root)
     chosen = next((m for m in thread if m["ts"] == ts), None)
+    if chosen is not None and chosen.get("thread_ts") not in (None, root):
+        # A reply's link without ?thread_ts=: read its whole thread from the real parent.
+        root = chosen["thread_ts"]
+        thread = fetch_thread(client, channel, root)
     if chosen is None:
         raise FtbotError("I could not find that message in its thread (deleted?); nothing was captured")
     author = chosen.get("user")
@@ -220,7 +225,7 @@ def build_turns(bot: "BotContext", client: WebClient, channel: str, ts: str, thr
     if not any(t["role"] == "user" for t in turns):
         raise FtbotError("There is no customer message before that reply in its thread, so there is nothing to learn from. "
                          "Capture a reply inside a thread that starts with the customer's question")
-    return [{"role": "system", "content": channel_system_prompt(bot, channel)}, *turns]
+    return [{"role": "system", "content": channel_system_prompt(bot, channel)}, *turns], root
 
 
 # ---- the modal ------------------------------------------------------------------------------------------------------
@@ -321,13 +326,13 @@ def open_capture(bot: "BotContext", client: WebClient, *, trigger_id: str, chann
     try:
         if not bot.roles.may_capture(user):
             raise FtbotError("Only the support team can capture replies. Ask an ftbot admin to add you to FTBOT_AGENTS")
-        turns = build_turns(bot, client, channel, ts, thread_ts, bot_user_id=bot_user_id)
+        turns, root_ts = build_turns(bot, client, channel, ts, thread_ts, bot_user_id=bot_user_id)
         try:
             permalink = client.chat_getPermalink(channel=channel, message_ts=ts).get("permalink")
         except SlackApiError:
             permalink = None
-        root = thread_ts if thread_ts and thread_ts != ts else None
-        draft = Draft(source_key=f"slack:{channel}:{ts}", channel=channel, ts=ts, thread_ts=root, permalink=permalink,
+        draft = Draft(source_key=f"slack:{channel}:{ts}", channel=channel, ts=ts,
+                      thread_ts=root_ts if root_ts != ts else None, permalink=permalink,
                       captured_by=user, turns=turns)
         draft.tags = _existing_tags(bot, draft.source_key)
         key = _save_draft(bot, draft)

@@ -153,6 +153,19 @@ def test_ft_add_with_thread_permalink(slack_bot: SlackHarness):
     assert list_examples(h.db)[0].source_thread_ts == parent["ts"]
 
 
+def test_ft_add_with_a_reply_link_lacking_thread_ts_reads_the_whole_thread(slack_bot: SlackHarness):
+    h = slack_bot
+    parent, reply = _thread(h.fake)
+    h.command(f"add {h.fake.permalink('C_SUPPORT', reply['ts'])}", trigger_id=h.fake.new_trigger_id())
+    h.wait()
+    view = list(h.fake.views.values())[-1]
+    assert "Can you fix it?" in json.dumps(view) and view.get("submit")
+    h.interact(view_submission(view, _values(view)))
+    h.wait()
+    assert list_examples(h.db)[0].source_thread_ts == parent["ts"]
+    assert h.fake.calls_to("chat.postEphemeral")[-1].args["thread_ts"] == parent["ts"]
+
+
 def test_ft_add_rejects_a_non_link(slack_bot: SlackHarness):
     h = slack_bot
     h.command("add not-a-link")
