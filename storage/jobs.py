@@ -97,6 +97,20 @@ def update_job(db: Database, job_id: int, **fields: Any) -> Job:
     return job
 
 
+def update_unfinished_job(db: Database, job_id: int, **fields: Any) -> bool:
+    """Set fields only while the job is not finished; False if it already was.
+
+    A poll that read "running" must not overwrite a cancel or a failure recorded a moment later.
+    """
+    with db.session() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.not_in(JobStatus.FINISHED))
+            .values(**fields, updated_at=utcnow())
+        )
+        return result.rowcount == 1
+
+
 def claim_job(db: Database, job_id: int, *, from_status: str = JobStatus.QUOTED, to_status: str = JobStatus.PENDING) -> bool:
     """Atomically move a job from one status to the next; True only for the caller that did it.
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.db import Database
-from storage.jobs import finish_job, get_job, record_metric, update_job
+from storage.jobs import finish_job, get_job, record_metric, update_job, update_unfinished_job
 from storage.models import Job, JobStatus, utcnow
 from storage.snapshots import TRAIN, VALIDATION, jsonl_bytes
 from trainers.errors import ConfigError, TrainingError
@@ -171,7 +171,7 @@ class OpenAIBackend:
             update_job(db, job_id, progress=progress)
             finish_job(db, job_id, JobStatus.CANCELLED)
         else:
-            update_job(db, job_id, status=status, progress=progress)
+            update_unfinished_job(db, job_id, status=status, progress=progress)
         job = get_job(db, job_id)
         after = (job.status, (job.progress or {}).get("step"), (job.progress or {}).get("message"))
         return PollResult(job, job.status in JobStatus.FINISHED, after != before)

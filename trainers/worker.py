@@ -17,7 +17,7 @@ import sys
 import traceback
 
 from storage.db import Database
-from storage.jobs import finish_job, get_job, update_job
+from storage.jobs import finish_job, get_job, update_unfinished_job
 from storage.models import JobStatus, utcnow
 from trainers.errors import FtbotError
 from trainers.launch import launch_plan, read_log_tail, training_command
@@ -34,7 +34,8 @@ def run_worker(db: Database, job_id: int) -> int:
     if job.status in JobStatus.FINISHED:
         log.info("job %s is already %s; nothing to do", job_id, job.status)
         return 0
-    update_job(db, job_id, status=JobStatus.RUNNING, started_at=utcnow(), worker_pid=os.getpid())
+    if not update_unfinished_job(db, job_id, status=JobStatus.RUNNING, started_at=utcnow(), worker_pid=os.getpid()):
+        return 0  # cancelled before the worker got going
     plan = launch_plan(int(job.config.get("num_processes", 1)))
     try:
         if plan.launcher == "python":

@@ -10,7 +10,7 @@ import argparse
 import os
 
 from storage.db import Database
-from storage.jobs import finish_job, get_job, record_metric, update_job
+from storage.jobs import finish_job, get_job, record_metric, update_job, update_unfinished_job
 from storage.models import JobStatus
 from storage.snapshots import TRAIN, VALIDATION, snapshot_records
 from trainers.errors import TrainingError
@@ -36,7 +36,7 @@ def run(db: Database, job_id: int) -> None:
         record_metric(db, job_id, step, train_loss=train_loss, valid_loss=valid_loss, extra=extra or None)
 
     def progress_sink(progress):
-        update_job(db, job_id, progress={**(get_job(db, job_id).progress or {}), **progress})
+        update_unfinished_job(db, job_id, progress={**(get_job(db, job_id).progress or {}), **progress})
 
     def should_stop() -> bool:
         return get_job(db, job_id).status == JobStatus.CANCELLED
