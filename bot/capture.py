@@ -321,7 +321,17 @@ def _apply_edits(draft: Draft, values: dict[str, dict[str, Any]]) -> None:
 def open_capture(bot: "BotContext", client: WebClient, *, trigger_id: str, channel: str, ts: str, thread_ts: str | None,
                  user: str, bot_user_id: str | None) -> None:
     """Open the modal at once, then read the thread and fill it in."""
-    opened = client.views_open(trigger_id=trigger_id, view=_loading_view())
+    try:
+        opened = client.views_open(trigger_id=trigger_id, view=_loading_view())
+    except SlackApiError as exc:
+        # trigger_ids expire after 3 s and work once: say so instead of failing silently.
+        log.warning("views.open failed: %s", exc.response.get("error"))
+        try:
+            client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread_ts,
+                                      text="Slack did not let me open the capture form in time; please try again.")
+        except SlackApiError:
+            pass
+        return
     view = opened["view"]
     try:
         if not bot.roles.may_capture(user):

@@ -288,3 +288,14 @@ def test_customer_message_cannot_be_captured_as_a_reply(team_bot: SlackHarness):
     view = _open_via_shortcut(h, parent)
     assert "not on the support team" in json.dumps(view)
     assert view.get("submit") is None
+
+
+def test_expired_trigger_is_explained(slack_bot: SlackHarness):
+    h = slack_bot
+    _parent, reply = _thread(h.fake)
+    trigger = h.fake.new_trigger_id()
+    h.interact(message_action(reply, trigger_id=trigger, response_url=h.fake.response_url()))
+    h.wait()
+    h.interact(message_action(reply, trigger_id=trigger, response_url=h.fake.response_url()))  # reused trigger
+    h.wait()
+    assert "try again" in h.fake.calls_to("chat.postEphemeral")[-1].args["text"]
