@@ -143,10 +143,10 @@ def build_app(
             except Exception:  # the original error matters more
                 log.exception("could not release event %s", body.get("event_id"))
 
-    from bot import capture, commands, evaluation, home, reports, training
+    from bot import capture, commands, evaluation, home, reports, review, training
 
     commands.register(app, bot)
-    for feature in (capture, reports, home, training, evaluation):
+    for feature in (capture, review, reports, home, training, evaluation):
         feature.register(app, bot)
     return app
 

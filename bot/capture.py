@@ -1,4 +1,4 @@
-"""Capturing replies from Slack threads, and reviewing them.
+"""Capturing replies from Slack threads as training examples.
 
 Three ways in, one flow: the message shortcut ``ft_add_message`` on a reply, ``/ft add <permalink>``, and
 ``@ftbot add`` as a thread reply (no trigger_id there, so it answers with a button that opens the form).
@@ -7,7 +7,7 @@ with ``conversations.replies`` and the form is filled with ``views.update``. The
 (``storage.settings``), so long threads never hit the 3000-character ``private_metadata`` limit.
 
 Submitting validates the edited example (``trainers.validate.check_record``), stores it idempotently on
-``slack:<channel>:<ts>`` and posts a confirmation; reviewers approve or reject with its buttons or ``/ft review``.
+``slack:<channel>:<ts>`` and posts a confirmation whose buttons ``bot.review`` handles.
 """
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ from __future__ import annotations
 import json
 import logging
 import re
-import secrets
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from slack_bolt import Ack, App, BoltContext, Respond
+from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import blocks as bk
 from bot.commands import CommandContext
+from bot.review import confirmation_blocks
 from trainers.errors import FtbotError
 
 if TYPE_CHECKING:
@@ -38,13 +38,9 @@ SHORTCUT_ID = "ft_add_message"
 VIEW_ID = "ft_capture"
 OPEN_ACTION = "ft_capture_open"
 REDACT_ACTION = "ft_capture_redact"
-APPROVE_ACTION = "ft_review_approve"
-REJECT_ACTION = "ft_review_reject"
-PAGE_ACTION = "ft_review_page"
 TAGS_BLOCK = "tags"
 DRAFT_PREFIX = "capture_draft:"
 PROMPT_PREFIX = "channel_prompt:"
-REVIEW_PAGE_SIZE = 5
 # Turns shown as editable inputs; earlier ones are kept as captured (a modal holds at most 100 blocks).
 MAX_EDITABLE_TURNS = 40
 ROLE_LABELS = {"system": "System prompt", "user": "Customer (user)", "assistant": "Agent reply (assistant)"}
@@ -379,64 +375,6 @@ def submission_errors(draft: Draft) -> dict[str, str]:
     return {k: bk.truncate(v, 2000) for k, v in errors.items()}
 
 
-# ---- confirmation and review --------------------------------------------------------------------------------------
-def example_summary(example: Any, *, limit: int = 600) -> str:
-    """Last customer turn and the reply, escaped, for confirmations and the review list."""
-    messages = example.messages or []
-    question = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "") or ""
-    reply = next((m.get("content") for m in reversed(messages) if m.get("role") == "assistant"), "") or ""
-    return (f"*Customer:* {bk.escape(bk.truncate(str(question), limit))}\n"
-            f"*Reply:* {bk.escape(bk.truncate(str(reply), limit))}")
-
-
-STATUS_EMOJI = {"pending": ":hourglass:", "approved": ":white_check_mark:", "rejected": ":no_entry_sign:"}
-
-
-def confirmation_blocks(example: Any, *, created: bool) -> tuple[str, list[dict[str, Any]]]:
-    verb = "Captured" if created else "Updated"
-    status = example.status
-    head = (f"{STATUS_EMOJI.get(status, '')} {verb} example *#{example.id}* by <@{example.captured_by}> "
-            f"({len(example.messages)} turns) — *{status}*")
-    if status == "approved" and example.approved_by:
-        head += f" by <@{example.approved_by}>"
-    out = [bk.section(head), bk.section(example_summary(example))]
-    if example.tags:
-        out.append(bk.context("Tags: " + bk.escape(", ".join(example.tags))))
-    if status == "pending":
-        out.append(bk.actions(bk.button("Approve", APPROVE_ACTION, str(example.id), style="primary"),
-                              bk.button("Reject", REJECT_ACTION, str(example.id), style="danger"),
-                              block_id=f"review_{example.id}"))
-    text = f"{verb} example #{example.id} ({status})"
-    return text, out
-
-
-def review_page(bot: "BotContext", page: int) -> tuple[str, list[dict[str, Any]]]:
-    from storage.examples import count_by_status, list_examples
-
-    pending_total = count_by_status(bot.db).get("pending", 0)
-    pages = max(1, -(-pending_total // REVIEW_PAGE_SIZE))
-    page = min(max(page, 1), pages)
-    items = list_examples(bot.db, status="pending", limit=REVIEW_PAGE_SIZE, offset=(page - 1) * REVIEW_PAGE_SIZE)
-    if not items:
-        return "Nothing to review", [bk.section(":tada: Nothing waiting for review.")]
-    out: list[dict[str, Any]] = [bk.section(f"*{pending_total} example(s) waiting for review* — page {page} of {pages}")]
-    for example in items:
-        out.append(bk.divider())
-        link = f" · <{example.source_permalink}|thread>" if example.source_permalink else ""
-        out.append(bk.section(f"*#{example.id}* by <@{example.captured_by}>{link}\n{example_summary(example, limit=400)}"))
-        out.append(bk.actions(bk.button("Approve", APPROVE_ACTION, f"{example.id}:{page}", style="primary"),
-                              bk.button("Reject", REJECT_ACTION, f"{example.id}:{page}", style="danger"),
-                              block_id=f"review_{example.id}"))
-    pager = []
-    if page > 1:
-        pager.append(bk.button("◀ Previous", PAGE_ACTION + "_prev", str(page - 1)))
-    if page < pages:
-        pager.append(bk.button("Next ▶", PAGE_ACTION + "_next", str(page + 1)))
-    if pager:
-        out.append(bk.actions(*pager, block_id="review_pager"))
-    return f"{pending_total} example(s) waiting for review", bk.fit_blocks(out)
-
-
 # ---- listeners ------------------------------------------------------------------------------------------------------
 def register(app: App, bot: "BotContext") -> None:
     @app.shortcut(SHORTCUT_ID)
@@ -526,21 +464,6 @@ def register(app: App, bot: "BotContext") -> None:
         ack()
         bot.defer(save_draft_as_example, bot, client, draft, meta["draft"], user=body["user"]["id"], view_id=view["id"])
 
-    for action_id in (APPROVE_ACTION, REJECT_ACTION):
-        app.action(action_id)(_review_listener(bot))
-    app.action(re.compile(f"^{PAGE_ACTION}_"))(_page_listener(bot))
-
-    def ft_review(ctx: CommandContext) -> None:
-        if not bot.roles.may_review(ctx.user_id):
-            raise FtbotError("Only reviewers can review captures (FTBOT_REVIEWERS). Ask an ftbot admin")
-        page = int(ctx.args[0]) if ctx.args and ctx.args[0].isdigit() else 1
-        text, page_blocks = review_page(bot, page)
-        ctx.respond(text, blocks=page_blocks)
-
-    bot.router.add("review", usage="/ft review [page]", summary="Approve or reject captured examples", handler=ft_review)
-    bot.router.add("list", usage="/ft list", summary="Recent examples and counts by status", handler=_ft_list(bot))
-    bot.router.add("stats", usage="/ft stats", summary="Dataset statistics: statuses, tags, top capturers",
-                   handler=_ft_stats(bot))
     bot.router.add("prompt", usage="/ft prompt [show | set <text> | reset]",
                    summary="This channel's system prompt for new captures", handler=_ft_prompt(bot))
 
@@ -627,115 +550,6 @@ def redact_view(bot: "BotContext", client: WebClient, view: dict[str, Any]) -> N
     key = _save_draft(bot, draft)
     client.views_update(view_id=view["id"], hash=view.get("hash"),
                         view=capture_view(draft, key, notice=":white_check_mark: Personal data redacted."))
-
-
-def _review_listener(bot: "BotContext"):
-    def on_review(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient, respond: Respond) -> None:
-        ack()
-        bot.defer(review, body, action, client, respond)
-
-    def review(body: dict[str, Any], action: dict[str, Any], client: WebClient, respond: Respond) -> None:
-        from storage.examples import set_status
-
-        user = body["user"]["id"]
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        if not bot.roles.may_review(user):
-            respond(text="Only reviewers can approve or reject examples (FTBOT_REVIEWERS). Ask an ftbot admin.",
-                    response_type="ephemeral", replace_original=False)
-            return
-        example_id_raw, _, page_raw = (action.get("value") or "").partition(":")
-        status = "approved" if action["action_id"] == APPROVE_ACTION else "rejected"
-        try:
-            example = set_status(bot.db, int(example_id_raw), status, by=user)
-        except FtbotError as exc:
-            respond(text=f":warning: {bk.escape(str(exc))}", response_type="ephemeral", replace_original=False)
-            return
-        container = body.get("container") or {}
-        if page_raw:  # from the /ft review list (ephemeral): redraw the page
-            text, page_blocks = review_page(bot, int(page_raw))
-            respond(text=text, blocks=page_blocks, replace_original=True)
-            return
-        text, confirm = confirmation_blocks(example, created=True)
-        verdict = f"{STATUS_EMOJI[status]} *{status.capitalize()}* by <@{user}>"
-        confirm = [b for b in confirm if b.get("type") != "actions"] + [bk.context(verdict)]
-        if container.get("is_ephemeral") or not container.get("message_ts"):
-            respond(text=text, blocks=confirm, replace_original=True)
-        else:
-            client.chat_update(channel=channel, ts=container["message_ts"], text=f"{text}: {status} by {user}", blocks=confirm)
-
-    return on_review
-
-
-def _page_listener(bot: "BotContext"):
-    def on_page(ack: Ack, action: dict[str, Any], respond: Respond, body: dict[str, Any]) -> None:
-        ack()
-        if not bot.roles.may_review(body["user"]["id"]):
-            return
-        text, page_blocks = review_page(bot, int(action.get("value") or 1))
-        respond(text=text, blocks=page_blocks, replace_original=True)
-
-    return on_page
-
-
-def _ft_list(bot: "BotContext"):
-    def ft_list(ctx: CommandContext) -> None:
-        from sqlmodel import select
-
-        from storage.examples import count_by_status
-        from storage.models import Example
-
-        counts = count_by_status(bot.db)
-        with bot.db.session() as session:
-            recent = list(session.exec(select(Example).order_by(Example.id.desc()).limit(10)))
-        head = " · ".join(f"{STATUS_EMOJI.get(s, '')} {counts.get(s, 0)} {s}" for s in ("approved", "pending", "rejected"))
-        out = [bk.section(f"*Examples:* {head}")]
-        lines = []
-        for example in recent:
-            question = next((m.get("content") for m in reversed(example.messages) if m.get("role") == "user"), "")
-            who = f" by <@{example.captured_by}>" if example.captured_by else f" ({example.source_kind})"
-            lines.append(f"{STATUS_EMOJI.get(example.status, '')} *#{example.id}*{who}: "
-                         f"{bk.escape(bk.truncate(str(question or ''), 120))}")
-        out.append(bk.section("\n".join(lines) if lines else "_No examples yet. Capture a reply with the *Add to ftbot* shortcut._"))
-        ctx.respond(f"Examples: {counts.get('approved', 0)} approved, {counts.get('pending', 0)} pending, "
-                    f"{counts.get('rejected', 0)} rejected", blocks=out)
-
-    return ft_list
-
-
-def _ft_stats(bot: "BotContext"):
-    def ft_stats(ctx: CommandContext) -> None:
-        from collections import Counter
-
-        from sqlmodel import select
-
-        from storage.examples import count_by_status
-        from storage.models import Example
-
-        counts = count_by_status(bot.db)
-        tags: Counter[str] = Counter()
-        capturers: Counter[str] = Counter()
-        turns = 0
-        total = 0
-        with bot.db.session() as session:
-            for example_tags, captured_by, messages, source_kind in session.exec(
-                    select(Example.tags, Example.captured_by, Example.messages, Example.source_kind)):
-                total += 1
-                tags.update(example_tags or [])
-                capturers[captured_by or source_kind] += 1
-                turns += len(messages or [])
-        pairs = [("Approved", str(counts.get("approved", 0))), ("Pending", str(counts.get("pending", 0))),
-                 ("Rejected", str(counts.get("rejected", 0))),
-                 ("Avg turns", f"{turns / total:.1f}" if total else "–")]
-        out = [bk.header("ftbot dataset"), bk.fields_section(pairs)]
-        if capturers:
-            out.append(bk.section("*Top capturers:* " + ", ".join(
-                (f"<@{who}> ({n})" if re.fullmatch(r"[UW][A-Z0-9_]+", who) else f"{bk.escape(who)} ({n})")
-                for who, n in capturers.most_common(5))))
-        if tags:
-            out.append(bk.section("*Tags:* " + bk.escape(", ".join(f"{t} ({n})" for t, n in tags.most_common(15)))))
-        ctx.respond(f"{total} examples: {counts.get('approved', 0)} approved", blocks=out)
-
-    return ft_stats
 
 
 def _ft_prompt(bot: "BotContext"):
