@@ -89,7 +89,8 @@ def _win_rate_panel(axes, summary: ABSummary, candidate: str, baseline: str) -> 
                 if share > 0.05:
                     axes.text(left + share / 2, 0, f"{count}", ha="center", va="center", fontsize=8, color="white")
                 left += share
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=3, fontsize=7, frameon=False)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=3, fontsize=7, frameon=False)
     axes.set_xlabel(f"share of votes for {candidate}", fontsize=8)
     axes.grid(True, axis="x", alpha=0.3)
 

@@ -1,0 +1,324 @@
+"""The evaluation loop through the real Bolt app (signed requests), the fake Slack Web API and the fake OpenAI API.
+
+/ft eval → cost quote → Post → blind comparisons posted with seeded reactions → votes as reaction events (switches,
+removals, skin tones, retries, the bot's own reactions, other messages) → /ft eval close → revealed results with the
+chart uploaded → DPO pairs; plus the voter allowlist, the timed close, /ft eval add and /ft judge.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from bot import evaluation
+from storage import evals
+from storage.evals import RoundStatus
+from storage.examples import save_capture
+from storage.jobs import register_model, use_model
+from storage.pairs import list_pairs
+from storage.snapshots import create_snapshot
+from tests.fixtures.slack_api import SlackHarness, block_actions
+
+CANDIDATE = "ft:gpt-4o-mini-2024-07-18:acme:support:abc123"
+BASE = "gpt-4o-mini-2024-07-18"
+CHANNEL = "C_SUPPORT"
+
+
+def _seed_model(db, n_examples: int = 30) -> None:
+    for i in range(n_examples):
+        record = {"messages": [
+            {"role": "system", "content": "You are Acme support."},
+            {"role": "user", "content": f"Question {i}: how do I fix issue {i}?"},
+            {"role": "assistant", "content": f"Reference reply {i} & more <details>."},
+        ]}
+        save_capture(db, record=record, source_key=f"slack:C:{i}", channel="C", ts=f"{i}.0", thread_ts=None,
+                     permalink=None, captured_by="U_AGENT", status="approved")
+    snapshot = create_snapshot(db, validation_fraction=0.2).snapshot
+    register_model(db, name=CANDIDATE, backend="openai", base_model=BASE, location=CANDIDATE, snapshot_id=snapshot.id)
+    use_model(db, CANDIDATE)
+
+
+def _answer_by_model(request: dict) -> str:
+    question = request["messages"][-1]["content"]
+    if request["model"] == CANDIDATE:
+        return f"Fine-tuned answer to <{question}> — follow the steps & done."
+    return f"Generic answer to {question}"
+
+
+@pytest.fixture
+def harness(sqlite_db, fake_slack, openai_api):
+    openai_api.responder = _answer_by_model
+    h = SlackHarness.create(sqlite_db, fake_slack, eval_post_interval=0.0)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def _start_round(h: SlackHarness, text: str = "eval --n 4") -> int:
+    h.command(text, user_id="U_AGENT")
+    h.wait()
+    quote = h.fake.responses[-1]
+    buttons = [e for b in quote["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    assert [b["action_id"] for b in buttons] == [evaluation.POST_ACTION, evaluation.CANCEL_ACTION]
+    assert "$" in quote["text"] and "Post or cancel" in quote["text"]
+    return int(buttons[0]["value"])
+
+
+def _post(h: SlackHarness, round_id: int) -> None:
+    h.interact(block_actions(evaluation.POST_ACTION, str(round_id), response_url=h.fake.response_url()))
+    h.wait(timeout=30)
+
+
+def _comparison_posts(h: SlackHarness) -> list:
+    return [c for c in h.fake.calls_to("chat.postMessage") if "Blind comparison" in (c.args.get("text") or "")]
+
+
+def _react(h: SlackHarness, user: str, name: str, ts: str, *, event_id: str, removed: bool = False,
+           event_ts: float | None = None, **sign) -> None:
+    event = {
+        "type": "reaction_removed" if removed else "reaction_added", "user": user, "reaction": name,
+        "item": {"type": "message", "channel": CHANNEL, "ts": ts}, "item_user": "U0FTBOT",
+        "event_ts": f"{event_ts if event_ts is not None else time.time():.6f}",
+    }
+    response = h.event(event, event_id=event_id, **sign)
+    assert response.status == 200
+    h.wait()
+
+
+def test_full_loop_post_vote_close_results_and_pairs(harness, openai_api):
+    h = harness
+    _seed_model(h.db)
+    round_id = _start_round(h)
+    # Nothing is generated before the user accepts the cost.
+    assert not [c for c in openai_api.calls if "chat/completions" in c.path]
+    assert evals.get_round(h.db, round_id).status == RoundStatus.QUOTED
+
+    _post(h, round_id)
+    posts = _comparison_posts(h)
+    assert len(posts) == 4
+    round_ = evals.get_round(h.db, round_id)
+    assert round_.status == RoundStatus.OPEN and round_.closes_at is not None
+    comparisons = evals.round_comparisons(h.db, round_id)
+    assert {c.candidate_side for c in comparisons} == {"A", "B"}  # balanced: both sides used
+    assert len({c.message_ts for c in comparisons}) == 4
+    assert all(h.fake.find_message(CHANNEL, c.message_ts) is not None for c in comparisons)
+    # Generation happened only after Post: two answers per question.
+    assert len([c for c in openai_api.calls if "chat/completions" in c.path]) == 8
+    for call in posts:
+        payload = json.dumps(call.args)
+        # Blind: no model name anywhere in the message; user text escaped.
+        assert CANDIDATE not in payload and "gpt-4o-mini" not in payload
+        assert "&lt;" in payload and "&amp;" in payload and "<Question" not in payload
+    for c in comparisons:
+        candidate_answer = c.answer_a if c.candidate_side == "A" else c.answer_b
+        assert candidate_answer.startswith("Fine-tuned answer")
+        assert {r["name"] for r in h.fake.reactions[(CHANNEL, c.message_ts)]} == set(evaluation.SEED_REACTIONS)
+
+    # A double click on Post posts nothing more.
+    _post(h, round_id)
+    assert len(_comparison_posts(h)) == 4
+
+    c1, c2, c3, c4 = comparisons
+    cand = {c.id: c.candidate_side for c in comparisons}
+    other = {c.id: "B" if cand[c.id] == "A" else "A" for c in comparisons}
+    t0 = time.time()
+    # U1 votes for the candidate on c1, first with the wrong reaction, then switches.
+    _react(h, "U1", other[c1.id].lower(), c1.message_ts, event_id="Ev1", event_ts=t0)
+    _react(h, "U1", cand[c1.id].lower(), c1.message_ts, event_id="Ev2", event_ts=t0 + 1)
+    # ...then removes the old reaction: the vote stays (it was cast by the newer one).
+    _react(h, "U1", other[c1.id].lower(), c1.message_ts, event_id="Ev3", event_ts=t0 + 2, removed=True)
+    # U2: candidate on c1 and c2 (skin-tone variant of a vote emoji on c3 counts as "both bad").
+    _react(h, "U2", cand[c1.id].lower(), c1.message_ts, event_id="Ev4", event_ts=t0)
+    _react(h, "U2", cand[c2.id].lower(), c2.message_ts, event_id="Ev5", event_ts=t0)
+    _react(h, "U2", "-1::skin-tone-3", c3.message_ts, event_id="Ev6", event_ts=t0)
+    # U3 votes for the baseline on c4, withdraws it; Slack then retries the original add (must not resurrect it).
+    _react(h, "U3", other[c4.id].lower(), c4.message_ts, event_id="Ev7", event_ts=t0)
+    _react(h, "U3", other[c4.id].lower(), c4.message_ts, event_id="Ev8", event_ts=t0 + 1, removed=True)
+    _react(h, "U3", other[c4.id].lower(), c4.message_ts, event_id="Ev7", event_ts=t0, retry_num=1)
+    # U4: baseline on c4 and a tie on c2; delivered twice (retry) and counted once.
+    _react(h, "U4", other[c4.id].lower(), c4.message_ts, event_id="Ev9", event_ts=t0)
+    _react(h, "U4", other[c4.id].lower(), c4.message_ts, event_id="Ev9", event_ts=t0, retry_num=1)
+    _react(h, "U4", "handshake", c2.message_ts, event_id="Ev10", event_ts=t0)
+    # Not votes: the bot's own reaction, a non-vote emoji, a reaction on another message.
+    _react(h, "U0FTBOT", "a", c3.message_ts, event_id="Ev11")
+    _react(h, "U5", "tada", c3.message_ts, event_id="Ev12")
+    other_message = h.fake.post_message(CHANNEL, "U_CUSTOMER", "hello")
+    _react(h, "U5", "a", other_message["ts"], event_id="Ev13")
+
+    votes = {(c.id, v.voter): v.choice for c, v in evals.round_votes(h.db, round_id)}
+    assert votes == {
+        (c1.id, "U1"): cand[c1.id], (c1.id, "U2"): cand[c1.id], (c2.id, "U2"): cand[c2.id],
+        (c3.id, "U2"): "bad", (c4.id, "U4"): other[c4.id], (c2.id, "U4"): "tie",
+    }
+
+    # Interim results are private and do not reveal the models.
+    h.command("results", user_id="U_AGENT")
+    h.wait()
+    interim = h.fake.responses[-1]
+    assert interim.get("response_type") == "ephemeral"
+    assert CANDIDATE not in json.dumps(interim) and "3 wins, 1 losses" in json.dumps(interim)
+
+    h.fake.reset_calls()
+    h.command("eval close", user_id="U_AGENT")
+    h.wait()
+    assert evals.get_round(h.db, round_id).status == RoundStatus.CLOSED
+    results = [c for c in h.fake.calls_to("chat.postMessage") if "Round #" in (c.args.get("text") or "")]
+    assert len(results) == 1
+    body = json.dumps(results[0].args["blocks"])
+    assert "wins 75% of decisive votes" in body  # 3 wins of 4 decisive votes
+    assert "Revealed" in body and CANDIDATE in body and "gpt-4o-mini-2024-07-18 (OpenAI)" in body
+    assert "preference pair" in body
+    uploads = [f for f in h.fake.files.values() if f["name"].endswith(".png")]
+    assert len(uploads) == 1 and uploads[0]["completed"] and uploads[0]["content"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert uploads[0]["channel"] == CHANNEL
+
+    # Decided comparisons (c1: candidate 2-0, c2: candidate 1-0 with a tie, c4: baseline 1-0) became DPO pairs.
+    pairs = list_pairs(h.db)
+    assert sorted(p.comparison_id for p in pairs) == sorted([c1.id, c2.id, c4.id])
+    by_comparison = {p.comparison_id: p.record for p in pairs}
+    assert by_comparison[c1.id]["preferred_output"][0]["content"].startswith("Fine-tuned answer")
+    assert by_comparison[c4.id]["preferred_output"][0]["content"].startswith("Generic answer")
+
+    # Votes after closing are not counted; closing twice is refused.
+    _react(h, "U6", "a", c3.message_ts, event_id="Ev14")
+    assert len(evals.round_votes(h.db, round_id)) == 6
+    h.command("eval close", user_id="U_AGENT")
+    h.wait()
+    assert "no evaluation round is open" in h.fake.responses[-1]["text"]
+
+    # /ft results on a closed round posts in the channel with the chart again.
+    h.fake.reset_calls()
+    h.command("results", user_id="U_AGENT")
+    h.wait()
+    assert any("Round #" in (c.args.get("text") or "") for c in h.fake.calls_to("chat.postMessage"))
+    assert h.fake.calls_to("files.completeUploadExternal")
+
+
+def test_cancel_spends_nothing(harness, openai_api):
+    h = harness
+    _seed_model(h.db)
+    round_id = _start_round(h)
+    h.interact(block_actions(evaluation.CANCEL_ACTION, str(round_id), response_url=h.fake.response_url()))
+    h.wait()
+    assert evals.get_round(h.db, round_id).status == RoundStatus.CANCELLED
+    assert "cancelled" in h.fake.responses[-1]["text"]
+    _post(h, round_id)  # a late click on Post does nothing
+    assert _comparison_posts(h) == []
+    assert not [c for c in openai_api.calls if "chat/completions" in c.path]
+
+
+def test_voter_allowlist_and_timed_close(sqlite_db, fake_slack, openai_api):
+    openai_api.responder = _answer_by_model
+    h = SlackHarness.create(sqlite_db, fake_slack, eval_post_interval=0.0, voters=("U_LEAD",), eval_hours=1 / 3600)
+    try:
+        _seed_model(h.db)
+        round_id = _start_round(h, "eval --n 2")
+        _post(h, round_id)
+        first = evals.round_comparisons(h.db, round_id)[0]
+        _react(h, "U_AGENT", "a", first.message_ts, event_id="EvA")
+        assert evals.round_votes(h.db, round_id) == []
+        assert any("not counted" in call.args.get("text", "") for call in h.fake.calls_to("chat.postEphemeral"))
+        _react(h, "U_LEAD", "b", first.message_ts, event_id="EvB")
+        assert [v.voter for _, v in evals.round_votes(h.db, round_id)] == ["U_LEAD"]
+
+        # One second later voting time is over: the next reaction closes the round instead of counting.
+        time.sleep(1.1)
+        _react(h, "U_LEAD", "a", first.message_ts, event_id="EvC")
+        assert evals.get_round(h.db, round_id).status == RoundStatus.CLOSED
+        assert [v.choice for _, v in evals.round_votes(h.db, round_id)] == ["B"]
+        assert any("Round #" in (c.args.get("text") or "") for c in h.fake.calls_to("chat.postMessage"))
+    finally:
+        h.close()
+
+
+def test_close_due_rounds_job_closes_expired_rounds(harness):
+    h = harness
+    round_ = evals.create_round(h.db, candidate_model="x", baseline_model="openai:y", prompts=[[{"role": "user", "content": "q"}]],
+                                channel=CHANNEL).example
+    evals.move_round(h.db, round_.id, RoundStatus.OPEN, closes_at=evals.utcnow())
+    from bot.scheduler import context_key, start_scheduler, stop_scheduler
+
+    start_scheduler(h.bot)
+    try:
+        evaluation.close_due_rounds_job(context_key(h.bot))
+    finally:
+        stop_scheduler(h.bot)
+    assert evals.get_round(h.db, round_.id).status == RoundStatus.CLOSED
+
+
+def test_eval_add_from_thread_link_and_text(harness):
+    h = harness
+    fake = h.fake
+    # Slack escapes &, < and > in message text; the stored question has them back as typed.
+    parent = fake.post_message(CHANNEL, "U_CUSTOMER", "My invoice is wrong &lt;b&gt;")
+    fake.post_message(CHANNEL, "U_AGENT", "Which invoice number?", thread_ts=parent["ts"])
+    question = fake.post_message(CHANNEL, "U_CUSTOMER", "Number 42, from March", thread_ts=parent["ts"])
+    fake.post_message(CHANNEL, "U_AGENT", "Refunded.", thread_ts=parent["ts"])
+    link = fake.permalink(CHANNEL, question["ts"], parent["ts"])
+    h.command(f"eval add {link}", user_id="U_AGENT")
+    h.wait()
+    prompts = evals.list_eval_prompts(h.db)
+    assert len(prompts) == 1
+    messages = prompts[0].messages
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[-1]["content"] == "Number 42, from March" and messages[1]["content"] == "My invoice is wrong <b>"
+    assert "Added evaluation question" in fake.responses[-1]["text"]
+
+    h.command(f"eval add {link}", user_id="U_AGENT")
+    h.wait()
+    assert "already in the evaluation set" in fake.responses[-1]["text"]
+
+    h.command("eval add How do I export to CSV?", user_id="U_AGENT")
+    h.wait()
+    assert evals.list_eval_prompts(h.db)[-1].messages[-1] == {"role": "user", "content": "How do I export to CSV?"}
+
+    h.command("eval add", user_id="U_AGENT")
+    h.wait()
+    assert "usage" in fake.responses[-1]["text"].lower()
+
+
+def test_eval_errors_are_clear(harness):
+    h = harness
+    h.command("eval", user_id="U_AGENT")
+    h.wait()
+    assert "no trained model" in h.fake.responses[-1]["text"]
+    h.command("eval --n 0", user_id="U_AGENT")
+    h.wait()
+    assert "--n" in h.fake.responses[-1]["text"]
+    h.command("results", user_id="U_AGENT")
+    h.wait()
+    assert "no evaluation round yet" in h.fake.responses[-1]["text"]
+
+
+def test_judge_scores_both_orders_and_reports_agreement(harness, openai_api):
+    h = harness
+    _seed_model(h.db)
+    round_id = _start_round(h, "eval --n 4")
+    _post(h, round_id)
+    comparisons = evals.round_comparisons(h.db, round_id)
+
+    def judge_or_answer(request: dict) -> str:
+        if request["messages"][0]["content"].startswith("You are an impartial judge"):
+            text = request["messages"][1]["content"]
+            reply1 = text.split("[Reply 1]")[1].split("[End of reply 1]")[0]
+            # Prefers the fine-tuned answer in whichever position it is, except on the first question,
+            # where it always says "1" (position bias): inconsistent → tie.
+            if comparisons[0].prompt[-1]["content"] in text:
+                return "Reply 1 reads better. [[1]]"
+            return "The first is better. [[1]]" if "Fine-tuned" in reply1 else "The second is better. [[2]]"
+        return _answer_by_model(request)
+
+    openai_api.responder = judge_or_answer
+    for c in comparisons[1:3]:
+        _react(h, "U1", c.candidate_side.lower(), c.message_ts, event_id=f"EvJ{c.id}")
+    h.command(f"judge {round_id} --model gpt-4.1-2025-04-14", user_id="U_AGENT")
+    h.wait(timeout=30)
+    verdicts = {v.comparison_id: v.choice for v in evals.round_verdicts(h.db, round_id)}
+    assert verdicts[comparisons[0].id] == "tie"
+    for c in comparisons[1:]:
+        assert verdicts[c.id] == c.candidate_side
+    final = h.fake.responses[-1]["text"]
+    assert "3 verdicts held in both orders" in final and "Agreement with the voters: 2/2" in final
