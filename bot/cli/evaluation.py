@@ -1,9 +1,151 @@
-"""CLI commands: evaluation."""
+"""CLI commands: ``ftbot results`` and ``ftbot eval add|list|close`` — twins of ``/ft results`` and ``/ft eval``.
+
+``ftbot results --json`` prints the latest round's numbers from the candidate's side (wins, losses, ties, win rate
+with its 95% Wilson interval, the exact sign-test p-value, …) and every comparison with its Slack ``message_ts``,
+the side the candidate was shown on and its votes. Posting comparisons needs Slack: start rounds with ``/ft eval``.
+"""
 
 from __future__ import annotations
 
+import getpass
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+from rich.markup import escape
+from rich.table import Table
+
+from bot.cli.data import _database, _print_json, _user_errors, console
+
+
+def results(
+    round_id: Annotated[Optional[int], typer.Argument(help="The round (default: the latest one with posted comparisons).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    chart: Annotated[Optional[Path], typer.Option("--chart", help="Also write the chart PNG to this file.")] = None,
+) -> None:
+    """Win rate with its 95% interval, sign test, ties, position check and votes per voter of an evaluation round."""
+    from trainers.eval_report import round_report
+
+    with _user_errors(), _database() as db:
+        report = round_report(db, round_id)
+        if chart is not None:
+            from trainers.eval_plots import results_png
+
+            results_png(report.summary, candidate=report.candidate, baseline=report.baseline,
+                        leaderboard=report.leaderboard, title=f"Round #{report.round.id}: {report.candidate} vs {report.baseline}",
+                        path=chart)
+        if as_json:
+            _print_json(report.to_json())
+            return
+        for line in report.lines():
+            console.print(escape(line), soft_wrap=True, highlight=False)
+        if chart is not None:
+            console.print(f"Chart written to {escape(str(chart))}", highlight=False)
+
+
+def add(
+    question: Annotated[Optional[str], typer.Argument(help="A customer question (one user turn).")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="JSONL of conversations ({\"messages\": [...]}) ending with the customer's question, or SFT lines (the last assistant turn is dropped).")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", help="System prompt for a question given as text (default: $FTBOT_SYSTEM_PROMPT).")] = None,
+) -> None:
+    """Add held-out questions to the evaluation set (the twin of ``/ft eval add``)."""
+    from storage.evals import add_eval_prompt, split_prompt
+    from trainers.errors import DataFileError, ValidationFailed
+    from trainers.validate import read_jsonl
+
+    if (question is None) == (file is None):
+        console.print("[red]error:[/red] give a question or --file (one of them).")
+        raise typer.Exit(1)
+    with _user_errors(), _database() as db:
+        conversations: list[tuple[int | None, list[dict]]] = []
+        if question is not None:
+            from bot.config import Settings
+
+            prompt = system or Settings.from_env().system_prompt
+            conversations.append((None, [{"role": "system", "content": prompt}, {"role": "user", "content": question}]))
+        else:
+            assert file is not None
+            for line, value, issue in read_jsonl(file):
+                if issue is not None:
+                    raise DataFileError(f"{file}:{line}: {issue.message}")
+                if not isinstance(value, dict) or not isinstance(value.get("messages"), list):
+                    raise ValidationFailed(f"{file}:{line}: expected an object with a 'messages' list")
+                messages, _reference = split_prompt(value["messages"])
+                conversations.append((line, messages))
+        added = known = 0
+        for line, messages in conversations:
+            try:
+                result = add_eval_prompt(db, messages, added_by=getpass.getuser())
+            except ValidationFailed as error:
+                where = f"{file}:{line}: " if line is not None else ""
+                raise ValidationFailed(f"{where}{error} (questions before this line were added)") from None
+            added += result.created
+            known += not result.created
+        console.print(f"Added {added} evaluation question(s); {known} were already in the set.", highlight=False)
+
+
+def list_rounds(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Evaluation rounds: status, models (hidden while voting is open), questions and votes."""
+    from storage.evals import RoundStatus, count_votes, list_rounds as rounds, round_comparisons
+    from trainers.generate import display_name
+
+    with _user_errors(), _database() as db:
+        rows = []
+        for r in rounds(db):
+            revealed = r.status not in RoundStatus.ACTIVE
+            rows.append({
+                "id": r.id, "status": r.status, "channel": r.channel,
+                "candidate": r.candidate_model if revealed else None, "baseline": r.baseline_model if revealed else None,
+                "questions": len(round_comparisons(db, r.id)), "votes": count_votes(db, r.id),
+                "created_at": r.created_at.isoformat() if r.created_at else None,
+                "closes_at": r.closes_at.isoformat() if r.closes_at else None,
+            })
+        if as_json:
+            _print_json(rows)
+            return
+        if not rows:
+            console.print("No evaluation rounds yet: start one with /ft eval in Slack.")
+            return
+        table = Table("round", "status", "candidate", "baseline", "questions", "votes")
+        for row in rows:
+            hidden = "(hidden until closed)"
+            table.add_row(str(row["id"]), row["status"], escape(display_name(row["candidate"]) if row["candidate"] else hidden),
+                          escape(display_name(row["baseline"]) if row["baseline"] else hidden), str(row["questions"]), str(row["votes"]))
+        console.print(table)
+
+
+def close(
+    round_id: Annotated[Optional[int], typer.Argument(help="The round (default: the latest open one).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Close voting on a round and store its decided comparisons as DPO pairs (nothing is posted to Slack)."""
+    from storage.evals import EvalRoundNotFound, RoundStatus, close_round, get_round, latest_round, pairs_from_round
+    from trainers.errors import FtbotError
+    from trainers.eval_report import round_report
+
+    with _user_errors(), _database() as db:
+        round_ = get_round(db, round_id) if round_id is not None else latest_round(db, statuses=RoundStatus.VOTABLE)
+        if round_ is None:
+            raise EvalRoundNotFound("no evaluation round is open for voting.")
+        if not close_round(db, round_.id):
+            raise FtbotError(f"round #{round_.id} is {round_.status}, not open for voting.")
+        created = sum(result.created for result in pairs_from_round(db, round_.id))
+        report = round_report(db, round_.id)
+        if as_json:
+            _print_json({**report.to_json(), "pairs_added": created})
+            return
+        console.print(f"Closed round #{round_.id}; {created} new preference pair(s) (`ftbot export --format dpo`, "
+                      "`ftbot train --method dpo`).", highlight=False)
+        for line in report.lines():
+            console.print(escape(line), soft_wrap=True, highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("results")(results)
+    eval_app = typer.Typer(help="Evaluation rounds and the held-out question set (rounds start in Slack with /ft eval).",
+                           no_args_is_help=True)
+    eval_app.command("add")(add)
+    eval_app.command("list")(list_rounds)
+    eval_app.command("close")(close)
+    app.add_typer(eval_app, name="eval")
+
