@@ -33,7 +33,7 @@ NUM_PERM = 32
 BANDS = 8
 ROWS = NUM_PERM // BANDS
 MIN_SHINGLE_TOKENS = 8  # replies shorter than this are flagged by short_assistant_reply instead
-SAMPLE = 4  # power of two
+SAMPLE = 1  # power of two; 1 = every trigram (sampling made short replies' estimates too noisy)
 _SHINGLE = 3
 _MAX_BATCH_SHINGLES = 4096  # keeps the NUM_PERM × batch temporaries (1 MB) in cache: 4x faster than 64k
 
@@ -103,23 +103,62 @@ def band_keys(signatures: np.ndarray) -> np.ndarray:
 
 
 class ExactDuplicates:
-    """First line of each example hash; stops remembering new hashes after ``capacity`` (still matches old ones)."""
+    """First line of each example hash, in ~12 bytes per example.
 
-    def __init__(self, capacity: int = 1_000_000):
+    Recent hashes live in a dict; when it grows past a quarter of the archive they move into sorted numpy
+    arrays (hash, line) searched in bulk. After ``capacity`` examples new hashes are no longer remembered
+    (earlier ones still match) and ``saturated`` is set.
+    """
+
+    def __init__(self, capacity: int = 4_000_000):
         self.capacity = capacity
-        self._first_line: dict[int, int] = {}
+        self._recent: dict[int, int] = {}
+        self._keys = np.empty(0, dtype=np.uint64)
+        self._lines = np.empty(0, dtype=np.int64)
         self.saturated = False
+
+    def __len__(self) -> int:
+        return len(self._recent) + len(self._keys)
 
     def check(self, digest: int, line: int) -> int | None:
         """The earlier line with the same hash, or None (and remember this one)."""
-        earlier = self._first_line.get(digest)
-        if earlier is not None:
-            return earlier
-        if len(self._first_line) < self.capacity:
-            self._first_line[digest] = line
-        else:
-            self.saturated = True
-        return None
+        return self.check_many([digest], [line]).get(0)
+
+    def check_many(self, digests: Sequence[int], lines: Sequence[int]) -> dict[int, int]:
+        """{index in ``digests``: earlier line} for the duplicates among them (earlier = before, or earlier in the list)."""
+        found: dict[int, int] = {}
+        archived: list[int] | None = None
+        if len(self._keys):
+            wanted = np.asarray(digests, dtype=np.uint64)
+            slots = np.minimum(np.searchsorted(self._keys, wanted), len(self._keys) - 1)
+            hits = np.flatnonzero(self._keys[slots] == wanted)
+            if len(hits):
+                archived = [-1] * len(digests)
+                for index, slot in zip(hits.tolist(), slots[hits].tolist()):
+                    archived[index] = int(self._lines[slot])
+        recent = self._recent
+        room = self.capacity - len(self)
+        for index, (digest, line) in enumerate(zip(digests, lines)):
+            earlier = archived[index] if archived is not None else -1
+            if earlier < 0:
+                earlier = recent.get(digest, -1)
+            if earlier >= 0:
+                found[index] = earlier
+            elif room > 0:
+                recent[digest] = line
+                room -= 1
+            else:
+                self.saturated = True
+        if len(recent) >= max(65536, len(self._keys) // 4):
+            self._compact()
+        return found
+
+    def _compact(self) -> None:
+        keys = np.concatenate((self._keys, np.fromiter(self._recent.keys(), dtype=np.uint64, count=len(self._recent))))
+        lines = np.concatenate((self._lines, np.fromiter(self._recent.values(), dtype=np.int64, count=len(self._recent))))
+        order = np.argsort(keys, kind="stable")
+        self._keys, self._lines = keys[order], lines[order]
+        self._recent = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,56 +168,101 @@ class NearMatch:
 
 
 class NearDuplicateIndex:
-    """LSH index of reply signatures with bounded size."""
+    """LSH index of reply signatures with bounded size (``capacity`` representatives)."""
 
     def __init__(self, threshold: float = 0.7, capacity: int = 20_000):
         self.threshold = threshold
         self.capacity = capacity
         self._min_same = math.ceil(threshold * NUM_PERM)
         self._bands: dict[int, int] = {}  # band key -> representative line
-        self._reps: dict[int, list] = {}  # line -> [signature, band keys, matches]
+        self._slot: dict[int, int] = {}  # representative line -> row in _matrix
+        self._matrix = np.zeros((capacity, NUM_PERM), dtype=np.uint32)  # representatives' signatures
+        self._matches = np.zeros(capacity, dtype=np.int64)
+        self._line_of = [0] * capacity  # slot -> representative line
         self.evictions = 0
 
     def __len__(self) -> int:
-        return len(self._reps)
+        return len(self._slot)
 
     def check(self, line: int, signature: np.ndarray, keys: Sequence[int]) -> NearMatch | None:
-        """An earlier representative whose reply is similar above the threshold, else None (and index this reply)."""
+        """The most similar earlier representative above the threshold, else None (and index this reply)."""
+        return self.check_many([line], signature.reshape(1, NUM_PERM), [keys])[0]
+
+    def check_many(self, lines: Sequence[int], signatures: np.ndarray, keys: Sequence[Sequence[int]]) -> list[NearMatch | None]:
+        """``check`` for consecutive replies, with every comparison against earlier representatives done
+        in one numpy operation; the result is the same as checking them one by one."""
         bands = self._bands
-        reps = self._reps
-        tried: list[int] = []
-        for key in keys:
-            candidate = bands.get(key)
-            if candidate is None or candidate in tried:
+        slot = self._slot
+        pair_rows: list[int] = []
+        pair_slots: list[int] = []
+        for row, row_keys in enumerate(keys):
+            found = dict.fromkeys(map(bands.get, row_keys))  # candidates in band order, no repeats
+            found.pop(None, None)
+            for candidate in found:
+                pair_rows.append(row)
+                pair_slots.append(slot[candidate])
+        agreement = (
+            np.count_nonzero(self._matrix[pair_slots] == signatures[pair_rows], axis=1).tolist() if pair_rows else []
+        )
+        best_old: dict[int, tuple[int, int]] = {}  # row -> (agreement, slot) of its best earlier representative
+        for row, rep_slot, same in zip(pair_rows, pair_slots, agreement):
+            if same >= self._min_same and same > best_old.get(row, (-1, 0))[0]:
+                best_old[row] = (same, rep_slot)
+        line_of_slot = self._line_of
+        added: dict[int, int] = {}  # band keys of representatives added during this call
+        results: list[NearMatch | None] = []
+        for row, (line, row_keys) in enumerate(zip(lines, keys)):
+            best = best_old.get(row)
+            best_line = line_of_slot[best[1]] if best else None
+            if added:
+                # Representatives added by earlier replies of this same call.
+                for candidate in dict.fromkeys(map(added.get, row_keys)):
+                    if candidate is None or candidate not in slot:
+                        continue
+                    same = int(np.count_nonzero(self._matrix[slot[candidate]] == signatures[row]))
+                    if same >= self._min_same and (best is None or same > best[0]):
+                        best, best_line = (same, slot[candidate]), candidate
+            if best is not None and best_line is not None and best_line in slot:
+                self._matches[best[1]] += 1
+                results.append(NearMatch(best_line, best[0] / NUM_PERM))
                 continue
-            rep = reps.get(candidate)
-            if rep is None:
-                continue
-            same = int(np.count_nonzero(rep[0] == signature))
-            if same >= self._min_same:
-                rep[2] += 1
-                return NearMatch(candidate, same / NUM_PERM)
-            tried.append(candidate)
-        if len(reps) >= self.capacity:
-            self._evict()
-        reps[line] = [signature, keys, 0]
-        for key in keys:
-            bands.setdefault(key, line)
-        return None
+            evicted = len(slot) >= self.capacity
+            if evicted:
+                self._evict()
+                slot, bands = self._slot, self._bands
+            position = len(slot)
+            slot[line] = position
+            self._line_of[position] = line
+            self._matrix[position] = signatures[row]
+            self._matches[position] = 0
+            mapping = dict.fromkeys(row_keys, line)
+            bands.update(mapping)
+            added.update(mapping)
+            results.append(None)
+            if evicted and row + 1 < len(lines):
+                # Slots were renumbered: check the remaining replies against the new state.
+                results.extend(self.check_many(lines[row + 1 :], signatures[row + 1 :], keys[row + 1 :]))
+                break
+        return results
 
     def _evict(self) -> None:
         # Lossy counting: drop representatives nothing has matched; halve everyone's count so old
         # macros that stopped recurring eventually make room too.
-        survivors: dict[int, list] = {}
-        for line, (signature, keys, matches) in self._reps.items():
-            if matches > 0:
-                survivors[line] = [signature, keys, matches // 2]
-        if len(survivors) >= self.capacity // 2:
-            ranked = sorted(survivors.items(), key=lambda item: item[1][2], reverse=True)
-            survivors = dict(ranked[: self.capacity // 2])
-        self.evictions += len(self._reps) - len(survivors)
-        self._reps = survivors
+        lines = list(self._slot)
+        slots = np.fromiter(self._slot.values(), dtype=np.int64, count=len(lines))
+        counts = self._matches[slots]
+        keep = np.flatnonzero(counts > 0)
+        if len(keep) > self.capacity // 2:
+            keep = keep[np.argsort(-counts[keep], kind="stable")[: self.capacity // 2]]
+        keep.sort()
+        survivors = [lines[index] for index in keep.tolist()]
+        matrix = self._matrix[slots[keep]].copy()
+        matches = counts[keep] // 2
+        self.evictions += len(lines) - len(survivors)
+        self._matrix[: len(survivors)] = matrix
+        self._matches[: len(survivors)] = matches
+        self._slot = {line: position for position, line in enumerate(survivors)}
+        self._line_of[: len(survivors)] = survivors
         self._bands = {}
-        for line, (_, keys, _) in survivors.items():
-            for key in keys:
-                self._bands.setdefault(key, line)
+        for line, row_keys in zip(survivors, band_keys(matrix).tolist()):
+            self._bands.update(dict.fromkeys(row_keys, line))

@@ -10,6 +10,7 @@ processes (one per core) that each parse, check and tokenize whole blocks; the p
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import os
 import threading
@@ -24,8 +25,8 @@ from trainers.duplicates import ExactDuplicates, NearDuplicateIndex, band_keys, 
 from trainers.errors import DataFileError
 from trainers.pricing import PriceTable, TrainingQuote, default_epochs, load_price_table, training_cost
 from trainers.records import canonical_json
-from trainers.tokens import TokenCounter, encoding_for_model, encoding_name_for_model
-from trainers.validate import InvalidUtf8, Issue, check_record, detect_kind, iter_blocks, split_block
+from trainers.tokens import TokenCounter, encoding_for_model, encoding_name_for_model, ensure_encoding_cache
+from trainers.validate import SHORT_REPLY_WORDS, InvalidUtf8, Issue, _Checker, check_record, iter_blocks, split_block
 
 __all__ = ["DatasetReport", "TokenStats", "build_report", "quote_models", "MIN_EXAMPLES", "PARALLEL_MIN_BYTES"]
 
@@ -208,11 +209,22 @@ _Row = tuple[int, str, tuple[Issue, ...], tuple[Issue, ...], int, int, bool, int
 
 @dataclass
 class _Block:
-    rows: list[_Row]
-    signature_rows: Any  # numpy int64: indices into rows that have a reply signature
-    signatures: Any
-    keys: Any
+    """What a worker sends back for a block of lines: issues per line, and per valid line the facts the
+    parent needs for totals and cross-line checks (columns, so merging is mostly C-speed bulk work)."""
+
+    examples: int
     blank_lines: int
+    issues: list[tuple[int, tuple[Issue, ...], tuple[Issue, ...]]]  # (line, errors, warnings) with any issue
+    lines: list[int]  # valid lines, in order
+    kinds: str  # "s" (SFT) or "d" (DPO) per valid line
+    totals: list[int]
+    assistant: list[int]
+    tools_estimated: int
+    digests: list[int]
+    system_digests: list[int]
+    signature_rows: list[int]  # indices into ``lines`` of replies with a MinHash signature
+    signatures: Any
+    keys: list[list[int]]
     failure: DataFileError | None  # invalid UTF-8: stops the report at that line
 
 
@@ -223,14 +235,20 @@ def _digest(text: str) -> int:
 class _Analyzer:
     """Parses, checks and tokenizes lines; one per process."""
 
-    def __init__(self, model: str, kind: str, pii: bool, source: str):
+    def __init__(self, model: str, kind: str, pii: bool, source: str, context_limit: int):
         self.counter = TokenCounter(encoding_for_model(model))
+        self.encode = self.counter.encode
         self.kind = kind
         self.pii = pii
         self.source = source
+        self.context_limit = context_limit
 
     def row(self, line: int, value: Any, reply_tokens: list[int], text: str | None = None) -> _Row:
         """Analyse one parsed line; ``text`` is the line as read (its hash finds exact duplicates cheaply)."""
+        if self.kind != "dpo":
+            fast = self._fast_row(line, value, reply_tokens, text)
+            if fast is not None:
+                return fast
         checked = check_record(value, line, self.kind, pii=self.pii)
         errors = tuple(checked.errors)
         warnings = tuple(checked.warnings) if checked.warnings else ()
@@ -255,19 +273,124 @@ class _Analyzer:
             system_digest = _digest(canonical_json(system))
         return (line, checked.kind, errors, warnings, counted.total, counted.assistant, counted.tools_estimated, digest, system_digest)
 
-    def finish(self, rows: list[_Row], flat: list[int], lengths: list[int], blank: int, failure: DataFileError | None) -> _Block:
-        indices, signatures = minhash_signatures(flat, lengths)
-        return _Block(rows, indices.tolist(), signatures, band_keys(signatures).tolist(), blank, failure)
+    def _fast_row(self, line: int, value: Any, reply_tokens: list[int], text: str | None) -> _Row | None:
+        """The common shape checked and counted in one loop, with the same results as the general path:
+        ``{"messages": [...]}`` of system/user/assistant messages with non-empty text content (assistant:
+        optional weight 0/1), at most one system message, at least one trained reply. None: anything else."""
+        if type(value) is not dict or len(value) != 1:
+            return None
+        messages = value.get("messages")
+        if type(messages) is not list or not messages:
+            return None
+        encode = self.encode
+        repeated = self.counter.count_repeated
+        checker = _Checker(line, self.pii)
+        total = 3  # per example
+        assistant = 0
+        has_user = False
+        trained_any = False
+        system_text: str | None = None
+        replies: list[int] = []  # handed over only on success: the general path must not see them twice
+        for index, message in enumerate(messages):
+            if type(message) is not dict:
+                return None
+            role = message.get("role")
+            content = message.get("content")
+            if type(content) is not str or not content or content.isspace():
+                return None
+            size = len(message)
+            if role == "assistant":
+                trained = True
+                if size != 2:
+                    weight = message.get("weight")
+                    if size != 3 or type(weight) is not int or (weight != 0 and weight != 1):
+                        return None
+                    trained = weight == 1
+                ids = encode(content)
+                tokens = len(ids)
+                if trained:
+                    trained_any = True
+                    replies.extend(ids)
+                    assistant += tokens
+                    if len(content.split(None, SHORT_REPLY_WORDS)) < SHORT_REPLY_WORDS:
+                        checker.check_reply(content, f"messages[{index}]")
+            elif size != 2:
+                return None
+            elif role == "user":
+                has_user = True
+                tokens = len(encode(content))
+            elif role == "system":
+                if system_text is not None:
+                    return None
+                system_text = content
+                tokens = repeated(content)
+            else:
+                return None
+            total += 3 + repeated(role) + tokens
+            if self.pii:
+                checker.note_text(content, f"messages[{index}]", role)
+        if not trained_any:
+            return None
+        reply_tokens.extend(replies)
+        checker.conversation_warnings(["system"] * (system_text is not None) + ["user"] * has_user + ["assistant"])
+        if self.pii:
+            checker.scan_pii()
+        digest = _digest(text if text is not None else canonical_json(value))
+        system_digest = (_digest(system_text) or 1) if system_text is not None else 0
+        warnings = tuple(checker.warnings) if checker.warnings else ()
+        return (line, "sft", (), warnings, total, assistant, False, digest, system_digest)
+
+    def block(self, rows: list[_Row], flat: list[int], lengths: list[int], blank: int, failure: DataFileError | None) -> _Block:
+        """Columns for the parent, and the per-line token limit check (which needs no other line)."""
+        limit = self.context_limit
+        issues: list[tuple[int, tuple[Issue, ...], tuple[Issue, ...]]] = []
+        lines: list[int] = []
+        kinds: list[str] = []
+        totals: list[int] = []
+        assistant: list[int] = []
+        digests: list[int] = []
+        system_digests: list[int] = []
+        tools_estimated = 0
+        for (line, kind, errors, warnings, total, trained, tools, digest, system_digest), length in zip(rows, lengths):
+            if not errors and total > limit:
+                warnings = warnings + (
+                    Issue(line, "too_long", f"line {line}: {total:,} tokens, over the {limit:,}-token limit of this model; "
+                          f"OpenAI truncates it (billed at {limit:,}): shorten the conversation or split it"),
+                )
+            if errors or warnings:
+                issues.append((line, errors, warnings))
+            if errors:
+                continue
+            lines.append(line)
+            kinds.append("d" if kind == "dpo" else "s")
+            totals.append(total)
+            assistant.append(trained)
+            digests.append(digest)
+            system_digests.append(system_digest)
+            tools_estimated += tools
+        indices, signatures = minhash_signatures(flat, lengths)  # lines with errors added no reply tokens
+        # Map signature rows (indices into all rows) to indices into the valid lines.
+        valid_index = {}
+        position = 0
+        for i, row in enumerate(rows):
+            if not row[2]:
+                valid_index[i] = position
+                position += 1
+        signature_rows = [valid_index[i] for i in indices.tolist()]
+        return _Block(
+            examples=len(rows), blank_lines=blank, issues=issues, lines=lines, kinds="".join(kinds), totals=totals,
+            assistant=assistant, tools_estimated=tools_estimated, digests=digests, system_digests=system_digests,
+            signature_rows=signature_rows, signatures=signatures, keys=band_keys(signatures).tolist(), failure=failure,
+        )
 
     def analyze_block(self, first_line: int, block: bytes) -> _Block:
-        import json
-
         rows: list[_Row] = []
         flat: list[int] = []  # token ids of every trained reply, back to back (near-duplicate sketch)
         lengths: list[int] = []
         blank = 0
         failure: DataFileError | None = None
         loads = json.loads
+        row = self.row
         for line, raw in split_block(block, first_line):
             if not raw or raw.isspace():
                 blank += 1
@@ -288,9 +411,9 @@ class _Analyzer:
                 lengths.append(0)
                 continue
             before = len(flat)
-            rows.append(self.row(line, value, flat, text.strip()))
+            rows.append(row(line, value, flat, text.strip()))
             lengths.append(len(flat) - before)
-        return self.finish(rows, flat, lengths, blank, failure)
+        return self.block(rows, flat, lengths, blank, failure)
 
     def analyze_items(self, items: list[tuple[int, Any, Issue | None]]) -> _Block:
         rows: list[_Row] = []
@@ -303,15 +426,15 @@ class _Analyzer:
             else:
                 rows.append(self.row(line, value, flat))
             lengths.append(len(flat) - before)
-        return self.finish(rows, flat, lengths, 0, None)
+        return self.block(rows, flat, lengths, 0, None)
 
 
 _WORKER: _Analyzer | None = None
 
 
-def _init_worker(model: str, kind: str, pii: bool, source: str) -> None:
+def _init_worker(model: str, kind: str, pii: bool, source: str, context_limit: int) -> None:
     global _WORKER
-    _WORKER = _Analyzer(model, kind, pii, source)
+    _WORKER = _Analyzer(model, kind, pii, source, context_limit)
 
 
 def _work(first_line: int, block: bytes) -> _Block:
@@ -320,8 +443,8 @@ def _work(first_line: int, block: bytes) -> _Block:
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
-    # fork shares the already-loaded encoding with the workers for free, but is only safe in a
-    # single-threaded process; the Slack bot (thread pools) gets forkserver.
+    # fork starts workers at once, but is only safe in a single-threaded process; the Slack bot
+    # (thread pools) gets forkserver.
     methods = multiprocessing.get_all_start_methods()
     if "fork" in methods and threading.active_count() == 1:
         return multiprocessing.get_context("fork")
@@ -347,77 +470,103 @@ class _Merger:
         self.tools_estimated = 0
         self.exact = ExactDuplicates()
         self.near = NearDuplicateIndex(threshold=near_threshold)
-        self.system_prompts: dict[int, list[Any]] = {}  # digest -> [count, first line, sample lines]
-        self.system_prompts_overflow = 0
+        self.system_counts: Counter[int] = Counter()
+        self.system_samples: dict[int, list[int]] = {}  # digest -> first lines using it (at most 5)
 
     def _label(self, line: int) -> str:
         return f"{self.unit} {line}"
 
     def add(self, block: _Block) -> None:
-        signature_at = {row: position for position, row in enumerate(block.signature_rows)}
         self.blank += block.blank_lines
-        for position, row in enumerate(block.rows):
-            line, kind, errors, warnings, total, assistant, tools_estimated, digest, system_digest = row
-            self.examples += 1
+        self.examples += block.examples
+        for _line, errors, warnings in block.issues:
             for issue in warnings:
                 self.warnings.add(issue)
-            if not errors and self.kind is not None and kind != self.kind:
-                names = {"sft": "a chat (SFT) line", "dpo": "a preference (DPO) line"}
-                errors = (
-                    Issue(line, "data_type", f"line {line}: is {names[kind]} but the file's first valid example is {names[self.kind]}; one file holds one kind: split it"),
-                )
-            if errors:
-                for issue in errors:
-                    self.errors.add(issue)
+            for issue in errors:
+                self.errors.add(issue)
+        if not block.lines:
+            return
+        if self.kind is None:
+            self.kind = "dpo" if block.kinds[0] == "d" else "sft"
+        locked = "d" if self.kind == "dpo" else "s"
+        if block.kinds.count(locked) != len(block.kinds):
+            block = self._drop_other_kind(block, locked)
+        lines = block.lines
+        self.valid += len(lines)
+        self.tokens.histogram.update(block.totals)
+        self.assistant.histogram.update(block.assistant)
+        self.tools_estimated += block.tools_estimated
+        duplicates = self.exact.check_many(block.digests, lines)
+        label = self._label
+        for index, earlier in duplicates.items():
+            line = lines[index]
+            self.warnings.add(Issue(line, "duplicate_example", f"line {line}: exact duplicate of {label(earlier)}; remove the copy (duplicates overweight one reply)"))
+        positions = [position for position, index in enumerate(block.signature_rows) if index not in duplicates]
+        if positions:
+            checked_lines = [lines[block.signature_rows[position]] for position in positions]
+            signatures = block.signatures[positions] if len(positions) != len(block.signature_rows) else block.signatures
+            keys = [block.keys[position] for position in positions]
+            for line, match in zip(checked_lines, self.near.check_many(checked_lines, signatures, keys)):
+                if match is not None:
+                    self.warnings.add(
+                        Issue(line, "near_duplicate", f"line {line}: the assistant reply is ~{match.similarity:.0%} similar to {label(match.line)}'s "
+                              "(a canned macro?); keep a few varied examples of it, not many copies")
+                    )
+        self._track_system_prompts(block.system_digests, lines)
+
+    def _drop_other_kind(self, block: _Block, locked: str) -> _Block:
+        names = {"s": "a chat (SFT) line", "d": "a preference (DPO) line"}
+        keep = [kind == locked for kind in block.kinds]
+        for line, kind in zip(block.lines, block.kinds):
+            if kind != locked:
+                self.errors.add(Issue(line, "data_type", f"line {line}: is {names[kind]} but the file's first valid example is "
+                                      f"{names[locked]}; one file holds one kind: split it"))
+        position_of: dict[int, int] = {}
+        for index, kept in enumerate(keep):
+            if kept:
+                position_of[index] = len(position_of)
+        rows = [(position_of[index], position) for position, index in enumerate(block.signature_rows) if index in position_of]
+
+        def pick(values: list[Any]) -> list[Any]:
+            return [value for value, kept in zip(values, keep) if kept]
+
+        return _Block(
+            examples=block.examples, blank_lines=0, issues=[], lines=pick(block.lines), kinds=locked * len(position_of),
+            totals=pick(block.totals), assistant=pick(block.assistant), tools_estimated=block.tools_estimated,
+            digests=pick(block.digests), system_digests=pick(block.system_digests),
+            signature_rows=[new for new, _ in rows], signatures=block.signatures[[old for _, old in rows]] if rows else block.signatures[:0],
+            keys=[block.keys[old] for _, old in rows], failure=None,
+        )
+
+    def _track_system_prompts(self, digests: list[int], lines: list[int]) -> None:
+        counts = self.system_counts
+        counts.update(digests)
+        samples = self.system_samples
+        for digest in set(digests):
+            if not digest:
                 continue
-            if self.kind is None:
-                self.kind = kind
-            self.valid += 1
-            self.tokens.add(total)
-            self.assistant.add(assistant)
-            if tools_estimated:
-                self.tools_estimated += 1
-            if total > self.context_limit:
-                self.warnings.add(
-                    Issue(line, "too_long", f"line {line}: {total:,} tokens, over the {self.context_limit:,}-token limit of this model; "
-                          f"OpenAI truncates it (billed at {self.context_limit:,}): shorten the conversation or split it")
-                )
-            earlier = self.exact.check(digest, line)
-            if earlier is not None:
-                self.warnings.add(
-                    Issue(line, "duplicate_example", f"line {line}: exact duplicate of {self._label(earlier)}; remove the copy (duplicates overweight one reply)")
-                )
-            else:
-                signature_position = signature_at.get(position)
-                if signature_position is not None:
-                    match = self.near.check(line, block.signatures[signature_position], block.keys[signature_position])
-                    if match is not None:
-                        self.warnings.add(
-                            Issue(line, "near_duplicate", f"line {line}: the assistant reply is ~{match.similarity:.0%} similar to {self._label(match.line)}'s "
-                                  "(a canned macro?); keep a few varied examples of it, not many copies")
-                        )
-            if system_digest:
-                entry = self.system_prompts.get(system_digest)
-                if entry is not None:
-                    entry[0] += 1
-                    if len(entry[2]) < 5:
-                        entry[2].append(line)
-                elif len(self.system_prompts) < 1000:
-                    self.system_prompts[system_digest] = [1, line, [line]]
-                else:
-                    self.system_prompts_overflow += 1
+            known = samples.get(digest)
+            if known is None:
+                if len(samples) >= 1000:
+                    continue  # bounded: the report names at most 1000 variants
+                known = samples[digest] = []
+            if len(known) < 5:
+                known.extend(line for line, value in zip(lines, digests) if value == digest)
+                del known[5:]
 
     def finish_system_prompts(self) -> None:
-        if len(self.system_prompts) < 2:
+        variants = [(count, self.system_samples[digest]) for digest, count in self.system_counts.items() if digest and digest in self.system_samples]
+        if len(variants) < 2:
             return
-        ranked = sorted(self.system_prompts.values(), key=lambda entry: (-entry[0], entry[1]))
-        main_count, main_line, _ = ranked[0]
-        total = sum(entry[0] for entry in ranked) + self.system_prompts_overflow
-        for count, first_line, samples in ranked[1:]:
+        ranked = sorted(variants, key=lambda entry: (-entry[0], entry[1][0]))
+        main_count, main_samples = ranked[0]
+        total = sum(count for digest, count in self.system_counts.items() if digest)
+        for count, samples in ranked[1:]:
+            first_line = samples[0]
             others = f" (also {', '.join(str(line) for line in samples[1:])}{', ...' if count > len(samples) else ''})" if count > 1 else ""
             self.warnings.add(
                 Issue(first_line, "inconsistent_system_prompt",
-                      f"{self._label(first_line)}: uses a different system prompt than {main_count} of {total} examples (first at {self._label(main_line)}); "
+                      f"{self._label(first_line)}: uses a different system prompt than {main_count} of {total} examples (first at {self._label(main_samples[0])}); "
                       f"{count} example(s) use this one{others}. Train with the prompt you will send in production, or ignore if it differs on purpose")
             )
 
@@ -451,7 +600,7 @@ def build_report(
     entry = table.find(model)
     context_limit = entry.context_limit if entry else table.context_limit(model)
     encoding_name = encoding_name_for_model(model)
-    encoding_for_model(model)  # load (and seed the offline cache) once, before any worker forks
+    ensure_encoding_cache(encoding_name)  # seed the offline cache once, before any worker starts
     is_path = isinstance(source, (str, os.PathLike))
     merger = _Merger(context_limit=context_limit, unit=unit or "line", near_threshold=near_duplicate_threshold)
     notes: list[str] = []
@@ -459,14 +608,14 @@ def build_report(
     if is_path:
         path = Path(source)  # type: ignore[arg-type]
         label = str(path)
-        used_workers = _analyze_file(path, model, kind, pii, workers, merger, progress)
+        used_workers = _analyze_file(path, model, kind, pii, workers, merger, progress, context_limit)
         if merger.examples == 0 and merger.blank == 0:
             raise DataFileError(f"{label}: the file is empty; add one JSON example per line")
         if merger.examples == 0:
             raise DataFileError(f"{label}: the file has only blank lines; add one JSON example per line")
     else:
         label = "items"
-        _analyze_items(source, model, kind, pii, merger, progress)  # type: ignore[arg-type]
+        _analyze_items(source, model, kind, pii, merger, progress, context_limit)  # type: ignore[arg-type]
     merger.finish_system_prompts()
     if entry is None:
         notes.append(f"{model!r} is not in the price table ({table.path}); no cost, context limit assumed {context_limit:,}")
@@ -519,6 +668,7 @@ def _analyze_file(
     workers: int | None,
     merger: _Merger,
     progress: Callable[[int, int], None] | None,
+    context_limit: int,
 ) -> int:
     try:
         size = path.stat().st_size
@@ -528,7 +678,7 @@ def _analyze_file(
     done = 0
     blocks = iter_blocks(path, block_size=_BLOCK_BYTES)
     if wanted <= 1 or size < PARALLEL_MIN_BYTES:
-        analyzer = _Analyzer(model, kind, pii, str(path))
+        analyzer = _Analyzer(model, kind, pii, str(path), context_limit)
         for first_line, block in blocks:
             _merge(merger, analyzer.analyze_block(first_line, block))
             done += len(block)
@@ -538,7 +688,7 @@ def _analyze_file(
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(
-        max_workers=wanted, mp_context=_pool_context(), initializer=_init_worker, initargs=(model, kind, pii, str(path))
+        max_workers=wanted, mp_context=_pool_context(), initializer=_init_worker, initargs=(model, kind, pii, str(path), context_limit)
     ) as pool:
         pending: deque[tuple[Any, int]] = deque()
         try:
@@ -573,9 +723,10 @@ def _merge(merger: _Merger, block: _Block) -> None:
 
 
 def _analyze_items(
-    items: Iterable[Any], model: str, kind: str, pii: bool, merger: _Merger, progress: Callable[[int, int], None] | None
+    items: Iterable[Any], model: str, kind: str, pii: bool, merger: _Merger, progress: Callable[[int, int], None] | None,
+    context_limit: int,
 ) -> None:
-    analyzer = _Analyzer(model, kind, pii, "items")
+    analyzer = _Analyzer(model, kind, pii, "items", context_limit)
     batch: list[tuple[int, Any, Issue | None]] = []
     done = 0
     for item in items:

@@ -77,6 +77,17 @@ def encoding_name_for_model(model: str) -> str:
     return "o200k_base"
 
 
+def _ftbot_home() -> Path:
+    """Same rule as ``storage.db.ftbot_home`` (a test keeps them equal); importing storage here would load
+    SQLAlchemy (~30 MB, ~0.3 s) into every token-counting worker process."""
+    configured = os.environ.get("FTBOT_HOME")
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "ftbot"
+
+
 def _cache_dir() -> str | None:
     """tiktoken's cache directory, set to ftbot's home when the user has not chosen one. None: caching off."""
     if "TIKTOKEN_CACHE_DIR" in os.environ:
@@ -84,9 +95,7 @@ def _cache_dir() -> str | None:
     elif "DATA_GYM_CACHE_DIR" in os.environ:
         configured = os.environ["DATA_GYM_CACHE_DIR"]
     else:
-        from storage.db import ftbot_home  # lazy: only needed when no cache directory is configured
-
-        configured = str(ftbot_home() / "tiktoken")
+        configured = str(_ftbot_home() / "tiktoken")
         os.environ["TIKTOKEN_CACHE_DIR"] = configured
     return configured or None
 
@@ -168,6 +177,11 @@ class TokenCounter:
 
     __slots__ = ("encoding", "memo_limit", "_encode", "_memo")
 
+    @property
+    def encode(self):
+        """``encoding.encode_ordinary``."""
+        return self._encode
+
     def __init__(self, encoding: tiktoken.Encoding, *, memo_limit: int = 4096):
         self.encoding = encoding
         self.memo_limit = memo_limit
@@ -176,6 +190,10 @@ class TokenCounter:
 
     def count_text(self, text: str) -> int:
         return len(self._encode(text))
+
+    def count_repeated(self, text: str) -> int:
+        """Tokens of a text that recurs across lines (system prompts, roles, tool definitions): memoized."""
+        return self._memo.get(text) or self._count_repeated(text)
 
     def _count_repeated(self, text: str) -> int:
         count = self._memo.get(text)
