@@ -140,11 +140,11 @@ def run_ceiling(path: Path) -> dict:
     with path.open(encoding="utf-8") as handle:
         strings = [text for line in handle for text in _strings_of(json.loads(line))]
     encode = encoding.encode_ordinary
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     tokens = 0
     for text in strings:
         tokens += len(encode(text))
-    return {"seconds": time.perf_counter() - started, "tokens": tokens}
+    return {"seconds": time.perf_counter() - started, "tokens": tokens, "timed_cpu": time.process_time() - cpu}
 
 
 def run_baseline(path: Path) -> dict:
@@ -155,8 +155,8 @@ def run_baseline(path: Path) -> dict:
 
     from trainers.tokens import encoding_for_model
 
-    started = time.perf_counter()
-    encoding = encoding_for_model(MODEL)
+    encoding = encoding_for_model(MODEL)  # loaded before timing, as for the ceiling
+    started, cpu = time.perf_counter(), time.process_time()
     with open(path, "r", encoding="utf-8") as f:
         dataset = [json.loads(line) for line in f]
     format_errors: dict[str, int] = defaultdict(int)
@@ -217,18 +217,22 @@ def run_baseline(path: Path) -> dict:
              for name, v in (("messages", n_messages), ("tokens", convo_lens), ("assistant", assistant_message_lens))}
     n_epochs = 3
     n_billing = sum(min(65536, length) for length in convo_lens) * n_epochs
-    return {"seconds": time.perf_counter() - started, "tokens_counted": sum(convo_lens), "billed": n_billing,
+    return {"seconds": time.perf_counter() - started, "timed_cpu": time.process_time() - cpu, "tokens_counted": sum(convo_lens), "billed": n_billing,
             "too_long": n_too_long, "errors": dict(format_errors), "stats": stats}
 
 
 def run_ftbot(path: Path, workers: int | None) -> dict:
     from trainers.report import build_report
+    from trainers.tokens import encoding_for_model
 
-    started = time.perf_counter()
+    encoding_for_model(MODEL)  # loaded before timing, as for the ceiling and the baseline
+    started, cpu = time.perf_counter(), time.process_time()
     report = build_report(path, model=MODEL, workers=workers)
     seconds = time.perf_counter() - started
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    timed_cpu = time.process_time() - cpu + children.ru_utime + children.ru_stime
     data = report.to_json()
-    return {"seconds": seconds, "tokens_counted": data["tokens"]["total"], "valid": data["valid_examples"],
+    return {"seconds": seconds, "timed_cpu": timed_cpu, "tokens_counted": data["tokens"]["total"], "valid": data["valid_examples"],
             "billed": data["billed_tokens"], "cost": data["estimated_cost_usd"], "workers": data["workers"],
             "warning_counts": data["warning_counts"], "error_counts": data["error_counts"]}
 
@@ -240,8 +244,10 @@ def _child(method: str, path: str, workers: str) -> None:
         result = run_baseline(Path(path))
     else:
         result = run_ftbot(Path(path), None if workers == "auto" else int(workers))
-    result["rss_self_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["rss_children_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["rss_self_mb"] = own.ru_maxrss / 1024
+    result["rss_children_mb"] = children.ru_maxrss / 1024
+    result["cpu_seconds"] = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
     print(json.dumps(result))
 
 
@@ -279,23 +285,28 @@ def main() -> None:
         workers = ftbot["workers"]
         rows = [
             ("ceiling: encode_ordinary loop, 1 core", ceiling, 1),
-            ("baseline: cookbook port", baseline, 1),
+            ("baseline: cookbook port, 1 core", baseline, 1),
             ("ftbot build_report, 1 process", ftbot_one, 1),
-            (f"ftbot build_report, {workers} workers", ftbot, workers),
+            (f"ftbot build_report, {workers} workers", ftbot, min(workers, cores)),
         ]
         print(f"\nfile tokens (ceiling's count): {tokens:,}; ftbot's counted total incl. per-message overhead: {ftbot['tokens_counted']:,}")
         print(f"baseline counted {baseline['tokens_counted']:,}, billed {baseline['billed']:,}; ftbot billed {ftbot['billed']:,} (epochs auto), cost ${ftbot['cost']}")
         print(f"ftbot warnings: {ftbot['warning_counts']}; errors: {ftbot['error_counts']}\n")
-        header = f"{'method':42} {'seconds':>8} {'Mtok/s':>7} {'per core':>9} {'x ceiling/core':>15} {'x baseline':>11} {'RSS MB (main/workers)':>22}"
+        header = (f"{'method':38} {'wall s':>7} {'CPU s':>6} {'Mtok/s':>7} {'x ceiling/core':>15} {'x ceiling/CPU-s':>16} "
+                  f"{'x baseline':>11} {'RSS MB main/workers':>20}")
         print(header)
         print("-" * len(header))
         ceiling_rate = tokens / ceiling["seconds"]
+        ceiling_cpu_rate = tokens / ceiling["timed_cpu"]
         baseline_rate = tokens / baseline["seconds"]
         for name, result, used in rows:
             rate = tokens / result["seconds"]
-            print(f"{name:42} {result['seconds']:8.2f} {rate / 1e6:7.2f} {rate / used / 1e6:9.2f} "
-                  f"{rate / used / ceiling_rate:15.2f} {rate / baseline_rate:11.2f} "
-                  f"{result['rss_self_mb']:10.0f} / {result['rss_children_mb']:<9.0f}")
+            cpu_rate = tokens / result["timed_cpu"]
+            print(f"{name:38} {result['seconds']:7.2f} {result['timed_cpu']:6.2f} {rate / 1e6:7.2f} {rate / used / ceiling_rate:15.2f} "
+                  f"{cpu_rate / ceiling_cpu_rate:16.2f} {rate / baseline_rate:11.2f} {result['rss_self_mb']:9.0f} / {result['rss_children_mb']:<8.0f}")
+        load = os.getloadavg()
+        print(f"(load average during the run: {load[0]:.2f}, {load[1]:.2f}; x ceiling/core = rate / processes used / ceiling rate; "
+              "x ceiling/CPU-s uses CPU time, robust to other load)")
         if not args.quick and args.big_mb:
             big = Path(tmp) / "big.jsonl"
             big_count = int(count * args.big_mb * 1e6 / size)

@@ -444,3 +444,46 @@ def test_report_import_is_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_fast_path_gives_the_same_rows_as_the_general_path() -> None:
+    from trainers.report import _Analyzer
+
+    analyzer = _Analyzer("gpt-4o-mini", "auto", True, "test", 65536)
+    sample = [json.loads(line) for line in (ROOT / "bot" / "data" / "sample.jsonl").read_text().splitlines()]
+    lines = varied_lines(20) + sample + [
+        WEIGHTED_LINE,
+        conversation("Is it fixed?", "Yes, fixed."),
+        conversation("I'm dana@example.com, call +1 415 555 0134", "Thanks Dana, I will call you today at that number.", system=None),
+        {"messages": [{"role": "system", "content": "card 4111 1111 1111 1111"}, {"role": "assistant", "content": "Welcome back to Acme support, friend."}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there my friend", "weight": 0}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there my friend", "weight": True}]},
+        {"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "hello there my friend"}]},
+        {"messages": [{"role": "system", "content": "a"}, {"role": "system", "content": "b"}, {"role": "assistant", "content": "hello there my friend"}]},
+    ] + [value for value, _, _ in BAD_LINES]
+    fast_hits = 0
+    for number, line in enumerate(lines, start=1):
+        text = json.dumps(line)
+        fast_tokens: list[int] = []
+        general_tokens: list[int] = []
+        fast = analyzer._fast_row(number, line, fast_tokens, text)
+        general = analyzer._general_row(number, line, general_tokens, text)
+        if fast is None:
+            assert fast_tokens == []  # a refused line leaves nothing behind
+            continue
+        fast_hits += 1
+        assert fast == general, line
+        assert fast_tokens == general_tokens
+    assert fast_hits >= 60
+
+
+def test_token_cache_home_follows_storage_rule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from storage.db import ftbot_home
+    from trainers.tokens import _ftbot_home
+
+    for env in ({"FTBOT_HOME": str(tmp_path / "a")}, {"XDG_DATA_HOME": str(tmp_path / "xdg")}, {}):
+        monkeypatch.delenv("FTBOT_HOME", raising=False)
+        monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert _ftbot_home() == ftbot_home()

@@ -249,6 +249,10 @@ class _Analyzer:
             fast = self._fast_row(line, value, reply_tokens, text)
             if fast is not None:
                 return fast
+        return self._general_row(line, value, reply_tokens, text)
+
+    def _general_row(self, line: int, value: Any, reply_tokens: list[int], text: str | None = None) -> _Row:
+        """Any line: ``check_record`` then ``TokenCounter.count_record``."""
         checked = check_record(value, line, self.kind, pii=self.pii)
         errors = tuple(checked.errors)
         warnings = tuple(checked.warnings) if checked.warnings else ()
@@ -687,8 +691,11 @@ def _analyze_file(
         return 1
     from concurrent.futures import ProcessPoolExecutor
 
+    context = _pool_context()
+    if context.get_start_method() == "fork":
+        encoding_for_model(model)  # forked workers share the parent's loaded encoding instead of loading it each
     with ProcessPoolExecutor(
-        max_workers=wanted, mp_context=_pool_context(), initializer=_init_worker, initargs=(model, kind, pii, str(path), context_limit)
+        max_workers=wanted, mp_context=context, initializer=_init_worker, initargs=(model, kind, pii, str(path), context_limit)
     ) as pool:
         pending: deque[tuple[Any, int]] = deque()
         try:
