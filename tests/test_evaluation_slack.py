@@ -322,3 +322,54 @@ def test_judge_scores_both_orders_and_reports_agreement(harness, openai_api):
         assert verdicts[c.id] == c.candidate_side
     final = h.fake.responses[-1]["text"]
     assert "3 verdicts held in both orders" in final and "Agreement with the voters: 2/2" in final
+
+
+def test_posting_waits_out_rate_limits_and_attaches_long_answers(harness, openai_api):
+    h = harness
+    _seed_model(h.db)
+
+    def long_answers(request: dict) -> str:
+        if request["model"] == CANDIDATE:
+            return "Step & detail. " * 400  # ~6,000 characters: more than one section holds
+        return "Short answer."
+
+    openai_api.responder = long_answers
+    round_id = _start_round(h, "eval --n 2")
+    # Slack answers 429 + Retry-After to the first posts and reactions: the round is still posted completely.
+    h.fake.fail_next("chat.postMessage", times=3, retry_after=0)
+    h.fake.fail_next("reactions.add", times=4, retry_after=0)
+    _post(h, round_id)
+    comparisons = evals.round_comparisons(h.db, round_id)
+    assert all(c.message_ts for c in comparisons)
+    for c in comparisons:
+        assert {r["name"] for r in h.fake.reactions[(CHANNEL, c.message_ts)]} == set(evaluation.SEED_REACTIONS)
+        message = h.fake.find_message(CHANNEL, c.message_ts)
+        sections = [b["text"]["text"] for b in message["blocks"] if b["type"] == "section"]
+        assert all(len(text) <= 3000 for text in sections)
+        assert len(json.dumps(message["blocks"])) < 12000
+        assert "full texts are in the thread" in json.dumps(message["blocks"])
+    attachments = [f for f in h.fake.files.values() if f["name"].endswith(".txt")]
+    assert sorted(f["thread_ts"] for f in attachments) == sorted(c.message_ts for c in comparisons)
+    full = attachments[0]["content"].decode()
+    assert full.count("Step & detail.") == 400 and "Answer A:" in full and "Answer B:" in full
+
+
+def test_evaluation_commands_do_not_import_the_ml_stack(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, io, tempfile\n"
+        "from bot.config import Settings\nfrom storage.db import Database\nfrom bot.console.shell import Console\n"
+        "import trainers.eval_report, trainers.eval_plots, trainers.generate, trainers.inference, trainers.judge, bot.cli.evaluation\n"
+        "db = Database.open('sqlite:///' + tempfile.mkdtemp() + '/x.db')\n"
+        "c = Console(Settings(), db, out=io.StringIO())\n"
+        "c.handle('/ft eval add How do I export?'); c.handle('/ft eval'); c.handle('/ft results'); c.close()\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets', 'bitsandbytes') if m in sys.modules))\n"
+    )
+    env = {**__import__("os").environ, "FTBOT_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
