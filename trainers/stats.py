@@ -385,13 +385,19 @@ def bradley_terry(
     resample is a multinomial draw over those categories — identical in distribution to drawing
     battle indices, and independent of the number of votes.
     """
-    rows = list(battles)
+    rows = battles if isinstance(battles, list) else list(battles)
     if not rows:
         return Leaderboard([], 0, 0, anchor)
-    names_a, names_b, outcomes = zip(*rows)
-    models, indices = np.unique(np.array(names_a + names_b, dtype=object).astype(str), return_inverse=True)
-    index_a, index_b = indices[: len(rows)], indices[len(rows) :]
-    outcome = np.asarray(outcomes, dtype=np.float64)
+    # Names → indices with a dict (a numpy sort of 200k strings would cost more than the whole fit).
+    lookup: dict[str, int] = {}
+    index_a = np.fromiter((lookup.setdefault(a, len(lookup)) for a, _, _ in rows), dtype=np.int64, count=len(rows))
+    index_b = np.fromiter((lookup.setdefault(b, len(lookup)) for _, b, _ in rows), dtype=np.int64, count=len(rows))
+    outcome = np.fromiter((o for _, _, o in rows), dtype=np.float64, count=len(rows))
+    # Alphabetical model order, so results do not depend on the order the votes arrived in.
+    names = sorted(lookup)
+    remap = np.array([names.index(name) for name in lookup], dtype=np.int64)
+    index_a, index_b = remap[index_a], remap[index_b]
+    models = np.array(names, dtype=object)
     if np.any((outcome != 0.0) & (outcome != 0.5) & (outcome != 1.0)):
         raise ValueError("battle outcomes must be 1 (first model won), 0 (second won) or 0.5 (tie)")
     return _leaderboard(models.tolist(), index_a, index_b, outcome, bootstrap_rounds, confidence, anchor, seed, prior)
