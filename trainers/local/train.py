@@ -32,6 +32,8 @@ class TrainResult:
     steps: int
     train_tokens: int
     train_seconds: float
+    # CPU time of this process (all threads) during training: stable when other jobs share the machine.
+    train_cpu_seconds: float = 0.0
     log_history: list[dict[str, Any]] = field(default_factory=list)
     assistant_only_loss: bool = True
     quantized: bool = False
@@ -220,9 +222,9 @@ def train(
             processing_class=tokenizer, peft_config=_lora_config(config), callbacks=callbacks,
         )
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     trainer.train()
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     if eval_ds is not None:
         metrics = trainer.evaluate()
         if metric_sink is not None and trainer.state.is_world_process_zero and "eval_loss" in metrics:
@@ -238,7 +240,7 @@ def train(
     tokens = _tokens_seen(trainer)
     return TrainResult(
         adapter_dir=adapter_dir, merged_dir=merged_dir, steps=trainer.state.global_step, train_tokens=tokens,
-        train_seconds=seconds, log_history=list(trainer.state.log_history), assistant_only_loss=assistant_only,
+        train_seconds=seconds, train_cpu_seconds=cpu_seconds, log_history=list(trainer.state.log_history), assistant_only_loss=assistant_only,
         quantized=bool(setup["load_in_4bit"]),
     )
 
