@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -59,6 +60,8 @@ QUESTION_LIMIT = 1200
 CONTEXT_LIMIT = 800
 ANSWER_LIMIT = 2400
 PROGRESS_EVERY_SECONDS = 3.0
+IN_FLIGHT_KEY = "eval_rounds_in_flight"
+_in_flight_lock = threading.Lock()
 VOTE_HINT = (
     "React :a: if *A* is better, :b: if *B* is better, :handshake: for a tie, :-1: if both are bad. "
     "One vote per person: your latest reaction counts, removing it withdraws it. The models are revealed when voting closes."
@@ -131,8 +134,12 @@ def start_round(bot: "BotContext", ctx: CommandContext, model_name: str | None, 
     busy = [r for r in evals.list_rounds(bot.db, statuses=(RoundStatus.QUOTED, RoundStatus.GENERATING, RoundStatus.POSTING))
             if r.channel == ctx.channel_id]
     if busy:
-        raise FtbotError(f"round #{busy[-1].id} is still being prepared in this channel ({busy[-1].status}); "
-                         "wait for it to be posted, or cancel its quote.")
+        last = busy[-1]
+        if last.status != RoundStatus.QUOTED and not _in_flight(bot, last.id):
+            raise FtbotError(f"round #{last.id} stopped while {last.status} (was ftbot restarted?): "
+                             f"`/ft eval resume {last.id}` finishes it, `/ft eval cancel {last.id}` drops it.")
+        raise FtbotError(f"round #{last.id} is still being prepared in this channel ({last.status}); "
+                         f"wait for it to be posted, or `/ft eval cancel {last.id}`.")
     candidate = _candidate(bot, model_name)
     baseline = baseline_name(bot.db, candidate, bot.settings.eval_baseline)
     items = evals.eval_items(bot.db, candidate, limit=n)
@@ -224,9 +231,38 @@ class _Progress:
             log.warning("cannot show progress of round %s: %s", self.round.id, error.response.get("error"))
 
 
+def _in_flight(bot: "BotContext", round_id: int) -> bool:
+    with _in_flight_lock:
+        return round_id in bot.extras.get(IN_FLIGHT_KEY, set())
+
+
+def _claim_in_process(bot: "BotContext", round_id: int) -> bool:
+    """One thread per round in this process (the database status guards against other processes)."""
+    with _in_flight_lock:
+        rounds = bot.extras.setdefault(IN_FLIGHT_KEY, set())
+        if round_id in rounds:
+            return False
+        rounds.add(round_id)
+        return True
+
+
+def _release_in_process(bot: "BotContext", round_id: int) -> None:
+    with _in_flight_lock:
+        bot.extras.get(IN_FLIGHT_KEY, set()).discard(round_id)
+
+
 def run_round(bot: "BotContext", round_id: int, *, started_by: str | None = None,
               poll_seconds: float = 1.0) -> None:
     """Generate the round's answers (worker process for local models, this thread for OpenAI), then post them."""
+    if not _claim_in_process(bot, round_id):
+        return
+    try:
+        _run_round(bot, round_id, started_by=started_by, poll_seconds=poll_seconds)
+    finally:
+        _release_in_process(bot, round_id)
+
+
+def _run_round(bot: "BotContext", round_id: int, *, started_by: str | None, poll_seconds: float) -> None:
     from trainers.generate import generate_round, read_log_tail, round_needs_worker, spawn_generation
 
     round_ = evals.get_round(bot.db, round_id)
@@ -258,7 +294,7 @@ def run_round(bot: "BotContext", round_id: int, *, started_by: str | None = None
         evals.move_round(bot.db, round_id, RoundStatus.FAILED, from_status=RoundStatus.GENERATING)
         progress.show(f"generation failed unexpectedly ({type(error).__name__}); see ftbot's log.")
         return
-    post_round(bot, round_id, progress=progress, started_by=started_by)
+    _post_round(bot, round_id, progress=progress, started_by=started_by)
 
 
 def _wait_for_worker(bot: "BotContext", process: subprocess.Popen, round_id: int, total: int, progress: _Progress,
@@ -342,10 +378,20 @@ def _slack(method: Callable[..., Any], /, *, attempts: int = 5, **kwargs: Any) -
     raise AssertionError("unreachable")
 
 
-def post_round(bot: "BotContext", round_id: int, *, progress: _Progress | None = None,
-               started_by: str | None = None) -> bool:
-    """Post every comparison of a generated round (once: a second caller returns False), then open voting."""
-    if not evals.move_round(bot.db, round_id, RoundStatus.POSTING, from_status=RoundStatus.GENERATING):
+def post_round(bot: "BotContext", round_id: int, *, started_by: str | None = None, resume: bool = False) -> bool:
+    """Post every comparison of a generated round not posted yet, then open voting (False: another caller does it)."""
+    if not _claim_in_process(bot, round_id):
+        return False
+    try:
+        return _post_round(bot, round_id, started_by=started_by, resume=resume)
+    finally:
+        _release_in_process(bot, round_id)
+
+
+def _post_round(bot: "BotContext", round_id: int, *, progress: _Progress | None = None,
+                started_by: str | None = None, resume: bool = False) -> bool:
+    claimed = evals.move_round(bot.db, round_id, RoundStatus.POSTING, from_status=RoundStatus.GENERATING)
+    if not claimed and not (resume and evals.get_round(bot.db, round_id).status == RoundStatus.POSTING):
         return False
     round_ = evals.get_round(bot.db, round_id)
     progress = progress or _Progress(bot, round_)
@@ -425,7 +471,7 @@ def handle_reaction(bot: "BotContext", client: WebClient, event: dict[str, Any],
     reaction = normalize_reaction(event.get("reaction"))
     if evals.is_voting_over(round_):
         if round_.status in RoundStatus.VOTABLE:
-            close_and_report(bot, round_.id)
+            bot.defer(close_and_report, bot, round_.id)  # posts the results: not on the event's listener thread
         if added:
             _tell(client, item.get("channel"), voter, f"Voting on round #{round_.id} has closed; that reaction was not counted.")
         return "ignored: voting closed"
@@ -639,12 +685,16 @@ def register(app: App, bot: "BotContext") -> None:
             add_question(bot, ctx)
         elif sub == "close":
             close_command(bot, ctx)
+        elif sub == "resume":
+            resume_command(bot, ctx)
+        elif sub == "cancel":
+            cancel_command(bot, ctx)
         else:
             model, n = _parse_eval_args(ctx.args)
             start_round(bot, ctx, model, n)
 
     bot.router.add(
-        "eval", usage="/ft eval [model] [--n 20] · /ft eval add <link|question> · /ft eval close [round]",
+        "eval", usage="/ft eval [model] [--n 20] · /ft eval add <link|question> · /ft eval close|resume|cancel [round]",
         summary="Blind side-by-side answers of the candidate and the baseline, voted with reactions", handler=ft_eval,
     )
     bot.router.add("results", usage="/ft results [round]",
@@ -709,6 +759,41 @@ def close_command(bot: "BotContext", ctx: CommandContext) -> None:
     if not close_and_report(bot, round_.id, closed_by=ctx.user_id):
         raise FtbotError(f"round #{round_.id} is {round_.status}, not open for voting; `/ft results {round_.id}` shows it.")
     ctx.respond(f"Closed round #{round_.id}; the results are posted in the channel.")
+
+
+def resume_command(bot: "BotContext", ctx: CommandContext) -> None:
+    """Finish a round a restart interrupted: generation is resumable, posting skips what is already posted."""
+    if not bot.roles.may_train(ctx.user_id):
+        raise FtbotError("only trainers can resume an evaluation round (FTBOT_TRAINERS).")
+    round_id = _round_arg(ctx.args[1:])
+    if round_id is None:
+        raise FtbotError("usage: `/ft eval resume <round>`")
+    round_ = evals.get_round(bot.db, round_id)
+    if _in_flight(bot, round_id):
+        raise FtbotError(f"round #{round_id} is being prepared right now.")
+    if round_.status == RoundStatus.GENERATING:
+        ctx.respond(f"Resuming round #{round_id}: answering the remaining questions, then posting.")
+        run_round(bot, round_id, started_by=ctx.user_id)
+    elif round_.status == RoundStatus.POSTING:
+        ctx.respond(f"Resuming round #{round_id}: posting the comparisons not posted yet.")
+        post_round(bot, round_id, started_by=ctx.user_id, resume=True)
+    else:
+        raise FtbotError(f"round #{round_id} is {round_.status}: there is nothing to resume.")
+
+
+def cancel_command(bot: "BotContext", ctx: CommandContext) -> None:
+    if not bot.roles.may_train(ctx.user_id):
+        raise FtbotError("only trainers can cancel an evaluation round (FTBOT_TRAINERS).")
+    round_id = _round_arg(ctx.args[1:])
+    if round_id is None:
+        raise FtbotError("usage: `/ft eval cancel <round>` (`/ft eval close` ends voting on an open round)")
+    if _in_flight(bot, round_id):
+        raise FtbotError(f"round #{round_id} is being prepared right now; cancel it once it is posted or failed.")
+    preparing = (RoundStatus.QUOTED, RoundStatus.GENERATING, RoundStatus.POSTING, RoundStatus.FAILED)
+    if not evals.move_round(bot.db, round_id, RoundStatus.CANCELLED, from_status=preparing):
+        status = evals.get_round(bot.db, round_id).status
+        raise FtbotError(f"round #{round_id} is {status}; only rounds that are not open for voting yet can be cancelled.")
+    ctx.respond(f"Round #{round_id} cancelled.")
 
 
 def results_command(bot: "BotContext", ctx: CommandContext) -> None:

@@ -373,3 +373,45 @@ def test_evaluation_commands_do_not_import_the_ml_stack(tmp_path):
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_resume_after_a_restart_posts_only_what_is_missing(harness, openai_api):
+    h = harness
+    _seed_model(h.db)
+    baseline = f"openai:{BASE}"
+    prompts = [[{"role": "user", "content": f"Interrupted question {i}?"}] for i in range(4)]
+    # A round whose process died mid-generation: two candidate answers already stored.
+    round_ = evals.create_round(h.db, candidate_model=CANDIDATE, baseline_model=baseline, prompts=prompts,
+                                channel=CHANNEL, status=RoundStatus.GENERATING).example
+    comparisons = evals.round_comparisons(h.db, round_.id)
+    evals.set_answers(h.db, round_.id, CANDIDATE, {c.id: "stored before the restart" for c in comparisons[:2]})
+
+    h.command("eval", user_id="U_AGENT")
+    h.wait()
+    assert f"/ft eval resume {round_.id}" in h.fake.responses[-1]["text"]
+
+    h.command(f"eval resume {round_.id}", user_id="U_AGENT")
+    h.wait(timeout=30)
+    assert len([c for c in openai_api.calls if "chat/completions" in c.path]) == 6  # 2 candidate + 4 baseline
+    assert evals.get_round(h.db, round_.id).status == RoundStatus.OPEN
+    assert len(_comparison_posts(h)) == 4
+
+    # A round interrupted while posting: two comparisons were posted, two were not.
+    second = evals.create_round(h.db, candidate_model=CANDIDATE, baseline_model=baseline, prompts=prompts,
+                                channel=CHANNEL, status=RoundStatus.POSTING).example
+    rows = evals.round_comparisons(h.db, second.id)
+    evals.set_answers(h.db, second.id, CANDIDATE, {c.id: "a" for c in rows})
+    evals.set_answers(h.db, second.id, baseline, {c.id: "b" for c in rows})
+    for c in rows[:2]:
+        posted = h.fake.post_message(CHANNEL, None, "Blind comparison (before restart)", bot=True)
+        evals.set_comparison_message(h.db, c.id, channel=CHANNEL, message_ts=posted["ts"])
+    h.fake.reset_calls()
+    h.command(f"eval resume {second.id}", user_id="U_AGENT")
+    h.wait(timeout=30)
+    assert len(_comparison_posts(h)) == 2
+    assert evals.get_round(h.db, second.id).status == RoundStatus.OPEN
+    assert len({c.message_ts for c in evals.round_comparisons(h.db, second.id)}) == 4
+
+    h.command(f"eval resume {second.id}", user_id="U_AGENT")
+    h.wait()
+    assert "nothing to resume" in h.fake.responses[-1]["text"]
