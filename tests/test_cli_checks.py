@@ -208,7 +208,7 @@ def test_price_and_validate_without_file_use_approved_examples(cli) -> None:
     finally:
         database.close()
     data = as_json(cli("price", "--json"))
-    assert data["source"] == "items" and data["valid_examples"] == 13 and data["ok"] is True
+    assert data["source"] == "approved examples (database)" and data["valid_examples"] == 13 and data["ok"] is True
     assert data["tokens"]["tools_estimated_examples"] == 1
     validated = cli("validate")
     assert validated.exit_code == 0 and "13 read, 13 valid" in validated.stdout

@@ -591,13 +591,14 @@ def build_report(
     prices: PriceTable | None = None,
     unit: str | None = None,
     near_duplicate_threshold: float = 0.7,
+    label: str | None = None,
 ) -> DatasetReport:
     """Validate, count tokens and price ``source`` (a JSONL path, or ``(line, value)`` items) for ``model``.
 
     ``epochs`` None: OpenAI's automatic rule. ``workers``: processes for big files (default: the CPU
     count, at most 4; 1 disables the pool). ``progress(done, total)`` is called with bytes for files and
     item counts for iterables (total 0 when unknown). ``unit`` names positions in messages ("line" for
-    files; pass "example" for database ids).
+    files; pass "example" for database ids). ``label`` names the source in the report (default: the path, or "items").
     """
     started = time.perf_counter()
     table = prices or load_price_table()
@@ -611,14 +612,14 @@ def build_report(
     used_workers = 1
     if is_path:
         path = Path(source)  # type: ignore[arg-type]
-        label = str(path)
+        label = label or str(path)
         used_workers = _analyze_file(path, model, kind, pii, workers, merger, progress, context_limit)
         if merger.examples == 0 and merger.blank == 0:
             raise DataFileError(f"{label}: the file is empty; add one JSON example per line")
         if merger.examples == 0:
             raise DataFileError(f"{label}: the file has only blank lines; add one JSON example per line")
     else:
-        label = "items"
+        label = label or "items"
         _analyze_items(source, model, kind, pii, merger, progress, context_limit)  # type: ignore[arg-type]
     merger.finish_system_prompts()
     if entry is None:

@@ -28,6 +28,7 @@ err_console = Console(stderr=True, highlight=False)
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 ISSUES_SHOWN = 20
 MODEL_ENV = "FTBOT_BASE_MODEL"
+DATABASE_LABEL = "approved examples (database)"
 
 
 def _default_model() -> str:
@@ -94,7 +95,7 @@ def _database_report(*, model: str, epochs: int | None, kind: str, pii: bool):
 
     database = Database.open()
     try:
-        return build_report(approved_records(database), model=model, epochs=epochs, kind=kind, pii=pii, unit="example")
+        return build_report(approved_records(database), model=model, epochs=epochs, kind=kind, pii=pii, unit="example", label=DATABASE_LABEL)
     finally:
         close = getattr(database, "close", None)
         if close:
@@ -247,10 +248,12 @@ def price_command(
         if all_models:
             from trainers.report import quote_models
 
-            models = [entry.name for entry in table.fine_tunable()]
+            primary = table.get(chosen).name
+            # The chosen model first: its encoding's pass is the report shown above the quotes.
+            models = [primary] + [entry.name for entry in table.fine_tunable() if entry.name != primary]
             reports, quotes = quote_models(
                 lambda: file if file is not None else _approved_items(), models, epochs=epochs, prices=table,
-                unit="line" if file is not None else "example",
+                unit="line" if file is not None else "example", label=None if file is not None else DATABASE_LABEL,
             )
             report = reports[next(iter(reports))]
             result = report.to_json()
