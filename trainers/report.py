@@ -628,7 +628,7 @@ def build_report(
         notes.append("exact-duplicate tracking stopped remembering new examples after 1,000,000")
     if merger.valid < MIN_EXAMPLES:
         merger.errors.add(
-            Issue(None, "too_few_examples", f"only {merger.valid} valid example(s); OpenAI needs at least {MIN_EXAMPLES} (50-100 recommended): add more or fix the errors above")
+            Issue(None, "too_few_examples", f"only {merger.valid} valid example(s); OpenAI needs at least {MIN_EXAMPLES} (50-100 recommended): add more examples or fix the lines with errors")
         )
     chosen_epochs = epochs if epochs is not None else (default_epochs(merger.valid) if merger.valid else None)
     billed = (chosen_epochs or 0) * merger.tokens.capped_total(context_limit)

@@ -349,7 +349,13 @@ def _print_price_extras(result: dict[str, Any]) -> None:
         table.add_row("fine-tuned", f"{roi['fine_tuned_model']}: {_money(roi['daily_cost_fine_tuned_usd'])}/day ({roi['prompt_tokens_fine_tuned']:,.0f} prompt tokens/request)")
         table.add_row("savings", f"{_money(roi['daily_savings_usd'])}/day, {_money(roi['monthly_savings_usd'])}/month")
         days = roi["break_even_days"]
-        table.add_row("break-even", "never at these figures (the fine-tuned model costs more per day)" if days is None else f"{days:,.1f} days (training {_money(roi['training_cost_usd'])})")
+        if days is None:
+            when = "never at these figures (the fine-tuned model costs more per day)"
+        elif days < 1:
+            when = f"{days * 24:,.1f} hours (training {_money(roi['training_cost_usd'])})"
+        else:
+            when = f"{days:,.1f} days (training {_money(roi['training_cost_usd'])})"
+        table.add_row("break-even", when)
         console.print(table)
     on_prem = result.get("on_prem")
     if on_prem:
