@@ -41,6 +41,8 @@ def context_for(key: str) -> "BotContext | None":
 
 def build_scheduler(bot: "BotContext", *, max_workers: int = 2) -> BackgroundScheduler:
     """A scheduler whose jobs live in the bot's database (same engine, so SQLite's settings apply)."""
+    # "skipped: maximum number of running instances reached" is expected when a poll outlasts its interval.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
     return BackgroundScheduler(
         jobstores={"default": SQLAlchemyJobStore(engine=bot.db.engine, tablename=JOBS_TABLE)},
         executors={"default": ThreadPoolExecutor(max_workers)},

@@ -38,6 +38,9 @@ DISCARD_ACTION = "ft_train_discard"
 POLL_SECONDS_ENV = "FTBOT_TRAINING_POLL_SECONDS"
 OPENAI_CLIENT_KEY = "openai_client"  # tests may put a client in bot.extras
 
+# Text last written to each job's progress message by this process (a restart posts the current state once).
+_last_posted: dict[int, str] = {}
+
 
 def _poll_seconds() -> float:
     return float(os.environ.get(POLL_SECONDS_ENV, "10"))
@@ -85,10 +88,13 @@ def parse_train_args(args: list[str]) -> dict[str, Any]:
 
 
 def _local_fallback(bot: "BotContext") -> str:
-    """The base model when none is configured: the real default, or the offline tiny model in the console."""
+    """The base model when none is configured: the documented default, or in the local console (no accounts,
+    no downloads) the tiny model built offline, so the whole loop works there."""
+    from bot.console.shell import BOT_TOKEN as CONSOLE_TOKEN
     from trainers.local.config import DEFAULT_BASE_MODEL, TINY_BASE_MODEL
 
-    return DEFAULT_BASE_MODEL if bot.settings.has_slack_credentials else TINY_BASE_MODEL
+    in_console = bot.settings.slack_bot_token == CONSOLE_TOKEN or not bot.settings.has_slack_credentials
+    return TINY_BASE_MODEL if in_console else DEFAULT_BASE_MODEL
 
 
 def quote_blocks(job: Job, quote: Quote) -> tuple[str, list[dict[str, Any]]]:
@@ -239,8 +245,9 @@ def progress_blocks(bot: "BotContext", job: Job, *, started_by: str | None = Non
         out.append(bk.context("Cancelled."))
     else:
         out.append(bk.context(f"`/ft cancel {job.id}` stops it."))
-    if started_by:
-        out.append(bk.context(f"Started by <@{bk.escape(started_by)}>"))
+    who = started_by or job.created_by
+    if who:
+        out.append(bk.context(f"Requested by <@{bk.escape(who)}>"))
     return f"Training job #{job.id}: {line}", bk.fit_blocks(out)
 
 
@@ -252,6 +259,7 @@ def _post_progress(bot: "BotContext", client: WebClient, job: Job, channel: str 
         client.chat_update(channel=job.slack_channel or channel, ts=job.slack_ts, text=text, blocks=view)
         return
     posted = client.chat_postMessage(channel=channel, text=text, blocks=view)
+    _last_posted[job.id] = text
     update_job(bot.db, job.id, slack_channel=posted["channel"], slack_ts=posted["ts"])
 
 
@@ -273,17 +281,15 @@ def relay_training_job(key: str, job_id: int) -> None:
         log.exception("refreshing job %s failed; will retry", job_id)
         return
     job = update.job
-    progress = dict(job.progress or {})
-    first_relay = not progress.get("relayed")
-    if job.slack_channel and job.slack_ts and (update.changed or update.finished or first_relay):
-        text, view = progress_blocks(bot, job)
+    text, view = progress_blocks(bot, job)
+    # Edit the message only when what it says changed (the worker writes progress between our polls).
+    if job.slack_channel and job.slack_ts and _last_posted.get(job_id) != text:
         try:
             bot.client.chat_update(channel=job.slack_channel, ts=job.slack_ts, text=text, blocks=view)
+            _last_posted[job_id] = text
         except SlackApiError as error:
             log.warning("cannot update the progress message of job %s: %s", job_id, error.response.get("error"))
-        if first_relay:
-            progress["relayed"] = True
-            job = update_job(bot.db, job_id, progress=progress)
+    progress = dict(job.progress or {})
     if not update.finished:
         return
     if job.status == JobStatus.SUCCEEDED and job.slack_channel and not progress.get("plot_posted"):

@@ -95,6 +95,10 @@ def quote_job(
         options = dict(local_options or {})
         if epochs:
             options["epochs"] = epochs
+        if base_model == TINY_BASE_MODEL:
+            # The tiny random model needs a large step to show a visible loss drop in a short demo run.
+            options.setdefault("learning_rate", 3e-2)
+            options.setdefault("lora_dropout", 0.0)
         config = LocalTrainConfig(base_model=base_model, method=method, **options).to_dict()
     quote = build_quote(db, snapshot, backend=backend, model=base_model, method=method, epochs=epochs, settings=settings)
     result = create_job(
