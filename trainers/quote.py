@@ -54,8 +54,11 @@ class TrainingSettings:
 
     @classmethod
     def from_env(cls) -> "TrainingSettings":
+        from trainers.local.config import BASE_MODEL_ENV, is_openai_model
+
+        shared = (os.environ.get(BASE_MODEL_ENV) or "").strip()
         return cls(
-            openai_model=os.environ.get(OPENAI_MODEL_ENV) or DEFAULT_OPENAI_MODEL,
+            openai_model=os.environ.get(OPENAI_MODEL_ENV) or (shared if is_openai_model(shared) else DEFAULT_OPENAI_MODEL),
             budget_usd=_float_env(BUDGET_ENV, None),
             gpu_hour_usd=_float_env(GPU_HOUR_PRICE_ENV, DEFAULT_GPU_HOUR_USD) or 0.0,
             local_tokens_per_s=_float_env(LOCAL_TOKENS_PER_S_ENV, DEFAULT_LOCAL_TOKENS_PER_S) or DEFAULT_LOCAL_TOKENS_PER_S,

@@ -8,7 +8,9 @@ from typing import Any
 
 from trainers.errors import ConfigError
 
+LOCAL_BASE_MODEL_ENV = "FTBOT_LOCAL_BASE_MODEL"
 BASE_MODEL_ENV = "FTBOT_BASE_MODEL"
+OPENAI_MODEL_PREFIXES = ("gpt-", "ft:", "o1", "o3", "o4", "davinci", "babbage")
 # A small instruct model with a chat template TRL knows how to patch for assistant-only loss; fits a laptop GPU.
 DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 # Marker meaning "the tiny model built offline" (tests, the console without a configured base model).
@@ -60,14 +62,19 @@ class LocalTrainConfig:
 
 
 def configured_base_model(explicit: str | None = None, *, fallback: str = DEFAULT_BASE_MODEL) -> str:
-    """The base model to train on-prem: the explicit choice, else ``$FTBOT_BASE_MODEL``, else ``fallback``.
-
-    An OpenAI model name in ``FTBOT_BASE_MODEL`` (other features read it as the chat model to compare against)
-    is not a model this back end can load, so it is skipped.
-    """
+    """The base model to train on-prem: the explicit choice, else ``$FTBOT_LOCAL_BASE_MODEL``, else
+    ``$FTBOT_BASE_MODEL`` unless it names an OpenAI model (``/ft price`` reads that variable as the OpenAI base
+    model), else ``fallback``."""
     if explicit:
         return explicit
-    configured = (os.environ.get(BASE_MODEL_ENV) or "").strip()
-    if configured and not configured.startswith(("gpt-", "ft:", "o1", "o3", "o4")):
-        return configured
+    local = (os.environ.get(LOCAL_BASE_MODEL_ENV) or "").strip()
+    if local:
+        return local
+    shared = (os.environ.get(BASE_MODEL_ENV) or "").strip()
+    if shared and not is_openai_model(shared):
+        return shared
     return fallback
+
+
+def is_openai_model(name: str) -> bool:
+    return name.startswith(OPENAI_MODEL_PREFIXES)
