@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from trainers import report as report_module
-from trainers.duplicates import NUM_PERM, ExactDuplicates, NearDuplicateIndex, band_keys, minhash_signatures
+from trainers.duplicates import NUM_PERM, ExactDuplicates, NearDuplicateIndex, band_keys, minhash_signatures, reply_sketches, sketch_jaccard
 from trainers.errors import DataFileError
 from trainers.pricing import PriceTable
 from trainers.report import MAX_ISSUES_PER_CODE, build_report
@@ -421,9 +421,9 @@ def test_near_duplicate_index_stays_bounded_and_keeps_recurring_macros() -> None
             tokens[5] = int(rng.integers(0, 200_000))  # a name changed in the macro
         else:
             tokens = rng.integers(0, 200_000, size=60).tolist()
-        rows, signatures = minhash_signatures(tokens, [len(tokens)])
+        rows, signatures, sketches = reply_sketches(tokens, [len(tokens)])
         assert rows.tolist() == [0] and signatures.shape == (1, NUM_PERM)
-        match = index.check(line, signatures[0], band_keys(signatures)[0].tolist())
+        match = index.check(line, signatures[0], band_keys(signatures)[0].tolist(), sketches[0])
         assert len(index) <= 50
         if match is not None:
             matches += 1
@@ -487,3 +487,34 @@ def test_token_cache_home_follows_storage_rule(monkeypatch: pytest.MonkeyPatch, 
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         assert _ftbot_home() == ftbot_home()
+
+
+def test_near_duplicates_are_confirmed_by_exact_trigram_jaccard(tmp_path: Path) -> None:
+    encoding = encoding_for_model("gpt-4o-mini")
+    openers = ["Hi there,", "Hello,", "Thanks for writing,", "Sorry about that,"]
+    steps = ["open Settings and choose Security.", "restart the client and wait a minute.", "check the spam folder for our email.",
+             "update the app from the store.", "remove the device and add it again.", "clear the cache under Storage."]
+    closers = ["Let us know if that helps.", "Have a great day!", "We are here if you need more help.", ""]
+    lines = [conversation(f"Question {index}?", f"{openers[index % 4]} {steps[(index * 7) % 6]} {steps[(index * 5) % 6]} {closers[(index * 3) % 4]}")
+             for index in range(200)]
+    report = build_report(write_jsonl(tmp_path / "templated.jsonl", lines), model="gpt-4o-mini")
+
+    def trigrams(line: int) -> set[tuple[int, ...]]:
+        tokens = encoding.encode_ordinary(lines[line - 1]["messages"][2]["content"])
+        return set(zip(tokens, tokens[1:], tokens[2:]))
+
+    flagged = [w for w in report.warnings if w.code == "near_duplicate"]
+    assert flagged
+    for warning in flagged:
+        earlier = int(warning.message.split("similar to line ")[1].split("'")[0])
+        a, b = trigrams(warning.line), trigrams(earlier)
+        assert len(a & b) / len(a | b) >= 0.7, warning.message
+
+
+def test_sketch_jaccard_is_exact_for_short_replies() -> None:
+    rng = np.random.default_rng(3)
+    first = rng.integers(0, 50_000, size=60).tolist()
+    second = first[:40] + rng.integers(0, 50_000, size=20).tolist()
+    _, _, sketches = reply_sketches(first + second, [len(first), len(second)])
+    a, b = set(zip(first, first[1:], first[2:])), set(zip(second, second[1:], second[2:]))
+    assert sketch_jaccard(sketches[0], sketches[1]) == pytest.approx(len(a & b) / len(a | b))

@@ -23,6 +23,8 @@ __all__ = [
     "BANDS",
     "MIN_SHINGLE_TOKENS",
     "minhash_signatures",
+    "reply_sketches",
+    "sketch_jaccard",
     "band_keys",
     "ExactDuplicates",
     "NearDuplicateIndex",
@@ -34,6 +36,7 @@ BANDS = 8
 ROWS = NUM_PERM // BANDS
 MIN_SHINGLE_TOKENS = 8  # replies shorter than this are flagged by short_assistant_reply instead
 SAMPLE = 1  # power of two; 1 = every trigram (sampling made short replies' estimates too noisy)
+SKETCH_SIZE = 128  # trigram hashes kept per reply to confirm a near duplicate
 _SHINGLE = 3
 _MAX_BATCH_SHINGLES = 4096  # keeps the NUM_PERM × batch temporaries (1 MB) in cache: 4x faster than 64k
 
@@ -49,11 +52,18 @@ def minhash_signatures(flat_tokens: Sequence[int], lengths: Sequence[int]) -> tu
     """MinHash signatures (uint32, n×NUM_PERM) of the token-trigram sets of consecutive replies.
 
     ``flat_tokens`` holds the token ids of every reply back to back, ``lengths`` each reply's count.
-    Only one trigram in ``1/SAMPLE`` (chosen by its hash, so the same trigrams everywhere) enters the
-    sketch: the Jaccard estimate stays unbiased and the work drops accordingly.
     Returns (indices of the replies that got a signature, their signatures).
     """
-    empty = (np.empty(0, dtype=np.int64), np.empty((0, NUM_PERM), dtype=np.uint32))
+    rows, signatures, _ = reply_sketches(flat_tokens, lengths)
+    return rows, signatures
+
+
+def reply_sketches(flat_tokens: Sequence[int], lengths: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+    """MinHash signatures for finding candidates, plus each reply's bottom-``SKETCH_SIZE`` trigram hashes
+    (sorted uint64 bytes) for checking them: exact Jaccard for replies up to ~SKETCH_SIZE tokens, a
+    bottom-k estimate (error ~0.04) above. MinHash with 32 values alone is too noisy (±0.09) to be trusted.
+    """
+    empty = (np.empty(0, dtype=np.int64), np.empty((0, NUM_PERM), dtype=np.uint32), [])
     if not lengths:
         return empty
     sizes = np.asarray(lengths, dtype=np.int64)
@@ -88,7 +98,30 @@ def minhash_signatures(flat_tokens: Sequence[int], lengths: Sequence[int]) -> tu
         reduced = np.minimum.reduceat(hashed, np.asarray(bounds[first:last]) - lo, axis=1)
         signatures[first:last] = reduced.T.astype(np.uint32)
         first = last
-    return rows.astype(np.int64), signatures
+    # Bottom-k sets: one sort of (reply, hash) keys, duplicates dropped, the k smallest of each reply kept.
+    keys = np.sort((owner.astype(np.uint64) << np.uint64(48)) | (shingles >> np.uint64(16)))
+    distinct = np.ones(len(keys), dtype=bool)
+    distinct[1:] = keys[1:] != keys[:-1]
+    keys = keys[distinct]
+    owners = (keys >> np.uint64(48)).astype(np.int64)
+    values = keys & np.uint64((1 << 48) - 1)
+    first_of = np.searchsorted(owners, rows)
+    ends = np.append(first_of[1:], len(owners))
+    sketches = [values[start : min(end, start + SKETCH_SIZE)].tobytes() for start, end in zip(first_of.tolist(), ends.tolist())]
+    return rows.astype(np.int64), signatures, sketches
+
+
+def sketch_jaccard(first: bytes, second: bytes) -> float:
+    """Jaccard similarity of two replies from their bottom-k sketches (exact when both are small)."""
+    return _bottom_k_jaccard(set(np.frombuffer(first, dtype=np.uint64).tolist()), set(np.frombuffer(second, dtype=np.uint64).tolist()))
+
+
+def _bottom_k_jaccard(a: set[int], b: set[int]) -> float:
+    union = sorted(a | b)[:SKETCH_SIZE]
+    if not union:
+        return 0.0
+    both = a & b
+    return sum(1 for value in union if value in both) / len(union)
 
 
 def band_keys(signatures: np.ndarray) -> np.ndarray:
@@ -173,24 +206,43 @@ class NearDuplicateIndex:
     def __init__(self, threshold: float = 0.7, capacity: int = 20_000):
         self.threshold = threshold
         self.capacity = capacity
-        self._min_same = math.ceil(threshold * NUM_PERM)
+        # MinHash agreement only nominates candidates (generously); bottom-k sketches confirm them.
+        self._min_candidate = math.ceil(max(threshold - 0.15, 0.0) * NUM_PERM)
         self._bands: dict[int, int] = {}  # band key -> representative line
         self._slot: dict[int, int] = {}  # representative line -> row in _matrix
         self._matrix = np.zeros((capacity, NUM_PERM), dtype=np.uint32)  # representatives' signatures
         self._matches = np.zeros(capacity, dtype=np.int64)
         self._line_of = [0] * capacity  # slot -> representative line
+        self._sketch_of: list[bytes] = [b""] * capacity  # slot -> bottom-k sketch
         self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._slot)
 
-    def check(self, line: int, signature: np.ndarray, keys: Sequence[int]) -> NearMatch | None:
-        """The most similar earlier representative above the threshold, else None (and index this reply)."""
-        return self.check_many([line], signature.reshape(1, NUM_PERM), [keys])[0]
+    def check(self, line: int, signature: np.ndarray, keys: Sequence[int], sketch: bytes) -> NearMatch | None:
+        """The most similar earlier representative at or above the threshold, else None (and index this reply)."""
+        return self.check_many([line], signature.reshape(1, NUM_PERM), [keys], [sketch])[0]
 
-    def check_many(self, lines: Sequence[int], signatures: np.ndarray, keys: Sequence[Sequence[int]]) -> list[NearMatch | None]:
-        """``check`` for consecutive replies, with every comparison against earlier representatives done
-        in one numpy operation; the result is the same as checking them one by one."""
+    def _confirm(self, sketch: bytes, slots: list[int]) -> tuple[float, int] | None:
+        best: tuple[float, int] | None = None
+        query = np.frombuffer(sketch, dtype=np.uint64).tolist()
+        query_set = set(query)
+        for rep_slot in slots:
+            other = np.frombuffer(self._sketch_of[rep_slot], dtype=np.uint64).tolist()
+            if len(query) < SKETCH_SIZE and len(other) < SKETCH_SIZE:
+                shared = len(query_set.intersection(other))  # both sets complete: exact Jaccard
+                similarity = shared / (len(query) + len(other) - shared)
+            else:
+                similarity = _bottom_k_jaccard(query_set, set(other))
+            if similarity >= self.threshold and (best is None or similarity > best[0]):
+                best = (similarity, rep_slot)
+        return best
+
+    def check_many(
+        self, lines: Sequence[int], signatures: np.ndarray, keys: Sequence[Sequence[int]], sketches: Sequence[bytes]
+    ) -> list[NearMatch | None]:
+        """``check`` for consecutive replies, with every MinHash comparison against earlier representatives
+        done in one numpy operation; the result is the same as checking them one by one."""
         bands = self._bands
         slot = self._slot
         pair_rows: list[int] = []
@@ -204,27 +256,25 @@ class NearDuplicateIndex:
         agreement = (
             np.count_nonzero(self._matrix[pair_slots] == signatures[pair_rows], axis=1).tolist() if pair_rows else []
         )
-        best_old: dict[int, tuple[int, int]] = {}  # row -> (agreement, slot) of its best earlier representative
+        nominated: dict[int, list[int]] = {}  # row -> slots of earlier representatives worth confirming
         for row, rep_slot, same in zip(pair_rows, pair_slots, agreement):
-            if same >= self._min_same and same > best_old.get(row, (-1, 0))[0]:
-                best_old[row] = (same, rep_slot)
-        line_of_slot = self._line_of
+            if same >= self._min_candidate:
+                nominated.setdefault(row, []).append(rep_slot)
         added: dict[int, int] = {}  # band keys of representatives added during this call
         results: list[NearMatch | None] = []
         for row, (line, row_keys) in enumerate(zip(lines, keys)):
-            best = best_old.get(row)
-            best_line = line_of_slot[best[1]] if best else None
+            slots = nominated.get(row, [])
             if added:
                 # Representatives added by earlier replies of this same call.
                 for candidate in dict.fromkeys(map(added.get, row_keys)):
-                    if candidate is None or candidate not in slot:
-                        continue
-                    same = int(np.count_nonzero(self._matrix[slot[candidate]] == signatures[row]))
-                    if same >= self._min_same and (best is None or same > best[0]):
-                        best, best_line = (same, slot[candidate]), candidate
-            if best is not None and best_line is not None and best_line in slot:
+                    if candidate is not None and candidate in slot:
+                        rep_slot = slot[candidate]
+                        if np.count_nonzero(self._matrix[rep_slot] == signatures[row]) >= self._min_candidate:
+                            slots.append(rep_slot)
+            best = self._confirm(sketches[row], slots) if slots else None
+            if best is not None:
                 self._matches[best[1]] += 1
-                results.append(NearMatch(best_line, best[0] / NUM_PERM))
+                results.append(NearMatch(self._line_of[best[1]], best[0]))
                 continue
             evicted = len(slot) >= self.capacity
             if evicted:
@@ -233,6 +283,7 @@ class NearDuplicateIndex:
             position = len(slot)
             slot[line] = position
             self._line_of[position] = line
+            self._sketch_of[position] = sketches[row]
             self._matrix[position] = signatures[row]
             self._matches[position] = 0
             mapping = dict.fromkeys(row_keys, line)
@@ -241,7 +292,7 @@ class NearDuplicateIndex:
             results.append(None)
             if evicted and row + 1 < len(lines):
                 # Slots were renumbered: check the remaining replies against the new state.
-                results.extend(self.check_many(lines[row + 1 :], signatures[row + 1 :], keys[row + 1 :]))
+                results.extend(self.check_many(lines[row + 1 :], signatures[row + 1 :], keys[row + 1 :], sketches[row + 1 :]))
                 break
         return results
 
@@ -261,8 +312,10 @@ class NearDuplicateIndex:
         self.evictions += len(lines) - len(survivors)
         self._matrix[: len(survivors)] = matrix
         self._matches[: len(survivors)] = matches
+        sketches = [self._sketch_of[index] for index in slots[keep].tolist()]
         self._slot = {line: position for position, line in enumerate(survivors)}
         self._line_of[: len(survivors)] = survivors
+        self._sketch_of[: len(survivors)] = sketches
         self._bands = {}
         for line, row_keys in zip(survivors, band_keys(matrix).tolist()):
             self._bands.update(dict.fromkeys(row_keys, line))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainers.duplicates import ExactDuplicates, NearDuplicateIndex, band_keys, minhash_signatures
+from trainers.duplicates import ExactDuplicates, NearDuplicateIndex, band_keys, reply_sketches
 from trainers.errors import DataFileError
 from trainers.pricing import PriceTable, TrainingQuote, default_epochs, load_price_table, training_cost
 from trainers.records import canonical_json
@@ -225,6 +225,7 @@ class _Block:
     signature_rows: list[int]  # indices into ``lines`` of replies with a MinHash signature
     signatures: Any
     keys: list[list[int]]
+    sketches: list[bytes]
     failure: DataFileError | None  # invalid UTF-8: stops the report at that line
 
 
@@ -372,7 +373,7 @@ class _Analyzer:
             digests.append(digest)
             system_digests.append(system_digest)
             tools_estimated += tools
-        indices, signatures = minhash_signatures(flat, lengths)  # lines with errors added no reply tokens
+        indices, signatures, sketches = reply_sketches(flat, lengths)  # lines with errors added no reply tokens
         # Map signature rows (indices into all rows) to indices into the valid lines.
         valid_index = {}
         position = 0
@@ -384,7 +385,8 @@ class _Analyzer:
         return _Block(
             examples=len(rows), blank_lines=blank, issues=issues, lines=lines, kinds="".join(kinds), totals=totals,
             assistant=assistant, tools_estimated=tools_estimated, digests=digests, system_digests=system_digests,
-            signature_rows=signature_rows, signatures=signatures, keys=band_keys(signatures).tolist(), failure=failure,
+            signature_rows=signature_rows, signatures=signatures, keys=band_keys(signatures).tolist(), sketches=sketches,
+            failure=failure,
         )
 
     def analyze_block(self, first_line: int, block: bytes) -> _Block:
@@ -510,7 +512,8 @@ class _Merger:
             checked_lines = [lines[block.signature_rows[position]] for position in positions]
             signatures = block.signatures[positions] if len(positions) != len(block.signature_rows) else block.signatures
             keys = [block.keys[position] for position in positions]
-            for line, match in zip(checked_lines, self.near.check_many(checked_lines, signatures, keys)):
+            sketches = [block.sketches[position] for position in positions]
+            for line, match in zip(checked_lines, self.near.check_many(checked_lines, signatures, keys, sketches)):
                 if match is not None:
                     self.warnings.add(
                         Issue(line, "near_duplicate", f"line {line}: the assistant reply is ~{match.similarity:.0%} similar to {label(match.line)}'s "
@@ -539,7 +542,7 @@ class _Merger:
             totals=pick(block.totals), assistant=pick(block.assistant), tools_estimated=block.tools_estimated,
             digests=pick(block.digests), system_digests=pick(block.system_digests),
             signature_rows=[new for new, _ in rows], signatures=block.signatures[[old for _, old in rows]] if rows else block.signatures[:0],
-            keys=[block.keys[old] for _, old in rows], failure=None,
+            keys=[block.keys[old] for _, old in rows], sketches=[block.sketches[old] for _, old in rows], failure=None,
         )
 
     def _track_system_prompts(self, digests: list[int], lines: list[int]) -> None:
