@@ -171,3 +171,36 @@ def test_a_crashing_worker_records_its_error_and_traceback(sqlite_db, local_env,
     assert "Traceback" in update.job.log_tail and "ConfigError" in update.job.log_tail
     assert job_metrics(sqlite_db, job.id) == []
     assert started.worker_pid
+
+
+def test_the_worker_runs_the_training_entry_point_under_accelerate_launch(sqlite_db, local_env, monkeypatch):
+    from trainers.launch import read_log_tail
+    from trainers.training import start_job, wait_for_job
+
+    monkeypatch.setenv("FTBOT_LAUNCHER", "accelerate")
+    job = _quoted_local_job(sqlite_db, local_env, max_steps=3)
+    start_job(sqlite_db, job.id)
+    update = wait_for_job(sqlite_db, job.id, interval=0.5, timeout=240)
+    assert update.job.status == JobStatus.SUCCEEDED, update.job.error
+    assert "-m accelerate.commands.launch --num_processes 1 -m trainers.local.entry" in read_log_tail(job.id, lines=400)
+    assert [m.step for m in job_metrics(sqlite_db, job.id) if m.train_loss is not None] == [1, 2, 3]
+    assert update.model is not None and Path(update.model.location, "adapter_config.json").is_file()
+
+
+def test_merged_export_equals_base_plus_adapter(tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainers.local.train import load_for_generation, train
+
+    records = sample_conversations(8, max_turns=1)
+    result = train(LocalTrainConfig(base_model=str(tiny_model_dir), merge=True, **{**FAST, "max_steps": 3}),
+                   records[:6], records[6:], tmp_path / "job")
+    assert result.merged_dir is not None and (result.merged_dir / "config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(result.merged_dir).eval()
+    with_adapter, tokenizer = load_for_generation(result.adapter_dir)
+    ids = tokenizer.apply_chat_template(records[7]["messages"], tokenize=True, return_dict=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, with_adapter(input_ids=ids).logits, atol=1e-4)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+        assert not torch.allclose(base(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-3)
