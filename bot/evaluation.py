@@ -514,14 +514,16 @@ def close_and_report(bot: "BotContext", round_id: int, *, closed_by: str | None 
 
 
 def results_blocks(report: Any, *, note: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    from trainers.eval_report import format_p
+
     lines = report.lines()
     s = report.summary
     if s.win_rate is None:
         headline = f"Round #{report.round.id}: no decisive votes yet"
     else:
         subject = report.candidate if report.revealed else "the candidate"
-        headline = (f"Round #{report.round.id}: {subject} wins {s.win_rate:.0%} of decisive votes "
-                    f"(95% CI {s.ci.low:.0%}–{s.ci.high:.0%}, p = {s.p_value:.3g}) — {s.verdict}")
+        headline = (f"Round #{report.round.id}: {subject} wins {s.win_rate:.1%} of decisive votes "
+                    f"(95% CI {s.ci.low:.1%}–{s.ci.high:.1%}, {format_p(s.p_value)}) — {s.verdict}")
     out = [bk.header(bk.truncate(headline, bk.MAX_HEADER_TEXT))]
     body, leaderboard = [], []
     in_board = False

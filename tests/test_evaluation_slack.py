@@ -168,7 +168,7 @@ def test_full_loop_post_vote_close_results_and_pairs(harness, openai_api):
     results = [c for c in h.fake.calls_to("chat.postMessage") if "Round #" in (c.args.get("text") or "")]
     assert len(results) == 1
     body = json.dumps(results[0].args["blocks"])
-    assert "wins 75% of decisive votes" in body  # 3 wins of 4 decisive votes
+    assert "wins 75.0% of decisive votes" in body  # 3 wins of 4 decisive votes
     assert "Revealed" in body and CANDIDATE in body and "gpt-4o-mini-2024-07-18 (OpenAI)" in body
     assert "preference pair" in body
     uploads = [f for f in h.fake.files.values() if f["name"].endswith(".png")]

@@ -116,7 +116,7 @@ class RoundReport:
         else:
             out.append(
                 f"Win rate on decisive votes: {s.win_rate:.1%} (95% Wilson interval {s.ci.low:.1%}–{s.ci.high:.1%}); "
-                f"exact sign test {_p(s.p_value)} → {s.verdict}."
+                f"exact sign test {format_p(s.p_value)} → {s.verdict}."
             )
             if s.tie_inclusive_rate is not None:
                 out.append(f"Counting ties and both-bad as half a win: {s.tie_inclusive_rate:.1%}.")
@@ -126,13 +126,13 @@ class RoundReport:
                 )
             needed = wins_needed(s.decisive)
             if needed is not None and not s.significant:
-                out.append(f"Significance at {s.decisive} decisive votes needs {needed} wins.")
+                out.append(f"Significance at {s.decisive} decisive votes needs {needed} of them for one side.")
         if s.underpowered:
             out.append(s.underpowered)
         bias = s.position_bias
         if bias.a_wins + bias.b_wins:
             verdict = "voters favour a side" if bias.biased else "no sign of side bias"
-            out.append(f"Position check: A won {bias.a_wins}, B won {bias.b_wins} ({_p(bias.p_value)}; {verdict}).")
+            out.append(f"Position check: A won {bias.a_wins}, B won {bias.b_wins} ({format_p(bias.p_value)}; {verdict}).")
         if s.votes_per_voter:
             voters = ", ".join(f"{voter}: {count}" for voter, count in list(s.votes_per_voter.items())[:10])
             more = len(s.votes_per_voter) - 10
@@ -161,7 +161,7 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _p(value: float) -> str:
+def format_p(value: float) -> str:
     return "p < 0.001" if value < 0.001 else f"p = {value:.3f}" if value < 0.1 else f"p = {value:.2f}"
 
 

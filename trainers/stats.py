@@ -132,7 +132,7 @@ def underpowered_note(wins: int, decisive: int, alpha: float = 0.05, target: flo
     needed = votes_for_power(effect_rate, target, alpha)
     return (
         f"Underpowered: {decisive} decisive votes give {achieved:.0%} power to detect a true "
-        f"{effect_rate:.0%} win rate; about {needed} are needed for {target:.0%} power."
+        f"{effect_rate:.0%}/{1 - effect_rate:.0%} preference; about {needed} are needed for {target:.0%} power."
     )
 
 
