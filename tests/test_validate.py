@@ -518,3 +518,19 @@ def test_sketch_jaccard_is_exact_for_short_replies() -> None:
     _, _, sketches = reply_sketches(first + second, [len(first), len(second)])
     a, b = set(zip(first, first[1:], first[2:])), set(zip(second, second[1:], second[2:]))
     assert sketch_jaccard(sketches[0], sketches[1]) == pytest.approx(len(a & b) / len(a | b))
+
+
+def _die(first_line: int, block: bytes) -> None:
+    import os
+
+    os._exit(9)  # what the kernel's OOM killer does to a worker
+
+
+def test_a_dying_worker_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainers.errors import FtbotError
+
+    path = write_jsonl(tmp_path / "data.jsonl", varied_lines(50))
+    monkeypatch.setattr(report_module, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(report_module, "_work", _die)
+    with pytest.raises(FtbotError, match="worker process stopped unexpectedly"):
+        build_report(path, model="gpt-4o-mini", workers=2)

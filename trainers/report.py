@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.duplicates import ExactDuplicates, NearDuplicateIndex, band_keys, reply_sketches
-from trainers.errors import DataFileError
+from trainers.errors import DataFileError, FtbotError
 from trainers.pricing import PriceTable, TrainingQuote, default_epochs, load_price_table, training_cost
 from trainers.records import canonical_json
 from trainers.tokens import TokenCounter, encoding_for_model, encoding_name_for_model, ensure_encoding_cache
@@ -694,6 +694,7 @@ def _analyze_file(
                 progress(done, size)
         return 1
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     context = _pool_context()
     if context.get_start_method() == "fork":
@@ -714,6 +715,11 @@ def _analyze_file(
                 done += _drain_one(pending, merger)
                 if progress:
                     progress(done, size)
+        except BrokenProcessPool:
+            raise FtbotError(
+                f"{path}: a checking worker process stopped unexpectedly (out of memory or killed); "
+                "free some memory and run it again"
+            ) from None
         except BaseException:
             for future, _ in pending:
                 future.cancel()
