@@ -181,3 +181,19 @@ def test_the_budget_cap_needs_an_admin(approved, openai_api, monkeypatch):
     with pytest.raises(ValidationFailed, match="above the budget cap"):
         start_job(approved, quoted.job.id)
     assert start_job(approved, quoted.job.id, admin_confirmed=True).started
+
+
+def test_an_unreachable_openai_leaves_the_job_startable(approved, openai_api, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{closed}/v1")
+    monkeypatch.setenv("FTBOT_OPENAI_MAX_RETRIES", "0")
+    job = quote_job(approved, backend="openai", model=MODEL).job
+    with pytest.raises(TrainingError, match="cannot reach OpenAI"):
+        start_job(approved, job.id)
+    assert get_job(approved, job.id).status == JobStatus.QUOTED
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_api.base_url)
+    assert start_job(approved, job.id).started and get_job(approved, job.id).external_id

@@ -32,7 +32,7 @@ from storage.jobs import (
 )
 from storage.models import Job, JobStatus, RegisteredModel
 from storage.snapshots import create_snapshot
-from trainers.errors import ConfigError, TrainingError, ValidationFailed
+from trainers.errors import ConfigError, FtbotError, TrainingError, ValidationFailed
 from trainers.launch import read_log_tail, spawn_worker, stop_worker, worker_exit_code
 from trainers.local.config import TINY_BASE_MODEL, LocalTrainConfig, configured_base_model
 from trainers.quote import Quote, TrainingSettings, build_quote
@@ -139,13 +139,20 @@ def start_job(
 
         try:
             return StartResult(OpenAIBackend(openai_client).submit(db, job_id), True)
-        except TrainingError:
+        except FtbotError:
+            # Unreachable OpenAI or a missing key leaves the job pending with nothing created (refusals already
+            # failed it): release it so Start works again once that is fixed.
+            claim_job(db, job_id, from_status=JobStatus.PENDING, to_status=JobStatus.QUOTED)
             raise
         except Exception as error:
             finish_job(db, job_id, JobStatus.FAILED, error=f"Could not start the OpenAI job: {error}")
             raise TrainingError(f"could not start the OpenAI job: {error}") from error
     url = database_url or db.engine.url.render_as_string(hide_password=False)
-    pid = spawn_worker(job_id, database_url=url)
+    try:
+        pid = spawn_worker(job_id, database_url=url)
+    except OSError as error:
+        finish_job(db, job_id, JobStatus.FAILED, error=f"Could not start the training worker: {error}")
+        raise TrainingError(f"could not start the training worker process: {error}") from error
     return StartResult(update_job(db, job_id, worker_pid=pid), True)
 
 
