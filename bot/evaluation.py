@@ -123,6 +123,23 @@ def _candidate(bot: "BotContext", name: str | None):
     return model
 
 
+_start_lock = threading.Lock()
+
+
+def _refuse_if_preparing(bot: "BotContext", channel: str) -> None:
+    """One round in preparation per channel: say which, and how to finish or drop it."""
+    preparing = (RoundStatus.QUOTED, RoundStatus.GENERATING, RoundStatus.POSTING)
+    busy = [r for r in evals.list_rounds(bot.db, statuses=preparing) if r.channel == channel]
+    if not busy:
+        return
+    last = busy[-1]
+    if last.status != RoundStatus.QUOTED and not _in_flight(bot, last.id):
+        raise FtbotError(f"round #{last.id} stopped while {last.status} (was ftbot restarted?): "
+                         f"`/ft eval resume {last.id}` finishes it, `/ft eval cancel {last.id}` drops it.")
+    raise FtbotError(f"round #{last.id} is still being prepared in this channel ({last.status}); "
+                     f"wait for it to be posted, or `/ft eval cancel {last.id}`.")
+
+
 def start_round(bot: "BotContext", ctx: CommandContext, model_name: str | None, n: int) -> EvalRound:
     """Create the round and either ask to confirm the OpenAI cost or start generating."""
     from trainers.generate import baseline_name, display_name, model_spec, registered_spec
@@ -131,15 +148,7 @@ def start_round(bot: "BotContext", ctx: CommandContext, model_name: str | None, 
     if not bot.roles.may_train(ctx.user_id):
         raise FtbotError("only trainers can start an evaluation round (FTBOT_TRAINERS); ask an ftbot admin.")
     close_due_rounds(bot)
-    busy = [r for r in evals.list_rounds(bot.db, statuses=(RoundStatus.QUOTED, RoundStatus.GENERATING, RoundStatus.POSTING))
-            if r.channel == ctx.channel_id]
-    if busy:
-        last = busy[-1]
-        if last.status != RoundStatus.QUOTED and not _in_flight(bot, last.id):
-            raise FtbotError(f"round #{last.id} stopped while {last.status} (was ftbot restarted?): "
-                             f"`/ft eval resume {last.id}` finishes it, `/ft eval cancel {last.id}` drops it.")
-        raise FtbotError(f"round #{last.id} is still being prepared in this channel ({last.status}); "
-                         f"wait for it to be posted, or `/ft eval cancel {last.id}`.")
+    _refuse_if_preparing(bot, ctx.channel_id)
     candidate = _candidate(bot, model_name)
     baseline = baseline_name(bot.db, candidate, bot.settings.eval_baseline)
     items = evals.eval_items(bot.db, candidate, limit=n)
@@ -150,10 +159,12 @@ def start_round(bot: "BotContext", ctx: CommandContext, model_name: str | None, 
         )
     specs = [registered_spec(candidate), model_spec(bot.db, baseline)]
     paid = [spec for spec in specs if spec.backend == "openai"]
-    round_ = evals.create_round(
-        bot.db, candidate_model=candidate.name, baseline_model=baseline, prompts=[item.prompt for item in items],
-        channel=ctx.channel_id, created_by=ctx.user_id, status=RoundStatus.QUOTED if paid else RoundStatus.GENERATING,
-    ).example
+    with _start_lock:  # a double-submitted /ft eval must not create two rounds
+        _refuse_if_preparing(bot, ctx.channel_id)
+        round_ = evals.create_round(
+            bot.db, candidate_model=candidate.name, baseline_model=baseline, prompts=[item.prompt for item in items],
+            channel=ctx.channel_id, created_by=ctx.user_id, status=RoundStatus.QUOTED if paid else RoundStatus.GENERATING,
+        ).example
     who = f"*{len(items)}* questions, {bk.escape(display_name(candidate.name))} vs {bk.escape(display_name(baseline))}"
     if not paid:
         ctx.respond(f"Round #{round_.id}: {len(items)} questions. Generating answers locally; the blind comparisons "
@@ -294,7 +305,17 @@ def _run_round(bot: "BotContext", round_id: int, *, started_by: str | None, poll
         evals.move_round(bot.db, round_id, RoundStatus.FAILED, from_status=RoundStatus.GENERATING)
         progress.show(f"generation failed unexpectedly ({type(error).__name__}); see ftbot's log.")
         return
-    _post_round(bot, round_id, progress=progress, started_by=started_by)
+    try:
+        _post_round(bot, round_id, progress=progress, started_by=started_by)
+    except SlackApiError as error:
+        _posting_stopped(round_id, progress, error)
+
+
+def _posting_stopped(round_id: int, progress: _Progress, error: SlackApiError) -> None:
+    reason = error.response.get("error") or str(error)
+    log.warning("posting round %s stopped: %s", round_id, reason)
+    hint = " Invite me first (`/invite @ftbot`)." if reason in ("not_in_channel", "channel_not_found") else ""
+    progress.show(f"posting stopped: Slack said {reason}.{hint} `/ft eval resume {round_id}` posts the rest.")
 
 
 def _wait_for_worker(bot: "BotContext", process: subprocess.Popen, round_id: int, total: int, progress: _Progress,
@@ -383,7 +404,12 @@ def post_round(bot: "BotContext", round_id: int, *, started_by: str | None = Non
     if not _claim_in_process(bot, round_id):
         return False
     try:
-        return _post_round(bot, round_id, started_by=started_by, resume=resume)
+        progress = _Progress(bot, evals.get_round(bot.db, round_id))
+        try:
+            return _post_round(bot, round_id, progress=progress, started_by=started_by, resume=resume)
+        except SlackApiError as error:
+            _posting_stopped(round_id, progress, error)
+            return False
     finally:
         _release_in_process(bot, round_id)
 

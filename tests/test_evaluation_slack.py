@@ -54,7 +54,15 @@ def harness(sqlite_db, fake_slack, openai_api):
     try:
         yield h
     finally:
+        _stop_scheduler(h)
         h.close()
+
+
+def _stop_scheduler(h: SlackHarness) -> None:
+    # Opening a round schedules the close check; stop its thread with the test's database.
+    from bot.scheduler import stop_scheduler
+
+    stop_scheduler(h.bot, wait=True)
 
 
 def _start_round(h: SlackHarness, text: str = "eval --n 4") -> int:
@@ -231,6 +239,7 @@ def test_voter_allowlist_and_timed_close(sqlite_db, fake_slack, openai_api):
         assert [v.choice for _, v in evals.round_votes(h.db, round_id)] == ["B"]
         assert any("Round #" in (c.args.get("text") or "") for c in h.fake.calls_to("chat.postMessage"))
     finally:
+        _stop_scheduler(h)
         h.close()
 
 
@@ -415,3 +424,37 @@ def test_resume_after_a_restart_posts_only_what_is_missing(harness, openai_api):
     h.command(f"eval resume {second.id}", user_id="U_AGENT")
     h.wait()
     assert "nothing to resume" in h.fake.responses[-1]["text"]
+
+
+def test_posting_stopped_by_slack_says_how_to_resume(harness, openai_api):
+    h = harness
+    _seed_model(h.db)
+    round_id = _start_round(h, "eval --n 3")
+    # The first comparison posts; then Slack refuses (e.g. the bot was removed from the channel).
+    original = h.bot.client.chat_postMessage
+    posted = []
+
+    def flaky(**kwargs):
+        if "Blind comparison" in kwargs.get("text", "") and posted:
+            from slack_sdk.errors import SlackApiError
+            from slack_sdk.web import SlackResponse
+
+            response = SlackResponse(client=None, http_verb="POST", api_url="", req_args={},
+                                     data={"ok": False, "error": "not_in_channel"}, headers={}, status_code=200)
+            raise SlackApiError("not_in_channel", response)
+        result = original(**kwargs)
+        if "Blind comparison" in kwargs.get("text", ""):
+            posted.append(result["ts"])
+        return result
+
+    h.bot.client.chat_postMessage = flaky
+    _post(h, round_id)
+    assert evals.get_round(h.db, round_id).status == RoundStatus.POSTING
+    updates = [c.args.get("text", "") for c in h.fake.calls_to("chat.update")]
+    assert any("posting stopped" in t and "not_in_channel" in t and f"/ft eval resume {round_id}" in t for t in updates)
+
+    h.bot.client.chat_postMessage = original
+    h.command(f"eval resume {round_id}", user_id="U_AGENT")
+    h.wait()
+    assert evals.get_round(h.db, round_id).status == RoundStatus.OPEN
+    assert len(_comparison_posts(h)) == 3
