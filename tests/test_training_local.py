@@ -12,7 +12,6 @@ import pytest
 from storage.examples import import_records
 from storage.jobs import get_job, job_metrics, list_models
 from storage.models import JobStatus
-from storage.pairs import add_pair
 from trainers.local.config import LocalTrainConfig
 from trainers.tiny_model import CHATML_TRAINING_TEMPLATE, sample_conversations
 
