@@ -133,6 +133,9 @@ def test_local_round_through_slack_posts_without_a_cost_question(sqlite_db, fake
         posts = [c for c in fake_slack.calls_to("chat.postMessage") if "Blind comparison" in (c.args.get("text") or "")]
         assert len(posts) == len(evals.round_comparisons(sqlite_db, round_.id)) == 3
     finally:
+        from bot.scheduler import stop_scheduler
+
+        stop_scheduler(h.bot, wait=True)
         h.close()
 
 
