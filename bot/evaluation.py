@@ -539,10 +539,11 @@ def close_and_report(bot: "BotContext", round_id: int, *, closed_by: str | None 
     return True
 
 
-def results_blocks(report: Any, *, note: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+def results_blocks(report: Any, *, note: str | None = None,
+                   name_of: Callable[[str], str] = str) -> tuple[str, list[dict[str, Any]]]:
     from trainers.eval_report import format_p
 
-    lines = report.lines()
+    lines = report.lines(name_of)
     s = report.summary
     if s.win_rate is None:
         headline = f"Round #{report.round.id}: no decisive votes yet"
@@ -565,13 +566,20 @@ def results_blocks(report: Any, *, note: str | None = None) -> tuple[str, list[d
     return bk.fallback(headline), bk.fit_blocks(out)
 
 
+def _voter_names(client: WebClient) -> Callable[[str], str]:
+    """User ID → display name (users.info, cached per report; the ID itself when Slack cannot say)."""
+    from bot.capture import _Names
+
+    return _Names(client)
+
+
 def post_results(bot: "BotContext", round_id: int, *, channel: str, note: str | None = None) -> dict[str, Any]:
     """Post the results (revealed once closed) and upload the chart PNG to the channel."""
     from trainers.eval_plots import results_png
     from trainers.eval_report import round_report
 
     report = round_report(bot.db, round_id)
-    text, view = results_blocks(report, note=note)
+    text, view = results_blocks(report, note=note, name_of=_voter_names(bot.client))
     posted = _slack(bot.client.chat_postMessage, channel=channel, text=text, blocks=view)
     candidate = report.candidate if report.revealed else "candidate"
     baseline = report.baseline if report.revealed else "baseline"
@@ -835,7 +843,7 @@ def results_command(bot: "BotContext", ctx: CommandContext) -> None:
         return
     # Still open: interim numbers to the asker only, model names hidden, so the tally does not sway the voters.
     report = round_report(bot.db, round_.id)
-    text, view = results_blocks(report, note="Interim result, only visible to you. `/ft eval close` ends voting, reveals the "
+    text, view = results_blocks(report, name_of=_voter_names(ctx.client), note="Interim result, only visible to you. `/ft eval close` ends voting, reveals the "
                                              "models and posts the result with its chart.")
     ctx.respond(text, blocks=view)
 

@@ -237,7 +237,8 @@ def test_voter_allowlist_and_timed_close(sqlite_db, fake_slack, openai_api):
         _react(h, "U_LEAD", "a", first.message_ts, event_id="EvC")
         assert evals.get_round(h.db, round_id).status == RoundStatus.CLOSED
         assert [v.choice for _, v in evals.round_votes(h.db, round_id)] == ["B"]
-        assert any("Round #" in (c.args.get("text") or "") for c in h.fake.calls_to("chat.postMessage"))
+        [result] = [c for c in h.fake.calls_to("chat.postMessage") if "Round #" in (c.args.get("text") or "")]
+        assert "Votes per voter: lee: 1" in json.dumps(result.args["blocks"])  # names from users.info
     finally:
         _stop_scheduler(h)
         h.close()

@@ -7,6 +7,7 @@ when an LLM judge scored the round. No Slack here: the bot and the CLI format :c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,8 +106,11 @@ class RoundReport:
             "judges": [j.to_json() for j in self.judges],
         }
 
-    def lines(self) -> list[str]:
-        """The result as plain sentences (the CLI prints them; the bot puts them into blocks)."""
+    def lines(self, name_of: Callable[[str], str] = str) -> list[str]:
+        """The result as plain sentences (the CLI prints them; the bot puts them into blocks).
+
+        `name_of` turns a voter's user ID into a display name (the bot looks names up in Slack).
+        """
         s = self.summary
         who = self.candidate if self.revealed else "the candidate"
         out = [f"Round {self.round.id} ({self.round.status}): {s.total} votes on {len(self.comparisons)} questions — "
@@ -134,7 +138,7 @@ class RoundReport:
             verdict = "voters favour a side" if bias.biased else "no sign of side bias"
             out.append(f"Position check: A won {bias.a_wins}, B won {bias.b_wins} ({format_p(bias.p_value)}; {verdict}).")
         if s.votes_per_voter:
-            voters = ", ".join(f"{voter}: {count}" for voter, count in list(s.votes_per_voter.items())[:10])
+            voters = ", ".join(f"{name_of(voter)}: {count}" for voter, count in list(s.votes_per_voter.items())[:10])
             more = len(s.votes_per_voter) - 10
             out.append(f"Votes per voter: {voters}" + (f" and {more} more" if more > 0 else "") + ".")
         if self.revealed:

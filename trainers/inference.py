@@ -245,6 +245,11 @@ class LocalGenerator:
     def _prompt_text(self, messages: Messages) -> str:
         from trainers.local.data import _message
 
+        if not self.tokenizer.chat_template:
+            raise ConfigError(
+                "this model's tokenizer has no chat template, so it cannot answer chat prompts; "
+                "evaluate an instruct/chat model (or one fine-tuned by ftbot, which saves its template)."
+            )
         return self.tokenizer.apply_chat_template(
             [_message(m) for m in messages], tokenize=False, add_generation_prompt=True
         )
