@@ -700,11 +700,10 @@ def add_question(bot: "BotContext", ctx: CommandContext) -> None:
 
 def _trained_by(bot: "BotContext", digest: str) -> list[str]:
     from storage.jobs import list_models
-    from storage.snapshots import prompt_hashes
 
     names = []
     for model in list_models(bot.db)[:10]:
-        if model.snapshot_id is not None and digest in prompt_hashes(bot.db, model.snapshot_id):
+        if model.snapshot_id is not None and digest in evals.trained_prompt_hashes(bot.db, model.snapshot_id):
             names.append(model.name)
     return names
 

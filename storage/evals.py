@@ -135,18 +135,37 @@ def remove_eval_prompt(db: Database, prompt_id: int) -> bool:
         return session.execute(delete(EvalPrompt).where(EvalPrompt.id == prompt_id)).rowcount == 1
 
 
+def trained_prompt_hashes(db: Database, snapshot_id: int) -> set[str]:
+    """Hashes of every prompt a model trained on this snapshot learned to answer.
+
+    In a multi-turn SFT example every assistant turn is trained, so each conversation prefix that ends right before
+    an assistant turn counts, not only the last one (``storage.snapshots.prompt_hashes`` covers the last one).
+    """
+    from storage.snapshots import TRAIN, snapshot_records
+
+    hashes: set[str] = set()
+    for record in snapshot_records(db, snapshot_id, TRAIN):
+        messages = record["input"]["messages"] if "input" in record else record["messages"]
+        if "input" in record:
+            hashes.add(prompt_hash(messages))
+        for index, message in enumerate(messages):
+            if message.get("role") == "assistant" and index > 0:
+                hashes.add(prompt_hash(messages[:index]))
+    return hashes
+
+
 def eval_items(db: Database, candidate: RegisteredModel | None, *, limit: int | None = None, seed: int | None = None) -> list[EvalItem]:
     """The held-out questions for `candidate`: its snapshot's validation split, then questions added by hand.
 
     A question whose prompt hash is in the candidate's train split is dropped (it would measure memorisation).
     Duplicates are dropped. With `limit`, a random sample (reproducible with `seed`) keeps the mix of sources.
     """
-    from storage.snapshots import TRAIN, VALIDATION, prompt_hashes, snapshot_records
+    from storage.snapshots import VALIDATION, snapshot_records
 
     trained_on: set[str] = set()
     items: list[EvalItem] = []
     if candidate is not None and candidate.snapshot_id is not None:
-        trained_on = prompt_hashes(db, candidate.snapshot_id, TRAIN)
+        trained_on = trained_prompt_hashes(db, candidate.snapshot_id)
         for record in snapshot_records(db, candidate.snapshot_id, VALIDATION):
             if "input" in record:  # a DPO snapshot: the prompt and the preferred reply
                 preferred = record.get("preferred_output") or [{}]

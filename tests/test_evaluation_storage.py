@@ -197,6 +197,25 @@ def test_eval_items_use_validation_split_and_added_questions_but_never_training_
         evals.add_eval_prompt(db, [{"role": "assistant", "content": "no question"}])
 
 
+def test_every_trained_turn_of_a_multi_turn_example_is_excluded(db):
+    first_turn = [{"role": "user", "content": "Hi, my order is late."}]
+    record = {"messages": [*first_turn, {"role": "assistant", "content": "Which order?"},
+                           {"role": "user", "content": "Order 7."}, {"role": "assistant", "content": "It ships today."}]}
+    for i, r in enumerate([record] + [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+                                      for i in range(9)]):
+        save_capture(db, record=r, source_key=f"m{i}", channel="C", ts=f"{i}.0", thread_ts=None, permalink=None,
+                     captured_by="U", status="approved")
+    snapshot = create_snapshot(db, validation_fraction=0.1).snapshot
+    # The split is deterministic: with these records the multi-turn example lands in the train split.
+    assert record["messages"] in [r["messages"] for r in snapshot_records(db, snapshot.id, "train")]
+    hashes = evals.trained_prompt_hashes(db, snapshot.id)
+    assert evals.prompt_hash(first_turn) in hashes  # the first answer was trained too
+    assert evals.prompt_hash(record["messages"][:3]) in hashes
+    model, _ = register_model(db, name="m", backend="openai", base_model="gpt-4o-mini", location="ft:m", snapshot_id=snapshot.id)
+    evals.add_eval_prompt(db, first_turn)
+    assert all(item.prompt != first_turn for item in evals.eval_items(db, model))
+
+
 def test_judge_verdicts_upsert(db):
     cid = evals.round_comparisons(db, _round(db).id)[0].id
     evals.save_verdict(db, cid, "gpt-4o", "A", {"orders": ["A", "A"]})
