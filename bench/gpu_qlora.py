@@ -88,12 +88,12 @@ def token_rows(n: int, vocab: int, *, length: int | None, seed: int = 0) -> list
 
 
 class Stopwatch:
-    """Times steps after a warm-up (CUDA kernels compiled, allocator settled)."""
+    """Times the steps after a warm-up (kernels loaded, allocator settled), from TRL's per-step token counts."""
 
-    def __init__(self, warmup: int):
-        self.warmup = warmup
-        self.start_time: float | None = None
-        self.start_tokens = 0
+    def __init__(self, warmup: int, steps: int):
+        self.warmup, self.steps = warmup, steps
+        self.start: tuple[float, int] | None = None
+        self.end: tuple[float, int] | None = None
 
     def callback(self):
         from transformers import TrainerCallback
@@ -101,13 +101,23 @@ class Stopwatch:
         watch = self
 
         class _Callback(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step == watch.warmup:
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if not logs or "num_tokens" not in logs:
+                    return
+                if state.global_step in (watch.warmup, watch.steps):
                     _sync()
-                    watch.start_time = time.perf_counter()
-                    watch.start_tokens = _tokens(state)
+                    mark = (time.perf_counter(), int(logs["num_tokens"]))
+                    if state.global_step == watch.warmup:
+                        watch.start = mark
+                    else:
+                        watch.end = mark
 
         return _Callback()
+
+    def tokens_per_second(self) -> tuple[int, float]:
+        if self.start is None or self.end is None:
+            return 0, 0.0
+        return self.end[1] - self.start[1], self.end[0] - self.start[0]
 
 
 def _sync() -> None:
@@ -115,11 +125,6 @@ def _sync() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def _tokens(state) -> int:
-    seen = [e["num_tokens"] for e in state.log_history if "num_tokens" in e]
-    return int(seen[-1]) if seen else 0
 
 
 def run_variant(name: str, model_dir: Path, rows: list[dict], *, quantize: bool, packing: bool, steps: int, warmup: int,
@@ -143,14 +148,10 @@ def run_variant(name: str, model_dir: Path, rows: list[dict], *, quantize: bool,
         )
     if cuda:
         kwargs["device_map"] = {"": 0}
-    attention = "sdpa"
-    if cuda:
-        try:
-            import flash_attn  # noqa: F401
+    import importlib.util
 
-            attention = "flash_attention_2"
-        except ImportError:
-            pass
+    # FlashAttention 2 when installed (varlen kernels make packing pay off fully); SDPA otherwise.
+    attention = "flash_attention_2" if cuda and importlib.util.find_spec("flash_attn") else "sdpa"
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attention, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     args = SFTConfig(
@@ -159,7 +160,7 @@ def run_variant(name: str, model_dir: Path, rows: list[dict], *, quantize: bool,
         max_length=length, packing=packing, gradient_checkpointing=cuda, bf16=bf16, use_cpu=not cuda,
         dataloader_num_workers=0, seed=0,
     )
-    watch = Stopwatch(warmup)
+    watch = Stopwatch(warmup, steps)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
@@ -167,16 +168,14 @@ def run_variant(name: str, model_dir: Path, rows: list[dict], *, quantize: bool,
     )
     with contextlib.redirect_stdout(io.StringIO()):
         trainer.train()
-    _sync()
-    elapsed = time.perf_counter() - (watch.start_time or time.perf_counter())
-    tokens = _tokens(trainer.state) - watch.start_tokens
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    tokens, elapsed = watch.tokens_per_second()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     del trainer, model
     if cuda:
         torch.cuda.empty_cache()
     return {"variant": name, "tokens": tokens, "seconds": round(elapsed, 2), "tokens_per_s": round(tokens / elapsed, 1) if elapsed else None,
-            "peak_gib": round(peak, 2), "attention": attention, "first_loss": losses[0] if losses else None,
+            "peak_gib": round(peak, 2) if peak is not None else None, "attention": attention, "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None}
 
 
@@ -227,7 +226,8 @@ def main() -> int:
     print(f"|{'-' * 50}|{'-' * 14}|{'-' * 10}|{'-' * 19}|{'-' * 19}|")
     for r in results:
         loss = f"{r['first_loss']:.3f}→{r['last_loss']:.3f}" if r["first_loss"] is not None else "-"
-        print(f"| {r['variant']:<48} | {r['tokens_per_s'] or 0:>12,.0f} | {r['peak_gib']:>8} | {r['attention']:>17} | {loss:>17} |")
+        peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"  # no GPU memory on CPU
+        print(f"| {r['variant']:<48} | {r['tokens_per_s'] or 0:>12,.0f} | {peak:>8} | {r['attention']:>17} | {loss:>17} |")
     for label, value in ANCHORS:
         print(f"| {label:<48} | {value:>12,} | {'-':>8} | {'-':>17} | {'-':>17} |")
     if args.json:
