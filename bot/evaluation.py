@@ -140,10 +140,36 @@ def _refuse_if_preparing(bot: "BotContext", channel: str) -> None:
                      f"wait for it to be posted, or `/ft eval cancel {last.id}`.")
 
 
+def _cost_quote(paid: list[Any], items: list[evals.EvalItem]) -> tuple[list[str], str]:
+    """(one line per OpenAI model, the total) for generating answers to `items`."""
+    from trainers.inference import GenerationSettings, estimate_openai_cost, mean_answer_tokens
+
+    settings = GenerationSettings.from_env()
+    prompts = [item.prompt for item in items]
+    lines = []
+    expected_total = maximum_total = 0.0
+    unknown = False
+    for spec in paid:
+        estimate = estimate_openai_cost(
+            spec.model, prompts, settings,
+            expected_answer_tokens=mean_answer_tokens([i.reference or "" for i in items], spec.model),
+        )
+        if estimate.expected_usd is None or estimate.max_usd is None:
+            unknown = True
+            lines.append(f"• `{bk.escape(spec.model)}`: {estimate.input_tokens:,} input tokens, up to "
+                         f"{estimate.max_output_tokens:,} output tokens — *no price in the table*")
+            continue
+        expected_total += estimate.expected_usd
+        maximum_total += estimate.max_usd
+        lines.append(f"• `{bk.escape(spec.model)}`: {estimate.input_tokens:,} input + ~{estimate.expected_output_tokens:,} "
+                     f"output tokens ≈ *${estimate.expected_usd:.4f}* (at most ${estimate.max_usd:.4f})")
+    total = f"≈ *${expected_total:.4f}* (at most ${maximum_total:.4f})" + (" plus unpriced models" if unknown else "")
+    return lines, total
+
+
 def start_round(bot: "BotContext", ctx: CommandContext, model_name: str | None, n: int) -> EvalRound:
     """Create the round and either ask to confirm the OpenAI cost or start generating."""
     from trainers.generate import baseline_name, display_name, model_spec, registered_spec
-    from trainers.inference import GenerationSettings
 
     if not bot.roles.may_train(ctx.user_id):
         raise FtbotError("only trainers can start an evaluation round (FTBOT_TRAINERS); ask an ftbot admin.")
@@ -159,6 +185,8 @@ def start_round(bot: "BotContext", ctx: CommandContext, model_name: str | None, 
         )
     specs = [registered_spec(candidate), model_spec(bot.db, baseline)]
     paid = [spec for spec in specs if spec.backend == "openai"]
+    # Price the round before creating it: an estimate that fails leaves nothing half-made behind.
+    quote_lines, quote_total = _cost_quote(paid, items) if paid else ([], "")
     with _start_lock:  # a double-submitted /ft eval must not create two rounds
         _refuse_if_preparing(bot, ctx.channel_id)
         round_ = evals.create_round(
@@ -173,34 +201,13 @@ def start_round(bot: "BotContext", ctx: CommandContext, model_name: str | None, 
         bot.defer(run_round, bot, round_.id, started_by=ctx.user_id)
         return round_
 
-    from trainers.inference import estimate_openai_cost, mean_answer_tokens
-
-    settings = GenerationSettings.from_env()
-    prompts = [item.prompt for item in items]
-    lines = []
-    expected_total = maximum_total = 0.0
-    unknown = []
-    for spec in paid:
-        estimate = estimate_openai_cost(
-            spec.model, prompts, settings,
-            expected_answer_tokens=mean_answer_tokens([i.reference or "" for i in items], spec.model),
-        )
-        if estimate.expected_usd is None or estimate.max_usd is None:
-            unknown.append(spec.model)
-            lines.append(f"• `{bk.escape(spec.model)}`: {estimate.input_tokens:,} input tokens, up to "
-                         f"{estimate.max_output_tokens:,} output tokens — *no price in the table*")
-            continue
-        expected_total += estimate.expected_usd
-        maximum_total += estimate.max_usd
-        lines.append(f"• `{bk.escape(spec.model)}`: {estimate.input_tokens:,} input + ~{estimate.expected_output_tokens:,} "
-                     f"output tokens ≈ *${estimate.expected_usd:.4f}* (at most ${estimate.max_usd:.4f})")
     from trainers.pricing import load_price_table
 
     as_of = load_price_table().as_of
-    total = f"≈ *${expected_total:.4f}* (at most ${maximum_total:.4f})" + (" plus unpriced models" if unknown else "")
-    text = f"Round #{round_.id}: generating {len(items)} answers per model with OpenAI costs {total.replace('*', '')}. Post or cancel?"
+    text = (f"Round #{round_.id}: generating {len(items)} answers per model with OpenAI costs "
+            f"{quote_total.replace('*', '')}. Post or cancel?")
     blocks = [
-        bk.section(f":moneybag: Round #{round_.id}: {who}.\nOpenAI generation costs {total}:\n" + "\n".join(lines)),
+        bk.section(f":moneybag: Round #{round_.id}: {who}.\nOpenAI generation costs {quote_total}:\n" + "\n".join(quote_lines)),
         bk.context(f"Prices as of {bk.escape(as_of)} (trainers/prices.toml); output length is estimated from the team's reference replies."),
         bk.actions(
             bk.button("Post", POST_ACTION, str(round_.id), style="primary"),

@@ -100,6 +100,9 @@ def test_full_loop_post_vote_close_results_and_pairs(harness, openai_api):
     h = harness
     _seed_model(h.db)
     round_id = _start_round(h)
+    quote = json.dumps(h.fake.responses[-1]["blocks"])
+    # Both sides run on OpenAI: both are priced (the fine-tuned rate for the candidate, the base rate for the baseline).
+    assert f"`{CANDIDATE}`" in quote and f"`{BASE}`" in quote and "Prices as of" in quote
     # Nothing is generated before the user accepts the cost.
     assert not [c for c in openai_api.calls if "chat/completions" in c.path]
     assert evals.get_round(h.db, round_id).status == RoundStatus.QUOTED
