@@ -212,11 +212,14 @@ def _discard_listener(bot: "BotContext"):
     def listener(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         ack()
         job_id = _job_from_action(body)
-        from storage.jobs import claim_job
+        from storage.jobs import discard_quote
 
-        if claim_job(bot.db, job_id, to_status=JobStatus.CANCELLED):
-            update_job(bot.db, job_id, error="Quote discarded in Slack")
-        respond(text=f"Training quote #{job_id} discarded. Nothing was uploaded or trained.", replace_original=True)
+        if discard_quote(bot.db, job_id, reason=f"Quote discarded in Slack by {body['user']['id']}"):
+            respond(text=f"Training quote #{job_id} discarded. Nothing was uploaded or trained.", replace_original=True)
+        else:
+            job = get_job(bot.db, job_id)
+            respond(text=f"Job #{job_id} is already {job.status}; `/ft cancel {job_id}` stops a running job.",
+                    response_type="ephemeral", replace_original=False)
 
     return listener
 

@@ -125,6 +125,17 @@ def claim_job(db: Database, job_id: int, *, from_status: str = JobStatus.QUOTED,
         return result.rowcount == 1
 
 
+def discard_quote(db: Database, job_id: int, *, reason: str) -> bool:
+    """Close a quoted job that will not be started; False if it was started (or closed) meanwhile."""
+    with db.session() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUOTED)
+            .values(status=JobStatus.CANCELLED, error=reason, finished_at=utcnow(), updated_at=utcnow())
+        )
+        return result.rowcount == 1
+
+
 def finish_job(
     db: Database,
     job_id: int,

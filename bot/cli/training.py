@@ -47,7 +47,7 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the job record as JSON on stdout.")] = False,
 ) -> None:
     """Quote a training run on the approved examples (or pairs), then start it."""
-    from storage.jobs import claim_job, get_job, job_record
+    from storage.jobs import discard_quote, get_job, job_record
     from storage.models import JobStatus
     from trainers.quote import quote_lines
     from trainers.training import progress_line, quote_job, start_job, wait_for_job
@@ -74,12 +74,12 @@ def train(
             out.print(escape(line), soft_wrap=True)
         blockers = quote.blockers(admin_confirmed=over_budget, allow_pii=allow_pii)
         if blockers:
-            claim_job(db, job.id, to_status=JobStatus.CANCELLED)
+            discard_quote(db, job.id, reason="blocked: " + "; ".join(blockers))
             for reason in blockers:
                 err_console.print(f"[red]blocked:[/red] {escape(reason)}", soft_wrap=True)
             raise typer.Exit(1)
         if not yes and not typer.confirm("Start training?", default=False, err=as_json):
-            claim_job(db, job.id, to_status=JobStatus.CANCELLED)
+            discard_quote(db, job.id, reason="declined at the CLI prompt")
             out.print(f"Not started; quote #{job.id} discarded.")
             raise typer.Exit(0)
         started = start_job(db, job.id, admin_confirmed=over_budget, allow_pii=allow_pii).job
