@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -254,3 +255,47 @@ def test_the_bot_never_imports_the_ml_stack(tmp_path):
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_a_new_bot_process_resumes_polling_from_the_database(harnesses, openai_api, fake_slack, sqlite_db):
+    from tests.fixtures.db import database_url
+    from tests.fixtures.slack_api import BOT_TOKEN, SIGNING_SECRET
+
+    openai_api.steps = 40
+    first = harnesses()
+    _approve(first.db, 20)
+    job_id = int(_buttons(_quote(first, f"train openai {MODEL}"))[START_ACTION])
+    _click(first, START_ACTION, str(job_id))
+    _wait_until(lambda: get_job(first.db, job_id).status == "running", 20, "job running")
+    stop_scheduler(first.bot)
+    for job in openai_api.jobs.values():
+        job.total_steps = job.step + 2
+
+    script = (
+        "import sys, time\n"
+        "from bot.app import build_app\n"
+        "from bot.config import Settings\n"
+        "from bot.scheduler import stop_scheduler\n"
+        "from storage.db import Database\n"
+        "from storage.jobs import get_job\n"
+        "db = Database.open(sys.argv[1])\n"
+        "app = build_app(Settings(slack_bot_token=sys.argv[2], slack_signing_secret=sys.argv[3], slack_api_url=sys.argv[4]), db)\n"
+        "deadline = time.time() + 60\n"
+        "while get_job(db, int(sys.argv[5])).status != 'succeeded' and time.time() < deadline:\n"
+        "    time.sleep(0.1)\n"
+        "time.sleep(1.0)  # let the relay post the final update and the plot\n"
+        "stop_scheduler(app.ftbot)\n"
+        "print(get_job(db, int(sys.argv[5])).status)\n"
+    )
+    env = {**os.environ, "OPENAI_BASE_URL": openai_api.base_url, "OPENAI_API_KEY": "sk-test",
+           "FTBOT_TRAINING_POLL_SECONDS": "0.2"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, database_url(sqlite_db), BOT_TOKEN, SIGNING_SECRET, fake_slack.base_url, str(job_id)],
+        capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "succeeded"
+    assert "succeeded" in _progress_message(first, job_id)["text"]  # the same message, edited by the new process
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1
+    assert fake_slack.calls_to("files.completeUploadExternal")
+    assert [m.name for m in list_models(sqlite_db)] == [get_job(sqlite_db, job_id).result_model]
