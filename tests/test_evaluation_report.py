@@ -87,3 +87,15 @@ def test_chart_has_a_ratings_panel_only_with_more_than_two_models(tmp_path):
     assert path.read_bytes() == with_board
     empty = results_png(ab_summary([]), candidate="cand", baseline="base")
     assert _png_size(empty) == _png_size(plain)
+
+
+def test_length_check_counts_whether_the_longer_answer_won(sqlite_db):
+    round_ = _round(sqlite_db, "cand", [["win", "win"], ["win"], ["loss"], ["tie"]])
+    comparisons = evals.round_comparisons(sqlite_db, round_.id)
+    # The candidate always writes the longer answer.
+    evals.set_answers(sqlite_db, round_.id, "cand", {c.id: "a long and detailed answer" for c in comparisons})
+    evals.set_answers(sqlite_db, round_.id, "openai:gpt-4o-mini", {c.id: "short" for c in comparisons})
+    report = round_report(sqlite_db, round_.id, bootstrap_rounds=50)
+    assert (report.length_bias.longer_won, report.length_bias.shorter_won) == (3, 1)
+    assert report.to_json()["length_bias"]["biased"] is False
+    assert any(line.startswith("Length check: the longer answer won 3, the shorter 1") for line in report.lines())

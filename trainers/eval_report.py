@@ -25,7 +25,7 @@ from storage.evals import (
 )
 from storage.models import EvalRound
 from trainers.generate import display_name
-from trainers.stats import ABSummary, ABVote, Leaderboard, ab_summary, bradley_terry, wins_needed
+from trainers.stats import ABSummary, ABVote, Leaderboard, ab_summary, bradley_terry, sign_test_p, wins_needed
 
 _OUTCOME = {"A": 1.0, "B": 0.0, "tie": 0.5, "bad": 0.5}
 
@@ -53,12 +53,30 @@ class JudgeAgreement:
 
 
 @dataclass(frozen=True)
+class LengthBias:
+    """Do voters prefer the longer answer? A sign test on decisive votes where the answers' lengths differ.
+
+    Longer answers often win on looks alone (Chatbot Arena's "style control" adjusts for it); a strong effect here
+    means the win rate partly measures verbosity.
+    """
+
+    longer_won: int
+    shorter_won: int
+    p_value: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"longer_won": self.longer_won, "shorter_won": self.shorter_won, "p_value": self.p_value,
+                "biased": self.p_value <= 0.05}
+
+
+@dataclass(frozen=True)
 class RoundReport:
     round: EvalRound
     summary: ABSummary
     comparisons: list[dict[str, Any]]
     leaderboard: Leaderboard | None
     judges: list[JudgeAgreement]
+    length_bias: LengthBias | None = None
 
     @property
     def candidate(self) -> str:
@@ -104,6 +122,7 @@ class RoundReport:
             "comparisons": self.comparisons,
             "leaderboard": None if self.leaderboard is None else self.leaderboard.to_json(),
             "judges": [j.to_json() for j in self.judges],
+            "length_bias": None if self.length_bias is None else self.length_bias.to_json(),
         }
 
     def lines(self, name_of: Callable[[str], str] = str) -> list[str]:
@@ -137,6 +156,12 @@ class RoundReport:
         if bias.a_wins + bias.b_wins:
             verdict = "voters favour a side" if bias.biased else "no sign of side bias"
             out.append(f"Position check: A won {bias.a_wins}, B won {bias.b_wins} ({format_p(bias.p_value)}; {verdict}).")
+        length = self.length_bias
+        if length is not None and length.longer_won + length.shorter_won:
+            verdict = "voters favour longer answers" if length.p_value <= 0.05 and length.longer_won > length.shorter_won else (
+                "voters favour shorter answers" if length.p_value <= 0.05 else "no sign of a length preference")
+            out.append(f"Length check: the longer answer won {length.longer_won}, the shorter {length.shorter_won} "
+                       f"({format_p(length.p_value)}; {verdict}).")
         if s.votes_per_voter:
             voters = ", ".join(f"{name_of(voter)}: {count}" for voter, count in list(s.votes_per_voter.items())[:10])
             more = len(s.votes_per_voter) - 10
@@ -199,7 +224,22 @@ def round_report(db: Database, round_id: int | None = None, *, channel: str | No
             "votes": [{"voter": v.voter, "choice": v.choice, "reaction": v.reaction} for v in votes],
             "decided": decided_side(v.choice for v in votes),
         })
-    return RoundReport(round_, summary, rows, _leaderboard(db, bootstrap_rounds), _judges(db, round_, comparisons, grouped))
+    return RoundReport(round_, summary, rows, _leaderboard(db, bootstrap_rounds),
+                       _judges(db, round_, comparisons, grouped), _length_bias(comparisons, grouped))
+
+
+def _length_bias(comparisons: list, grouped: dict) -> LengthBias:
+    longer = shorter = 0
+    for comparison in comparisons:
+        len_a, len_b = len(comparison.answer_a), len(comparison.answer_b)
+        if len_a == len_b:
+            continue
+        longer_side = "A" if len_a > len_b else "B"
+        for vote in grouped.get(comparison.id, []):
+            if vote.choice in ("A", "B"):
+                longer += vote.choice == longer_side
+                shorter += vote.choice != longer_side
+    return LengthBias(longer, shorter, sign_test_p(longer, longer + shorter))
 
 
 def _leaderboard(db: Database, bootstrap_rounds: int) -> Leaderboard | None:
