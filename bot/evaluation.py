@@ -813,6 +813,10 @@ def resume_command(bot: "BotContext", ctx: CommandContext) -> None:
     round_ = evals.get_round(bot.db, round_id)
     if _in_flight(bot, round_id):
         raise FtbotError(f"round #{round_id} is being prepared right now.")
+    if round_.status == RoundStatus.FAILED and any(not c.message_ts for c in evals.round_comparisons(bot.db, round_id)):
+        # Generation failed (a model that could not load, OpenAI down): answers already written are kept.
+        evals.move_round(bot.db, round_id, RoundStatus.GENERATING, from_status=RoundStatus.FAILED)
+        round_ = evals.get_round(bot.db, round_id)
     if round_.status == RoundStatus.GENERATING:
         ctx.respond(f"Resuming round #{round_id}: answering the remaining questions, then posting.")
         run_round(bot, round_id, started_by=ctx.user_id)

@@ -430,6 +430,24 @@ def test_resume_after_a_restart_posts_only_what_is_missing(harness, openai_api):
     assert "nothing to resume" in h.fake.responses[-1]["text"]
 
 
+def test_failed_generation_is_reported_and_can_be_resumed(harness, openai_api, monkeypatch):
+    h = harness
+    _seed_model(h.db)
+    monkeypatch.setenv("FTBOT_OPENAI_MAX_RETRIES", "0")
+    round_id = _start_round(h, "eval --n 2")
+    openai_api.inject("/chat/completions", 500, 500)  # both first answers fail
+    _post(h, round_id)
+    assert evals.get_round(h.db, round_id).status == RoundStatus.FAILED
+    updates = [c.args.get("text", "") for c in h.fake.calls_to("chat.update")]
+    assert any("generation failed: OpenAI could not answer" in t for t in updates)
+    assert _comparison_posts(h) == []
+
+    h.command(f"eval resume {round_id}", user_id="U_AGENT")
+    h.wait(timeout=30)
+    assert evals.get_round(h.db, round_id).status == RoundStatus.OPEN
+    assert len(_comparison_posts(h)) == 2
+
+
 def test_posting_stopped_by_slack_says_how_to_resume(harness, openai_api):
     h = harness
     _seed_model(h.db)
