@@ -296,7 +296,8 @@ def _run_round(bot: "BotContext", round_id: int, *, started_by: str | None, poll
                 evals.move_round(bot.db, round_id, RoundStatus.FAILED, from_status=RoundStatus.GENERATING)
                 tail = read_log_tail(round_id)
                 last = tail.strip().splitlines()[-1] if tail.strip() else f"exit code {code}"
-                progress.show(f"generation failed: {last}. Nothing was posted; fix the model and run /ft eval again.")
+                progress.show(f"generation failed: {last}. Nothing was posted; fix the cause, then "
+                              f"`/ft eval resume {round_id}` (answers already written are kept).")
                 return
         else:
             def report(name: str, done: int, of: int) -> None:
@@ -305,12 +306,13 @@ def _run_round(bot: "BotContext", round_id: int, *, started_by: str | None, poll
             generate_round(bot.db, round_id, openai_client=bot.extras.get(OPENAI_CLIENT_KEY), progress=report)
     except FtbotError as error:
         evals.move_round(bot.db, round_id, RoundStatus.FAILED, from_status=RoundStatus.GENERATING)
-        progress.show(f"generation failed: {error}")
+        progress.show(f"generation failed: {error} Nothing was posted; `/ft eval resume {round_id}` retries.")
         return
     except Exception as error:
         log.exception("generation for round %s failed", round_id)
         evals.move_round(bot.db, round_id, RoundStatus.FAILED, from_status=RoundStatus.GENERATING)
-        progress.show(f"generation failed unexpectedly ({type(error).__name__}); see ftbot's log.")
+        progress.show(f"generation failed unexpectedly ({type(error).__name__}); see ftbot's log, then "
+                      f"`/ft eval resume {round_id}`.")
         return
     try:
         _post_round(bot, round_id, progress=progress, started_by=started_by)
