@@ -1,7 +1,7 @@
 """``/ft validate``, ``/ft price [model]`` and ``/ft export``: the data core's report on the approved examples.
 
 The compact summary is an ephemeral Block Kit message; the full report (JSON) and the export (JSONL) are
-uploaded to the channel with ``files_upload_v2``. The same engine (``trainers.report.build_report``) is
+sent to the requester's direct message with ``files_upload_v2``. The same engine (``trainers.report.build_report``) is
 behind ``ftbot validate/price`` and the training quote, so Slack and the CLI never disagree.
 """
 
@@ -32,15 +32,20 @@ def _stamp() -> str:
 
 
 def _upload(ctx: CommandContext, *, content: str, filename: str, title: str, comment: str) -> bool:
-    """Upload to the channel where the command ran; tell the user (ephemerally) when the bot cannot post there."""
+    """Send a file to the requester's direct message with the bot, never into the shared channel.
+
+    Reports and exports are personal feedback and may hold customer data, so they do not belong in a channel
+    (files cannot be ephemeral). Tells the user ephemerally when Slack refuses.
+    """
     try:
-        bk.upload_file(ctx.client, ctx.channel_id, content=content, filename=filename, title=title, initial_comment=comment)
+        dm = ctx.client.conversations_open(users=ctx.user_id)["channel"]["id"]
+        bk.upload_file(ctx.client, dm, content=content, filename=filename, title=title, initial_comment=comment)
         return True
     except SlackApiError as exc:
         error = exc.response.get("error")
-        log.warning("upload of %s to %s failed: %s", filename, ctx.channel_id, error)
-        hint = "invite me with `/invite @ftbot`" if error in ("not_in_channel", "channel_not_found") else f"Slack said `{error}`"
-        ctx.respond(f":warning: I could not attach {filename} here: {hint}.")
+        log.warning("upload of %s to the DM of %s failed: %s", filename, ctx.user_id, error)
+        ctx.respond(f":warning: I could not send you {filename} as a direct message: Slack said `{error}`. "
+                    "Check that the app's Messages tab is enabled (App Home) and try again.")
         return False
 
 
@@ -75,7 +80,7 @@ def report_blocks(report: dict[str, Any], *, title: str) -> tuple[str, list[dict
         out.append(bk.section(_issue_lines(errors, "Errors")))
     if warnings:
         out.append(bk.section(_issue_lines(warnings, "Warnings")))
-    out.append(bk.context("Full report attached to this channel as JSON. Numbers are estimates from the dated price table."))
+    out.append(bk.context("Full report sent to you as a direct message (JSON). Numbers are estimates from the dated price table."))
     text = (f"{title}: {report.get('valid_examples', 0)}/{report.get('examples', 0)} valid, {len(errors)} errors, "
             f"{len(warnings)} warnings, estimated cost {_money(report.get('estimated_cost_usd'))}")
     return text, bk.fit_blocks(out)
@@ -117,7 +122,7 @@ def register(app: App, bot: "BotContext") -> None:
         if _upload(ctx, content="\n".join(lines) + "\n", filename=f"ftbot-approved-{_stamp()}.jsonl",
                    title="Approved examples (OpenAI chat JSONL)", comment=f"{len(lines)} approved examples, exported by "
                    f"<@{ctx.user_id}>"):
-            ctx.respond(f"Exported {len(lines)} approved examples as JSONL (attached to this channel).")
+            ctx.respond(f"Exported {len(lines)} approved examples as JSONL (sent to you as a direct message).")
 
     bot.router.add("validate", usage="/ft validate", summary="Check the approved examples (errors, warnings, tokens)",
                    handler=ft_validate)

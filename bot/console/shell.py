@@ -45,6 +45,7 @@ Type a message to post it in #support as the current person (start with @ftbot t
   :view                   show the open form;  :set F text  set field F ("\\n" for a new line)
   :submit | :cancel       submit or close the open form
   :history | :home        show the channel | open the App Home tab
+  :sample                 load the bundled sample dataset (40 approved support conversations)
   :help | :quit
 """
 
@@ -61,7 +62,8 @@ class Console:
             self.fake.add_user(user_id, name)
         secret = secrets.token_hex(16)
         roles_configured = any((settings.agents, settings.reviewers, settings.trainers, settings.admins))
-        demo_roles: dict[str, Any] = {} if roles_configured else {"agents": (PEOPLE["agent"],), "reviewers": (PEOPLE["lead"],)}
+        demo_roles: dict[str, Any] = {} if roles_configured else {"agents": (PEOPLE["agent"],), "reviewers": (PEOPLE["lead"],),
+                                                                  "trainers": (PEOPLE["lead"],)}
         self.settings = dataclasses.replace(settings, slack_bot_token=BOT_TOKEN, slack_signing_secret=secret,
                                             slack_app_token=None, slack_api_url=self.fake.base_url, **demo_roles)
         self._verifier = SignatureVerifier(secret)
@@ -291,6 +293,16 @@ class Console:
             self.view = None
         self.say("  (form closed)")
 
+    def load_sample(self) -> None:
+        from importlib.resources import as_file, files
+
+        from storage.imports import import_file
+
+        with as_file(files("bot") / "data" / "sample.jsonl") as path:
+            result = import_file(self.app.ftbot.db, path, approved_by="console")
+        self.say(f"  (sample dataset: {result.added} examples added, {result.unchanged} already there;"
+                 " try /ft validate, /ft price or /ft train local)")
+
     def history(self) -> None:
         for message in self.fake.channels[CHANNEL]["messages"]:
             n = self._number(message["ts"])
@@ -354,6 +366,8 @@ class Console:
             self.submit()
         elif command == "cancel":
             self.cancel()
+        elif command == "sample":
+            self.load_sample()
         elif command == "history":
             self.history()
         elif command == "home":
