@@ -224,7 +224,7 @@ class _Block:
     system_digests: list[int]
     signature_rows: list[int]  # indices into ``lines`` of replies with a MinHash signature
     signatures: Any
-    keys: list[list[int]]
+    keys: Any  # numpy uint64, one row of BANDS band keys per signature
     sketches: list[bytes]
     failure: DataFileError | None  # invalid UTF-8: stops the report at that line
 
@@ -385,7 +385,7 @@ class _Analyzer:
         return _Block(
             examples=len(rows), blank_lines=blank, issues=issues, lines=lines, kinds="".join(kinds), totals=totals,
             assistant=assistant, tools_estimated=tools_estimated, digests=digests, system_digests=system_digests,
-            signature_rows=signature_rows, signatures=signatures, keys=band_keys(signatures).tolist(), sketches=sketches,
+            signature_rows=signature_rows, signatures=signatures, keys=band_keys(signatures), sketches=sketches,
             failure=failure,
         )
 
@@ -511,7 +511,7 @@ class _Merger:
         if positions:
             checked_lines = [lines[block.signature_rows[position]] for position in positions]
             signatures = block.signatures[positions] if len(positions) != len(block.signature_rows) else block.signatures
-            keys = [block.keys[position] for position in positions]
+            keys = block.keys[positions] if len(positions) != len(block.signature_rows) else block.keys
             sketches = [block.sketches[position] for position in positions]
             for line, match in zip(checked_lines, self.near.check_many(checked_lines, signatures, keys, sketches)):
                 if match is not None:
@@ -542,7 +542,7 @@ class _Merger:
             totals=pick(block.totals), assistant=pick(block.assistant), tools_estimated=block.tools_estimated,
             digests=pick(block.digests), system_digests=pick(block.system_digests),
             signature_rows=[new for new, _ in rows], signatures=block.signatures[[old for _, old in rows]] if rows else block.signatures[:0],
-            keys=[block.keys[old] for _, old in rows], sketches=[block.sketches[old] for _, old in rows], failure=None,
+            keys=block.keys[[old for _, old in rows]] if rows else block.keys[:0], sketches=[block.sketches[old] for _, old in rows], failure=None,
         )
 
     def _track_system_prompts(self, digests: list[int], lines: list[int]) -> None:
