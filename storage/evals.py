@@ -38,7 +38,7 @@ __all__ = [
     "add_eval_prompt", "list_eval_prompts", "eval_items", "create_round", "get_round", "latest_round",
     "round_comparisons", "set_answers", "set_comparison_message", "comparison_for_message", "move_round",
     "close_round", "due_rounds", "cast_vote", "retract_vote", "round_votes", "decided_side", "pairs_from_round",
-    "save_verdict", "round_verdicts", "round_models",
+    "save_verdict", "round_verdicts", "remove_eval_prompt", "trained_prompt_hashes",
 ]
 
 
@@ -454,12 +454,6 @@ def pairs_from_round(db: Database, round_id: int) -> list[SaveResult]:
         record = dpo_record(comparison.prompt, {"role": "assistant", "content": chosen}, {"role": "assistant", "content": rejected})
         results.append(add_pair(db, record, source_kind="vote", comparison_id=comparison.id))
     return results
-
-
-def round_models(db: Database) -> list[tuple[str, str, str]]:
-    """Every (round status, candidate, baseline) — the battles' models across rounds."""
-    with db.session() as session:
-        return [tuple(row) for row in session.execute(select(EvalRound.status, EvalRound.candidate_model, EvalRound.baseline_model))]
 
 
 def all_votes(db: Database, *, statuses: Iterable[str] = RoundStatus.WITH_RESULTS) -> list[tuple[Comparison, Vote]]:

@@ -106,6 +106,13 @@ def test_eval_add_text_and_file_with_clear_errors(db, cli, tmp_path):
     assert [p.messages[-1]["content"] for p in prompts] == ["How do I reset my password?", "Where is my order?"]
     assert cli("eval", "add").exit_code == 1
 
+    listed = json.loads(cli("eval", "questions", "--json").stdout)
+    assert [row["question"] for row in listed] == ["How do I reset my password?", "Where is my order?"]
+    assert cli("eval", "remove", str(listed[0]["id"])).exit_code == 0
+    assert [p.messages[-1]["content"] for p in evals.list_eval_prompts(db)] == ["Where is my order?"]
+    missing = cli("eval", "remove", str(listed[0]["id"]))
+    assert missing.exit_code == 1 and "no added question" in missing.output
+
 
 def test_results_without_rounds_is_a_clear_error(db, cli):
     result = cli("results")

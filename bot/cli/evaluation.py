@@ -84,6 +84,37 @@ def add(
         console.print(f"Added {added} evaluation question(s); {known} were already in the set.", highlight=False)
 
 
+def questions(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """The questions added by hand (`/ft eval add`, `ftbot eval add`); rounds also use each model's validation split."""
+    from storage.evals import list_eval_prompts
+
+    with _user_errors(), _database() as db:
+        rows = [{"id": p.id, "question": p.messages[-1]["content"], "turns": len(p.messages), "source": p.source_key,
+                 "added_by": p.added_by} for p in list_eval_prompts(db)]
+        if as_json:
+            _print_json(rows)
+            return
+        if not rows:
+            console.print("No questions added by hand yet: `ftbot eval add \"…\"` or /ft eval add in Slack.")
+            return
+        table = Table("id", "question", "turns", "added by")
+        for row in rows:
+            question = row["question"] if len(row["question"]) <= 80 else row["question"][:79] + "…"
+            table.add_row(str(row["id"]), escape(question), str(row["turns"]), escape(row["added_by"] or ""))
+        console.print(table)
+
+
+def remove(question_id: Annotated[int, typer.Argument(help="The question's id (`ftbot eval questions`).")]) -> None:
+    """Remove a question added by hand (rounds already posted keep their copy)."""
+    from storage.evals import remove_eval_prompt
+    from trainers.errors import FtbotError
+
+    with _user_errors(), _database() as db:
+        if not remove_eval_prompt(db, question_id):
+            raise FtbotError(f"there is no added question #{question_id}; `ftbot eval questions` lists them.")
+        console.print(f"Removed question #{question_id}.", highlight=False)
+
+
 def list_rounds(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Evaluation rounds: status, models (hidden while voting is open), questions and votes."""
     from storage.evals import RoundStatus, count_votes, list_rounds as rounds, round_comparisons
@@ -145,6 +176,8 @@ def register(app: typer.Typer) -> None:
     eval_app = typer.Typer(help="Evaluation rounds and the held-out question set (rounds start in Slack with /ft eval).",
                            no_args_is_help=True)
     eval_app.command("add")(add)
+    eval_app.command("questions")(questions)
+    eval_app.command("remove")(remove)
     eval_app.command("list")(list_rounds)
     eval_app.command("close")(close)
     app.add_typer(eval_app, name="eval")
