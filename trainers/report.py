@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from trainers.duplicates import ExactDuplicates, NearDuplicateIndex, band_keys, reply_sketches
 from trainers.errors import DataFileError, FtbotError
 from trainers.pricing import PriceTable, TrainingQuote, default_epochs, load_price_table, training_cost
 from trainers.records import canonical_json
 from trainers.tokens import TokenCounter, encoding_for_model, encoding_name_for_model, ensure_encoding_cache
-from trainers.validate import SHORT_REPLY_WORDS, InvalidUtf8, Issue, _Checker, check_record, iter_blocks, split_block
+from trainers.pii import find_pii
+from trainers.validate import SHORT_REPLY_WORDS, InvalidUtf8, Issue, _Checker, check_record, iter_blocks, split_block, system_has_pii
 
 __all__ = ["DatasetReport", "TokenStats", "build_report", "quote_models", "MIN_EXAMPLES", "PARALLEL_MIN_BYTES"]
 
@@ -35,6 +38,7 @@ PARALLEL_MIN_BYTES = 4 * 1024 * 1024
 MAX_ISSUES_PER_CODE = 100
 MAX_ISSUES = 1000
 _ITEM_BATCH = 1024
+_UNPARSED = object()
 _BLOCK_BYTES = 1 << 20
 
 
@@ -229,30 +233,46 @@ class _Block:
     failure: DataFileError | None  # invalid UTF-8: stops the report at that line
 
 
-def _digest(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+def _digest(text: str | bytes) -> int:
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 class _Analyzer:
     """Parses, checks and tokenizes lines; one per process."""
 
     def __init__(self, model: str, kind: str, pii: bool, source: str, context_limit: int):
-        self.counter = TokenCounter(encoding_for_model(model))
+        encoding = encoding_for_model(model)
+        self.counter = TokenCounter(encoding)
         self.encode = self.counter.encode
+        # tiktoken's Rust encoder without its Python wrapper (which only adds a retry for lone surrogates:
+        # the fast path leaves such lines to the general path, which goes through the wrapper).
+        core = getattr(encoding, "_core_bpe", None)
+        self._core_encode = getattr(core, "encode_ordinary", None) or encoding.encode_ordinary
+        self._role_tokens = {role: len(encoding.encode_ordinary(role)) for role in ("system", "user", "assistant")}
+        self._text_digests: dict[str, int] = {}  # system prompt -> digest (it repeats on every line)
         self.kind = kind
         self.pii = pii
         self.source = source
         self.context_limit = context_limit
 
-    def row(self, line: int, value: Any, reply_tokens: list[int], text: str | None = None) -> _Row:
-        """Analyse one parsed line; ``text`` is the line as read (its hash finds exact duplicates cheaply)."""
+    def row(self, line: int, value: Any, reply_tokens: list[int], text: str | bytes | None = None) -> _Row:
+        """Analyse one parsed line; ``text`` is the line as read, stripped (its hash finds exact duplicates cheaply)."""
         if self.kind != "dpo":
             fast = self._fast_row(line, value, reply_tokens, text)
             if fast is not None:
                 return fast
         return self._general_row(line, value, reply_tokens, text)
 
-    def _general_row(self, line: int, value: Any, reply_tokens: list[int], text: str | None = None) -> _Row:
+    def _system_digest(self, text: str) -> int:
+        digest = self._text_digests.get(text)
+        if digest is None:
+            if len(self._text_digests) >= 1024:
+                self._text_digests.clear()
+            digest = self._text_digests[text] = _digest(text) or 1
+        return digest
+
+    def _general_row(self, line: int, value: Any, reply_tokens: list[int], text: str | bytes | None = None) -> _Row:
         """Any line: ``check_record`` then ``TokenCounter.count_record``."""
         checked = check_record(value, line, self.kind, pii=self.pii)
         errors = tuple(checked.errors)
@@ -273,76 +293,104 @@ class _Analyzer:
         if not system:
             system_digest = 0
         elif len(system) == 1 and isinstance(system[0], str):
-            system_digest = _digest(system[0]) or 1
+            system_digest = self._system_digest(system[0])
         else:
             system_digest = _digest(canonical_json(system))
         return (line, checked.kind, errors, warnings, counted.total, counted.assistant, counted.tools_estimated, digest, system_digest)
 
-    def _fast_row(self, line: int, value: Any, reply_tokens: list[int], text: str | None) -> _Row | None:
+    def _fast_row(self, line: int, value: Any, reply_tokens: list[int], text: str | bytes | None) -> _Row | None:
         """The common shape checked and counted in one loop, with the same results as the general path:
         ``{"messages": [...]}`` of system/user/assistant messages with non-empty text content (assistant:
-        optional weight 0/1), at most one system message, at least one trained reply. None: anything else."""
+        optional weight 0/1), at most one system message, at least one trained reply. None: anything else
+        (and ``reply_tokens`` as it was). Warnings are rare: their messages are only built when one is due."""
         if type(value) is not dict or len(value) != 1:
             return None
         messages = value.get("messages")
         if type(messages) is not list or not messages:
             return None
-        encode = self.encode
-        repeated = self.counter.count_repeated
-        checker = _Checker(line, self.pii)
+        encode = self._core_encode
+        role_tokens = self._role_tokens
         total = 3  # per example
         assistant = 0
         has_user = False
         trained_any = False
         system_text: str | None = None
-        replies: list[int] = []  # handed over only on success: the general path must not see them twice
-        for index, message in enumerate(messages):
-            if type(message) is not dict:
-                return None
-            role = message.get("role")
-            content = message.get("content")
-            if type(content) is not str or not content or content.isspace():
-                return None
-            size = len(message)
-            if role == "assistant":
-                trained = True
-                if size != 2:
-                    weight = message.get("weight")
-                    if size != 3 or type(weight) is not int or (weight != 0 and weight != 1):
-                        return None
-                    trained = weight == 1
-                ids = encode(content)
-                tokens = len(ids)
-                if trained:
-                    trained_any = True
-                    replies.extend(ids)
-                    assistant += tokens
-                    if len(content.split(None, SHORT_REPLY_WORDS)) < SHORT_REPLY_WORDS:
-                        checker.check_reply(content, f"messages[{index}]")
-            elif size != 2:
-                return None
-            elif role == "user":
-                has_user = True
-                tokens = len(encode(content))
-            elif role == "system":
-                if system_text is not None:
-                    return None
-                system_text = content
-                tokens = repeated(content)
+        system_tokens = 0
+        short: list[int] = []  # indices of trained replies with fewer than SHORT_REPLY_WORDS words
+        scanned: list[int] = []  # indices of the messages whose text goes to the PII scan
+        before = len(reply_tokens)
+        try:
+            for index, message in enumerate(messages):
+                if type(message) is not dict:
+                    break
+                role = message.get("role")
+                content = message.get("content")
+                if type(content) is not str or not content or content.isspace():
+                    break
+                size = len(message)
+                if role == "assistant":
+                    trained = True
+                    if size != 2:
+                        weight = message.get("weight")
+                        if size != 3 or type(weight) is not int or (weight != 0 and weight != 1):
+                            break
+                        trained = weight == 1
+                    if trained:
+                        trained_any = True
+                        ids = encode(content)
+                        reply_tokens.extend(ids)
+                        tokens = len(ids)
+                        assistant += tokens
+                        if len(content.split(None, SHORT_REPLY_WORDS)) < SHORT_REPLY_WORDS:
+                            short.append(index)
+                    else:
+                        tokens = len(encode(content))
+                    scanned.append(index)
+                elif size != 2:
+                    break
+                elif role == "user":
+                    has_user = True
+                    tokens = len(encode(content))
+                    scanned.append(index)
+                elif role == "system":
+                    if system_text is not None:
+                        break
+                    system_text = content
+                    tokens = system_tokens = self.counter.count_repeated(content)
+                    if self.pii and system_has_pii(content):
+                        scanned.append(index)
+                else:
+                    break
+                total += 3 + role_tokens[role] + tokens
             else:
-                return None
-            total += 3 + repeated(role) + tokens
-            if self.pii:
-                checker.note_text(content, f"messages[{index}]", role)
-        if not trained_any:
-            return None
-        reply_tokens.extend(replies)
-        checker.conversation_warnings(["system"] * (system_text is not None) + ["user"] * has_user + ["assistant"])
-        if self.pii:
-            checker.scan_pii()
+                if trained_any:
+                    return self._fast_result(line, value, messages, text, total, assistant, has_user, system_text, short, scanned)
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: the general path encodes it as tiktoken does
+        del reply_tokens[before:]
+        return None
+
+    def _fast_result(
+        self, line: int, value: dict[str, Any], messages: list[dict[str, Any]], text: str | bytes | None, total: int,
+        assistant: int, has_user: bool, system_text: str | None, short: list[int], scanned: list[int],
+    ) -> _Row:
+        warnings: tuple[Issue, ...] = ()
+        findings = None
+        if self.pii and scanned:
+            texts = [messages[index]["content"] for index in scanned]
+            findings = find_pii(texts[0] if len(texts) == 1 else "\n\n".join(texts))
+        if short or system_text is None or not has_user or findings:
+            # The same checks, in the same order, as ``check_record`` makes them.
+            checker = _Checker(line, self.pii)
+            for index in short:
+                checker.check_reply(messages[index]["content"], f"messages[{index}]")
+            checker.conversation_warnings(["system"] * (system_text is not None) + ["user"] * has_user + ["assistant"])
+            if findings:
+                checker.pii_parts = [(f"messages[{index}]", messages[index]["content"]) for index in scanned]
+                checker.scan_pii(findings)
+            warnings = tuple(checker.warnings)
         digest = _digest(text if text is not None else canonical_json(value))
-        system_digest = (_digest(system_text) or 1) if system_text is not None else 0
-        warnings = tuple(checker.warnings) if checker.warnings else ()
+        system_digest = self._system_digest(system_text) if system_text is not None else 0
         return (line, "sft", (), warnings, total, assistant, False, digest, system_digest)
 
     def block(self, rows: list[_Row], flat: list[int], lengths: list[int], blank: int, failure: DataFileError | None) -> _Block:
@@ -395,6 +443,7 @@ class _Analyzer:
         lengths: list[int] = []
         blank = 0
         failure: DataFileError | None = None
+        fast_loads = orjson.loads
         loads = json.loads
         row = self.row
         for line, raw in split_block(block, first_line):
@@ -402,22 +451,30 @@ class _Analyzer:
                 blank += 1
                 continue
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                failure = InvalidUtf8.at(self.source, line, exc)
-                break
-            try:
-                value = loads(text)
-            except (ValueError, RecursionError) as exc:
-                message = getattr(exc, "msg", "nested too deeply")
-                column = getattr(exc, "colno", None)
-                where = f" at column {column}" if column else ""
-                issue = Issue(line, "invalid_json", f"line {line}: not valid JSON ({message}{where}); each line must be one JSON object")
-                rows.append((line, "sft", (issue,), (), 0, 0, False, 0, 0))
-                lengths.append(0)
-                continue
+                value = fast_loads(raw)  # checks UTF-8 too
+            except orjson.JSONDecodeError:
+                value = _UNPARSED
+            if value is _UNPARSED:
+                # orjson is strict (RFC 8259): the standard library decides, so what is accepted (NaN, huge
+                # integers, lone surrogate escapes) and the error messages are the same as without orjson.
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    failure = InvalidUtf8.at(self.source, line, exc)
+                    break
+                try:
+                    value = loads(text)
+                except (ValueError, RecursionError) as exc:
+                    message = getattr(exc, "msg", "nested too deeply")
+                    column = getattr(exc, "colno", None)
+                    where = f" at column {column}" if column else ""
+                    issue = Issue(line, "invalid_json", f"line {line}: not valid JSON ({message}{where}); each line must be one JSON object")
+                    rows.append((line, "sft", (issue,), (), 0, 0, False, 0, 0))
+                    lengths.append(0)
+                    continue
             before = len(flat)
-            rows.append(row(line, value, flat, text.strip()))
+            # Valid JSON starts and ends with JSON whitespace at most: the stripped bytes are the stripped text.
+            rows.append(row(line, value, flat, raw.strip()))
             lengths.append(len(flat) - before)
         return self.block(rows, flat, lengths, blank, failure)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.errors import DataFileError
-from trainers.pii import find_pii
+from trainers.pii import PiiFinding, find_pii
 
 __all__ = [
     "Issue",
@@ -33,6 +33,7 @@ __all__ = [
     "parse_line",
     "check_record",
     "detect_kind",
+    "system_has_pii",
 ]
 
 ERROR_CODES = (
@@ -302,6 +303,16 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def system_has_pii(text: str) -> bool:
+    """Whether a system prompt holds personal data; remembered, as the same prompt repeats on every line."""
+    known = _SYSTEM_PII.get(text)
+    if known is None:
+        if len(_SYSTEM_PII) >= 256:
+            _SYSTEM_PII.clear()
+        known = _SYSTEM_PII[text] = bool(find_pii(text))
+    return known
+
+
 class _Checker:
     """Collects issues for one line; ``where`` prefixes say which message and field."""
 
@@ -502,23 +513,18 @@ class _Checker:
 
     def note_text(self, text: str, where: str, role: str) -> None:
         """Queue a message's text for the PII scan (one scan per line, see ``scan_pii``)."""
-        if role == "system":
-            known = _SYSTEM_PII.get(text)
-            if known is None:
-                if len(_SYSTEM_PII) >= 256:
-                    _SYSTEM_PII.clear()
-                known = _SYSTEM_PII[text] = bool(find_pii(text))
-            if not known:
-                return  # the same system prompt repeats on every line: scan it once
+        if role == "system" and not system_has_pii(text):
+            return  # the same system prompt repeats on every line: scanned once
         self.pii_parts.append((where, text))
 
-    def scan_pii(self) -> None:
-        """Scan the queued texts joined into one string and warn once per message with findings."""
+    def scan_pii(self, findings: list[PiiFinding] | None = None) -> None:
+        """Scan the queued texts joined into one string and warn once per message with findings
+        (``findings``: those of that joined string when the caller has them already)."""
         parts = self.pii_parts
         if not parts:
             return
-        joined = "\n\n".join(text for _, text in parts)
-        findings = find_pii(joined)
+        if findings is None:
+            findings = find_pii("\n\n".join(text for _, text in parts))
         if not findings:
             return
         bounds: list[int] = []
