@@ -93,7 +93,8 @@ def run_report(bot: "BotContext", model: str | None) -> dict[str, Any]:
     if count_by_status(bot.db).get("approved", 0) == 0:
         raise FtbotError("There are no approved examples yet: capture replies (shortcut *Add to ftbot*) and approve them "
                          "with `/ft review` first")
-    return build_report(approved_records(bot.db), model=model or bot.settings.base_model, kind="sft").to_json()
+    # Database items are numbered by example id, not file line: say "example N" in messages.
+    return build_report(approved_records(bot.db), model=model or bot.settings.base_model, kind="sft", unit="example").to_json()
 
 
 def register(app: App, bot: "BotContext") -> None:

@@ -104,6 +104,18 @@ def test_validate_reports_errors_with_too_few_examples(slack_bot: SlackHarness):
     assert len(h.fake.calls_to("files.completeUploadExternal")) == 1
 
 
+def test_validate_names_database_examples_not_file_lines(slack_bot: SlackHarness):
+    h = slack_bot
+    _seed(h.db, 10, extra=" Call me on +1 415 555 0134.")
+    h.command("validate")
+    h.wait()
+    [uploaded] = [f for f in h.fake.files.values() if f["completed"]]
+    warnings = [w for w in json.loads(uploaded["content"])["warnings"] if w["code"] == "pii"]
+    assert len(warnings) == 10
+    assert all(w["message"].startswith(f"example {w['line']}: ") for w in warnings)
+    assert "example " in json.dumps(h.fake.responses[-1]["blocks"]) and "line " not in json.dumps(h.fake.responses[-1]["blocks"])
+
+
 def test_validate_without_approved_examples_says_what_to_do(slack_bot: SlackHarness):
     h = slack_bot
     _seed(h.db, 2, status="pending")
