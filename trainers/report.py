@@ -9,7 +9,6 @@ processes (one per core) that each parse, check and tokenize whole blocks; the p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -22,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from xxhash import xxh3_64_intdigest
 
 from trainers.duplicates import ExactDuplicates, NearDuplicateIndex, band_keys, reply_sketches
 from trainers.errors import DataFileError, FtbotError
+from trainers.pii import find_pii
 from trainers.pricing import PriceTable, TrainingQuote, default_epochs, load_price_table, training_cost
 from trainers.records import canonical_json
 from trainers.tokens import TokenCounter, encoding_for_model, encoding_name_for_model, ensure_encoding_cache
-from trainers.pii import find_pii
 from trainers.validate import SHORT_REPLY_WORDS, InvalidUtf8, Issue, _Checker, check_record, iter_blocks, split_block, system_has_pii
 
 __all__ = ["DatasetReport", "TokenStats", "build_report", "quote_models", "MIN_EXAMPLES", "PARALLEL_MIN_BYTES"]
@@ -234,8 +234,8 @@ class _Block:
 
 
 def _digest(text: str | bytes) -> int:
-    data = text.encode("utf-8") if isinstance(text, str) else text
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    """64-bit hash for exact-duplicate and system-prompt tracking (xxh3: ~0.06 µs a line, blake2b ~0.9 µs)."""
+    return xxh3_64_intdigest(text.encode("utf-8") if isinstance(text, str) else text)
 
 
 class _Analyzer:
