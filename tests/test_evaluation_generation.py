@@ -3,6 +3,7 @@ process, a local round through Slack (posted without a cost question), and OpenA
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -156,6 +157,19 @@ def test_openai_generation_keeps_order_and_drops_training_keys(openai_api):
     assert all(g.completion_tokens > 0 and g.prompt_tokens > 0 for g in out)
     assert all("weight" not in m for r in seen for m in r["messages"])
     assert {r["temperature"] for r in seen} == {0.0} and {r["max_completion_tokens"] for r in seen} == {50}
+
+
+def test_openai_generation_redacts_personal_data_before_sending(openai_api):
+    seen = []
+    openai_api.responder = lambda request: seen.append(request) or "ok"
+    prompt = [{"role": "user", "content": "I am jane.doe@example.com, card 4111 1111 1111 1111, please refund"},
+              {"role": "assistant", "content": [{"type": "text", "text": "Call me on +44 20 7946 0958"}]},
+              {"role": "user", "content": "thanks"}]
+    generate_openai("gpt-4o-mini-2024-07-18", [prompt], GenerationSettings(max_new_tokens=20))
+    sent = json.dumps(seen[0]["messages"])
+    assert "jane.doe@example.com" not in sent and "4111 1111 1111 1111" not in sent and "7946 0958" not in sent
+    assert "[EMAIL]" in sent and "please refund" in sent
+    assert prompt[0]["content"].startswith("I am jane.doe@example.com")  # the stored prompt is untouched
 
 
 def test_openai_failure_is_a_clear_error(openai_api, monkeypatch):
