@@ -45,6 +45,14 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSIONS_DIR = MIGRATIONS_DIR / "versions"
 # Any constant works; it only has to be the same in every ftbot process that migrates one Postgres database.
 _PG_LOCK_KEY = 0x667462_6F74  # "ftbot"
+# Tables in ftbot's database that a library owns: APScheduler's job store (bot/scheduler.py) creates its own,
+# so autogenerate (and the schema test) must neither drop nor recreate it.
+FOREIGN_TABLES = frozenset({"apscheduler_jobs"})
+
+
+def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Alembic's autogenerate filter: everything but the tables in ``FOREIGN_TABLES``."""
+    return not (type_ == "table" and name in FOREIGN_TABLES)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -16,7 +16,7 @@ from sqlmodel import SQLModel
 import storage.models  # noqa: F401  (registers the tables)
 from storage.db import Database
 from storage.errors import MigrationError
-from storage.migrate import current_revision, downgrade, head_revision, upgrade
+from storage.migrate import current_revision, downgrade, head_revision, include_object, upgrade
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def empty_db(empty_url: str) -> Iterator[Database]:
 def _schema_differences(database: Database) -> list:
     with database.engine.connect() as connection:
         context = MigrationContext.configure(
-            connection, opts={"compare_type": True, "compare_server_default": True}
+            connection, opts={"compare_type": True, "compare_server_default": True, "include_object": include_object}
         )
         return compare_metadata(context, SQLModel.metadata)
 
@@ -189,3 +189,13 @@ def test_database_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
     assert target.exists() and current_revision(database) == head_revision()
     assert not (tmp_path / "home").exists()
     database.close()
+
+
+def test_apschedulers_own_table_is_not_a_schema_difference(empty_db: Database) -> None:
+    """The scheduler's job store lives in the same database; autogenerate must not propose dropping it."""
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    upgrade(empty_db)
+    SQLAlchemyJobStore(engine=empty_db.engine, tablename="apscheduler_jobs").start(None, "default")
+    assert "apscheduler_jobs" in inspect(empty_db.engine).get_table_names()
+    assert _schema_differences(empty_db) == []

@@ -10,10 +10,10 @@ from alembic import context
 import storage.models  # noqa: F401  (registers every table on SQLModel.metadata)
 from sqlmodel import SQLModel
 
+from storage.migrate import include_object
 from storage.types import UTCDateTime
 
 target_metadata = SQLModel.metadata
-
 
 def render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
     # Revisions must not import storage.types: render the database type it stands for.
@@ -34,6 +34,7 @@ def run_migrations() -> None:
         compare_type=True,
         compare_server_default=True,
         render_item=render_item,
+        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()
