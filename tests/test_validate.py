@@ -534,3 +534,117 @@ def test_a_dying_worker_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(report_module, "_work", _die)
     with pytest.raises(FtbotError, match="worker process stopped unexpectedly"):
         build_report(path, model="gpt-4o-mini", workers=2)
+
+
+def test_lines_orjson_refuses_are_read_as_the_standard_library_reads_them(tmp_path: Path) -> None:
+    valid = [json.dumps(line) for line in varied_lines(10)]
+    surrogate = json.dumps(conversation("Where is my order?", "It left the warehouse today \ud800 and arrives soon."))
+    assert "\\ud800" in surrogate  # an escaped lone surrogate: valid for json, refused by orjson
+    path = tmp_path / "odd.jsonl"
+    path.write_text("\n".join(valid + [
+        surrogate,
+        '{"messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello, how can I help you?", "weight": NaN}]}',
+        '{"messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello, how can I help you?", "weight": 100000000000000000000000}]}',
+        "{bad",
+        json.dumps({**TOOL_CALL_LINE, "tools": [{**TOOL_CALL_LINE["tools"][0], "limit": 10**23}]}),
+    ]) + "\n", encoding="utf-8")
+    report = build_report(path, model="gpt-4o-mini", workers=1)
+    assert report.valid_examples == 12  # the surrogate line is valid, its tokens counted as tiktoken counts them
+    encoding = encoding_for_model("gpt-4o-mini")
+    for line in (surrogate, path.read_text(encoding="utf-8").splitlines()[-1]):  # big integer: tool JSON counted as written
+        assert report.tokens.histogram[count_record_tokens(json.loads(line), encoding).total] >= 1
+    messages = {issue.line: issue.message for issue in report.errors}
+    assert messages[12] == "line 12: messages[1].weight is NaN; it must be 0 (do not train on this reply) or 1"
+    assert messages[13].startswith("line 13: messages[1].weight is 100000000000000000000000;")
+    assert messages[14] == ("line 14: not valid JSON (Expecting property name enclosed in double quotes at column 2); "
+                            "each line must be one JSON object")
+
+
+def _reference_near_duplicates(batches: list[tuple[list[int], np.ndarray, np.ndarray, list[bytes]]], capacity: int) -> list[Any]:
+    """The near-duplicate rule spelled out with plain dicts, one reply at a time (the bulk index must agree).
+
+    Candidates of a reply: the representatives that held one of its band keys when its batch started, then
+    those added by earlier replies of the batch (latest per key); nominated when >= _min_candidate MinHash
+    values agree, confirmed by sketch Jaccard >= threshold (best first match wins). Unmatched replies become
+    representatives; when full, the index evicts, and the rest of the batch starts afresh."""
+    index = NearDuplicateIndex(capacity=capacity)  # used for its thresholds and _confirm-equivalent rule only
+    minimum, threshold = index._min_candidate, index.threshold
+    bands: dict[int, int] = {}  # key -> line
+    reps: dict[int, tuple[np.ndarray, bytes, int]] = {}  # line -> (signature, sketch, matches), in insertion order
+    out: list[Any] = []
+
+    def similarity(a: bytes, b: bytes) -> float:
+        return sketch_jaccard(a, b)
+
+    def run(lines, signatures, keys, sketches):
+        nonlocal bands
+        before = {row: [bands[k] for k in dict.fromkeys(keys[row].tolist()) if k in bands] for row in range(len(lines))}
+        added: dict[int, int] = {}
+        for row, line in enumerate(lines):
+            candidates = list(dict.fromkeys(before[row]))
+            nominated = [c for c in candidates if c in reps and np.count_nonzero(reps[c][0] == signatures[row]) >= minimum]
+            for c in dict.fromkeys(added.get(k) for k in keys[row].tolist()):
+                if c is not None and np.count_nonzero(reps[c][0] == signatures[row]) >= minimum:
+                    nominated.append(c)
+            best = None
+            for c in nominated:
+                value = similarity(sketches[row], reps[c][1])
+                if value >= threshold and (best is None or value > best[0]):
+                    best = (value, c)
+            if best is not None:
+                signature, sketch, matches = reps[best[1]]
+                reps[best[1]] = (signature, sketch, matches + 1)
+                out.append((best[1], best[0]))
+                continue
+            evicted = len(reps) >= capacity
+            if evicted:
+                ranked = sorted((line_ for line_, rep in reps.items() if rep[2] > 0), key=lambda l: -reps[l][2])[: capacity // 2]
+                kept = [l for l in reps if l in set(ranked)]
+                reps_new = {l: (reps[l][0], reps[l][1], reps[l][2] // 2) for l in kept}
+                reps.clear()
+                reps.update(reps_new)
+                bands = {}
+                for l in kept:
+                    bands.update(dict.fromkeys(band_keys(reps[l][0].reshape(1, -1))[0].tolist(), l))
+            reps[line] = (signatures[row], sketches[row], 0)
+            mapping = dict.fromkeys(keys[row].tolist(), line)
+            bands.update(mapping)
+            added.update(mapping)
+            out.append(None)
+            if evicted:
+                run(lines[row + 1 :], signatures[row + 1 :], keys[row + 1 :], sketches[row + 1 :])
+                return
+
+    for batch in batches:
+        run(*batch)
+    return out
+
+
+@pytest.mark.parametrize("capacity", [7, 40, 20_000])
+def test_bulk_near_duplicate_index_equals_the_one_at_a_time_rule(capacity: int) -> None:
+    rng = np.random.default_rng(capacity)
+    macros = [rng.integers(0, 3000, size=int(rng.integers(10, 80))).tolist() for _ in range(12)]
+    batches, line = [], 1
+    for _ in range(6):
+        lines, flat, lengths = [], [], []
+        for _ in range(int(rng.integers(20, 150))):
+            if rng.random() < 0.6:  # a macro with a few words changed
+                tokens = list(macros[int(rng.integers(len(macros)))])
+                for _ in range(int(rng.integers(0, 4))):
+                    tokens[int(rng.integers(len(tokens)))] = int(rng.integers(0, 3000))
+            else:
+                tokens = rng.integers(0, 3000, size=int(rng.integers(8, 60))).tolist()
+            lines.append(line)
+            line += 1
+            flat += tokens
+            lengths.append(len(tokens))
+        rows, signatures, sketches = reply_sketches(flat, lengths)
+        batches.append(([lines[i] for i in rows.tolist()], signatures, band_keys(signatures), sketches))
+    index = NearDuplicateIndex(capacity=capacity)
+    bulk = []
+    for lines, signatures, keys, sketches in batches:
+        bulk += [None if match is None else (match.line, match.similarity) for match in index.check_many(lines, signatures, keys, sketches)]
+    assert bulk == _reference_near_duplicates(batches, capacity)
+    assert sum(match is not None for match in bulk) > 20
+    if capacity < 100:
+        assert index.evictions > 0

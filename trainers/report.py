@@ -38,7 +38,6 @@ PARALLEL_MIN_BYTES = 4 * 1024 * 1024
 MAX_ISSUES_PER_CODE = 100
 MAX_ISSUES = 1000
 _ITEM_BATCH = 1024
-_UNPARSED = object()
 _BLOCK_BYTES = 1 << 20
 
 
@@ -445,36 +444,44 @@ class _Analyzer:
         failure: DataFileError | None = None
         fast_loads = orjson.loads
         loads = json.loads
-        row = self.row
+        fast_row = self._fast_row if self.kind != "dpo" else None
+        general_row = self._general_row
         for line, raw in split_block(block, first_line):
             if not raw or raw.isspace():
                 blank += 1
                 continue
-            try:
-                value = fast_loads(raw)  # checks UTF-8 too
-            except orjson.JSONDecodeError:
-                value = _UNPARSED
-            if value is _UNPARSED:
-                # orjson is strict (RFC 8259): the standard library decides, so what is accepted (NaN, huge
-                # integers, lone surrogate escapes) and the error messages are the same as without orjson.
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    failure = InvalidUtf8.at(self.source, line, exc)
-                    break
-                try:
-                    value = loads(text)
-                except (ValueError, RecursionError) as exc:
-                    message = getattr(exc, "msg", "nested too deeply")
-                    column = getattr(exc, "colno", None)
-                    where = f" at column {column}" if column else ""
-                    issue = Issue(line, "invalid_json", f"line {line}: not valid JSON ({message}{where}); each line must be one JSON object")
-                    rows.append((line, "sft", (issue,), (), 0, 0, False, 0, 0))
-                    lengths.append(0)
-                    continue
-            before = len(flat)
             # Valid JSON starts and ends with JSON whitespace at most: the stripped bytes are the stripped text.
-            rows.append(row(line, value, flat, raw.strip()))
+            before = len(flat)
+            if fast_row is not None:
+                try:
+                    value = fast_loads(raw)  # checks UTF-8 too
+                except orjson.JSONDecodeError:
+                    pass
+                else:
+                    fast = fast_row(line, value, flat, raw.strip())
+                    if fast is not None:
+                        rows.append(fast)
+                        lengths.append(len(flat) - before)
+                        continue
+            # Every other line is read by the standard library, as orjson differs at the edges (it refuses NaN and
+            # lone surrogate escapes, reads integers over 64 bits as floats): same values and error messages.
+            # The fast path only accepts lines whose every value is a string or a 0/1 weight, read alike by both.
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                failure = InvalidUtf8.at(self.source, line, exc)
+                break
+            try:
+                value = loads(text)
+            except (ValueError, RecursionError) as exc:
+                message = getattr(exc, "msg", "nested too deeply")
+                column = getattr(exc, "colno", None)
+                where = f" at column {column}" if column else ""
+                issue = Issue(line, "invalid_json", f"line {line}: not valid JSON ({message}{where}); each line must be one JSON object")
+                rows.append((line, "sft", (issue,), (), 0, 0, False, 0, 0))
+                lengths.append(0)
+                continue
+            rows.append(general_row(line, value, flat, raw.strip()))
             lengths.append(len(flat) - before)
         return self.block(rows, flat, lengths, blank, failure)
 
