@@ -22,6 +22,7 @@ from bot.config import Settings
 from bot.console.executor import TrackingExecutor
 from bot.roles import Roles
 from storage.db import Database
+from storage.events import claim_event, release_event
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,6 @@ def build_client(settings: Settings, *, rate_limit_retries: int = 2) -> WebClien
 
 def _claim_events(db: Database):
     """Global middleware: only the first delivery of an ``event_id`` reaches the listeners."""
-    from storage.events import claim_event
 
     def once_per_event(body: dict[str, Any], next) -> BoltResponse | None:  # noqa: A002 - Bolt's argument name
         if body.get("type") == "event_callback" and body.get("event_id"):
@@ -92,22 +92,6 @@ def _claim_events(db: Database):
         return None
 
     return once_per_event
-
-
-def release_event(db: Database, event_id: str) -> None:
-    """Forget a claimed event whose handling failed, so Slack's next retry can still be processed."""
-    import storage.events as events
-
-    release = getattr(events, "release_event", None)
-    if release is not None:
-        release(db, event_id)
-        return
-    from sqlmodel import delete
-
-    from storage.models import ProcessedEvent
-
-    with db.session() as session:
-        session.exec(delete(ProcessedEvent).where(ProcessedEvent.event_id == event_id))
 
 
 def build_app(

@@ -348,13 +348,10 @@ def open_capture(bot: "BotContext", client: WebClient, *, trigger_id: str, chann
 
 
 def _existing_tags(bot: "BotContext", source_key: str) -> list[str]:
-    from sqlmodel import select
+    from storage.examples import example_by_source_key
 
-    from storage.models import Example
-
-    with bot.db.session() as session:
-        example = session.exec(select(Example).where(Example.source_key == source_key)).first()
-        return list(example.tags) if example else []
+    example = example_by_source_key(bot.db, source_key)
+    return list(example.tags) if example else []
 
 
 def submission_errors(draft: Draft) -> dict[str, str]:

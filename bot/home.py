@@ -20,14 +20,10 @@ SEEN_PREFIX = "home_seen:"
 
 def _latest(bot: "BotContext") -> tuple[Any, Any]:
     """The newest snapshot and job, or None (their tables may be empty)."""
-    from sqlmodel import select
+    from storage.jobs import list_jobs
+    from storage.snapshots import latest_snapshot
 
-    from storage.models import Job, Snapshot
-
-    with bot.db.session() as session:
-        snapshot = session.exec(select(Snapshot).order_by(Snapshot.id.desc()).limit(1)).first()
-        job = session.exec(select(Job).order_by(Job.id.desc()).limit(1)).first()
-    return snapshot, job
+    return latest_snapshot(bot.db), next(iter(list_jobs(bot.db, limit=1)), None)
 
 
 def home_view(bot: "BotContext", user: str, *, first_visit: bool) -> dict[str, Any]:

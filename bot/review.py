@@ -155,14 +155,10 @@ def _page_listener(bot: "BotContext"):
 
 def _ft_list(bot: "BotContext"):
     def ft_list(ctx: CommandContext) -> None:
-        from sqlmodel import select
-
-        from storage.examples import count_by_status
-        from storage.models import Example
+        from storage.examples import count_by_status, recent_examples
 
         counts = count_by_status(bot.db)
-        with bot.db.session() as session:
-            recent = list(session.exec(select(Example).order_by(Example.id.desc()).limit(10)))
+        recent = recent_examples(bot.db, limit=10)
         head = " · ".join(f"{STATUS_EMOJI.get(s, '')} {counts.get(s, 0)} {s}" for s in ("approved", "pending", "rejected"))
         out = [bk.section(f"*Examples:* {head}")]
         lines = []
@@ -180,28 +176,14 @@ def _ft_list(bot: "BotContext"):
 
 def _ft_stats(bot: "BotContext"):
     def ft_stats(ctx: CommandContext) -> None:
-        from collections import Counter
-
-        from sqlmodel import select
-
-        from storage.examples import count_by_status
-        from storage.models import Example
+        from storage.examples import count_by_status, dataset_stats
 
         counts = count_by_status(bot.db)
-        tags: Counter[str] = Counter()
-        capturers: Counter[str] = Counter()
-        turns = 0
-        total = 0
-        with bot.db.session() as session:
-            for example_tags, captured_by, messages, source_kind in session.exec(
-                    select(Example.tags, Example.captured_by, Example.messages, Example.source_kind)):
-                total += 1
-                tags.update(example_tags or [])
-                capturers[captured_by or source_kind] += 1
-                turns += len(messages or [])
+        stats = dataset_stats(bot.db)
+        tags, capturers, total = stats.tags, stats.capturers, stats.total
         pairs = [("Approved", str(counts.get("approved", 0))), ("Pending", str(counts.get("pending", 0))),
                  ("Rejected", str(counts.get("rejected", 0))),
-                 ("Avg turns", f"{turns / total:.1f}" if total else "–")]
+                 ("Avg turns", f"{stats.average_turns:.1f}" if stats.average_turns is not None else "–")]
         out = [bk.header("ftbot dataset"), bk.fields_section(pairs)]
         if capturers:
             out.append(bk.section("*Top capturers:* " + ", ".join(

@@ -36,6 +36,12 @@ def claim_event(db: Database, event_id: str) -> bool:
         return False
 
 
+def release_event(db: Database, event_id: str) -> bool:
+    """Forget one claim (its handling failed), so Slack's next retry of the event is processed; True if it existed."""
+    with db.session() as session:
+        return session.execute(delete(ProcessedEvent).where(ProcessedEvent.event_id == event_id)).rowcount > 0
+
+
 def forget_events_before(db: Database, cutoff: datetime) -> int:
     """Delete claims older than ``cutoff`` (Slack stops retrying after minutes); returns how many."""
     with db.session() as session:

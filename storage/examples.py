@@ -6,8 +6,9 @@ Every example is an OpenAI SFT line (messages, optional tools / parallel_tool_ca
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import func, insert, or_, select
@@ -296,6 +297,49 @@ def list_examples(
         query = query.limit(limit)
     with db.session() as session:
         return list(session.scalars(query))
+
+
+def recent_examples(db: Database, *, limit: int = 10) -> list[Example]:
+    """The newest examples first (any status)."""
+    with db.session() as session:
+        return list(session.scalars(select(Example).order_by(Example.id.desc()).limit(limit)))
+
+
+def example_by_source_key(db: Database, source_key: str) -> Example | None:
+    """The example captured from one Slack message (``slack:<channel>:<ts>``), or None."""
+    with db.session() as session:
+        return session.scalar(select(Example).where(Example.source_key == source_key))
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    """Figures over every stored example (any status) for ``/ft stats``."""
+
+    total: int = 0
+    turns: int = 0
+    tags: Counter[str] = field(default_factory=Counter)
+    # Who captured each example: a Slack user id, or the source kind ("import", "console") when nobody did.
+    capturers: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def average_turns(self) -> float | None:
+        return self.turns / self.total if self.total else None
+
+
+def dataset_stats(db: Database) -> DatasetStats:
+    """Tag and capturer counts and the total number of turns, streamed (constant memory)."""
+    tags: Counter[str] = Counter()
+    capturers: Counter[str] = Counter()
+    total = turns = 0
+    query = select(Example.tags, Example.captured_by, Example.messages, Example.source_kind)
+    with db.session() as session:
+        for example_tags, captured_by, messages, source_kind in session.execute(
+                query.execution_options(yield_per=BATCH_SIZE)):
+            total += 1
+            tags.update(example_tags or [])
+            capturers[captured_by or source_kind] += 1
+            turns += len(messages or [])
+    return DatasetStats(total=total, turns=turns, tags=tags, capturers=capturers)
 
 
 def count_by_status(db: Database) -> dict[str, int]:

@@ -152,6 +152,12 @@ def find_snapshot(db: Database, digest: str) -> Snapshot | None:
         return session.scalar(select(Snapshot).where(Snapshot.content_hash == digest))
 
 
+def latest_snapshot(db: Database) -> Snapshot | None:
+    """The most recently created snapshot, or None when there is none yet."""
+    with db.session() as session:
+        return session.scalar(select(Snapshot).order_by(Snapshot.id.desc()).limit(1))
+
+
 def get_snapshot(db: Database, snapshot_id: int) -> Snapshot:
     with db.session() as session:
         snapshot = session.get(Snapshot, snapshot_id)

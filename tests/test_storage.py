@@ -9,16 +9,19 @@ import pytest
 
 from storage.db import Database
 from storage.errors import DuplicateExample, ExampleNotFound
-from storage.events import claim_event, forget_events_before
+from storage.events import claim_event, forget_events_before, release_event
 from storage.examples import (
     BATCH_SIZE,
     approved_records,
     count_by_status,
+    dataset_stats,
+    example_by_source_key,
     example_record,
     get_example,
     import_records,
     iter_records,
     list_examples,
+    recent_examples,
     save_capture,
     set_status,
     update_example,
@@ -26,6 +29,7 @@ from storage.examples import (
 from storage.models import utcnow
 from storage.pairs import add_pair, count_pairs, import_pairs, list_pairs, pair_records
 from storage.settings import delete_setting, get_setting, set_setting
+from storage.snapshots import create_snapshot, latest_snapshot
 from trainers.errors import ValidationFailed
 from trainers.records import content_hash, sft_record
 
@@ -272,6 +276,48 @@ def test_counts_listing_and_streaming_by_status(db: Database) -> None:
     assert len(list(iter_records(db, status=None))) == 6
 
 
+def test_recent_examples_newest_first_and_lookup_by_slack_message(db: Database) -> None:
+    assert recent_examples(db) == [] and example_by_source_key(db, "slack:C1:1.0") is None
+    ids = [capture(db, conversation(f"q{i}", f"a{i}"), key=f"slack:C1:{i}.0", tags=[f"t{i}"]).example.id
+           for i in range(4)]
+    import_records(db, [(1, conversation("imported", "yes"))], source_file="f.jsonl", approved_by="U1")
+
+    newest = recent_examples(db, limit=3)
+    assert [example.id for example in newest[1:]] == [ids[3], ids[2]]
+    assert newest[0].source_kind == "import" and newest[0].id > ids[3]
+    found = example_by_source_key(db, "slack:C1:2.0")
+    assert found is not None and found.id == ids[2] and found.tags == ["t2"]
+    assert example_by_source_key(db, "slack:C9:2.0") is None
+
+
+def test_dataset_stats_count_tags_capturers_and_turns_over_every_status(db: Database) -> None:
+    assert dataset_stats(db).total == 0 and dataset_stats(db).average_turns is None
+    first = capture(db, conversation("q1", "a1"), key="slack:C1:1.0", tags=["billing", "refund"])
+    capture(db, conversation("q2", "a2"), key="slack:C1:2.0", tags=["billing"], captured_by="U_OTHER")
+    set_status(db, first.example.id, "rejected", by="U1")
+    import_records(db, [(1, TOOL_RECORD)], source_file="f.jsonl", approved_by="U1")
+
+    stats = dataset_stats(db)
+    assert stats.total == 3
+    assert stats.turns == 3 + 3 + 4
+    assert stats.average_turns == pytest.approx(10 / 3)
+    assert stats.tags == {"billing": 2, "refund": 1}
+    assert stats.capturers == {"U_CAPTURER": 1, "U_OTHER": 1, "import": 1}
+
+
+def test_latest_snapshot_is_the_newest_one(db: Database) -> None:
+    assert latest_snapshot(db) is None
+    first = import_records(db, [(1, conversation("q1", "a1")), (2, conversation("q2", "a2"))],
+                           source_file="f", approved_by="U1")
+    assert first.added == 2
+    older = create_snapshot(db).snapshot
+    import_records(db, [(3, conversation("q3", "a3"))], source_file="f", approved_by="U1")
+    newer = create_snapshot(db).snapshot
+    latest = latest_snapshot(db)
+    assert newer.id != older.id and latest is not None and latest.id == newer.id
+    assert latest.train_count + latest.validation_count == 3
+
+
 def test_streaming_many_records_in_id_order(db: Database) -> None:
     items = [(line, conversation(f"q{line}", f"a{line}")) for line in range(1, 2 * BATCH_SIZE + 2)]
     import_records(db, items, source_file="f", approved_by="U1")
@@ -327,6 +373,10 @@ def test_an_event_is_claimed_once_even_by_concurrent_deliveries(db: Database) ->
     for thread in threads:
         thread.join(30)
     assert sorted(outcomes) == [False] * 5 + [True]
+
+    # A failed handling releases its claim: Slack's retry of that event is then processed once more.
+    assert release_event(db, "Ev2") is True and release_event(db, "Ev2") is False
+    assert claim_event(db, "Ev2") is True and claim_event(db, "Ev2") is False
 
     assert forget_events_before(db, utcnow() + timedelta(seconds=1)) == 2
     assert claim_event(db, "Ev1") is True
