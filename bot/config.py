@@ -16,7 +16,6 @@ from typing import Any
 from trainers.errors import ConfigError
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful, friendly customer support agent. Answer accurately and concisely."
-DEFAULT_BASE_MODEL = "gpt-4o-mini-2024-07-18"
 
 
 def _id_list(raw: str | None) -> tuple[str, ...]:
@@ -78,7 +77,9 @@ class Settings:
     voters: tuple[str, ...] = ()
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     channel_prompts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    base_model: str = DEFAULT_BASE_MODEL
+    # The OpenAI base model for /ft price, /ft validate and OpenAI training (FTBOT_OPENAI_MODEL). The on-prem base
+    # model is FTBOT_LOCAL_BASE_MODEL, read by trainers.local.config where local training is prepared.
+    openai_model: str = "gpt-4o-mini-2024-07-18"
     http_port: int = 3000
     # Evaluation: the baseline ("base" = the candidate's base model, "openai:<model>", a registered model or a local
     # base model), how long voting stays open, and the pause between posted comparisons (Slack: ~1 message/s/channel).
@@ -88,6 +89,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        from trainers.quote import configured_openai_model
+
         env = os.environ if environ is None else environ
 
         def get(name: str) -> str | None:
@@ -115,7 +118,7 @@ class Settings:
             voters=_id_list(get("FTBOT_VOTERS")),
             system_prompt=get("FTBOT_SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
             channel_prompts=_channel_prompts(get("FTBOT_CHANNEL_PROMPTS")),
-            base_model=get("FTBOT_BASE_MODEL") or DEFAULT_BASE_MODEL,
+            openai_model=configured_openai_model(env),
             http_port=port,
             eval_baseline=get("FTBOT_EVAL_BASELINE"),
             eval_hours=_positive_float("FTBOT_EVAL_HOURS", get("FTBOT_EVAL_HOURS"), 24.0),

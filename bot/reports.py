@@ -94,7 +94,7 @@ def run_report(bot: "BotContext", model: str | None) -> dict[str, Any]:
         raise FtbotError("There are no approved examples yet: capture replies (shortcut *Add to ftbot*) and approve them "
                          "with `/ft review` first")
     # Database items are numbered by example id, not file line: say "example N" in messages.
-    return build_report(approved_records(bot.db), model=model or bot.settings.base_model, kind="sft", unit="example").to_json()
+    return build_report(approved_records(bot.db), model=model or bot.settings.openai_model, kind="sft", unit="example").to_json()
 
 
 def register(app: App, bot: "BotContext") -> None:

@@ -157,3 +157,65 @@ def test_bot_start_and_slash_path_do_not_import_training_libraries(tmp_path):
                             env=_env(tmp_path), cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --- the model settings: FTBOT_OPENAI_MODEL (OpenAI) and FTBOT_LOCAL_BASE_MODEL (on-prem), one meaning each ---------
+
+
+@pytest.fixture
+def fresh_model_warning(monkeypatch):
+    """The deprecation warning is once per process: let each test see it."""
+    import trainers.quote
+
+    monkeypatch.setattr(trainers.quote, "_warned_deprecated", False)
+
+
+def test_the_openai_model_setting_and_its_deprecated_alias(fresh_model_warning, caplog):
+    assert Settings.from_env({}).openai_model == "gpt-4o-mini-2024-07-18"
+    assert Settings.from_env({"FTBOT_OPENAI_MODEL": "gpt-4.1-mini-2025-04-14"}).openai_model == "gpt-4.1-mini-2025-04-14"
+    assert not caplog.records
+    # The old name is read as the OpenAI model whatever it names (no guessing), with one warning line.
+    with caplog.at_level("WARNING"):
+        assert Settings.from_env({"FTBOT_BASE_MODEL": "/models/llama"}).openai_model == "/models/llama"
+        Settings.from_env({"FTBOT_BASE_MODEL": "gpt-4o-2024-08-06"})
+    warnings = [r.getMessage() for r in caplog.records if "FTBOT_BASE_MODEL" in r.getMessage()]
+    assert len(warnings) == 1 and "deprecated" in warnings[0] and "FTBOT_OPENAI_MODEL" in warnings[0]
+    assert "\n" not in warnings[0]
+
+
+def test_the_new_openai_model_name_wins_over_the_deprecated_one(fresh_model_warning, caplog):
+    with caplog.at_level("WARNING"):
+        settings = Settings.from_env({"FTBOT_OPENAI_MODEL": "gpt-4.1-2025-04-14", "FTBOT_BASE_MODEL": "gpt-4o-mini"})
+    assert settings.openai_model == "gpt-4.1-2025-04-14"
+    assert any("ignored because FTBOT_OPENAI_MODEL is set" in r.getMessage() for r in caplog.records)
+
+
+def test_the_local_base_model_never_comes_from_the_openai_settings(monkeypatch, fresh_model_warning):
+    from trainers.local.config import configured_base_model
+    from trainers.quote import TrainingSettings
+
+    monkeypatch.delenv("FTBOT_LOCAL_BASE_MODEL", raising=False)
+    monkeypatch.setenv("FTBOT_OPENAI_MODEL", "gpt-4o-2024-08-06")
+    monkeypatch.setenv("FTBOT_BASE_MODEL", "/models/llama")
+    assert configured_base_model() == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert TrainingSettings.from_env().openai_model == "gpt-4o-2024-08-06"
+    monkeypatch.setenv("FTBOT_LOCAL_BASE_MODEL", "/models/qwen")
+    assert configured_base_model() == "/models/qwen" and configured_base_model("explicit") == "explicit"
+
+
+def test_ftbot_price_defaults_to_the_openai_model_setting(tmp_path, monkeypatch, fresh_model_warning):
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+
+    data = tmp_path / "ten.jsonl"
+    data.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}) + "\n"
+        for i in range(10)
+    ))
+    monkeypatch.setenv("FTBOT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FTBOT_BASE_MODEL", raising=False)
+    monkeypatch.setenv("FTBOT_OPENAI_MODEL", "gpt-4.1-mini-2025-04-14")
+    result = CliRunner().invoke(app, ["price", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"] == "gpt-4.1-mini-2025-04-14"

@@ -97,10 +97,10 @@ def test_local_config_rejects_unknown_settings_and_resolves_the_base_model(monke
     with pytest.raises(ConfigError, match="'sft' or 'dpo'"):
         LocalTrainConfig(method="ppo")
     monkeypatch.delenv("FTBOT_LOCAL_BASE_MODEL", raising=False)
-    monkeypatch.setenv("FTBOT_BASE_MODEL", "gpt-4o-mini-2024-07-18")  # an OpenAI name is not a local model
-    assert configured_base_model() == "Qwen/Qwen2.5-0.5B-Instruct"
+    # FTBOT_BASE_MODEL is the deprecated name of the OpenAI model: never the on-prem base, whatever it names.
     monkeypatch.setenv("FTBOT_BASE_MODEL", "/models/llama-3.2-1b")
-    assert configured_base_model() == "/models/llama-3.2-1b"
+    assert configured_base_model() == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert configured_base_model(fallback="ftbot:tiny") == "ftbot:tiny"
     monkeypatch.setenv("FTBOT_LOCAL_BASE_MODEL", "meta-llama/Llama-3.2-1B-Instruct")
     assert configured_base_model() == "meta-llama/Llama-3.2-1B-Instruct"
     assert configured_base_model("explicit") == "explicit"

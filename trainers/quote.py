@@ -8,7 +8,9 @@ the premises (OpenAI only) and a budget cap that only an admin may override.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,6 +22,8 @@ from storage.snapshots import describe, snapshot_members
 from trainers.errors import ConfigError
 
 OPENAI_MODEL_ENV = "FTBOT_OPENAI_MODEL"
+# Deprecated: once read as the OpenAI model by some commands and as the on-prem base by others.
+DEPRECATED_MODEL_ENV = "FTBOT_BASE_MODEL"
 BUDGET_ENV = "FTBOT_BUDGET_USD"
 GPU_HOUR_PRICE_ENV = "FTBOT_GPU_HOUR_USD"
 LOCAL_TOKENS_PER_S_ENV = "FTBOT_LOCAL_TOKENS_PER_S"
@@ -31,6 +35,31 @@ DEFAULT_GPU_HOUR_USD = 2.0
 DEFAULT_LOCAL_EPOCHS = 3
 # Token counting for the local back end uses an OpenAI encoding: an estimate, the base model's tokenizer differs.
 LOCAL_COUNTING_MODEL = DEFAULT_OPENAI_MODEL
+
+
+log = logging.getLogger(__name__)
+_warned_deprecated = False
+
+
+def configured_openai_model(environ: Mapping[str, str] | None = None) -> str:
+    """The OpenAI base model: ``$FTBOT_OPENAI_MODEL``, else the deprecated ``$FTBOT_BASE_MODEL``, else the default.
+
+    The only reader of both variables: the bot's ``Settings``, ``ftbot validate/price`` and the training quote
+    call it. A set ``FTBOT_BASE_MODEL`` is taken as the OpenAI model whatever it names (no guessing), with a
+    one-line warning per process.
+    """
+    global _warned_deprecated
+    env = os.environ if environ is None else environ
+    chosen = (env.get(OPENAI_MODEL_ENV) or "").strip()
+    deprecated = (env.get(DEPRECATED_MODEL_ENV) or "").strip()
+    if deprecated and not _warned_deprecated:
+        _warned_deprecated = True
+        what = f"ignored because {OPENAI_MODEL_ENV} is set" if chosen else f"read as {OPENAI_MODEL_ENV}"
+        log.warning(
+            "%s is deprecated and %s (the OpenAI base model); rename it to %s, and set FTBOT_LOCAL_BASE_MODEL "
+            "for the on-prem base model", DEPRECATED_MODEL_ENV, what, OPENAI_MODEL_ENV,
+        )
+    return chosen or deprecated or DEFAULT_OPENAI_MODEL
 
 
 def _float_env(name: str, default: float | None) -> float | None:
@@ -54,11 +83,8 @@ class TrainingSettings:
 
     @classmethod
     def from_env(cls) -> "TrainingSettings":
-        from trainers.local.config import BASE_MODEL_ENV, is_openai_model
-
-        shared = (os.environ.get(BASE_MODEL_ENV) or "").strip()
         return cls(
-            openai_model=os.environ.get(OPENAI_MODEL_ENV) or (shared if is_openai_model(shared) else DEFAULT_OPENAI_MODEL),
+            openai_model=configured_openai_model(),
             budget_usd=_float_env(BUDGET_ENV, None),
             gpu_hour_usd=_float_env(GPU_HOUR_PRICE_ENV, DEFAULT_GPU_HOUR_USD) or 0.0,
             local_tokens_per_s=_float_env(LOCAL_TOKENS_PER_S_ENV, DEFAULT_LOCAL_TOKENS_PER_S) or DEFAULT_LOCAL_TOKENS_PER_S,

@@ -8,7 +8,6 @@ in the database. Exit codes: 0 when the data has no errors, 1 when it has errors
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,14 +26,13 @@ err_console = Console(stderr=True, highlight=False)
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 ISSUES_SHOWN = 20
-MODEL_ENV = "FTBOT_BASE_MODEL"
 DATABASE_LABEL = "approved examples (database)"
 
 
 def _default_model() -> str:
-    from bot.config import DEFAULT_BASE_MODEL
+    from trainers.quote import configured_openai_model
 
-    return os.environ.get(MODEL_ENV) or DEFAULT_BASE_MODEL
+    return configured_openai_model()
 
 
 def _emit_json(value: Any) -> None:
@@ -178,7 +176,7 @@ FileArgument = Annotated[
     Optional[Path],
     typer.Argument(help="OpenAI fine-tuning JSONL (SFT chat or DPO lines). Without it: the approved examples in the database."),
 ]
-ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help=f"Base model to count and price for (default: ${MODEL_ENV} or gpt-4o-mini).")]
+ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="OpenAI base model to count and price for (default: $FTBOT_OPENAI_MODEL, else gpt-4o-mini-2024-07-18).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the report as JSON (same facts).")]
 KindOption = Annotated[str, typer.Option("--kind", help="auto, sft or dpo.")]
 PiiOption = Annotated[bool, typer.Option("--pii/--no-pii", help="Scan for personal data (emails, phones, cards, IBANs, SSNs).")]

@@ -31,7 +31,7 @@ class Method(str, Enum):
 
 def train(
     backend: Annotated[Backend, typer.Option("--backend", "-b", help="Where to train: on-prem (local) or OpenAI.")] = Backend.local,
-    base_model: Annotated[Optional[str], typer.Option("--base-model", help="Local: HF id or directory (default $FTBOT_BASE_MODEL, else Qwen/Qwen2.5-0.5B-Instruct; 'ftbot:tiny' = offline tiny model).")] = None,
+    base_model: Annotated[Optional[str], typer.Option("--base-model", help="Local: HF id or directory (default $FTBOT_LOCAL_BASE_MODEL, else Qwen/Qwen2.5-0.5B-Instruct; 'ftbot:tiny' = offline tiny model).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="OpenAI: the base model to fine-tune (default $FTBOT_OPENAI_MODEL).")] = None,
     method: Annotated[Method, typer.Option("--method", help="sft on approved examples, dpo on preference pairs.")] = Method.sft,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs (OpenAI default: its auto rule; local: 3).")] = None,

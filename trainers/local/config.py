@@ -8,9 +8,8 @@ from typing import Any
 
 from trainers.errors import ConfigError
 
+# The one variable for the on-prem base model (the OpenAI one is FTBOT_OPENAI_MODEL, read in trainers.quote).
 LOCAL_BASE_MODEL_ENV = "FTBOT_LOCAL_BASE_MODEL"
-BASE_MODEL_ENV = "FTBOT_BASE_MODEL"
-OPENAI_MODEL_PREFIXES = ("gpt-", "ft:", "o1", "o3", "o4", "davinci", "babbage")
 # A small instruct model with a chat template TRL knows how to patch for assistant-only loss; fits a laptop GPU.
 DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 # Marker meaning "the tiny model built offline" (tests, the console without a configured base model).
@@ -62,19 +61,9 @@ class LocalTrainConfig:
 
 
 def configured_base_model(explicit: str | None = None, *, fallback: str = DEFAULT_BASE_MODEL) -> str:
-    """The base model to train on-prem: the explicit choice, else ``$FTBOT_LOCAL_BASE_MODEL``, else
-    ``$FTBOT_BASE_MODEL`` unless it names an OpenAI model (``/ft price`` reads that variable as the OpenAI base
-    model), else ``fallback``."""
+    """The base model to train on-prem: the explicit choice, else ``$FTBOT_LOCAL_BASE_MODEL``, else ``fallback``.
+
+    The only reader of ``FTBOT_LOCAL_BASE_MODEL`` (the bot, the CLI and the worker all call it)."""
     if explicit:
         return explicit
-    local = (os.environ.get(LOCAL_BASE_MODEL_ENV) or "").strip()
-    if local:
-        return local
-    shared = (os.environ.get(BASE_MODEL_ENV) or "").strip()
-    if shared and not is_openai_model(shared):
-        return shared
-    return fallback
-
-
-def is_openai_model(name: str) -> bool:
-    return name.startswith(OPENAI_MODEL_PREFIXES)
+    return (os.environ.get(LOCAL_BASE_MODEL_ENV) or "").strip() or fallback

@@ -91,7 +91,7 @@ def load_model_and_tokenizer(base_model: str, config: LocalTrainConfig):
         model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
     except OSError as error:
         raise ConfigError(
-            f"cannot load base model {base_model!r}: {error}. Set FTBOT_BASE_MODEL (or --base-model) to a local "
+            f"cannot load base model {base_model!r}: {error}. Set FTBOT_LOCAL_BASE_MODEL (or --base-model) to a local "
             "directory or a Hugging Face id that is cached on this machine."
         ) from error
     if tokenizer.pad_token is None:
