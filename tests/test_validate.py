@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from trainers import report as report_module
-from trainers.duplicates import NUM_PERM, ExactDuplicates, NearDuplicateIndex, band_keys, minhash_signatures, reply_sketches, sketch_jaccard
+from trainers.duplicates import NUM_PERM, SKETCH_SIZE, ExactDuplicates, NearDuplicateIndex, band_keys, minhash_signatures, reply_sketches, sketch_jaccard
 from trainers.errors import DataFileError
 from trainers.pricing import PriceTable
 from trainers.report import MAX_ISSUES_PER_CODE, build_report
@@ -567,14 +567,18 @@ def _reference_near_duplicates(batches: list[tuple[list[int], np.ndarray, np.nda
     those added by earlier replies of the batch (latest per key); nominated when >= _min_candidate MinHash
     values agree, confirmed by sketch Jaccard >= threshold (best first match wins). Unmatched replies become
     representatives; when full, the index evicts, and the rest of the batch starts afresh."""
-    index = NearDuplicateIndex(capacity=capacity)  # used for its thresholds and _confirm-equivalent rule only
+    index = NearDuplicateIndex(capacity=capacity)  # used for its thresholds only
     minimum, threshold = index._min_candidate, index.threshold
     bands: dict[int, int] = {}  # key -> line
     reps: dict[int, tuple[np.ndarray, bytes, int]] = {}  # line -> (signature, sketch, matches), in insertion order
     out: list[Any] = []
 
-    def similarity(a: bytes, b: bytes) -> float:
-        return sketch_jaccard(a, b)
+    def similarity(a: bytes, b: bytes) -> float:  # exact Jaccard when both sketches are complete, else bottom-k
+        first, second = set(np.frombuffer(a, dtype=np.uint64).tolist()), set(np.frombuffer(b, dtype=np.uint64).tolist())
+        if len(first) < SKETCH_SIZE and len(second) < SKETCH_SIZE:
+            return len(first & second) / len(first | second)
+        union = sorted(first | second)[:SKETCH_SIZE]
+        return sum(1 for value in union if value in first and value in second) / len(union)
 
     def run(lines, signatures, keys, sketches):
         nonlocal bands

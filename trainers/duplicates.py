@@ -26,6 +26,7 @@ __all__ = [
     "minhash_signatures",
     "reply_sketches",
     "sketch_jaccard",
+    "pair_similarities",
     "band_keys",
     "ExactDuplicates",
     "NearDuplicateIndex",
@@ -39,6 +40,7 @@ MIN_SHINGLE_TOKENS = 8  # replies shorter than this are flagged by short_assista
 SAMPLE = 1  # power of two; 1 = every trigram (sampling made short replies' estimates too noisy)
 SKETCH_SIZE = 128  # trigram hashes kept per reply to confirm a near duplicate
 _SHINGLE = 3
+_MAX_PAIRS = 1 << 15  # pair index in the top 16 bits of a sketch value
 _MAX_BATCH_SHINGLES = 4096  # keeps the NUM_PERM × batch temporaries (1 MB) in cache: 4x faster than 64k
 
 _rng = np.random.default_rng(20261101)
@@ -124,6 +126,43 @@ def reply_sketches(flat_tokens: Sequence[int], lengths: Sequence[int]) -> tuple[
 def sketch_jaccard(first: bytes, second: bytes) -> float:
     """Jaccard similarity of two replies from their bottom-k sketches (exact when both are small)."""
     return _bottom_k_jaccard(set(np.frombuffer(first, dtype=np.uint64).tolist()), set(np.frombuffer(second, dtype=np.uint64).tolist()))
+
+
+def pair_similarities(first: Sequence[bytes], second: Sequence[bytes]) -> np.ndarray:
+    """``sketch_jaccard(first[i], second[i])`` for every i, computed in bulk (float64, the same values):
+    both sketches tagged with the pair's index, sorted together; equal neighbours are shared hashes."""
+    count = len(first)
+    result = np.empty(count, dtype=np.float64)
+    for lo in range(0, count, _MAX_PAIRS):
+        hi = min(count, lo + _MAX_PAIRS)
+        result[lo:hi] = _pair_similarities(first[lo:hi], second[lo:hi])
+    return result
+
+
+def _pair_similarities(first: Sequence[bytes], second: Sequence[bytes]) -> np.ndarray:
+    count = len(first)
+    sizes_a = np.fromiter(map(len, first), dtype=np.int64, count=count) // 8
+    sizes_b = np.fromiter(map(len, second), dtype=np.int64, count=count) // 8
+    pairs = np.arange(count, dtype=np.uint64) << np.uint64(48)  # sketch values are below 2**48
+    keys = np.concatenate((
+        np.frombuffer(b"".join(first), dtype=np.uint64) | np.repeat(pairs, sizes_a),
+        np.frombuffer(b"".join(second), dtype=np.uint64) | np.repeat(pairs, sizes_b),
+    ))
+    keys.sort()
+    repeat_of_previous = keys[1:] == keys[:-1]  # each sketch holds distinct values: a repeat is shared
+    distinct = np.ones(len(keys), dtype=bool)
+    distinct[1:] = ~repeat_of_previous
+    shared = np.zeros(len(keys), dtype=bool)
+    shared[:-1] = repeat_of_previous
+    shared = shared[distinct]
+    owner = (keys[distinct] >> np.uint64(48)).astype(np.int64)
+    rank = np.arange(len(owner)) - np.searchsorted(owner, np.arange(count))[owner]
+    union = np.minimum(np.bincount(owner, minlength=count), SKETCH_SIZE)
+    shared_all = np.bincount(owner[shared], minlength=count)
+    shared_bottom = np.bincount(owner[shared & (rank < SKETCH_SIZE)], minlength=count)
+    complete = (sizes_a < SKETCH_SIZE) & (sizes_b < SKETCH_SIZE)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(complete, shared_all / (sizes_a + sizes_b - shared_all), shared_bottom / union)
 
 
 def _bottom_k_jaccard(a: set[int], b: set[int]) -> float:
@@ -233,21 +272,6 @@ class NearDuplicateIndex:
         """The most similar earlier representative at or above the threshold, else None (and index this reply)."""
         return self.check_many([line], signature.reshape(1, NUM_PERM), np.asarray(keys, dtype=np.uint64).reshape(1, BANDS), [sketch])[0]
 
-    def _confirm(self, sketch: bytes, slots: list[int]) -> tuple[float, int] | None:
-        best: tuple[float, int] | None = None
-        query = np.frombuffer(sketch, dtype=np.uint64).tolist()
-        query_set = set(query)
-        for rep_slot in slots:
-            other = np.frombuffer(self._sketch_of[rep_slot], dtype=np.uint64).tolist()
-            if len(query) < SKETCH_SIZE and len(other) < SKETCH_SIZE:
-                shared = len(query_set.intersection(other))  # both sets complete: exact Jaccard
-                similarity = shared / (len(query) + len(other) - shared)
-            else:
-                similarity = _bottom_k_jaccard(query_set, set(other))
-            if similarity >= self.threshold and (best is None or similarity > best[0]):
-                best = (similarity, rep_slot)
-        return best
-
     def check_many(
         self, lines: Sequence[int], signatures: np.ndarray, keys: np.ndarray | Sequence[Sequence[int]], sketches: Sequence[bytes]
     ) -> list[NearMatch | None]:
@@ -264,6 +288,7 @@ class NearDuplicateIndex:
         key_matrix = np.asarray(keys, dtype=np.uint64).reshape(count, BANDS)
         flat_keys = key_matrix.ravel()
         minimum = self._min_candidate
+        threshold = self.threshold
         # 1. Representatives indexed before this call: bulk lookup, candidates in band order without repeats.
         bands = self._bands
         found = np.fromiter(map(bands.get, flat_keys.tolist(), repeat(-1)), dtype=np.int64, count=count * BANDS).reshape(count, BANDS)
@@ -272,13 +297,15 @@ class NearDuplicateIndex:
             for earlier in range(band):
                 usable[:, band] &= found[:, band] != found[:, earlier]
         pair_rows, pair_bands = np.nonzero(usable)
-        nominated: dict[int, list[int]] = {}  # row -> slots of earlier representatives worth confirming
+        nominated: dict[int, list[tuple[int, float]]] = {}  # row -> (slot, sketch similarity) of earlier representatives
         if len(pair_rows):
             pair_slots = found[pair_rows, pair_bands]
             agreement = np.count_nonzero(self._matrix[pair_slots] == signatures[pair_rows], axis=1)
             strong = agreement >= minimum
-            for row, rep_slot in zip(pair_rows[strong].tolist(), pair_slots[strong].tolist()):
-                nominated.setdefault(row, []).append(rep_slot)
+            strong_rows, strong_slots = pair_rows[strong].tolist(), pair_slots[strong].tolist()
+            similarities = pair_similarities([sketches[row] for row in strong_rows], [self._sketch_of[slot] for slot in strong_slots]).tolist()
+            for row, rep_slot, value in zip(strong_rows, strong_slots, similarities):
+                nominated.setdefault(row, []).append((rep_slot, value))
         # 2. Representatives added by earlier replies of this call. For a key of this reply, that is the
         #    latest earlier reply with the same key that became a representative: walk back through the
         #    earlier occurrences of the key (``previous``: flat position of the last one, -1 for none).
@@ -295,6 +322,10 @@ class NearDuplicateIndex:
         entry_agreement = np.count_nonzero(signatures[entry_rows] == signatures[entry_previous_rows], axis=1)
         needs_walk = np.zeros(count, dtype=bool)
         needs_walk[entry_rows[(entry_agreement >= minimum) | (entry_previous_rows == entry_rows)]] = True
+        close = np.flatnonzero((entry_agreement >= minimum) & (entry_previous_rows != entry_rows))
+        close_rows, close_earlier = entry_rows[close].tolist(), entry_previous_rows[close].tolist()
+        in_call_similarity = dict(zip(zip(close_rows, close_earlier), pair_similarities(
+            [sketches[row] for row in close_rows], [sketches[row] for row in close_earlier]).tolist()))
         entries: dict[int, list[tuple[int, int, int]]] = {}  # row -> (flat position, previous row, agreement)
         for position, row, earlier_row, agreement in zip(
             entry_positions.tolist(), entry_rows.tolist(), entry_previous_rows.tolist(), entry_agreement.tolist()
@@ -327,8 +358,15 @@ class NearDuplicateIndex:
                         agreement = int(np.count_nonzero(signatures[earlier_row] == signatures[row]))
                     if agreement >= minimum and earlier_row not in chosen:
                         chosen.append(earlier_row)
-                slots = slots + [slot_of_row[earlier_row] for earlier_row in chosen]
-            best = self._confirm(sketches[row], slots) if slots else None
+                slots = slots + [
+                    (slot_of_row[earlier_row], in_call_similarity[(row, earlier_row)] if (row, earlier_row) in in_call_similarity
+                     else float(pair_similarities([sketches[row]], [sketches[earlier_row]])[0]))
+                    for earlier_row in chosen
+                ]
+            best = None
+            for rep_slot, value in slots:
+                if value >= threshold and (best is None or value > best[0]):
+                    best = (value, rep_slot)
             if best is not None:
                 self._matches[best[1]] += 1
                 results.append(NearMatch(self._line_of[best[1]], best[0]))
