@@ -182,6 +182,50 @@ def test_real_console_script_prints_no_traceback(sqlite_db: Database, tmp_path: 
     )
     assert completed.returncode == 1
     assert "no such file" in completed.stderr and "Traceback" not in completed.stderr
+    assert completed.stderr.startswith("error: ") and completed.stderr.count("\n") == 1
+
+
+def test_named_errors_of_every_command_are_one_line_and_exit_1(sqlite_db: Database, cli) -> None:
+    # Data, evaluation and training commands raise FtbotError; the root command prints it the same way for all.
+    for args, message in [
+        (("export", "--format", "hf"), "--format hf writes a dataset directory: give it with --out DIR"),
+        (("eval", "remove", "99"), "there is no added question #99; `ftbot eval questions` lists them."),
+    ]:
+        result = cli(sqlite_db, *args)
+        assert result.exit_code == 1, result.output
+        assert result.stderr == f"error: {message}\n"
+        assert result.stdout == ""
+
+
+def test_ctrl_c_exits_130_without_a_traceback(sqlite_db: Database, cli, good_file: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import storage.imports
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(storage.imports, "import_file", interrupted)
+    result = cli(sqlite_db, "import", str(good_file))
+    assert result.exit_code == 130
+    assert result.stderr == "interrupted\n" and "Traceback" not in result.output
+    assert count_by_status(sqlite_db)["approved"] == 0
+
+
+def test_console_script_ctrl_c_exits_130(sqlite_db: Database, good_file: Path) -> None:
+    # The real entry point (bot.cli.main) in its own process, interrupted while importing.
+    script = (
+        "import storage.imports\n"
+        "def interrupted(*args, **kwargs):\n"
+        "    raise KeyboardInterrupt\n"
+        "storage.imports.import_file = interrupted\n"
+        "from bot.cli import main\n"
+        "main()\n"
+    )
+    env = {**os.environ, "FTBOT_DATABASE_URL": database_url(sqlite_db)}
+    completed = subprocess.run([sys.executable, "-c", script, "import", str(good_file)],
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 130
+    assert completed.stderr == "interrupted\n"
 
 
 def test_unreachable_database_is_one_clear_line(cli, good_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import click
 import typer
+from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from bot.cli import checks, data, evaluation, slack, training
+from trainers.errors import FtbotError
+
+
+class FtbotGroup(TyperGroup):
+    """The root command: one place that turns user errors into one line on stderr, for every subcommand.
+
+    It wraps ``invoke`` (not ``main()``) so the error path is the same for the console script and for
+    typer's CliRunner in the tests: ``FtbotError`` → ``error: ...`` and exit 1; Ctrl-C → exit 130, no traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FtbotError as error:
+            _err_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            _err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+
+_err_console = Console(stderr=True, highlight=False)
+
 
 app = typer.Typer(
     name="ftbot",
@@ -12,6 +41,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=FtbotGroup,
 )
 
 for feature in (checks, data, slack, training, evaluation):

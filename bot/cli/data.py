@@ -1,7 +1,7 @@
 """CLI commands for the dataset store: ``ftbot import``, ``ftbot export``, ``ftbot examples list``, ``ftbot db ...``.
 
 The database is the one ``Database.open()`` picks (``FTBOT_DATABASE_URL``, else SQLite under ``FTBOT_HOME``).
-User errors print one line on stderr and exit 1, never a traceback.
+User errors print one line on stderr and exit 1, never a traceback (``FtbotError`` is printed by ``bot.cli``).
 """
 
 from __future__ import annotations
@@ -46,14 +46,14 @@ class StatusChoice(str, Enum):
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn ftbot's named errors and unreachable databases into one clear line and exit code 1."""
+    """Unreachable databases and bad database URLs become one clear line and exit code 1.
+
+    ``FtbotError`` and Ctrl-C are handled once for every command by the root group (``bot.cli.FtbotGroup``).
+    """
     from sqlalchemy.exc import ArgumentError, OperationalError
 
     try:
         yield
-    except FtbotError as error:
-        err_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
-        raise typer.Exit(1) from None
     except (OperationalError, ArgumentError) as error:
         from storage.db import default_database_url
 
