@@ -75,14 +75,18 @@ def iban_valid(candidate: str) -> bool:
 
 def _classify_digit_run(run: str, opener: str) -> str | None:
     """Kind of a digit run ("card", "ssn", "ip", "phone") or None; ``opener`` is "+" or "(" typed before it."""
+    digits = _DIGITS.findall(run)
+    count = len(digits)
+    if count < 9:
+        # Too few digits for an SSN, a card or a phone number (most runs: order numbers, amounts, times):
+        # only an IPv4 address is left, and no date-like run is one (three groups, not four).
+        return "ip" if "." in run and _IPV4.fullmatch(run) else None
     if _SSN.fullmatch(run):
         return "ssn"
     if _DATE_LIKE.fullmatch(run):
         return None
     if "." in run and _IPV4.fullmatch(run):
         return "ip"
-    digits = _DIGITS.findall(run)
-    count = len(digits)
     if 13 <= count <= 19 and _CARD_SHAPE.fullmatch(run) and luhn_valid("".join(digits)):
         return "card"
     if 9 <= count <= 15 and "." not in run.replace(". ", " "):
@@ -100,6 +104,9 @@ def _left_boundary(text: str, start: int) -> bool:
 def _iban_at(text: str, run_start: int) -> re.Match[str] | None:
     """An IBAN that contains the digit run starting at ``run_start`` (its head is at most 34 chars back)."""
     window_start = max(0, run_start - 34)
+    letters = text[window_start : run_start + 2]
+    if letters == letters.lower():
+        return None  # no upper-case letter where the two letters of an IBAN's head would be
     for head in _IBAN_HEAD.finditer(text, window_start, run_start + 4):
         if head.start() > run_start:
             break
