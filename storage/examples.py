@@ -176,17 +176,13 @@ def import_records(
         with db.session() as own_session:
             return import_records(db, items, source_file=source_file, approved_by=approved_by, session=own_session)
 
-    added = unchanged = 0
-    for batch in _batched(items, BATCH_SIZE):
-        rows: dict[str, dict[str, Any]] = {}
-        now = utcnow()
-        for line, record in batch:
+    now = utcnow()
+
+    def rows() -> Iterator[tuple[str, dict[str, Any]]]:
+        for line, record in items:
             normalized = _normalized(record)
             digest = content_hash(normalized)
-            if digest in rows:
-                unchanged += 1
-                continue
-            rows[digest] = {
+            yield digest, {
                 "content_hash": digest,
                 "messages": normalized["messages"],
                 "tools": normalized.get("tools"),
@@ -202,16 +198,31 @@ def import_records(
                 "created_at": now,
                 "updated_at": now,
             }
-        if not rows:
-            continue
-        stored = set(session.scalars(select(Example.content_hash).where(Example.content_hash.in_(list(rows)))))
-        new_rows = [row for digest, row in rows.items() if digest not in stored]
-        unchanged += len(rows) - len(new_rows)
+
+    return insert_new_rows(session, Example, rows())
+
+
+def insert_new_rows(session: Session, table: Any, rows: Iterable[tuple[str, dict[str, Any]]]) -> ImportResult:
+    """Bulk-insert ``(content hash, row)`` pairs into ``table``, skipping hashes already stored or repeated.
+
+    Works in batches of ``BATCH_SIZE``: one ``IN (...)`` lookup and one executemany (Core insert, no ORM
+    object per row) each. Earlier batches are already inserted in this transaction, so the lookup also
+    catches repeats across batches without keeping every hash in memory. ``table`` needs a ``content_hash``
+    column; ``storage.pairs`` uses this for preference pairs.
+    """
+    added = unchanged = 0
+    for batch in _batched(rows, BATCH_SIZE):
+        fresh: dict[str, dict[str, Any]] = {}
+        for digest, row in batch:
+            if digest in fresh:
+                unchanged += 1
+            else:
+                fresh[digest] = row
+        stored = set(session.scalars(select(table.content_hash).where(table.content_hash.in_(list(fresh)))))
+        new_rows = [row for digest, row in fresh.items() if digest not in stored]
+        unchanged += len(fresh) - len(new_rows)
         if new_rows:
-            # One executemany per batch: Core insert, no ORM object per row. Earlier batches are already
-            # inserted in this transaction, so the lookup above also catches repeats across batches
-            # without keeping every hash in memory.
-            session.execute(insert(Example), new_rows)
+            session.execute(insert(table), new_rows)
             added += len(new_rows)
     return ImportResult(added=added, unchanged=unchanged)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from storage.db import Database
-from storage.examples import BATCH_SIZE, ImportResult, SaveResult, _batched
+from storage.examples import BATCH_SIZE, ImportResult, SaveResult, insert_new_rows
 from storage.models import PreferencePair, utcnow
 from trainers.errors import ValidationFailed
 from trainers.records import content_hash
@@ -86,17 +86,13 @@ def import_pairs(
     if session is None:
         with db.session() as own_session:
             return import_pairs(db, items, source_file=source_file, session=own_session)
-    added = unchanged = 0
-    for batch in _batched(items, BATCH_SIZE):
-        rows: dict[str, dict[str, Any]] = {}
-        now = utcnow()
-        for line, record in batch:
+    now = utcnow()
+
+    def rows() -> Iterator[tuple[str, dict[str, Any]]]:
+        for line, record in items:
             normalized = normalize_pair(record)
             digest = content_hash(normalized)
-            if digest in rows:
-                unchanged += 1
-                continue
-            rows[digest] = {
+            yield digest, {
                 "content_hash": digest,
                 "record": normalized,
                 "source_kind": "import",
@@ -104,17 +100,8 @@ def import_pairs(
                 "source_line": line,
                 "created_at": now,
             }
-        if not rows:
-            continue
-        stored = set(
-            session.scalars(select(PreferencePair.content_hash).where(PreferencePair.content_hash.in_(list(rows))))
-        )
-        new_rows = [row for digest, row in rows.items() if digest not in stored]
-        unchanged += len(rows) - len(new_rows)
-        if new_rows:
-            session.execute(insert(PreferencePair), new_rows)
-            added += len(new_rows)
-    return ImportResult(added=added, unchanged=unchanged)
+
+    return insert_new_rows(session, PreferencePair, rows())
 
 
 def list_pairs(db: Database, *, limit: int | None = None, offset: int = 0) -> list[PreferencePair]:
@@ -126,8 +113,6 @@ def list_pairs(db: Database, *, limit: int | None = None, offset: int = 0) -> li
 
 
 def count_pairs(db: Database) -> int:
-    from sqlalchemy import func
-
     with db.session() as session:
         return session.scalar(select(func.count()).select_from(PreferencePair)) or 0
 

@@ -11,6 +11,7 @@ from tests.fixtures.slack_api import (
     SlackHarness,
     app_mention,
     block_actions,
+    form_values,
     interactive_body,
     message_action,
     view_submission,
@@ -24,17 +25,6 @@ def _thread(fake, *, customer_text="My invoice shows the wrong VAT number &amp; 
                               thread_ts=parent["ts"])
     fake.post_message("C_SUPPORT", "U_CUSTOMER", "Great, thanks!", thread_ts=parent["ts"])  # after the reply: not included
     return parent, reply
-
-
-def _values(view):
-    """The modal's inputs as Slack would submit them unchanged: {block_id: {action_id: {value}}}."""
-    values = {}
-    for block in view["blocks"]:
-        if block["type"] == "input":
-            element = block["element"]
-            values[block["block_id"]] = {element["action_id"]: {"type": "plain_text_input",
-                                                               "value": element.get("initial_value")}}
-    return values
 
 
 def _open_via_shortcut(h: SlackHarness, reply, *, user="U_AGENT"):
@@ -67,7 +57,7 @@ def test_submission_stores_example_once_even_when_double_clicked(slack_bot: Slac
     h = slack_bot
     _parent, reply = _thread(h.fake)
     view = _open_via_shortcut(h, reply)
-    values = _values(view)
+    values = form_values(view)
     values["tags"] = {"value": {"type": "plain_text_input", "value": "Billing, invoices"}}
     turn2 = next(k for k in values if k.startswith("turn_2"))
     values[turn2]["text"]["value"] = "I corrected the VAT number on invoice 1042."
@@ -95,7 +85,7 @@ def test_capturing_same_message_again_updates_the_example(slack_bot: SlackHarnes
     _parent, reply = _thread(h.fake)
     for new_text in ("First version of the reply.", "Second, better version of the reply."):
         view = _open_via_shortcut(h, reply)
-        values = _values(view)
+        values = form_values(view)
         values[next(k for k in values if k.startswith("turn_2"))]["text"]["value"] = new_text
         h.interact(view_submission(view, values))
         h.wait()
@@ -108,7 +98,7 @@ def test_invalid_edit_returns_field_errors_and_stores_nothing(slack_bot: SlackHa
     h = slack_bot
     _parent, reply = _thread(h.fake)
     view = _open_via_shortcut(h, reply)
-    values = _values(view)
+    values = form_values(view)
     # an assistant turn edited to weight-0-only content is impossible here; blank the customer turn instead
     turn1 = next(k for k in values if k.startswith("turn_1"))
     values[turn1]["text"]["value"] = "   "
@@ -127,14 +117,14 @@ def test_redact_pii_button_updates_the_view(slack_bot: SlackHarness):
                                 thread_ts=parent["ts"])
     view = _open_via_shortcut(h, reply)
     assert any(b.get("block_id") == "pii" for b in view["blocks"])
-    h.interact(block_actions("ft_capture_redact", "redact", view={**view, "state": {"values": _values(view)}}))
+    h.interact(block_actions("ft_capture_redact", "redact", view={**view, "state": {"values": form_values(view)}}))
     h.wait()
     updated = h.fake.views[view["id"]]
     text = json.dumps(updated)
     assert "jane.doe@example.com" not in text and "[EMAIL]" in text
     assert not any(b.get("block_id") == "pii" for b in updated["blocks"])
     # the redacted text is what gets stored
-    h.interact(view_submission(updated, _values(updated)))
+    h.interact(view_submission(updated, form_values(updated)))
     h.wait()
     assert "[EMAIL]" in list_examples(h.db)[0].messages[1]["content"]
 
@@ -146,7 +136,7 @@ def test_ft_add_with_thread_permalink(slack_bot: SlackHarness):
     h.command(f"add <{link.replace('&', '&amp;')}>", trigger_id=h.fake.new_trigger_id())
     h.wait()
     view = list(h.fake.views.values())[-1]
-    values = _values(view)
+    values = form_values(view)
     assert values[next(k for k in values if k.startswith("turn_2"))]["text"]["value"].startswith("Thanks @carla")
     h.interact(view_submission(view, values))
     h.wait()
@@ -160,7 +150,7 @@ def test_ft_add_with_a_reply_link_lacking_thread_ts_reads_the_whole_thread(slack
     h.wait()
     view = list(h.fake.views.values())[-1]
     assert "Can you fix it?" in json.dumps(view) and view.get("submit")
-    h.interact(view_submission(view, _values(view)))
+    h.interact(view_submission(view, form_values(view)))
     h.wait()
     assert list_examples(h.db)[0].source_thread_ts == parent["ts"]
     assert h.fake.calls_to("chat.postEphemeral")[-1].args["thread_ts"] == parent["ts"]
@@ -229,7 +219,7 @@ def team_bot(sqlite_db, fake_slack):
 def _capture_pending(h: SlackHarness):
     _parent, reply = _thread(h.fake)
     view = _open_via_shortcut(h, reply)
-    h.interact(view_submission(view, _values(view)))
+    h.interact(view_submission(view, form_values(view)))
     h.wait()
     return list_examples(h.db)[0]
 

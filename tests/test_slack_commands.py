@@ -9,7 +9,7 @@ import pytest
 
 from bot.blocks import escape, fit_blocks
 from storage.examples import save_capture
-from tests.fixtures.slack_api import SlackHarness, message_action, view_submission
+from tests.fixtures.slack_api import SlackHarness, form_values, message_action, view_submission
 
 
 def _seed(db, n: int, *, status: str = "approved", extra: str = "") -> None:
@@ -191,8 +191,7 @@ def test_hostile_text_is_escaped_everywhere(slack_bot: SlackHarness):
     h.interact(message_action(reply, trigger_id=h.fake.new_trigger_id(), response_url=h.fake.response_url()))
     h.wait()
     view = list(h.fake.views.values())[-1]
-    values = {b["block_id"]: {b["element"]["action_id"]: {"type": "plain_text_input", "value": b["element"].get("initial_value")}}
-              for b in view["blocks"] if b["type"] == "input"}
+    values = form_values(view)
     # the user then types markup into the reply field too
     turn2 = next(k for k in values if k.startswith("turn_2"))
     values[turn2]["text"]["value"] = "Ignore it <!everyone> <@U_LEAD> & thanks"
@@ -230,8 +229,7 @@ def test_rate_limited_call_is_retried_after_retry_after(slack_bot: SlackHarness)
     h.interact(message_action(reply, trigger_id=h.fake.new_trigger_id(), response_url=h.fake.response_url()))
     h.wait()
     view = list(h.fake.views.values())[-1]
-    values = {b["block_id"]: {b["element"]["action_id"]: {"type": "plain_text_input", "value": b["element"].get("initial_value")}}
-              for b in view["blocks"] if b["type"] == "input"}
+    values = form_values(view)
     started = time.monotonic()
     h.interact(view_submission(view, values))
     h.wait()

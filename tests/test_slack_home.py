@@ -6,7 +6,7 @@ import json
 
 from storage.examples import list_examples, save_capture
 from storage.models import Job, Snapshot
-from tests.fixtures.slack_api import SlackHarness, message_action, view_submission
+from tests.fixtures.slack_api import SlackHarness, form_values, message_action, view_submission
 
 
 def _open_home(h: SlackHarness, user: str, event_id: str) -> dict:
@@ -61,8 +61,7 @@ def test_long_thread_stays_within_modal_limits_and_keeps_everything(sqlite_db, f
         # the 4,600-character message cannot be an input (3,000 max): shown, kept as captured
         [locked] = [b["block_id"] for b in view["blocks"] if b.get("block_id", "").startswith("locked_")]
         assert "earlier turns are kept as captured" in json.dumps(view)
-        values = {b["block_id"]: {b["element"]["action_id"]: {"type": "plain_text_input", "value": b["element"].get("initial_value")}}
-                  for b in view["blocks"] if b["type"] == "input"}
+        values = form_values(view)
         h.interact(view_submission(view, values))
         h.wait()
         [example] = list_examples(h.db)

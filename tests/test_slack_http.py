@@ -9,6 +9,7 @@ from storage.examples import list_examples
 from tests.fixtures.slack_api import (
     SlackHarness,
     event_callback,
+    form_values,
     signed_headers,
     slash_command_body,
 )
@@ -101,8 +102,7 @@ def test_shortcut_flow_over_http(slack_bot: SlackHarness):
     h.wait()
     assert status == 200
     view = list(h.fake.views.values())[-1]
-    values = {b["block_id"]: {b["element"]["action_id"]: {"type": "plain_text_input", "value": b["element"].get("initial_value")}}
-              for b in view["blocks"] if b["type"] == "input"}
+    values = form_values(view)
     status, _ = h.http(interactive_body(view_submission(view, values)))
     h.wait()
     assert status == 200

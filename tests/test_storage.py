@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import pytest
@@ -31,6 +30,7 @@ from storage.pairs import add_pair, count_pairs, import_pairs, list_pairs, pair_
 from storage.settings import delete_setting, get_setting, set_setting
 from storage.snapshots import create_snapshot, latest_snapshot
 from trainers.errors import ValidationFailed
+from tests.fixtures.concurrency import at_once
 from trainers.records import content_hash, sft_record
 
 
@@ -122,23 +122,7 @@ def test_capture_rejects_a_record_without_messages(db: Database) -> None:
 
 def test_concurrent_captures_of_one_message_end_with_one_row(db: Database) -> None:
     """Slack retries and double clicks: eight threads capture the same message at the same moment."""
-    threads_count = 8
-    barrier = threading.Barrier(threads_count)
-    results, errors = [], []
-
-    def worker(index: int) -> None:
-        barrier.wait()
-        try:
-            results.append(capture(db, conversation("Refund?", f"Refunds take 5 days ({index % 2})")))
-        except Exception as error:  # noqa: BLE001 - collected and asserted below
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(threads_count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert errors == []
+    results = at_once(lambda index: capture(db, conversation("Refund?", f"Refunds take 5 days ({index % 2})")), 8)
     assert sum(result.created for result in results) == 1
     assert len({result.example.id for result in results}) == 1
     assert len(list_examples(db)) == 1
@@ -360,18 +344,7 @@ def test_an_event_is_claimed_once_even_by_concurrent_deliveries(db: Database) ->
     assert claim_event(db, "Ev1") is True
     assert claim_event(db, "Ev1") is False
 
-    barrier = threading.Barrier(6)
-    outcomes: list[bool] = []
-
-    def deliver() -> None:
-        barrier.wait()
-        outcomes.append(claim_event(db, "Ev2"))
-
-    threads = [threading.Thread(target=deliver) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    outcomes = at_once(lambda _index: claim_event(db, "Ev2"), 6)
     assert sorted(outcomes) == [False] * 5 + [True]
 
     # A failed handling releases its claim: Slack's retry of that event is then processed once more.
@@ -456,20 +429,5 @@ def test_postgres_cases_skip_locally_but_fail_in_ci_when_the_server_is_down(tmp_
 
 
 def test_concurrent_first_writes_of_one_setting_all_succeed(db: Database) -> None:
-    barrier = threading.Barrier(6)
-    errors: list[Exception] = []
-
-    def write(value: int) -> None:
-        barrier.wait()
-        try:
-            set_setting(db, "home:U1", {"seen": value})
-        except Exception as error:  # noqa: BLE001 - asserted below
-            errors.append(error)
-
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert errors == []
+    at_once(lambda value: set_setting(db, "home:U1", {"seen": value}), 6)
     assert get_setting(db, "home:U1")["seen"] in range(6)

@@ -7,22 +7,13 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from trainers.generate import display_name
+from trainers.plots import figure_png, new_figure
 from trainers.stats import ABSummary, Leaderboard
 
 _CANDIDATE, _BASELINE, _TIE, _BAD = "#2a9d8f", "#e76f51", "#8d99ae", "#adb5bd"
-
-
-def _figure(panels: int):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(7.2, 2.9 * panels + 0.4), dpi=110)
 
 
 def results_png(
@@ -36,20 +27,15 @@ def results_png(
 ) -> bytes:
     """Render the round's result (and the leaderboard of all models when given and larger than two)."""
     show_board = leaderboard is not None and len(leaderboard.ratings) > 2
-    figure = _figure(2 if show_board else 1)
-    axes = figure.add_subplot(2 if show_board else 1, 1, 1)
+    panels = 2 if show_board else 1
+    figure = new_figure(figsize=(7.2, 2.9 * panels + 0.4), dpi=110)
+    axes = figure.add_subplot(panels, 1, 1)
     _win_rate_panel(axes, summary, candidate, baseline)
     if show_board:
         assert leaderboard is not None
         _ratings_panel(figure.add_subplot(2, 1, 2), leaderboard)
     figure.suptitle(title or f"{candidate} vs {baseline}", fontsize=11)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    data = buffer.getvalue()
-    if path is not None:
-        Path(path).write_bytes(data)
-    return data
+    return figure_png(figure, path)
 
 
 def _win_rate_panel(axes, summary: ABSummary, candidate: str, baseline: str) -> None:

@@ -1,4 +1,7 @@
-"""Loss-curve PNGs with matplotlib (Agg backend: no display needed, safe in the bot's worker threads)."""
+"""Loss-curve PNGs with matplotlib (Agg backend: no display needed, safe in the bot's worker threads).
+
+``new_figure`` and ``figure_png`` are shared with ``trainers.eval_plots``.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +16,11 @@ def loss_curve_png(points: Sequence[dict[str, Any]], *, title: str = "Training l
 
     Raises ValueError when there is no loss to draw.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure  # the object API: no global pyplot state shared between threads
-
     train = [(p["step"], p["train_loss"]) for p in points if p.get("train_loss") is not None]
     valid = [(p["step"], p["valid_loss"]) for p in points if p.get("valid_loss") is not None]
     if not train and not valid:
         raise ValueError("no losses recorded yet: nothing to plot")
-    figure = Figure(figsize=(6.4, 3.6), dpi=100)
+    figure = new_figure(figsize=(6.4, 3.6), dpi=100)
     axes = figure.add_subplot()
     if train:
         axes.plot(*zip(*train), label="train loss", color="#1f77b4", linewidth=1.6)
@@ -33,6 +31,25 @@ def loss_curve_png(points: Sequence[dict[str, Any]], *, title: str = "Training l
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
     axes.legend()
+    return figure_png(figure, path)
+
+
+def new_figure(*, figsize: tuple[float, float], dpi: int) -> Any:
+    """A matplotlib ``Figure`` on the Agg backend.
+
+    The object API, not pyplot: no global figure state shared between the bot's threads. matplotlib is
+    imported here, not at module import, so the bot pays for it only when it draws.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, dpi=dpi)
+
+
+def figure_png(figure: Any, path: str | Path | None = None) -> bytes:
+    """Lay out ``figure`` and return it as PNG bytes (also written to ``path`` if given)."""
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
