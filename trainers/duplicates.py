@@ -326,32 +326,27 @@ class NearDuplicateIndex:
         close_rows, close_earlier = entry_rows[close].tolist(), entry_previous_rows[close].tolist()
         in_call_similarity = dict(zip(zip(close_rows, close_earlier), pair_similarities(
             [sketches[row] for row in close_rows], [sketches[row] for row in close_earlier]).tolist()))
-        entries: dict[int, list[tuple[int, int, int]]] = {}  # row -> (flat position, previous row, agreement)
-        for position, row, earlier_row, agreement in zip(
-            entry_positions.tolist(), entry_rows.tolist(), entry_previous_rows.tolist(), entry_agreement.tolist()
-        ):
-            entries.setdefault(row, []).append((position, earlier_row, agreement))
+        # Entries are in row order: a row's entries are one slice, turned into tuples only for the rows that
+        # need them (close to an earlier reply, or whose earlier reply turned out not to be a representative).
+        entry_bounds = np.searchsorted(entry_rows, np.arange(count + 1)).tolist()
+        entry_columns = (entry_positions.tolist(), entry_previous_rows.tolist(), entry_agreement.tolist())
         walk_rows = set(np.flatnonzero(needs_walk).tolist())
-        previous_list = previous.tolist()
         # 3. One reply at a time: confirm nominees, or add the reply as a representative.
         slot_of_row: dict[int, int] = {}  # rows of this call that became representatives -> slot
-        matched_rows: set[int] = set()  # rows of this call that matched (did not become representatives)
         new_rows: list[int] = []
         self._matches[self._size :] = 0
         results: list[NearMatch | None] = []
         for row in range(count):
             slots = nominated.get(row, [])
-            row_entries = entries.get(row)
-            if row_entries is not None and (
-                row in walk_rows or (matched_rows and any(earlier in matched_rows for _, earlier, _ in row_entries))
-            ):
+            if row in walk_rows:
                 chosen: list[int] = []
-                for position, earlier_row, agreement in row_entries:
+                lo, hi = entry_bounds[row], entry_bounds[row + 1]
+                for position, earlier_row, agreement in zip(*(column[lo:hi] for column in entry_columns)):
                     if earlier_row not in slot_of_row:
                         # Not a representative: the latest earlier occurrence that is one, if any.
-                        walk = previous_list[position]
+                        walk = int(previous[position])
                         while walk >= 0 and walk // BANDS not in slot_of_row:
-                            walk = previous_list[walk]
+                            walk = int(previous[walk])
                         if walk < 0:
                             continue
                         earlier_row = walk // BANDS
@@ -370,7 +365,8 @@ class NearDuplicateIndex:
             if best is not None:
                 self._matches[best[1]] += 1
                 results.append(NearMatch(self._line_of[best[1]], best[0]))
-                matched_rows.add(row)
+                # Later replies whose previous occurrence of a key is this one must look further back.
+                walk_rows.update(entry_rows[entry_previous_rows == row].tolist())
                 continue
             evicted = self._size >= self.capacity
             if evicted:
