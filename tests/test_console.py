@@ -121,3 +121,38 @@ def test_reactions_and_mentions_reach_the_app_as_events(sqlite_db):
 def test_console_help_lists_commands(tmp_path, command):
     result = _run([command], ":help\n:quit\n", tmp_path)
     assert ":react N emoji" in result.stdout and ":add N" in result.stdout
+
+
+def test_binary_uploads_are_saved_and_named_text_uploads_previewed(sqlite_db, tmp_path):
+    from bot.blocks import upload_file
+    from bot.console.shell import CHANNEL
+    from trainers.plots import loss_curve_png
+
+    png = loss_curve_png([{"step": s, "train_loss": 1.0 / s} for s in range(1, 30)])
+    console = Console(Settings(), sqlite_db, out=io.StringIO(), files_dir=tmp_path / "console-files")
+    try:
+        # What the bot does for a loss plot and a report: files_upload_v2 through the real client to the fake Slack.
+        client = console.app.ftbot.client
+        upload_file(client, CHANNEL, content=png, filename="loss job#1.png", title="Job #1 loss")
+        upload_file(client, CHANNEL, content="line one\nline two\nline three\nline four\n", filename="report.txt",
+                    title="ftbot validate report")
+        output = console.out.getvalue()
+    finally:
+        console.close()
+    [saved] = list((tmp_path / "console-files").iterdir())
+    assert saved.name.endswith("-loss_job_1.png") and saved.read_bytes() == png
+    assert f"[file] loss job#1.png ({round(len(png) / 1024)} KB, PNG image) saved to {saved}" in output
+    assert "PNG\r" not in output and "IHDR" not in output and "\ufffd" not in output
+    assert "[file] ftbot validate report (report.txt, 39 bytes)\n    | line one\n    | line two\n    | line three\n" in output
+    assert "line four" not in output
+
+
+def test_file_kinds_and_binary_detection():
+    from bot.console.render import file_kind, human_size, is_binary
+
+    assert not is_binary("Größe: 3 × 4 — ok\n".encode())
+    assert not is_binary(("é" * 5000).encode())  # a character cut at the 8 KiB boundary is still text
+    assert is_binary(b"\x89PNG\r\n\x1a\n\0\0") and is_binary(b"\xff\xfe\xfa text")
+    assert file_kind("x.png", b"\x89PNG\r\n\x1a\n") == "PNG image" and file_kind("a.pdf", b"%PDF-1.7") == "PDF document"
+    assert file_kind("data.bin", b"\0\1") == "application/octet-stream"
+    assert (human_size(900), human_size(52_000), human_size(3 * 1024 * 1024)) == ("900 bytes", "51 KB", "3.0 MB")

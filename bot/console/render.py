@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import mimetypes
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 _LINK = re.compile(r"<([^<>]+)>")
@@ -84,3 +86,53 @@ def render_blocks(blocks: list[dict[str, Any]], *, name_of: Callable[[str], str]
             lines.append(f"  <field {len(inputs)}> {inputs[-1][2]}{optional}:")
             lines.extend("      " + line for line in (value.splitlines() or ["(empty)"]))
     return [indent + line for line in lines]
+
+
+# Magic numbers of the binary files the bot uploads (charts) and a few common others.
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG image"),
+    (b"\xff\xd8\xff", "JPEG image"),
+    (b"GIF8", "GIF image"),
+    (b"%PDF-", "PDF document"),
+    (b"PK\x03\x04", "ZIP archive"),
+)
+PREVIEW_LINES = 3
+
+
+def is_binary(content: bytes) -> bool:
+    """True for content a terminal cannot show as text: a NUL byte or invalid UTF-8 in its first 8 KiB."""
+    head = content[:8192]
+    if b"\0" in head:
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        # A multi-byte character cut at the 8 KiB boundary is still text.
+        return error.start < len(head) - 3
+    return False
+
+
+def file_kind(name: str, content: bytes) -> str:
+    """A short description of a file's type, from its first bytes, else from its name."""
+    for signature, kind in _SIGNATURES:
+        if content.startswith(signature):
+            return kind
+    mime, _ = mimetypes.guess_type(name)
+    return mime or "binary data"
+
+
+def human_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 1024 * 1024:
+        return f"{round(size / 1024)} KB"
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def file_lines(title: str, name: str, content: bytes, *, saved_to: Path | None) -> list[str]:
+    """How the console shows an uploaded file: a short preview for text, where it was saved for binary files."""
+    if is_binary(content):
+        where = f" saved to {saved_to}" if saved_to is not None else " (not saved)"
+        return [f"[file] {name} ({human_size(len(content))}, {file_kind(name, content)}){where}"]
+    preview = content.decode("utf-8", "replace").splitlines()[:PREVIEW_LINES]
+    return [f"[file] {title} ({name}, {len(content)} bytes)", *("    | " + line[:160] for line in preview)]

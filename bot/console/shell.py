@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import secrets
 import shlex
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlencode
 
@@ -28,7 +30,7 @@ from slack_sdk.signature import SignatureVerifier
 from bot.config import Settings
 from bot.console.executor import TrackingExecutor, wait_all_idle
 from bot.console.fake_slack import Call, FakeSlack
-from bot.console.render import Button, mrkdwn_to_text, render_blocks
+from bot.console.render import Button, file_lines, is_binary, mrkdwn_to_text, render_blocks
 
 CHANNEL = "C0SUPPORT"
 PEOPLE = {"customer": "U0CUSTOMER", "agent": "U0AGENT", "lead": "U0LEAD"}
@@ -53,8 +55,12 @@ Type a message to post it in #support as the current person (start with @ftbot t
 class Console:
     """The console session: a fake workspace, the real app, and a line-oriented REPL."""
 
-    def __init__(self, settings: Settings, db: Any, *, out: TextIO = sys.stdout):
+    def __init__(self, settings: Settings, db: Any, *, out: TextIO = sys.stdout, files_dir: Path | None = None):
+        from storage.db import ftbot_home
+
         self.out = out
+        # Binary uploads (loss curves, evaluation charts) are saved here and named in the output.
+        self.files_dir = files_dir or ftbot_home() / "console-files"
         self._print_lock = threading.Lock()
         self.fake = FakeSlack(token=BOT_TOKEN, team_domain="ftbot-console").start()
         self.fake.add_channel(CHANNEL, "support")
@@ -141,13 +147,23 @@ class Console:
             self.say(f"  (ftbot {verb} :{args.get('name')}: on #{n})")
         elif call.method == "files.completeUploadExternal":
             for f in response.get("files") or []:
-                entry = self.fake.files.get(f["id"]) or {}
-                content = (entry.get("content") or b"").decode("utf-8", "replace")
-                preview = content.splitlines()[:3]
-                self.say(f"[file] {f['title']} ({f['name']}, {f['size']} bytes)",
-                         *("    | " + line[:160] for line in preview))
+                content = (self.fake.files.get(f["id"]) or {}).get("content") or b""
+                saved_to = self._save_file(f["id"], f["name"], content) if is_binary(content) else None
+                self.say(*file_lines(f["title"], f["name"], content, saved_to=saved_to))
                 if args.get("initial_comment"):
                     self.say("    " + mrkdwn_to_text(args["initial_comment"], self.name_of))
+
+    def _save_file(self, file_id: str, name: str, content: bytes) -> Path | None:
+        """Keep a binary upload (a chart) where the user can open it: ``<files_dir>/<file id>-<name>``."""
+        safe_name = re.sub(r"[^\w.-]+", "_", Path(name).name).strip("._") or "file"
+        path = self.files_dir / f"{file_id}-{safe_name}"
+        try:
+            self.files_dir.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        except OSError as error:
+            self.say(f"  (could not save {name} to {self.files_dir}: {error.strerror or error})")
+            return None
+        return path
 
     def _show_view(self, view: dict[str, Any]) -> None:
         changed = self.view is None or self.view.get("id") != view["id"]
