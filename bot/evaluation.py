@@ -3,9 +3,9 @@
 The flow of a round:
 
 1. ``/ft eval [model] [--n 20]`` picks the candidate (the named model, the one marked with ``/ft use``, else the
-   newest registered one) and the baseline (``FTBOT_EVAL_BASELINE``, by default the candidate's base model), and
-   the held-out questions (the candidate's validation split plus ``/ft eval add`` questions, never a prompt it
-   trained on). OpenAI generation costs money, so it first shows the estimate with Post / Cancel; local
+   newest registered one) and the baseline (``FTBOT_EVAL_BASELINE``, by default the candidate's base model, or
+   for a DPO model the fine-tuned model it continued), and the held-out questions (the candidate's validation
+   split plus ``/ft eval add`` questions, never a prompt it trained on). OpenAI generation costs money, so it first shows the estimate with Post / Cancel; local
    generation starts at once in a worker process (the bot never imports torch).
 2. Each question is posted as one message: the question, Answer A and Answer B — which model is on which side is
    randomized per comparison, stored, and hidden — and the bot seeds the vote reactions :a: :b: :handshake: :-1:.
@@ -123,6 +123,22 @@ def _candidate(bot: "BotContext", name: str | None):
     return model
 
 
+def _baseline(bot: "BotContext", candidate) -> str:
+    """``FTBOT_EVAL_BASELINE``; by default (``base``) the model the candidate started from: for a DPO model that
+    continued a fine-tuned one, that parent — the votes must say whether DPO improved on it — else its base model."""
+    from storage.jobs import ModelNotFound, get_model
+    from trainers.generate import BASE, baseline_name
+
+    configured = bot.settings.eval_baseline
+    parent = (candidate.metrics or {}).get("parent_model")
+    if parent and (configured or BASE).strip().lower() == BASE:
+        try:
+            return get_model(bot.db, parent).name
+        except ModelNotFound:
+            pass  # the parent was removed: its merged weights are the candidate's base model, compared below
+    return baseline_name(bot.db, candidate, configured)
+
+
 _start_lock = threading.Lock()
 
 
@@ -169,14 +185,14 @@ def _cost_quote(paid: list[Any], items: list[evals.EvalItem]) -> tuple[list[str]
 
 def start_round(bot: "BotContext", ctx: CommandContext, model_name: str | None, n: int) -> EvalRound:
     """Create the round and either ask to confirm the OpenAI cost or start generating."""
-    from trainers.generate import baseline_name, display_name, model_spec, registered_spec
+    from trainers.generate import display_name, model_spec, registered_spec
 
     if not bot.roles.may_train(ctx.user_id):
         raise FtbotError("only trainers can start an evaluation round (FTBOT_TRAINERS); ask an ftbot admin.")
     close_due_rounds(bot)
     _refuse_if_preparing(bot, ctx.channel_id)
     candidate = _candidate(bot, model_name)
-    baseline = baseline_name(bot.db, candidate, bot.settings.eval_baseline)
+    baseline = _baseline(bot, candidate)
     items = evals.eval_items(bot.db, candidate, limit=n)
     if not items:
         raise FtbotError(

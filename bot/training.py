@@ -52,21 +52,24 @@ def _schedule_id(job_id: int) -> str:
 
 # --- /ft train ---------------------------------------------------------------------------------------------------
 
-USAGE = "/ft train [openai|local] [model] [--method sft|dpo] [--epochs N]"
+USAGE = "/ft train [openai|local] [model] [--method sft|dpo] [--from <model>|base] [--epochs N]"
 
 
 def parse_train_args(args: list[str]) -> dict[str, Any]:
-    """``[openai|local] [model] [--method sft|dpo] [--epochs N]`` → options; FtbotError on anything else."""
-    options: dict[str, Any] = {"backend": "local", "model": None, "method": "sft", "epochs": None}
+    """``[openai|local] [model] [--method sft|dpo] [--from <model>|base] [--epochs N]`` → options; FtbotError on
+    anything else. ``--from``: the registered model DPO continues (default: the model in use), or ``base``."""
+    options: dict[str, Any] = {"backend": "local", "model": None, "method": "sft", "epochs": None, "parent": None}
     positional: list[str] = []
     items = list(args)
     while items:
         item = items.pop(0)
-        if item in ("--method", "--epochs"):
+        if item in ("--method", "--epochs", "--from"):
             if not items:
                 raise FtbotError(f"{item} needs a value. Usage: `{USAGE}`")
             value = items.pop(0)
-            if item == "--method":
+            if item == "--from":
+                options["parent"] = value
+            elif item == "--method":
                 if value not in ("sft", "dpo"):
                     raise FtbotError(f"--method must be sft or dpo, not {value!r}. Usage: `{USAGE}`")
                 options["method"] = value
@@ -142,13 +145,9 @@ def _ft_train(bot: "BotContext"):
             ctx.respond("Only members of the trainers role (FTBOT_TRAINERS) can train models. Ask an ftbot admin.")
             return
         options = parse_train_args(ctx.args)
-        model = options["model"]
-        if options["backend"] == "local" and model is None:
-            from trainers.local.config import configured_base_model
-
-            model = configured_base_model(fallback=_local_fallback(bot))
         quoted = quote_job(
-            bot.db, backend=options["backend"], method=options["method"], model=model, epochs=options["epochs"],
+            bot.db, backend=options["backend"], method=options["method"], model=options["model"],
+            parent=options["parent"], default_local_base=_local_fallback(bot), epochs=options["epochs"],
             created_by=ctx.user_id, idempotency_key=f"slack:{ctx.command.get('trigger_id') or ''}:train" if ctx.command.get("trigger_id") else None,
             slack_channel=ctx.channel_id,
         )
@@ -232,7 +231,9 @@ def progress_blocks(bot: "BotContext", job: Job, *, started_by: str | None = Non
 
     line = progress_line(bot.db, job)
     icon = {JobStatus.SUCCEEDED: ":white_check_mark:", JobStatus.FAILED: ":x:", JobStatus.CANCELLED: ":no_entry_sign:"}.get(job.status, ":hourglass_flowing_sand:")
-    out = [bk.section(f"{icon} *Training job #{job.id}* — {bk.escape(job.backend)} {bk.escape(job.method)} on `{bk.escape(job.base_model)}`\n{bk.escape(line)}")]
+    parent = (job.config or {}).get("parent_model")
+    origin = f"continuing *{bk.escape(parent)}*" if parent else f"on `{bk.escape(job.base_model)}`"
+    out = [bk.section(f"{icon} *Training job #{job.id}* — {bk.escape(job.backend)} {bk.escape(job.method)} {origin}\n{bk.escape(line)}")]
     if job.status == JobStatus.SUCCEEDED:
         model = model_for_job(bot.db, job.id)
         name = model.name if model else job.result_model
@@ -363,8 +364,12 @@ def _ft_models(bot: "BotContext"):
         for model in models[:30]:
             metrics = model.metrics or {}
             loss = metrics.get("final_valid_loss")
+            parent = metrics.get("parent_model")
+            # A DPO model that continued another: its base is that model (merged), named rather than shown as a path.
+            origin = (f"continues *{bk.escape(parent)}* (base `{bk.escape(metrics.get('root_base_model') or model.base_model)}`)"
+                      if parent else f"base `{bk.escape(model.base_model)}`")
             lines.append(
-                f"{'★ ' if model.active else '• '}*{bk.escape(model.name)}* — {bk.escape(model.backend)}, base `{bk.escape(model.base_model)}`"
+                f"{'★ ' if model.active else '• '}*{bk.escape(model.name)}* — {bk.escape(model.backend)}, {origin}"
                 + (f", job #{model.job_id}" if model.job_id else "")
                 + (f", valid loss {loss:.3f}" if isinstance(loss, (int, float)) else "")
                 + (f", ${model.cost_usd:,.2f}" if model.cost_usd is not None else "")

@@ -119,6 +119,9 @@ class Quote:
     pii: list[PiiHit]
     budget_usd: float | None
     notes: list[str] = field(default_factory=list)
+    # DPO: the registered model the job continues from (None: the base model), and where it starts, in words.
+    parent_model: str | None = None
+    start: str | None = None
 
     @property
     def over_budget(self) -> bool:
@@ -203,8 +206,12 @@ def build_quote(
     method: str = "sft",
     epochs: int | None = None,
     settings: TrainingSettings | None = None,
+    parent_model: str | None = None,
+    start_note: str | None = None,
 ) -> Quote:
-    """Price and check a snapshot for one back end. ``model``: the OpenAI base model or the local base model."""
+    """Price and check a snapshot for one back end. ``model``: the OpenAI base model or the local base model.
+
+    ``parent_model`` / ``start_note``: for DPO, the fine-tuned model the job continues from and a line saying so."""
     from trainers.report import build_report
     from trainers.pricing import on_prem_estimate
     from storage.snapshots import iter_snapshot_items
@@ -249,13 +256,15 @@ def build_quote(
         errors=errors[:20], warnings=warnings[:20], error_count=len(errors) if backend == "local" else sum(report.error_counts.values()),
         warning_count=sum(report.warning_counts.values()),
         pii=find_snapshot_pii(db, snapshot.id), budget_usd=settings.budget_usd, notes=notes,
+        parent_model=parent_model, start=start_note,
     )
 
 
 def quote_lines(quote: Quote) -> list[str]:
     """The quote as short plain-text lines (the CLI prints them; Slack wraps them in blocks)."""
     lines = [
-        f"Back end: {quote.backend} · method: {quote.method} · base model: {quote.model}",
+        f"Back end: {quote.backend} · method: {quote.method} · base model: {quote.model}"
+        + (f" · {quote.start}" if quote.start else ""),
         f"Snapshot #{quote.snapshot['id']} ({quote.snapshot['content_hash'][:12]}): "
         f"{quote.train_examples} train / {quote.validation_examples} validation examples",
         f"Tokens: {quote.tokens_per_epoch:,} per epoch × {quote.epochs} epochs = {quote.trained_tokens:,} trained tokens",

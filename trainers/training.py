@@ -20,11 +20,15 @@ from typing import Any
 
 from storage.db import Database
 from storage.jobs import (
+    ModelNotFound,
+    active_model,
     claim_job,
     create_job,
     finish_job,
     get_job,
+    get_model,
     last_losses,
+    list_models,
     metric_points,
     model_for_job,
     register_model,
@@ -34,11 +38,12 @@ from storage.models import Job, JobStatus, RegisteredModel
 from storage.snapshots import create_snapshot
 from trainers.errors import ConfigError, FtbotError, TrainingError, ValidationFailed
 from trainers.launch import read_log_tail, spawn_worker, stop_worker, worker_exit_code
-from trainers.local.config import TINY_BASE_MODEL, LocalTrainConfig, configured_base_model
+from trainers.local.config import DEFAULT_BASE_MODEL, TINY_BASE_MODEL, LocalTrainConfig, configured_base_model
 from trainers.quote import Quote, TrainingSettings, build_quote
 
 BACKENDS = ("openai", "local")
 METHODS = ("sft", "dpo")
+FROM_BASE = "base"  # `--from base`: DPO on the plain base model, not on a fine-tuned one
 
 
 @dataclass(frozen=True)
@@ -62,12 +67,52 @@ class JobUpdate:
     model: RegisteredModel | None = None
 
 
+@dataclass(frozen=True)
+class Parent:
+    """Where a DPO job starts: a registered fine-tuned model (``model``), or the base model (``model`` None)."""
+
+    model: RegisteredModel | None
+    note: str
+
+
+def dpo_parent(db: Database, backend: str, choice: str | None = None) -> Parent:
+    """The model a DPO job continues from: the votes judged the team's fine-tuned model, so DPO must move *that*
+    policy (and use it as the reference), not the plain base model.
+
+    ``choice``: a registered model's name (or id), ``base`` for the plain base model, or None for the default:
+    the model in use (``/ft use``) when it is on this back end, else the newest model a job of this back end
+    registered, else the base model (the note says why).
+    """
+    if choice and choice.strip().lower() == FROM_BASE:
+        return Parent(None, "starts from the base model (--from base)")
+    if choice:
+        chosen = get_model(db, choice)
+        if chosen.backend != backend:
+            raise ConfigError(
+                f"{chosen.name} is an {chosen.backend} model and this job trains on {backend}: DPO continues a model "
+                f"of the same back end. Pick one with --from NAME (`/ft models` lists them) or use --from base."
+            )
+        return Parent(chosen, f"continues from {chosen.name} (chosen)")
+    active = active_model(db)
+    if active is not None and active.backend == backend:
+        return Parent(active, f"continues from {active.name} (the model in use)")
+    # Team-registered baselines (no job) are not fine-tuned models; OpenAI parents are ft: ids.
+    trained = [m for m in list_models(db) if m.backend == backend and m.job_id is not None
+               and (backend != "openai" or m.location.startswith("ft:"))]
+    skipped = f" (the model in use, {active.name}, is an {active.backend} model)" if active is not None else ""
+    if trained:
+        return Parent(trained[0], f"continues from {trained[0].name}, the newest {backend} model{skipped}")
+    return Parent(None, f"starts from the base model: no fine-tuned {backend} model is registered yet{skipped}")
+
+
 def quote_job(
     db: Database,
     *,
     backend: str,
     method: str = "sft",
     model: str | None = None,
+    parent: str | None = None,
+    default_local_base: str | None = None,
     created_by: str | None = None,
     idempotency_key: str | None = None,
     validation_fraction: float = 0.1,
@@ -76,23 +121,55 @@ def quote_job(
     settings: TrainingSettings | None = None,
     slack_channel: str | None = None,
 ) -> QuotedJob:
-    """Snapshot the approved examples (or pairs for DPO), quote them, and store a ``quoted`` job."""
+    """Snapshot the approved examples (or pairs for DPO), quote them, and store a ``quoted`` job.
+
+    ``model``: the base model (local: HF id or directory, default ``$FTBOT_LOCAL_BASE_MODEL`` else
+    ``default_local_base``; OpenAI: default ``$FTBOT_OPENAI_MODEL``). For DPO, ``parent`` picks the fine-tuned
+    model to continue (see :func:`dpo_parent`); a ``model`` that names a registered model is taken as the parent,
+    and an explicit base model without ``parent`` means the plain base model.
+    """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown back end {backend!r}: use 'openai' or 'local'")
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: use 'sft' or 'dpo'")
     settings = settings or TrainingSettings.from_env()
+    start: Parent | None = None
+    if method == "dpo":
+        if model and parent is None and _is_registered(db, model):
+            model, parent = None, model
+        if model and parent is None:
+            start = Parent(None, f"starts from the base model {model} you named (--from NAME continues a fine-tuned one)")
+        else:
+            start = dpo_parent(db, backend, parent)
+        if start.model is not None and model:
+            raise ConfigError(
+                f"{start.model.name} was trained on {start.model.base_model}: DPO that continues it trains on that base. "
+                "Drop the base model, or use --from base to start from the base model you named."
+            )
+    elif parent:
+        raise ConfigError("--from applies to DPO only: SFT trains a fresh adapter on the base model")
     snapshot = create_snapshot(
         db, kind=method, validation_fraction=validation_fraction, created_by=created_by
     ).snapshot
+    lineage: dict[str, Any] = {}
+    if start is not None and start.model is not None:
+        lineage["parent_model"] = start.model.name
     if backend == "openai":
-        base_model = model or settings.openai_model
-        config: dict[str, Any] = {"seed": 42}
+        # OpenAI fine-tunes a fine-tuned model when given its ft: id as the model.
+        base_model = start.model.location if start and start.model else (model or settings.openai_model)
+        config: dict[str, Any] = {"seed": 42, **lineage}
         if epochs:
             config["n_epochs"] = epochs
     else:
-        base_model = configured_base_model(model)
-        options = dict(local_options or {})
+        if start is not None and start.model is not None:
+            parent_model = start.model
+            # The root base names the new model and shows in listings; the parent's own base is what its adapter
+            # applies to (for a DPO parent, its merged parent).
+            base_model = (parent_model.metrics or {}).get("root_base_model") or parent_model.base_model
+            lineage.update(parent_location=parent_model.location, parent_base_model=parent_model.base_model)
+        else:
+            base_model = configured_base_model(model, fallback=default_local_base or DEFAULT_BASE_MODEL)
+        options = {**dict(local_options or {}), **lineage}
         if epochs:
             options["epochs"] = epochs
         if base_model == TINY_BASE_MODEL:
@@ -100,7 +177,10 @@ def quote_job(
             options.setdefault("learning_rate", 3e-2)
             options.setdefault("lora_dropout", 0.0)
         config = LocalTrainConfig(base_model=base_model, method=method, **options).to_dict()
-    quote = build_quote(db, snapshot, backend=backend, model=base_model, method=method, epochs=epochs, settings=settings)
+    quote = build_quote(
+        db, snapshot, backend=backend, model=base_model, method=method, epochs=epochs, settings=settings,
+        parent_model=lineage.get("parent_model"), start_note=start.note if start else None,
+    )
     result = create_job(
         db, backend=backend, method=method, base_model=base_model, snapshot_id=snapshot.id, config=config,
         quote=quote.to_json(), estimated_tokens=quote.trained_tokens, estimated_cost_usd=quote.cost_usd,
@@ -108,6 +188,14 @@ def quote_job(
     )
     stored_quote = Quote.from_json(result.job.quote) if result.job.quote else quote
     return QuotedJob(result.job, stored_quote, result.created)
+
+
+def _is_registered(db: Database, name: str) -> bool:
+    try:
+        get_model(db, name)
+    except ModelNotFound:
+        return False
+    return True
 
 
 def start_job(
@@ -167,6 +255,10 @@ def _register(db: Database, job: Job) -> RegisteredModel | None:
         "steps": step, "final_train_loss": train_loss, "final_valid_loss": valid_loss,
         "trained_tokens": job.trained_tokens, "estimated_tokens": job.estimated_tokens,
     }
+    base_model = job.base_model
+    parent = (job.config or {}).get("parent_model")
+    if parent:
+        metrics["parent_model"] = parent
     if job.backend == "openai":
         name = job.result_model
         cost = _openai_cost(job)
@@ -175,8 +267,12 @@ def _register(db: Database, job: Job) -> RegisteredModel | None:
         name = f"{short}-{job.method}-job{job.id}"
         cost = job.estimated_cost_usd
         metrics["tokens_per_second"] = (job.progress or {}).get("tokens_per_second")
+        adapter_base = (job.progress or {}).get("adapter_base")
+        if parent and adapter_base:
+            # The adapter was trained on the merged parent: that is what evaluation must load it onto.
+            base_model, metrics["root_base_model"] = adapter_base, job.base_model
     model, _created = register_model(
-        db, name=name, backend=job.backend, base_model=job.base_model, location=job.result_model, job_id=job.id,
+        db, name=name, backend=job.backend, base_model=base_model, location=job.result_model, job_id=job.id,
         snapshot_id=job.snapshot_id, metrics=metrics, cost_usd=cost,
     )
     return model
@@ -281,6 +377,6 @@ def progress_line(db: Database, job: Job) -> str:
 
 
 __all__ = [
-    "QuotedJob", "StartResult", "JobUpdate", "quote_job", "start_job", "refresh_job", "cancel_job", "wait_for_job",
+    "QuotedJob", "StartResult", "JobUpdate", "Parent", "dpo_parent", "quote_job", "start_job", "refresh_job", "cancel_job", "wait_for_job",
     "progress_line", "metric_points",
 ]

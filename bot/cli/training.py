@@ -34,6 +34,7 @@ def train(
     base_model: Annotated[Optional[str], typer.Option("--base-model", help="Local: HF id or directory (default $FTBOT_LOCAL_BASE_MODEL, else Qwen/Qwen2.5-0.5B-Instruct; 'ftbot:tiny' = offline tiny model).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="OpenAI: the base model to fine-tune (default $FTBOT_OPENAI_MODEL).")] = None,
     method: Annotated[Method, typer.Option("--method", help="sft on approved examples, dpo on preference pairs.")] = Method.sft,
+    from_model: Annotated[Optional[str], typer.Option("--from", help="DPO: the registered model to continue (default: the one in use, else the newest of this back end); 'base' = the plain base model.")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs (OpenAI default: its auto rule; local: 3).")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Local: stop after this many optimizer steps.")] = None,
     validation_fraction: Annotated[float, typer.Option("--validation-fraction", help="Share of examples held out for validation.")] = 0.1,
@@ -65,7 +66,8 @@ def train(
             local_options["num_processes"] = num_processes
         chosen = (base_model or model) if backend == Backend.local else (model or base_model)
         quoted = quote_job(
-            db, backend=backend.value, method=method.value, model=chosen, epochs=epochs, created_by=getpass.getuser(),
+            db, backend=backend.value, method=method.value, model=chosen, parent=from_model, epochs=epochs,
+            created_by=getpass.getuser(),
             validation_fraction=validation_fraction, local_options=local_options,
         )
         job, quote = quoted.job, quoted.quote
@@ -83,7 +85,9 @@ def train(
             out.print(f"Not started; quote #{job.id} discarded.")
             raise typer.Exit(0)
         started = start_job(db, job.id, admin_confirmed=over_budget, allow_pii=allow_pii).job
-        out.print(f"Started job #{started.id} ({started.backend}, {started.method}, base {escape(started.base_model)}).")
+        parent = (started.config or {}).get("parent_model")
+        origin = f"continuing {escape(parent)}" if parent else f"base {escape(started.base_model)}"
+        out.print(f"Started job #{started.id} ({started.backend}, {started.method}, {origin}).")
         if not wait:
             out.print("Follow it with `ftbot jobs`.")
             if as_json:
@@ -159,9 +163,12 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
             return
         table = Table("", "name", "backend", "base model", "job", "valid loss", "cost", "location")
         for r in records:
-            loss = (r["metrics"] or {}).get("final_valid_loss")
+            metrics = r["metrics"] or {}
+            loss = metrics.get("final_valid_loss")
+            origin = (f"{metrics.get('root_base_model') or r['base_model']} → {metrics['parent_model']}"
+                      if metrics.get("parent_model") else r["base_model"])
             table.add_row(
-                "*" if r["active"] else "", escape(r["name"]), r["backend"], escape(r["base_model"]), str(r["job_id"] or ""),
+                "*" if r["active"] else "", escape(r["name"]), r["backend"], escape(origin), str(r["job_id"] or ""),
                 f"{loss:.4f}" if isinstance(loss, (int, float)) else "",
                 f"${r['cost_usd']:,.4f}" if r["cost_usd"] is not None else "", escape(r["location"]),
             )

@@ -38,12 +38,21 @@ class LocalTrainConfig:
     logging_steps: int = 1
     eval_steps: int | None = None  # None: evaluate once per epoch
     num_processes: int = 1  # > 1 runs the training entry point under `accelerate launch`
+    # DPO that continues a fine-tuned model: its registered name (for the record), its adapter directory (or a full
+    # model directory), and the model that adapter applies to (None: base_model). The worker merges the parent into
+    # its base in full precision and trains a fresh LoRA on the merged model, whose disabled-adapter view is then
+    # DPO's reference: the policy the votes judged.
+    parent_model: str | None = None
+    parent_location: str | None = None
+    parent_base_model: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in ("sft", "dpo"):
             raise ConfigError(f"training method must be 'sft' or 'dpo', got {self.method!r}")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ConfigError("set epochs > 0 or max_steps > 0")
+        if self.parent_location and self.method != "dpo":
+            raise ConfigError("only DPO continues a fine-tuned model; SFT trains a fresh adapter on the base model")
         if self.batch_size < 1 or self.gradient_accumulation_steps < 1 or self.num_processes < 1:
             raise ConfigError("batch size, gradient accumulation steps and process count must be at least 1")
 

@@ -56,6 +56,8 @@ def run(db: Database, job_id: int) -> None:
         "step": result.steps, "train_tokens": result.train_tokens, "train_seconds": round(result.train_seconds, 2),
         "tokens_per_second": round(result.tokens_per_second, 1), "assistant_only_loss": result.assistant_only_loss,
         "quantized_4bit": result.quantized, "merged_dir": str(result.merged_dir) if result.merged_dir else None,
+        # What the adapter applies to: the registry (and so evaluation) loads this + the adapter.
+        "adapter_base": result.adapter_base,
     }
     update_job(db, job_id, progress=progress)
     if should_stop():

@@ -37,6 +37,8 @@ class TrainResult:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     assistant_only_loss: bool = True
     quantized: bool = False
+    # The model the adapter applies to: the base, or for DPO that continued a fine-tuned model, the merged parent.
+    adapter_base: str | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -58,6 +60,37 @@ def resolve_base_model(base_model: str, cache_dir: Path) -> str:
             raise ConfigError(f"base model directory {path} has no config.json; point --base-model at a saved HF model.")
         return str(path)
     return base_model
+
+
+def merged_parent(parent_location: str | Path, parent_base: str) -> str:
+    """The fine-tuned parent as one full model directory, to continue training from (DPO after SFT).
+
+    A full model directory is used as is. An adapter is merged into ``parent_base`` reloaded in bf16/fp32 (never
+    into a 4-bit base: rounding errors, REFERENCE.md §2) and saved next to it as ``merged/`` — the same export
+    ``--merge`` writes, so a parent merged once (or exported) is reused. A 4-bit run then quantizes the merged
+    weights as it loads them. Written to a temporary directory and renamed, so concurrent runs never see half a model.
+    """
+    location = Path(parent_location)
+    if not location.is_dir():
+        raise ConfigError(f"the parent model's directory {location} does not exist; was its job directory removed? "
+                          "Continue from another model (--from NAME) or from the base model (--from base).")
+    if (location / "config.json").is_file() and not (location / "adapter_config.json").is_file():
+        return str(location)
+    target = location.parent / "merged"
+    if (target / "config.json").is_file():
+        return str(target)
+    scratch = location.parent / f".merged-{os.getpid()}"
+    merge_adapter(parent_base, location, scratch)
+    try:
+        os.replace(scratch, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)  # another process merged it first: use theirs
+    log.info("merged the parent adapter %s into %s: DPO continues from %s", location, parent_base, target)
+    return str(target)
 
 
 def _device_setup(config: LocalTrainConfig) -> dict[str, Any]:
@@ -183,6 +216,9 @@ def train(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     base = resolve_base_model(config.base_model, output_dir.parent)
+    if config.parent_location:
+        parent_base = resolve_base_model(config.parent_base_model, output_dir.parent) if config.parent_base_model else base
+        base = merged_parent(config.parent_location, parent_base)
     model, tokenizer, setup = load_model_and_tokenizer(base, config)
     if not train_records:
         raise TrainingError("nothing to train on: the snapshot's train split is empty")
@@ -216,7 +252,8 @@ def train(
         train_ds = Dataset.from_list([dpo_row(r) for r in train_records])
         eval_ds = Dataset.from_list([dpo_row(r) for r in valid_records]) if valid_records else None
         args = DPOConfig(**common, beta=config.beta)
-        # ref_model=None with a peft_config: the reference is the base with the adapter disabled (no second copy).
+        # ref_model=None with a peft_config: the reference is the loaded model with the adapter disabled (no second
+        # copy) — the merged parent when this run continues a fine-tuned model, so DPO moves away from that policy.
         trainer = DPOTrainer(
             model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=tokenizer, peft_config=_lora_config(config), callbacks=callbacks,
@@ -241,7 +278,7 @@ def train(
     return TrainResult(
         adapter_dir=adapter_dir, merged_dir=merged_dir, steps=trainer.state.global_step, train_tokens=tokens,
         train_seconds=seconds, train_cpu_seconds=cpu_seconds, log_history=list(trainer.state.log_history), assistant_only_loss=assistant_only,
-        quantized=bool(setup["load_in_4bit"]),
+        quantized=bool(setup["load_in_4bit"]), adapter_base=base,
     )
 
 
