@@ -89,7 +89,8 @@ def reply_sketches(flat_tokens: Sequence[int], lengths: Sequence[int]) -> tuple[
     owner = owner[keep]
     if len(shingles) == 0:
         return empty
-    rows, starts = np.unique(owner, return_index=True)
+    starts = np.flatnonzero(np.diff(owner, prepend=-1))  # owners are sorted: np.unique without its sort
+    rows = owner[starts]
     signatures = np.empty((len(rows), NUM_PERM), dtype=np.uint32)
     # Slices of whole replies keep the temporary NUM_PERM × shingles matrix small. The hash is
     # ((a*x + b) mod 2^64) >> 32; the shift is monotone, so it is applied to the 32 minima only, and the
