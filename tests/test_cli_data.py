@@ -197,15 +197,21 @@ def test_named_errors_of_every_command_are_one_line_and_exit_1(sqlite_db: Databa
         assert result.stdout == ""
 
 
-def test_ctrl_c_exits_130_without_a_traceback(sqlite_db: Database, cli, good_file: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_exits_130_without_a_traceback_and_stores_nothing(sqlite_db: Database, cli, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import storage.imports
 
-    def interrupted(*_args, **_kwargs):
-        raise KeyboardInterrupt
+    # Interrupted after the first batch of 1000 lines was already written inside the import's transaction.
+    big = write_jsonl(tmp_path / "big.jsonl", [sft(i) for i in range(1, 1501)])
+    real_check = storage.imports.check_record
 
-    monkeypatch.setattr(storage.imports, "import_file", interrupted)
-    result = cli(sqlite_db, "import", str(good_file))
+    def check_then_interrupt(value, line, kind):
+        if line == 1200:
+            raise KeyboardInterrupt
+        return real_check(value, line, kind)
+
+    monkeypatch.setattr(storage.imports, "check_record", check_then_interrupt)
+    result = cli(sqlite_db, "import", str(big))
     assert result.exit_code == 130
     assert result.stderr == "interrupted\n" and "Traceback" not in result.output
     assert count_by_status(sqlite_db)["approved"] == 0
