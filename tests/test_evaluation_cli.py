@@ -104,7 +104,8 @@ def test_eval_add_text_and_file_with_clear_errors(db, cli, tmp_path):
     assert "questions.jsonl:2" in result.output and "Traceback" not in result.output
     prompts = evals.list_eval_prompts(db)
     assert [p.messages[-1]["content"] for p in prompts] == ["How do I reset my password?", "Where is my order?"]
-    assert cli("eval", "add").exit_code == 1
+    neither = cli("eval", "add")
+    assert neither.exit_code == 1 and "give a question or --file" in neither.stderr and neither.stdout == ""
 
     listed = json.loads(cli("eval", "questions", "--json").stdout)
     assert [row["question"] for row in listed] == ["How do I reset my password?", "Where is my order?"]

@@ -54,9 +54,6 @@ def _user_errors(as_json: bool) -> Iterator[None]:
         yield
     except FtbotError as error:
         _fail(str(error), code=getattr(error, "code", type(error).__name__), as_json=as_json, line=getattr(error, "line", None))
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        raise typer.Exit(130) from None
     except Exception as error:  # database drivers raise their own types; say what failed, in one line
         if type(error).__module__.split(".")[0] not in ("sqlalchemy", "psycopg", "sqlite3"):
             raise

@@ -54,8 +54,7 @@ def add(
     from trainers.validate import read_jsonl
 
     if (question is None) == (file is None):
-        console.print("[red]error:[/red] give a question or --file (one of them).")
-        raise typer.Exit(1)
+        raise ValidationFailed("give a question or --file (one of them)")
     with _user_errors(), _database() as db:
         conversations: list[tuple[int | None, list[dict]]] = []
         if question is not None:
