@@ -347,6 +347,7 @@ def _ft_jobs(bot: "BotContext"):
             ctx.respond("No training jobs yet. Start one with `/ft train`.")
             return
         lines = [f"• {bk.escape(progress_line(bot.db, job))} — {bk.escape(job.backend)} `{bk.escape(job.base_model)}`"
+                 + (f" continuing *{bk.escape(job.config['parent_model'])}*" if (job.config or {}).get("parent_model") else "")
                  + (f" → `{bk.escape(job.result_model)}`" if job.result_model and job.status == JobStatus.SUCCEEDED else "")
                  for job in jobs]
         ctx.respond("Training jobs:\n" + "\n".join(lines), blocks=[bk.section("*Training jobs*\n" + "\n".join(lines))])

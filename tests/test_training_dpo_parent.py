@@ -90,6 +90,22 @@ def test_the_default_parent_is_the_model_in_use_on_the_same_back_end_else_the_ne
         quote_job(sqlite_db, backend="local", method="sft", parent="tiny-sft-job1")
 
 
+def test_openai_dpo_fine_tunes_the_fine_tuned_model_and_records_it(sqlite_db, openai_api, no_model_env):
+    from trainers.training import refresh_job, start_job
+
+    _add_pairs(sqlite_db)
+    _registered(sqlite_db, FT_MODEL, "openai", FT_MODEL, "gpt-4o-mini-2024-07-18")
+    job = start_job(sqlite_db, quote_job(sqlite_db, backend="openai", method="dpo").job.id, allow_pii=True).job
+    created = openai_api.requests_to("/fine_tuning/jobs", "POST")[0].json
+    assert created["model"] == FT_MODEL and created["method"]["type"] == "dpo"
+    for _ in range(15):
+        update = refresh_job(sqlite_db, job.id)
+        if update.finished:
+            break
+    assert update.model is not None and update.model.metrics["parent_model"] == FT_MODEL
+    assert update.model.base_model == FT_MODEL
+
+
 def test_the_train_command_takes_from(sqlite_db):
     from bot.training import parse_train_args
 
