@@ -728,7 +728,7 @@ def _trained_by(bot: "BotContext", digest: str) -> list[str]:
 
     names = []
     for model in list_models(bot.db)[:10]:
-        if model.snapshot_id is not None and digest in evals.trained_prompt_hashes(bot.db, model.snapshot_id):
+        if digest in evals.model_trained_prompt_hashes(bot.db, model):  # its SFT parent's training counts too
             names.append(model.name)
     return names
 

@@ -9,7 +9,8 @@ impatient users would otherwise break live here:
   older event never overwrites a newer choice;
 - a round is created once per idempotency key and moves between statuses with compare-and-set updates, so a
   double-clicked button or a retried command cannot post or close a round twice;
-- a prompt the candidate model was trained on is never asked about (its hash is in the snapshot's train split).
+- a prompt the candidate model was trained on is never asked about (its hash is in the train split of its snapshot
+  or of the snapshot of any model it continued).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "round_comparisons", "set_answers", "set_comparison_message", "comparison_for_message", "move_round",
     "close_round", "due_rounds", "cast_vote", "retract_vote", "round_votes", "decided_side", "pairs_from_round",
     "save_verdict", "round_verdicts", "remove_eval_prompt", "trained_prompt_hashes",
+    "model_trained_prompt_hashes",
 ]
 
 
@@ -154,18 +156,34 @@ def trained_prompt_hashes(db: Database, snapshot_id: int) -> set[str]:
     return hashes
 
 
+def model_trained_prompt_hashes(db: Database, model: RegisteredModel) -> set[str]:
+    """Hashes of every prompt `model` learned to answer, its ancestors' training included.
+
+    A DPO model continues its parent's weights (``storage.jobs.model_lineage``), so a question the parent SFT model
+    trained on was trained on by the child too.
+    """
+    from storage.jobs import model_lineage
+
+    hashes: set[str] = set()
+    for snapshot_id in dict.fromkeys(m.snapshot_id for m in model_lineage(db, model) if m.snapshot_id is not None):
+        hashes |= trained_prompt_hashes(db, snapshot_id)
+    return hashes
+
+
 def eval_items(db: Database, candidate: RegisteredModel | None, *, limit: int | None = None, seed: int | None = None) -> list[EvalItem]:
     """The held-out questions for `candidate`: its snapshot's validation split, then questions added by hand.
 
-    A question whose prompt hash is in the candidate's train split is dropped (it would measure memorisation).
+    A question whose prompt hash is in the train split of the candidate or of any model it continued (a DPO
+    model's SFT parent) is dropped: it would measure memorisation.
     Duplicates are dropped. With `limit`, a random sample (reproducible with `seed`) keeps the mix of sources.
     """
     from storage.snapshots import VALIDATION, snapshot_records
 
     trained_on: set[str] = set()
     items: list[EvalItem] = []
+    if candidate is not None:
+        trained_on = model_trained_prompt_hashes(db, candidate)
     if candidate is not None and candidate.snapshot_id is not None:
-        trained_on = trained_prompt_hashes(db, candidate.snapshot_id)
         for record in snapshot_records(db, candidate.snapshot_id, VALIDATION):
             if "input" in record:  # a DPO snapshot: the prompt and the preferred reply
                 preferred = record.get("preferred_output") or [{}]

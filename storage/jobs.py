@@ -314,6 +314,32 @@ def model_for_job(db: Database, job_id: int) -> RegisteredModel | None:
         return session.scalar(select(RegisteredModel).where(RegisteredModel.job_id == job_id))
 
 
+def model_lineage(db: Database, model: RegisteredModel) -> list[RegisteredModel]:
+    """``model`` then the model it continued, and so on up to the first one trained on a base model.
+
+    A DPO job continues a fine-tuned parent: its registered metrics (else its job's config) name the parent by
+    registered name. The walk stops at a name no longer registered, and never loops on a corrupt cycle.
+    """
+    chain = [model]
+    seen = {model.id}
+    current = model
+    while True:
+        parent_name = (current.metrics or {}).get("parent_model")
+        if not parent_name and current.job_id is not None:
+            with db.session() as session:
+                job = session.get(Job, current.job_id)
+            parent_name = ((job.config if job else None) or {}).get("parent_model")
+        if not parent_name:
+            return chain
+        with db.session() as session:
+            parent = session.scalar(select(RegisteredModel).where(RegisteredModel.name == str(parent_name)))
+        if parent is None or parent.id in seen:
+            return chain
+        chain.append(parent)
+        seen.add(parent.id)
+        current = parent
+
+
 def model_record(model: RegisteredModel) -> dict[str, Any]:
     return {
         "id": model.id, "name": model.name, "backend": model.backend, "base_model": model.base_model,

@@ -11,10 +11,11 @@ import pytest
 from storage import evals
 from storage.evals import RoundStatus
 from storage.examples import save_capture
-from storage.jobs import register_model
-from storage.pairs import list_pairs, pair_records
+from storage.jobs import create_job, model_lineage, register_model
+from storage.pairs import add_pair, list_pairs, pair_records
 from storage.snapshots import create_snapshot, snapshot_records
 from trainers.errors import ValidationFailed
+from trainers.records import dpo_record
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -214,6 +215,44 @@ def test_every_trained_turn_of_a_multi_turn_example_is_excluded(db):
     model, _ = register_model(db, name="m", backend="openai", base_model="gpt-4o-mini", location="ft:m", snapshot_id=snapshot.id)
     evals.add_eval_prompt(db, first_turn)
     assert all(item.prompt != first_turn for item in evals.eval_items(db, model))
+
+
+def test_a_dpo_model_is_never_asked_what_its_sft_parent_trained_on(db):
+    # The DPO child's preference data: two prompts, one of which lands in its validation split.
+    for i in range(2):
+        add_pair(db, dpo_record([{"role": "user", "content": f"Where is parcel {i}?"}],
+                                {"role": "assistant", "content": f"Parcel {i} ships today."},
+                                {"role": "assistant", "content": "No idea."}), source_kind="import")
+    child_snapshot = create_snapshot(db, kind="dpo", validation_fraction=0.5).snapshot
+    (held_out,) = snapshot_records(db, child_snapshot.id, "validation")
+    question = held_out["input"]["messages"]  # Q: held out for the child ...
+    # ... but its SFT parent trained on Q (the split is deterministic: with these records Q lands in train).
+    _approve(db, 9)
+    save_capture(db, record={"messages": [*question, {"role": "assistant", "content": "Track it on the site."}]},
+                 source_key="q", channel="C", ts="99.0", thread_ts=None, permalink=None, captured_by="U", status="approved")
+    parent_snapshot = create_snapshot(db, validation_fraction=0.1).snapshot
+    assert question in [r["messages"][:1] for r in snapshot_records(db, parent_snapshot.id, "train")]
+    parent, _ = register_model(db, name="ft:sft-parent", backend="openai", base_model="gpt-4o-mini",
+                               location="ft:sft-parent", snapshot_id=parent_snapshot.id)
+    child, _ = register_model(db, name="ft:dpo-child", backend="openai", base_model="ft:sft-parent", location="ft:dpo-child",
+                              snapshot_id=child_snapshot.id, metrics={"parent_model": parent.name})
+    # A second DPO round continues the child; its job config names the parent (no metrics): the walk goes on.
+    job = create_job(db, backend="openai", method="dpo", base_model="ft:dpo-child", config={"parent_model": child.name}).job
+    grandchild, _ = register_model(db, name="ft:dpo-grandchild", backend="openai", base_model="ft:dpo-child",
+                                   location="ft:dpo-grandchild", job_id=job.id, snapshot_id=child_snapshot.id)
+    evals.add_eval_prompt(db, question, added_by="U1")  # Q added by hand as well
+    fresh = evals.add_eval_prompt(db, [{"role": "user", "content": "A question nobody trained on?"}]).example
+
+    q_hash = evals.prompt_hash(question)
+    assert q_hash not in evals.trained_prompt_hashes(db, child_snapshot.id)  # the child's own split does not see it
+    for model in (child, grandchild):
+        items = evals.eval_items(db, model)
+        assert q_hash not in {item.prompt_hash for item in items}
+        assert [item.prompt for item in items] == [fresh.messages]  # the other questions still count
+    assert [m.name for m in model_lineage(db, grandchild)] == [
+        "ft:dpo-grandchild", "ft:dpo-child", "ft:sft-parent"]
+    # The parent itself is evaluated on its own held-out data and the hand-added questions, Q excluded.
+    assert q_hash not in {item.prompt_hash for item in evals.eval_items(db, parent)}
 
 
 def test_judge_verdicts_upsert(db):
