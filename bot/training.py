@@ -1,7 +1,8 @@
 """Slack listeners: training (``/ft train``, ``/ft cancel``, ``/ft jobs``, ``/ft models``, ``/ft use``).
 
 Flow: ``/ft train`` answers the requester ephemerally with the quote and Start / Cancel buttons. Start (trainers
-role; over-budget jobs need an admin; PII bound for OpenAI needs the explicit confirm button) starts the job once,
+role; over-budget jobs need an admin; PII bound for OpenAI is redacted in the upload — the button offered first — or
+needs the explicit confirm button) starts the job once,
 posts ONE progress message in the channel and schedules :func:`relay_training_job`, which the bot's scheduler
 runs every few seconds from the database job store (it survives restarts): it refreshes the job (OpenAI poll or
 local worker check), edits the progress message in place, and at the end uploads the loss curve and registers
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 START_ACTION = "ft_train_start"
 START_PII_ACTION = "ft_train_start_allow_pii"
+START_REDACTED_ACTION = "ft_train_start_redact_pii"
 START_OVER_BUDGET_ACTION = "ft_train_start_over_budget"
 DISCARD_ACTION = "ft_train_discard"
 POLL_SECONDS_ENV = "FTBOT_TRAINING_POLL_SECONDS"
@@ -115,6 +117,8 @@ def quote_blocks(job: Job, quote: Quote) -> tuple[str, list[dict[str, Any]]]:
         if not blockers:
             buttons.append(bk.button("Start training", START_ACTION, str(job.id), style="primary"))
         if quote.pii_blocks:
+            # Offered first: personal data is redacted before it leaves the premises (the snapshot is not changed).
+            buttons.append(bk.button("Start with personal data redacted", START_REDACTED_ACTION, str(job.id), style="primary"))
             button = bk.button("Upload with PII", START_PII_ACTION, str(job.id), style="danger")
             button["confirm"] = {
                 "title": bk.plain("Upload personal data?"),
@@ -164,7 +168,7 @@ def _job_from_action(body: dict[str, Any]) -> int:
     return int(body["actions"][0]["value"])
 
 
-def _start_listener(bot: "BotContext", *, allow_pii: bool = False, over_budget: bool = False):
+def _start_listener(bot: "BotContext", *, allow_pii: bool = False, redact_pii: bool = False, over_budget: bool = False):
     def listener(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
         ack()
         user = body["user"]["id"]
@@ -179,17 +183,17 @@ def _start_listener(bot: "BotContext", *, allow_pii: bool = False, over_budget: 
                     response_type="ephemeral", replace_original=False)
             return
         bot.defer(start_from_slack, bot, client, respond, job_id, user=user, channel=channel,
-                  allow_pii=allow_pii, admin_confirmed=over_budget)
+                  allow_pii=allow_pii, redact_pii=redact_pii, admin_confirmed=over_budget)
 
     return listener
 
 
 def start_from_slack(bot: "BotContext", client: WebClient, respond: Respond, job_id: int, *, user: str,
-                     channel: str | None, allow_pii: bool, admin_confirmed: bool) -> None:
+                     channel: str | None, allow_pii: bool, admin_confirmed: bool, redact_pii: bool = False) -> None:
     from trainers.training import start_job
 
     try:
-        result = start_job(bot.db, job_id, allow_pii=allow_pii, admin_confirmed=admin_confirmed,
+        result = start_job(bot.db, job_id, allow_pii=allow_pii, redact_pii=redact_pii, admin_confirmed=admin_confirmed,
                            openai_client=bot.extras.get(OPENAI_CLIENT_KEY))
     except FtbotError as error:
         respond(text=f":warning: {bk.escape(str(error))}", response_type="ephemeral", replace_original=False)
@@ -201,8 +205,9 @@ def start_from_slack(bot: "BotContext", client: WebClient, respond: Respond, job
     if not result.started:
         respond(text=f"Job #{job_id} is already {job.status}.", response_type="ephemeral", replace_original=False)
         return
-    respond(text=f"Started training job #{job_id} ({job.backend}, {job.method}) — progress is posted in the channel.",
-            replace_original=True)
+    redacted = _redacted_note(job)
+    respond(text=f"Started training job #{job_id} ({job.backend}, {job.method}) — progress is posted in the channel."
+            + (f" {redacted}" if redacted else ""), replace_original=True)
     _post_progress(bot, client, job, channel or job.slack_channel, started_by=user)
     schedule_every(bot, _schedule_id(job_id), relay_training_job, seconds=_poll_seconds(), args=(context_key(bot), job_id))
 
@@ -234,6 +239,9 @@ def progress_blocks(bot: "BotContext", job: Job, *, started_by: str | None = Non
     parent = (job.config or {}).get("parent_model")
     origin = f"continuing *{bk.escape(parent)}*" if parent else f"on `{bk.escape(job.base_model)}`"
     out = [bk.section(f"{icon} *Training job #{job.id}* — {bk.escape(job.backend)} {bk.escape(job.method)} {origin}\n{bk.escape(line)}")]
+    redacted = _redacted_note(job)
+    if redacted:
+        out.append(bk.context(f":lock: {bk.escape(redacted)}"))
     if job.status == JobStatus.SUCCEEDED:
         model = model_for_job(bot.db, job.id)
         name = model.name if model else job.result_model
@@ -253,6 +261,14 @@ def progress_blocks(bot: "BotContext", job: Job, *, started_by: str | None = Non
     if who:
         out.append(bk.context(f"Requested by <@{bk.escape(who)}>"))
     return f"Training job #{job.id}: {line}", bk.fit_blocks(out)
+
+
+def _redacted_note(job: Job) -> str | None:
+    """What redaction did to the upload, for jobs started with personal data redacted."""
+    count = (job.config or {}).get("redacted_examples")
+    if count is None:
+        return None
+    return f"Personal data redacted before upload in {count} example(s); the snapshot itself is unchanged."
 
 
 def _post_progress(bot: "BotContext", client: WebClient, job: Job, channel: str | None, *, started_by: str | None = None) -> None:
@@ -405,6 +421,7 @@ def register(app: App, bot: "BotContext") -> None:
                    handler=_ft_use(bot))
     app.action(START_ACTION)(_start_listener(bot))
     app.action(START_PII_ACTION)(_start_listener(bot, allow_pii=True))
+    app.action(START_REDACTED_ACTION)(_start_listener(bot, redact_pii=True))
     app.action(START_OVER_BUDGET_ACTION)(_start_listener(bot, over_budget=True))
     app.action(DISCARD_ACTION)(_discard_listener(bot))
     # Resume relaying jobs a previous bot process started (their scheduled polls are in the database).

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from trainers.pii import find_pii, iban_valid, luhn_valid, redact
+import json
+
+from trainers.pii import find_pii, iban_valid, luhn_valid, redact, redact_record
 
 
 @pytest.mark.parametrize(
@@ -64,3 +66,25 @@ def test_redacts_every_occurrence_in_a_long_reply() -> None:
     out = redact(text)
     assert out.count("[EMAIL]") == out.count("[PHONE]") == out.count("[CARD]") == 3
     assert "@" not in out and "4111" not in out
+
+
+def test_redact_record_redacts_contents_text_parts_and_inside_tool_call_arguments():
+    arguments = json.dumps({"email": "ana@example.com", "order": 1234567, "note": ["call 415-555-0134"]})
+    record = {"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "I am ana@example.com"}]},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": arguments}}]},
+    ], "tools": [{"type": "function", "function": {"name": "lookup", "description": "mail support@example.com"}}]}
+    clean, changed = redact_record(record)
+    assert changed and record["messages"][1]["content"][0]["text"] == "I am ana@example.com"  # input untouched
+    assert clean["messages"][1]["content"][0]["text"] == "I am [EMAIL]"
+    args = json.loads(clean["messages"][2]["tool_calls"][0]["function"]["arguments"])  # still valid JSON
+    assert args == {"email": "[EMAIL]", "order": 1234567, "note": ["call [PHONE]"]}
+    assert clean["tools"] == record["tools"] and clean["messages"][0] == record["messages"][0]
+    pair = {"input": {"messages": [{"role": "user", "content": "ana@example.com"}]},
+            "preferred_output": [{"role": "assistant", "content": "ok"}],
+            "non_preferred_output": [{"role": "assistant", "content": "mail ana@example.com"}]}
+    clean_pair, changed = redact_record(pair)
+    assert changed and "ana@" not in json.dumps(clean_pair) and clean_pair["preferred_output"] == pair["preferred_output"]
+    assert redact_record({"messages": [{"role": "user", "content": "no personal data"}]})[1] is False

@@ -97,6 +97,21 @@ def test_blocked_and_bad_input_print_one_clear_line(cli, sqlite_db, openai_api):
     assert wrong.returncode == 2 and "ppo" in wrong.stderr
 
 
+def test_train_openai_redact_pii_uploads_redacted_data_and_says_how_much(cli, sqlite_db, openai_api):
+    cli.env.update(OPENAI_BASE_URL=openai_api.base_url, OPENAI_API_KEY="sk-test")
+    records = sample_conversations(12, seed=8, max_turns=1)
+    records[3]["messages"][1]["content"] = "Please write to jo@example.net, card 4111 1111 1111 1111"
+    import_records(sqlite_db, enumerate(records, 1), source_file="t.jsonl", approved_by="U1")
+    result = cli("train", "--backend", "openai", "--redact-pii", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "redacted before upload in 1 example(s)" in result.stdout
+    job = list_jobs(sqlite_db)[0]
+    assert job.external_id and job.config["gate"]["redact_pii"] is True
+    uploaded = openai_api.file_text(job.training_file_id) + openai_api.file_text(job.validation_file_id)
+    assert "[EMAIL]" in uploaded and "[CARD]" in uploaded
+    assert "jo@example.net" not in uploaded and "4111 1111" not in uploaded
+
+
 def test_cancel_and_use_by_name(cli, sqlite_db, openai_api):
     cli.env.update(OPENAI_BASE_URL=openai_api.base_url, OPENAI_API_KEY="sk-test")
     openai_api.steps = 50

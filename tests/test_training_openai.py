@@ -174,6 +174,30 @@ def test_pii_blocks_an_openai_upload_unless_explicitly_allowed(db, openai_api):
     assert get_job(db, job.id).config["gate"]["allow_pii"] is True
 
 
+def test_start_with_personal_data_redacted_uploads_redacted_copies_and_leaves_the_snapshot_alone(db, openai_api):
+    records = sample_conversations(12, seed=2)
+    records[0]["messages"][1]["content"] = "My email is jane.doe@example.com, please call me."
+    import_records(db, enumerate(records, 1), source_file="t.jsonl", approved_by="U1")
+    job = quote_job(db, backend="openai", model=MODEL).job
+    assert job.quote["pii_blocks"]
+    started = start_job(db, job.id, redact_pii=True)
+    assert started.started and started.job.external_id  # the job starts without --allow-pii
+    uploaded = openai_api.file_text(started.job.training_file_id) + openai_api.file_text(started.job.validation_file_id)
+    assert "[EMAIL]" in uploaded and "jane.doe@example.com" not in uploaded
+    assert all(json.loads(line) for line in uploaded.splitlines())  # still one JSON object per line
+    assert len(uploaded.splitlines()) == 12
+    # Only the upload is redacted: the frozen snapshot keeps what the team approved.
+    frozen = json.dumps(snapshot_records(db, job.snapshot_id))
+    assert "jane.doe@example.com" in frozen and "[EMAIL]" not in frozen
+    config = get_job(db, job.id).config
+    assert config["redacted_examples"] == 1
+    assert config["gate"] == {"allow_pii": False, "redact_pii": True, "admin_confirmed": False}
+    # A second click changes nothing: one upload per split, one job.
+    assert not start_job(db, job.id, redact_pii=True).started
+    assert len(openai_api.requests_to("/files", "POST")) == 2
+    assert len(openai_api.requests_to("/fine_tuning/jobs", "POST")) == 1
+
+
 def test_the_budget_cap_needs_an_admin(approved, openai_api, monkeypatch):
     monkeypatch.setenv("FTBOT_BUDGET_USD", "0.000001")
     quoted = quote_job(approved, backend="openai", model=MODEL)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.scheduler import stop_scheduler
-from bot.training import DISCARD_ACTION, START_ACTION, START_OVER_BUDGET_ACTION
+from bot.training import DISCARD_ACTION, START_ACTION, START_OVER_BUDGET_ACTION, START_PII_ACTION, START_REDACTED_ACTION
 from storage.examples import import_records
 from storage.jobs import get_job, list_jobs, list_models
 from storage.models import JobStatus
@@ -153,6 +153,29 @@ def test_a_double_clicked_start_starts_one_job(harnesses, openai_api):
     assert len(bot.fake.calls_to("chat.postMessage")) == 1
     assert any("already" in r["text"] for r in bot.fake.responses)
     assert len(list_jobs(bot.db)) == 1
+
+
+def test_personal_data_is_redacted_on_the_way_out_by_the_first_button_and_a_double_click_starts_one_job(harnesses, openai_api):
+    bot = harnesses()
+    records = sample_conversations(20, seed=5, max_turns=1)
+    records[2]["messages"][1]["content"] = "Reach me at sam.lee@example.org about the refund."
+    import_records(bot.db, enumerate(records, 1), source_file="t.jsonl", approved_by="U_LEAD")
+    quote = _quote(bot, f"train openai {MODEL}")
+    buttons = _buttons(quote)
+    # Redacting is offered first; plain Start is not offered while PII would leave; the explicit override stays.
+    assert list(buttons) == [START_REDACTED_ACTION, START_PII_ACTION, DISCARD_ACTION]
+    job_id = buttons[START_REDACTED_ACTION]
+    for _ in range(2):
+        bot.interact(block_actions(START_REDACTED_ACTION, job_id, response_url=bot.fake.response_url()))
+    bot.wait()
+    assert len(openai_api.requests_to("/fine_tuning/jobs", "POST")) == 1 and len(list_jobs(bot.db)) == 1
+    job = get_job(bot.db, int(job_id))
+    uploaded = openai_api.file_text(job.training_file_id) + openai_api.file_text(job.validation_file_id)
+    assert "[EMAIL]" in uploaded and "sam.lee@example.org" not in uploaded
+    started = next(r for r in bot.fake.responses if r["text"].startswith(f"Started training job #{job_id}"))
+    assert "redacted before upload in 1 example(s)" in started["text"]
+    bot.fake.wait_for("chat.postMessage")
+    assert "redacted before upload in 1 example(s)" in json.dumps(_progress_message(bot, int(job_id))["blocks"])
 
 
 def test_only_the_trainers_role_may_train_and_the_budget_cap_needs_an_admin(harnesses, openai_api, monkeypatch):

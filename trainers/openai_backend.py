@@ -19,7 +19,7 @@ from typing import Any
 from storage.db import Database
 from storage.jobs import finish_job, get_job, record_metric, update_job, update_unfinished_job
 from storage.models import Job, JobStatus, utcnow
-from storage.snapshots import TRAIN, VALIDATION, jsonl_bytes
+from storage.snapshots import TRAIN, VALIDATION, jsonl_bytes, snapshot_records
 from trainers.errors import ConfigError, TrainingError
 
 MAX_RETRIES_ENV = "FTBOT_OPENAI_MAX_RETRIES"
@@ -40,6 +40,31 @@ def make_client(client: Any | None = None):
     if not os.environ.get("OPENAI_API_KEY"):
         raise ConfigError("OPENAI_API_KEY is not set: export it (and OPENAI_BASE_URL for a proxy) or train with --backend local.")
     return openai.OpenAI(max_retries=int(os.environ.get(MAX_RETRIES_ENV, "3")))
+
+
+def upload_files(db: Database, job: Job) -> dict[str, bytes]:
+    """The train and validation JSONL that leave the premises for ``job``: the snapshot's frozen lines, with personal
+    data redacted when the job was started that way (``config.gate.redact_pii``).
+
+    Redaction happens on the copy being uploaded only; the snapshot stays what it is. The number of redacted
+    examples is stored in the job's config (``redacted_examples``) for the progress message and ``ftbot jobs``.
+    """
+    if not ((job.config or {}).get("gate") or {}).get("redact_pii"):
+        return {split: jsonl_bytes(db, job.snapshot_id, split) for split in (TRAIN, VALIDATION)}
+    from trainers.pii import redact_record
+    from trainers.records import canonical_json
+
+    files: dict[str, bytes] = {}
+    redacted = 0
+    for split in (TRAIN, VALIDATION):
+        lines = []
+        for record in snapshot_records(db, job.snapshot_id, split):
+            clean, changed = redact_record(record)
+            redacted += changed
+            lines.append(canonical_json(clean) + "\n")
+        files[split] = "".join(lines).encode("utf-8")
+    update_job(db, job.id, config={**get_job(db, job.id).config, "redacted_examples": redacted})
+    return files
 
 
 @dataclass(frozen=True)
@@ -92,15 +117,16 @@ class OpenAIBackend:
         if job.snapshot_id is None:
             raise TrainingError(f"job {job_id} has no snapshot")
         try:
+            if not job.training_file_id or not job.validation_file_id:
+                files = upload_files(db, job)
             if not job.training_file_id:
                 uploaded = self.client.files.create(
-                    file=(f"ftbot-job{job.id}-train.jsonl", jsonl_bytes(db, job.snapshot_id, TRAIN)), purpose="fine-tune"
+                    file=(f"ftbot-job{job.id}-train.jsonl", files[TRAIN]), purpose="fine-tune"
                 )
                 job = update_job(db, job_id, training_file_id=uploaded.id)
             if not job.validation_file_id:
                 uploaded = self.client.files.create(
-                    file=(f"ftbot-job{job.id}-validation.jsonl", jsonl_bytes(db, job.snapshot_id, VALIDATION)),
-                    purpose="fine-tune",
+                    file=(f"ftbot-job{job.id}-validation.jsonl", files[VALIDATION]), purpose="fine-tune",
                 )
                 job = update_job(db, job_id, validation_file_id=uploaded.id)
             remote = self._existing_remote_job(job) or self.client.fine_tuning.jobs.create(

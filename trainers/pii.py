@@ -7,10 +7,12 @@ ranges, phone numbers need 9 to 15 digits and a phone-like shape. Order numbers 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["PiiFinding", "PII_KINDS", "find_pii", "redact", "luhn_valid", "iban_valid"]
+__all__ = ["PiiFinding", "PII_KINDS", "find_pii", "redact", "redact_record", "luhn_valid", "iban_valid"]
 
 # Kind -> placeholder used by redact().
 PII_KINDS: dict[str, str] = {
@@ -187,3 +189,66 @@ def redact(text: str) -> str:
         position = finding.end
     parts.append(text[position:])
     return "".join(parts)
+
+
+def _redact_values(value: Any) -> Any:
+    """Every string value inside parsed JSON redacted; keys and structure untouched."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redact_values(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _redact_values(item) for key, item in value.items()}
+    return value
+
+
+def _redact_arguments(arguments: Any) -> Any:
+    # Tool-call arguments are a JSON document in a string: redact inside its string values so it stays valid JSON.
+    if not isinstance(arguments, str):
+        return arguments
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        return redact(arguments)
+    redacted = _redact_values(parsed)
+    return arguments if redacted == parsed else json.dumps(redacted, ensure_ascii=False)
+
+
+def _redact_message(message: Any) -> Any:
+    if not isinstance(message, dict):
+        return message
+    out = dict(message)
+    content = out.get("content")
+    if isinstance(content, str):
+        out["content"] = redact(content)
+    elif isinstance(content, list):
+        out["content"] = [
+            {**part, "text": redact(part["text"])} if isinstance(part, dict) and isinstance(part.get("text"), str) else part
+            for part in content
+        ]
+    if isinstance(out.get("tool_calls"), list):
+        out["tool_calls"] = [
+            {**call, "function": {**call["function"], "arguments": _redact_arguments(call["function"].get("arguments"))}}
+            if isinstance(call, dict) and isinstance(call.get("function"), dict) else call
+            for call in out["tool_calls"]
+        ]
+    if isinstance(out.get("function_call"), dict):  # the legacy single-call form
+        out["function_call"] = {**out["function_call"], "arguments": _redact_arguments(out["function_call"].get("arguments"))}
+    return out
+
+
+def redact_record(record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """(a copy of an OpenAI SFT or DPO line with its personal data redacted, whether anything was redacted).
+
+    Message contents (strings and text parts) and tool-call arguments are redacted; tool definitions, roles and
+    other keys are not. The input is not modified.
+    """
+    out = dict(record)
+    if isinstance(out.get("messages"), list):
+        out["messages"] = [_redact_message(m) for m in out["messages"]]
+    if isinstance(out.get("input"), dict) and isinstance(out["input"].get("messages"), list):
+        out["input"] = {**out["input"], "messages": [_redact_message(m) for m in out["input"]["messages"]]}
+    for key in ("preferred_output", "non_preferred_output"):
+        if isinstance(out.get(key), list):
+            out[key] = [_redact_message(m) for m in out[key]]
+    return out, out != record

@@ -131,17 +131,21 @@ class Quote:
     def pii_blocks(self) -> bool:
         return self.backend == "openai" and bool(self.pii)
 
-    def blockers(self, *, admin_confirmed: bool = False, allow_pii: bool = False) -> list[str]:
-        """Why this job may not start (empty: it may). Each reason says what to do."""
+    def blockers(self, *, admin_confirmed: bool = False, allow_pii: bool = False, redact_pii: bool = False) -> list[str]:
+        """Why this job may not start (empty: it may). Each reason says what to do.
+
+        ``redact_pii``: the upload redacts personal data (``trainers.pii.redact_record``), so PII does not block.
+        """
         reasons = []
         if self.error_count:
             reasons.append(
                 f"the snapshot has {self.error_count} validation error(s); fix or reject those examples and quote again"
             )
-        if self.pii_blocks and not allow_pii:
+        if self.pii_blocks and not (allow_pii or redact_pii):
             reasons.append(
                 f"{len(self.pii)} example(s) contain unredacted personal data (e.g. {', '.join(self.pii[0].kinds)}); "
-                "redact them, mark them allowed, or confirm the upload explicitly (--allow-pii)"
+                "start with personal data redacted (--redact-pii), redact them, mark them allowed, "
+                "or confirm the upload explicitly (--allow-pii)"
             )
         if self.over_budget and not admin_confirmed:
             reasons.append(
@@ -282,7 +286,8 @@ def quote_lines(quote: Quote) -> list[str]:
     for issue in quote.warnings[:5]:
         lines.append(f"  warning example {issue['line']}: {issue['code']}: {issue['message']}")
     if quote.pii:
-        where = "blocks the upload to OpenAI" if quote.pii_blocks else "stays on-prem"
+        where = ("blocks the upload to OpenAI unless it is redacted on the way out" if quote.pii_blocks
+                 else "stays on-prem")
         lines.append(f"Personal data: {len(quote.pii)} example(s) with unredacted PII ({where})")
     lines.extend(f"Note: {note}" for note in quote.notes)
     return lines

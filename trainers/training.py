@@ -204,24 +204,30 @@ def start_job(
     *,
     admin_confirmed: bool = False,
     allow_pii: bool = False,
+    redact_pii: bool = False,
     openai_client: Any | None = None,
     database_url: str | None = None,
 ) -> StartResult:
     """Start a quoted job once; a second call (double click, retry) returns the job without starting it again.
 
+    ``redact_pii`` (OpenAI): upload the splits with personal data redacted (the snapshot stays as it is); the
+    number of redacted examples lands in the job's config as ``redacted_examples``.
     Raises ValidationFailed with every blocker when the gate refuses.
     """
     job = get_job(db, job_id)
     if job.status != JobStatus.QUOTED:
         return StartResult(job, False)
     quote = Quote.from_json(job.quote or {})
-    blockers = quote.blockers(admin_confirmed=admin_confirmed, allow_pii=allow_pii)
+    redact_pii = redact_pii and job.backend == "openai"  # on-prem data never leaves: nothing to redact
+    blockers = quote.blockers(admin_confirmed=admin_confirmed, allow_pii=allow_pii, redact_pii=redact_pii)
     if blockers:
         raise ValidationFailed("cannot start job #%d: %s" % (job_id, "; ".join(blockers)))
     if not claim_job(db, job_id):
         return StartResult(get_job(db, job_id), False)  # someone else started it a moment ago
     # Who overrode which gate is part of the job's record.
-    update_job(db, job_id, config={**job.config, "gate": {"allow_pii": allow_pii, "admin_confirmed": admin_confirmed}})
+    # The upload reads ``redact_pii`` from here, so a resumed submit (after a crash) redacts too.
+    gate = {"allow_pii": allow_pii, "redact_pii": redact_pii, "admin_confirmed": admin_confirmed}
+    update_job(db, job_id, config={**job.config, "gate": gate})
     if job.backend == "openai":
         from trainers.openai_backend import OpenAIBackend
 

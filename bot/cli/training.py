@@ -41,6 +41,7 @@ def train(
     load_in_4bit: Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="Local: 4-bit NF4 base (default: on with CUDA, off on CPU).")] = None,
     merge: Annotated[bool, typer.Option("--merge", help="Local: also export a merged full model.")] = False,
     num_processes: Annotated[Optional[int], typer.Option("--num-processes", min=1, help="Local: GPUs to train on (runs under `accelerate launch`).")] = None,
+    redact_pii: Annotated[bool, typer.Option("--redact-pii", help="OpenAI: upload with personal data redacted ([EMAIL], [PHONE], ...); the snapshot stays unchanged.")] = False,
     allow_pii: Annotated[bool, typer.Option("--allow-pii", help="OpenAI: upload examples with unredacted personal data anyway.")] = False,
     over_budget: Annotated[bool, typer.Option("--over-budget", help="As an admin: start even above FTBOT_BUDGET_USD.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Start without asking.")] = False,
@@ -74,7 +75,8 @@ def train(
         out.print(f"[bold]Training quote · job #{job.id}[/bold]")
         for line in quote_lines(quote):
             out.print(escape(line), soft_wrap=True)
-        blockers = quote.blockers(admin_confirmed=over_budget, allow_pii=allow_pii)
+        redact_pii = redact_pii and backend == Backend.openai
+        blockers = quote.blockers(admin_confirmed=over_budget, allow_pii=allow_pii, redact_pii=redact_pii)
         if blockers:
             discard_quote(db, job.id, reason="blocked: " + "; ".join(blockers))
             for reason in blockers:
@@ -84,10 +86,13 @@ def train(
             discard_quote(db, job.id, reason="declined at the CLI prompt")
             out.print(f"Not started; quote #{job.id} discarded.")
             raise typer.Exit(0)
-        started = start_job(db, job.id, admin_confirmed=over_budget, allow_pii=allow_pii).job
+        started = start_job(db, job.id, admin_confirmed=over_budget, allow_pii=allow_pii, redact_pii=redact_pii).job
         parent = (started.config or {}).get("parent_model")
         origin = f"continuing {escape(parent)}" if parent else f"base {escape(started.base_model)}"
         out.print(f"Started job #{started.id} ({started.backend}, {started.method}, {origin}).")
+        redacted = (started.config or {}).get("redacted_examples")
+        if redacted is not None:
+            out.print(f"Personal data redacted before upload in {redacted} example(s); the snapshot itself is unchanged.")
         if not wait:
             out.print("Follow it with `ftbot jobs`.")
             if as_json:
