@@ -1,7 +1,8 @@
 """The bot's scheduler: APScheduler with its job store in ftbot's own database, so scheduled work survives restarts.
 
 Training uses it to poll OpenAI and relay local workers' progress to Slack every few seconds; other features may
-add their own jobs (:func:`schedule_every`). Stored jobs keep only a textual function reference and plain
+add their own jobs (:func:`schedule_every`). Every started scheduler also keeps the daily housekeeping job that
+forgets old Slack event claims (:func:`forget_old_event_claims`); ``ftbot run`` starts the scheduler at once. Stored jobs keep only a textual function reference and plain
 arguments; the function finds the live ``BotContext`` with :func:`context_for` using the database URL as the key,
 so a new bot process on the same database picks up every stored job where the old one stopped.
 """
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 
 JOBS_TABLE = "apscheduler_jobs"
 EXTRAS_KEY = "scheduler"
+# Housekeeping that every bot process keeps scheduled. Stable ids: a restart replaces the stored job, never adds one.
+FORGET_EVENTS_JOB = "forget-old-event-claims"
+# Slack retries an event within about 5 minutes; a week of claims is far more than retries can need.
+EVENT_CLAIM_DAYS = 7
 
 _contexts: dict[str, "BotContext"] = {}
 _lock = threading.Lock()
@@ -62,7 +67,31 @@ def start_scheduler(bot: "BotContext") -> BackgroundScheduler:
             scheduler.start()
             bot.extras[EXTRAS_KEY] = scheduler
             atexit.register(_shutdown_quietly, scheduler)
+            _schedule_housekeeping(bot, scheduler)
         return scheduler
+
+
+def _schedule_housekeeping(bot: "BotContext", scheduler: BackgroundScheduler) -> None:
+    # A fixed time of day (not "every 24 h from now") so frequent restarts cannot keep postponing it.
+    scheduler.add_job(
+        f"{__name__}:forget_old_event_claims", "cron", hour=3, minute=17, id=FORGET_EVENTS_JOB,
+        args=[context_key(bot)], replace_existing=True,
+    )
+
+
+def forget_old_event_claims(key: str, *, days: int = EVENT_CLAIM_DAYS) -> int:
+    """Scheduled daily: delete Slack event claims older than ``days`` (the retry window is minutes); returns how many."""
+    from datetime import timedelta
+
+    from storage.events import forget_events_before
+    from storage.models import utcnow
+
+    bot = context_for(key)
+    if bot is None:
+        return 0
+    deleted = forget_events_before(bot.db, utcnow() - timedelta(days=days))
+    log.info("forgot %d Slack event claim(s) older than %d days", deleted, days)
+    return deleted
 
 
 def stop_scheduler(bot: "BotContext", *, wait: bool = True) -> None:

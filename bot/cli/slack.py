@@ -46,6 +46,16 @@ def _console(settings) -> None:
         db.close()
 
 
+def _serving_app(settings):
+    """The bot app for a long-running process, its scheduler started (job relays, daily housekeeping)."""
+    from bot.app import bot_context, build_app
+    from bot.scheduler import start_scheduler
+
+    app = build_app(settings, _open_db(settings))
+    start_scheduler(bot_context(app))
+    return app
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
@@ -62,20 +72,18 @@ def register(app: typer.Typer) -> None:
                 settings.require_http()
             except ConfigError as exc:
                 _fail(str(exc))
-            from bot.app import build_app
             from bot.http import serve
 
-            serve(build_app(settings, _open_db(settings)), host=host, port=port or settings.http_port)
+            serve(_serving_app(settings), host=host, port=port or settings.http_port)
             return
         if settings.slack_app_token or settings.slack_bot_token:
             try:
                 settings.require_socket_mode()
             except ConfigError as exc:
                 _fail(f"{exc}. (For HTTP mode instead, set SLACK_SIGNING_SECRET and run `ftbot run --http`.)")
-            from bot.app import build_app
             from bot.socket import serve as serve_socket
 
-            serve_socket(build_app(settings, _open_db(settings)), settings.slack_app_token)
+            serve_socket(_serving_app(settings), settings.slack_app_token)
             return
         typer.echo(CONNECT_HINT, err=not sys.stdout.isatty())
         _console(settings)
