@@ -430,15 +430,11 @@ def register(app: App, bot: "BotContext") -> None:
 
 
 def _has_stored_schedules(bot: "BotContext") -> bool:
-    from sqlalchemy import inspect, text
-
     from bot.scheduler import JOBS_TABLE
+    from storage.jobs import has_scheduled_jobs
 
     try:
-        if not inspect(bot.db.engine).has_table(JOBS_TABLE):
-            return False
-        with bot.db.engine.connect() as connection:
-            return bool(connection.execute(text(f"SELECT 1 FROM {JOBS_TABLE} LIMIT 1")).first())
+        return has_scheduled_jobs(bot.db, JOBS_TABLE)
     except Exception:  # never block the bot's start on this check
         log.debug("cannot read the scheduler's job table", exc_info=True)
         return False

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import inspect, literal, select, table, update
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
@@ -177,6 +177,18 @@ def active_jobs(db: Database, *, backend: str | None = None) -> list[Job]:
         query = query.where(Job.backend == backend)
     with db.session() as session:
         return list(session.scalars(query))
+
+
+def has_scheduled_jobs(db: Database, table_name: str) -> bool:
+    """Whether the scheduler's job store (APScheduler's table ``table_name`` in this database) holds any job.
+
+    A bot process starts its scheduler when this is true, so work a previous process scheduled (job relays,
+    housekeeping) resumes. False when the table does not exist yet (no scheduler ever ran on this database).
+    """
+    if not inspect(db.engine).has_table(table_name):
+        return False
+    with db.engine.connect() as connection:
+        return connection.execute(select(literal(1)).select_from(table(table_name)).limit(1)).first() is not None
 
 
 # --- metrics ---------------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select, update
 
-from bot.scheduler import FORGET_EVENTS_JOB, context_key, forget_old_event_claims, start_scheduler, stop_scheduler
+from bot.scheduler import EXTRAS_KEY, FORGET_EVENTS_JOB, JOBS_TABLE, context_key, forget_old_event_claims, start_scheduler, stop_scheduler
 from storage.events import claim_event
+from storage.jobs import has_scheduled_jobs
 from storage.models import ProcessedEvent, utcnow
 from tests.fixtures.slack_api import SlackHarness
 
@@ -17,6 +18,7 @@ def _housekeeping_jobs(scheduler) -> list:
 
 
 def test_the_daily_claim_cleanup_is_scheduled_once_across_restarts(db, fake_slack):
+    assert not has_scheduled_jobs(db, JOBS_TABLE)  # no scheduler ever ran on this database: no table yet
     for _process in range(2):  # two bot processes, one after the other, on the same database
         harness = SlackHarness.create(db, fake_slack)
         try:
@@ -30,9 +32,11 @@ def test_the_daily_claim_cleanup_is_scheduled_once_across_restarts(db, fake_slac
         finally:
             stop_scheduler(harness.bot)
             harness.close()
-    # What the database keeps for the next process: still one job.
+    # What the database keeps for the next process: still one job, and a new bot starts its scheduler for it.
+    assert has_scheduled_jobs(db, JOBS_TABLE)
     harness = SlackHarness.create(db, fake_slack)
     try:
+        assert EXTRAS_KEY in harness.bot.extras  # build_app started it because of the stored job
         assert len(_housekeeping_jobs(start_scheduler(harness.bot))) == 1
     finally:
         stop_scheduler(harness.bot)
