@@ -29,7 +29,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
-from storage.examples import SaveResult
+from storage.examples import SaveResult, get_or_insert_by_hash
 from storage.models import Comparison, EvalPrompt, EvalRound, JudgeVerdict, RegisteredModel, Vote, utcnow
 from trainers.errors import FtbotError, ValidationFailed
 from trainers.records import content_hash, dpo_record
@@ -111,20 +111,9 @@ def add_eval_prompt(
     if not messages or messages[-1].get("role") != "user" or not str(messages[-1].get("content") or "").strip():
         raise ValidationFailed("an evaluation question must end with a customer (user) message that has text")
     digest = prompt_hash(messages)
-    for attempt in range(2):
-        try:
-            with db.session() as session:
-                existing = session.scalar(select(EvalPrompt).where(EvalPrompt.content_hash == digest))
-                if existing is not None:
-                    return SaveResult(existing, False)
-                row = EvalPrompt(content_hash=digest, messages=messages, source_key=source_key, added_by=added_by)
-                session.add(row)
-                session.flush()
-                return SaveResult(row, True)
-        except IntegrityError:
-            if attempt:
-                raise
-    raise AssertionError("unreachable")
+    return get_or_insert_by_hash(db, EvalPrompt, digest, lambda: EvalPrompt(
+        content_hash=digest, messages=messages, source_key=source_key, added_by=added_by,
+    ))
 
 
 def list_eval_prompts(db: Database) -> list[EvalPrompt]:

@@ -10,11 +10,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from storage.db import Database
-from storage.examples import BATCH_SIZE, ImportResult, SaveResult, insert_new_rows
+from storage.examples import BATCH_SIZE, ImportResult, SaveResult, get_or_insert_by_hash, insert_new_rows
 from storage.models import PreferencePair, utcnow
 from trainers.errors import ValidationFailed
 from trainers.records import content_hash
@@ -51,28 +50,10 @@ def add_pair(
     """Store one pair; an identical pair already stored is returned with ``created=False``."""
     normalized = normalize_pair(record)
     digest = content_hash(normalized)
-    for attempt in range(2):
-        try:
-            with db.session() as session:
-                existing = session.scalar(select(PreferencePair).where(PreferencePair.content_hash == digest))
-                if existing is not None:
-                    return SaveResult(existing, False)
-                pair = PreferencePair(
-                    content_hash=digest,
-                    record=normalized,
-                    source_kind=source_kind,
-                    comparison_id=comparison_id,
-                    source_file=source_file,
-                    source_line=source_line,
-                )
-                session.add(pair)
-                session.flush()
-                return SaveResult(pair, True)
-        except IntegrityError:
-            # A concurrent writer stored the same pair first: the next attempt returns it.
-            if attempt:
-                raise
-    raise AssertionError("unreachable")
+    return get_or_insert_by_hash(db, PreferencePair, digest, lambda: PreferencePair(
+        content_hash=digest, record=normalized, source_kind=source_kind, comparison_id=comparison_id,
+        source_file=source_file, source_line=source_line,
+    ))
 
 
 def import_pairs(

@@ -255,6 +255,18 @@ def test_a_dpo_model_is_never_asked_what_its_sft_parent_trained_on(db):
     assert q_hash not in {item.prompt_hash for item in evals.eval_items(db, parent)}
 
 
+def test_the_same_question_or_pair_stored_at_once_from_many_threads_is_stored_once(db):
+    from tests.fixtures.concurrency import at_once
+
+    question = [{"role": "user", "content": "Can I change my plan mid-month?"}]
+    prompts = at_once(lambda _index: evals.add_eval_prompt(db, question, added_by="U1"), 6)
+    assert sum(r.created for r in prompts) == 1 and len({r.example.id for r in prompts}) == 1
+    assert len(evals.list_eval_prompts(db)) == 1
+    record = dpo_record(question, {"role": "assistant", "content": "Yes."}, {"role": "assistant", "content": "No."})
+    pairs = at_once(lambda _index: add_pair(db, record, source_kind="import"), 6)
+    assert sum(r.created for r in pairs) == 1 and len({r.pair.id for r in pairs}) == 1 and len(list_pairs(db)) == 1
+
+
 def test_judge_verdicts_upsert(db):
     cid = evals.round_comparisons(db, _round(db).id)[0].id
     evals.save_verdict(db, cid, "gpt-4o", "A", {"orders": ["A", "A"]})
