@@ -88,27 +88,14 @@ class Generation:
 # --- OpenAI --------------------------------------------------------------------------------------------------
 
 
-def redact_content(content: Any) -> Any:
-    """Message content with personal data replaced by placeholders (a string or a list of text parts)."""
-    from trainers.pii import redact
-
-    if isinstance(content, str):
-        return redact(content)
-    if isinstance(content, list):
-        return [{**part, "text": redact(part["text"])} if isinstance(part, dict) and isinstance(part.get("text"), str)
-                else part for part in content]
-    return content
-
-
 def _openai_messages(messages: Messages) -> list[dict[str, Any]]:
     # Only what chat completions accepts: training-only keys such as ``weight`` would be rejected.
     # Prompts come from customers' threads: personal data is redacted before it leaves the premises.
     keep = ("role", "content", "name", "tool_calls", "tool_call_id")
-    out = [{k: m[k] for k in keep if k in m and m[k] is not None} for m in messages]
-    for message in out:
-        if "content" in message:
-            message["content"] = redact_content(message["content"])
-    return out
+    from trainers.pii import redact_record
+
+    kept = [{k: m[k] for k in keep if k in m and m[k] is not None} for m in messages]
+    return redact_record({"messages": kept})[0]["messages"]
 
 
 def generate_openai(

@@ -16,7 +16,8 @@ from typing import Any
 from storage.db import Database
 from storage.evals import round_comparisons, save_verdict
 from storage.models import Comparison
-from trainers.inference import GenerationError, redact_content
+from trainers.inference import GenerationError
+from trainers.pii import redact
 
 JUDGE_MODEL_ENV = "FTBOT_JUDGE_MODEL"
 DEFAULT_JUDGE_MODEL = "gpt-4.1-2025-04-14"
@@ -56,7 +57,7 @@ def parse_verdict(text: str) -> str | None:
 
 def _ask(client: Any, model: str, prompt: list[dict[str, Any]], first: str, second: str) -> tuple[str | None, str]:
     # Conversations and answers may quote customers: personal data is redacted before it leaves the premises.
-    user = redact_content(
+    user = redact(
         f"Conversation so far:\n{_conversation(prompt)}\n\n"
         f"[Reply 1]\n{first}\n[End of reply 1]\n\n[Reply 2]\n{second}\n[End of reply 2]"
     )
