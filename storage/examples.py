@@ -375,6 +375,15 @@ def dataset_stats(db: Database) -> DatasetStats:
     return DatasetStats(total=total, turns=turns, tags=tags, capturers=capturers)
 
 
+def pii_allowed_ids(db: Database, example_ids: Iterable[int]) -> set[int]:
+    """The ids among ``example_ids`` whose personal data a reviewer chose to keep (``Example.pii_allowed``)."""
+    ids = [example_id for example_id in example_ids if example_id is not None]
+    if not ids:
+        return set()
+    with db.session() as session:
+        return set(session.scalars(select(Example.id).where(Example.id.in_(ids), Example.pii_allowed.is_(True))))
+
+
 def count_by_status(db: Database) -> dict[str, int]:
     """{"pending": n, "approved": n, "rejected": n} (zeros included)."""
     counts = dict.fromkeys(ExampleStatus.ALL, 0)

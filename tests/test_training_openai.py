@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from storage.examples import import_records
+from storage.examples import import_records, list_examples, update_example
 from storage.jobs import get_job, job_metrics, list_models, metric_points
 from storage.models import JobStatus
 from storage.pairs import add_pair
@@ -221,3 +221,18 @@ def test_an_unreachable_openai_leaves_the_job_startable(approved, openai_api, mo
     assert get_job(approved, job.id).status == JobStatus.QUOTED
     monkeypatch.setenv("OPENAI_BASE_URL", openai_api.base_url)
     assert start_job(approved, job.id).started and get_job(approved, job.id).external_id
+
+
+def test_redacted_upload_keeps_what_a_reviewer_allowed(db, openai_api):
+    records = sample_conversations(12, seed=3)
+    records[0]["messages"][1]["content"] = "Write to support@acme.example for invoices."  # public: the reviewer keeps it
+    records[1]["messages"][1]["content"] = "My email is jane.doe@example.com, please call me."
+    import_records(db, enumerate(records, 1), source_file="t.jsonl", approved_by="U1")
+    kept = next(e for e in list_examples(db) if "support@acme.example" in json.dumps(e.messages))
+    update_example(db, kept.id, pii_allowed=True)
+    job = quote_job(db, backend="openai", model=MODEL).job
+    assert len(job.quote["pii"]) == 1  # the quote counts only what no reviewer allowed
+    started = start_job(db, job.id, redact_pii=True)
+    uploaded = openai_api.file_text(started.job.training_file_id) + openai_api.file_text(started.job.validation_file_id)
+    assert "support@acme.example" in uploaded and "jane.doe@example.com" not in uploaded
+    assert get_job(db, job.id).config["redacted_examples"] == 1  # the same count the quote showed

@@ -14,10 +14,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-
 from storage.db import Database
-from storage.models import Example, Snapshot
+from storage.examples import pii_allowed_ids
+from storage.models import Snapshot
 from storage.snapshots import describe, snapshot_members
 from trainers.errors import ConfigError
 
@@ -188,9 +187,7 @@ def find_snapshot_pii(db: Database, snapshot_id: int) -> list[PiiHit]:
     from trainers.pii import find_pii
 
     members = snapshot_members(db, snapshot_id)
-    example_ids = [m.example_id for m in members if m.example_id is not None]
-    with db.session() as session:
-        allowed = set(session.scalars(select(Example.id).where(Example.id.in_(example_ids), Example.pii_allowed.is_(True))))
+    allowed = pii_allowed_ids(db, (m.example_id for m in members))
     hits = []
     for member in members:
         if member.example_id in allowed:
