@@ -67,6 +67,8 @@ def register(app: typer.Typer) -> None:
         settings = _settings()
         if http or settings.slack_app_token or settings.slack_bot_token:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            # Alembic narrates every plugin and context at INFO on each start; its warnings and errors still show.
+            logging.getLogger("alembic").setLevel(logging.WARNING)
         if http:
             try:
                 settings.require_http()
