@@ -16,10 +16,13 @@ The flow of a round:
 4. Voting closes after ``FTBOT_EVAL_HOURS`` (a scheduler job, and lazily on the next event or command) or with
    ``/ft eval close``. Closing reveals the models, posts the results with a chart, and turns every decided
    comparison into a DPO preference pair for ``/ft train --method dpo``.
+5. ``/ft judge`` (optional) scores a round with an LLM judge; it calls OpenAI, so like OpenAI generation it first
+   shows the cost with Judge / Cancel.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import threading
@@ -49,6 +52,8 @@ VOTE_REACTIONS = {"a": "A", "b": "B", "handshake": "tie", "-1": "bad", "thumbsdo
 SEED_REACTIONS = ("a", "b", "handshake", "-1")
 POST_ACTION = "ft_eval_post"
 CANCEL_ACTION = "ft_eval_cancel"
+JUDGE_ACTION = "ft_judge_run"
+JUDGE_CANCEL_ACTION = "ft_judge_cancel"
 CLOSE_JOB_ID = "eval-close-due"
 CLOSE_CHECK_SECONDS = 60.0
 OPENAI_CLIENT_KEY = "openai_client"  # the same slot bot.training uses; tests put a client there
@@ -156,6 +161,19 @@ def _refuse_if_preparing(bot: "BotContext", channel: str) -> None:
                      f"wait for it to be posted, or `/ft eval cancel {last.id}`.")
 
 
+def _estimate_line(estimate: Any) -> str:
+    """One line of a cost quote for a ``trainers.inference.CostEstimate``."""
+    name = f"`{bk.escape(estimate.model)}`"
+    if estimate.expected_usd is None or estimate.max_usd is None:
+        return (f"• {name}: {estimate.input_tokens:,} input tokens, up to {estimate.max_output_tokens:,} output tokens "
+                "— *no price in the table*")
+    if estimate.expected_output_tokens >= estimate.max_output_tokens:  # priced at the full output allowance
+        return (f"• {name}: {estimate.input_tokens:,} input + up to {estimate.max_output_tokens:,} output tokens: "
+                f"at most *${estimate.max_usd:.4f}*")
+    return (f"• {name}: {estimate.input_tokens:,} input + ~{estimate.expected_output_tokens:,} output tokens "
+            f"≈ *${estimate.expected_usd:.4f}* (at most ${estimate.max_usd:.4f})")
+
+
 def _cost_quote(paid: list[Any], items: list[evals.EvalItem]) -> tuple[list[str], str]:
     """(one line per OpenAI model, the total) for generating answers to `items`."""
     from trainers.inference import GenerationSettings, estimate_openai_cost, mean_answer_tokens
@@ -170,17 +188,33 @@ def _cost_quote(paid: list[Any], items: list[evals.EvalItem]) -> tuple[list[str]
             spec.model, prompts, settings,
             expected_answer_tokens=mean_answer_tokens([i.reference or "" for i in items], spec.model),
         )
+        lines.append(_estimate_line(estimate))
         if estimate.expected_usd is None or estimate.max_usd is None:
             unknown = True
-            lines.append(f"• `{bk.escape(spec.model)}`: {estimate.input_tokens:,} input tokens, up to "
-                         f"{estimate.max_output_tokens:,} output tokens — *no price in the table*")
             continue
         expected_total += estimate.expected_usd
         maximum_total += estimate.max_usd
-        lines.append(f"• `{bk.escape(spec.model)}`: {estimate.input_tokens:,} input + ~{estimate.expected_output_tokens:,} "
-                     f"output tokens ≈ *${estimate.expected_usd:.4f}* (at most ${estimate.max_usd:.4f})")
     total = f"≈ *${expected_total:.4f}* (at most ${maximum_total:.4f})" + (" plus unpriced models" if unknown else "")
     return lines, total
+
+
+def _quote_blocks(summary: str, footnote: str, *, confirm: tuple[str, str], cancel_action: str, value: str,
+                  block_id: str) -> list[dict[str, Any]]:
+    """The ephemeral cost quote: what it costs, where the prices come from, and confirm / Cancel buttons.
+
+    Nothing is spent before the confirm button; its handler claims the quote so a double click runs once."""
+    from trainers.pricing import load_price_table
+
+    label, action_id = confirm
+    return [
+        bk.section(f":moneybag: {summary}"),
+        bk.context(f"Prices as of {bk.escape(load_price_table().as_of)} (trainers/prices.toml); {footnote}"),
+        bk.actions(
+            bk.button(label, action_id, value, style="primary"),
+            bk.button("Cancel", cancel_action, value),
+            block_id=block_id,
+        ),
+    ]
 
 
 def start_round(bot: "BotContext", ctx: CommandContext, model_name: str | None, n: int) -> EvalRound:
@@ -217,20 +251,13 @@ def start_round(bot: "BotContext", ctx: CommandContext, model_name: str | None, 
         bot.defer(run_round, bot, round_.id, started_by=ctx.user_id)
         return round_
 
-    from trainers.pricing import load_price_table
-
-    as_of = load_price_table().as_of
     text = (f"Round #{round_.id}: generating {len(items)} answers per model with OpenAI costs "
             f"{quote_total.replace('*', '')}. Post or cancel?")
-    blocks = [
-        bk.section(f":moneybag: Round #{round_.id}: {who}.\nOpenAI generation costs {quote_total}:\n" + "\n".join(quote_lines)),
-        bk.context(f"Prices as of {bk.escape(as_of)} (trainers/prices.toml); output length is estimated from the team's reference replies."),
-        bk.actions(
-            bk.button("Post", POST_ACTION, str(round_.id), style="primary"),
-            bk.button("Cancel", CANCEL_ACTION, str(round_.id)),
-            block_id=f"eval_quote_{round_.id}",
-        ),
-    ]
+    blocks = _quote_blocks(
+        f"Round #{round_.id}: {who}.\nOpenAI generation costs {quote_total}:\n" + "\n".join(quote_lines),
+        "output length is estimated from the team's reference replies.",
+        confirm=("Post", POST_ACTION), cancel_action=CANCEL_ACTION, value=str(round_.id), block_id=f"eval_quote_{round_.id}",
+    )
     ctx.respond(text, blocks=blocks)
     return round_
 
@@ -737,7 +764,7 @@ def _trained_by(bot: "BotContext", digest: str) -> list[str]:
 
 
 def register(app: App, bot: "BotContext") -> None:
-    """``/ft eval``, ``/ft results``, ``/ft judge``, the Post/Cancel buttons and the reaction listeners."""
+    """``/ft eval``, ``/ft results``, ``/ft judge``, the Post/Cancel and Judge/Cancel buttons and the reaction listeners."""
 
     def ft_eval(ctx: CommandContext) -> None:
         sub = ctx.args[0].lower() if ctx.args else ""
@@ -790,6 +817,36 @@ def register(app: App, bot: "BotContext") -> None:
         else:
             status = evals.get_round(bot.db, round_id).status
             respond(text=f"Round #{round_id} is already {status}.", response_type="ephemeral", replace_original=False)
+
+    @app.action(JUDGE_ACTION)
+    def on_judge(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+        ack()
+        user = (body.get("user") or {}).get("id")
+        if not bot.roles.may_train(user):
+            respond(text="Only trainers can run the LLM judge (FTBOT_TRAINERS).", response_type="ephemeral",
+                    replace_original=False)
+            return
+        round_id, model, quote = _judge_quote(action)
+        if not _claim_judge_quote(bot, quote):
+            respond(text=f"That quote for judging round #{round_id} was already used or cancelled; `/ft judge` makes a new one.",
+                    response_type="ephemeral", replace_original=False)
+            return
+        respond(text=f"Judging round #{round_id} with {model} (each question twice, answers swapped)…", replace_original=True)
+
+        def say(text: str, blocks: list[dict[str, Any]] | None) -> None:
+            respond(text=bk.fallback(text), blocks=blocks, replace_original=True)
+
+        bot.defer(run_judge, bot, round_id, model, say)
+
+    @app.action(JUDGE_CANCEL_ACTION)
+    def on_judge_cancel(ack: Ack, action: dict[str, Any], respond: Respond) -> None:
+        ack()
+        round_id, _, quote = _judge_quote(action)
+        if _claim_judge_quote(bot, quote):
+            respond(text=f"Judging round #{round_id} cancelled. Nothing was spent.", replace_original=True)
+        else:
+            respond(text=f"That quote for judging round #{round_id} was already used or cancelled.",
+                    response_type="ephemeral", replace_original=False)
 
     @app.event("reaction_added")
     def on_reaction_added(event: dict[str, Any], client: WebClient, context: BoltContext) -> None:
@@ -877,10 +934,12 @@ def results_command(bot: "BotContext", ctx: CommandContext) -> None:
 
 
 def judge_command(bot: "BotContext", ctx: CommandContext) -> None:
+    """Quote what judging a round costs (OpenAI), with Judge / Cancel; nothing is spent before Judge."""
     import os
+    import uuid
 
-    from trainers.eval_report import resolve_round, round_report
-    from trainers.judge import DEFAULT_JUDGE_MODEL, JUDGE_MODEL_ENV, judge_round
+    from trainers.eval_report import resolve_round
+    from trainers.judge import DEFAULT_JUDGE_MODEL, JUDGE_MAX_TOKENS, JUDGE_MODEL_ENV, estimate_judge_cost
 
     if not bot.roles.may_train(ctx.user_id):
         raise FtbotError("only trainers can run the LLM judge (it calls OpenAI); ask an ftbot admin.")
@@ -895,9 +954,50 @@ def judge_command(bot: "BotContext", ctx: CommandContext) -> None:
     round_ = resolve_round(bot.db, _round_arg(args), channel=ctx.channel_id)
     if round_.status not in RoundStatus.WITH_RESULTS:
         raise FtbotError(f"round #{round_.id} is {round_.status}: there are no posted answers to judge.")
-    ctx.respond(f"Judging round #{round_.id} with {model} (each question twice, answers swapped)…")
-    run = judge_round(bot.db, round_.id, model=model, client=bot.extras.get(OPENAI_CLIENT_KEY))
-    report = round_report(bot.db, round_.id)
+    estimate = estimate_judge_cost(bot.db, round_.id, model)
+    if not estimate.prompts:
+        raise FtbotError(f"round #{round_.id} has no question with both answers to judge.")
+    questions = estimate.prompts // 2
+    priced = estimate.max_usd is not None
+    cost = f"at most ${estimate.max_usd:.4f}" if priced else f"an unknown amount (no price for {model} in the table)"
+    # The quote's own id: Judge and Cancel both claim it, so only the first click of either does anything.
+    value = json.dumps({"round": round_.id, "model": model, "quote": uuid.uuid4().hex}, separators=(",", ":"))
+    text = (f"Judging round #{round_.id} with {model}: {questions} questions, each judged twice (answers swapped), "
+            f"costs {cost}. Judge or cancel?")
+    blocks = _quote_blocks(
+        f"Round #{round_.id}: judging *{questions}* questions twice (answers swapped) with `{bk.escape(model)}` "
+        f"costs {f'at most *${estimate.max_usd:.4f}*' if priced else '*an unknown amount*'}:\n"
+        + _estimate_line(estimate),
+        f"input tokens counted on the exact judge prompts, output at its limit of {JUDGE_MAX_TOKENS} tokens per call.",
+        confirm=("Judge", JUDGE_ACTION), cancel_action=JUDGE_CANCEL_ACTION, value=value, block_id=f"judge_quote_{round_.id}",
+    )
+    ctx.respond(text, blocks=blocks)
+
+
+def _judge_quote(action: dict[str, Any]) -> tuple[int, str, str]:
+    """(round id, judge model, quote id) from a Judge / Cancel button."""
+    value = json.loads(action.get("value") or "{}")
+    return int(value["round"]), str(value["model"]), str(value["quote"])
+
+
+def _claim_judge_quote(bot: "BotContext", quote: str) -> bool:
+    from storage.events import claim_event
+
+    return claim_event(bot.db, f"judge_quote:{quote}")
+
+
+def run_judge(bot: "BotContext", round_id: int, model: str, say: Callable[[str, list[dict[str, Any]] | None], None]) -> None:
+    """Judge the round (the slow part: two OpenAI calls per question) and tell the result through `say`."""
+    from trainers.eval_report import round_report
+    from trainers.judge import judge_round
+
+    try:
+        run = judge_round(bot.db, round_id, model=model, client=bot.extras.get(OPENAI_CLIENT_KEY))
+    except FtbotError as error:
+        line = f"Judging round #{round_id} with {model} stopped: {error}"
+        say(line, [bk.section(":warning: " + bk.escape(line))])
+        return
+    report = round_report(bot.db, round_id)
     agreement = next((j for j in report.judges if j.judge_model == model), None)
     line = (f"{model} judged {run.judged} questions; {run.consistent} verdicts held in both orders "
             f"(the others count as ties).")
@@ -905,5 +1005,4 @@ def judge_command(bot: "BotContext", ctx: CommandContext) -> None:
         rate = "n/a" if agreement.rate is None else f"{agreement.rate:.0%}"
         line += (f" For the candidate: {agreement.judge_wins} wins, {agreement.judge_losses} losses, {agreement.judge_ties} ties."
                  f" Agreement with the voters: {agreement.agreed}/{agreement.compared} decided questions ({rate}).")
-    ctx.respond(line, blocks=[bk.section(":scales: " + bk.escape(line))])
-
+    say(line, [bk.section(":scales: " + bk.escape(line))])

@@ -8,6 +8,7 @@ chart uploaded → DPO pairs; plus the voter allowlist, the timed close, /ft eva
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -78,6 +79,10 @@ def _start_round(h: SlackHarness, text: str = "eval --n 4") -> int:
 def _post(h: SlackHarness, round_id: int) -> None:
     h.interact(block_actions(evaluation.POST_ACTION, str(round_id), response_url=h.fake.response_url()))
     h.wait(timeout=30)
+
+
+def _chats(openai_api) -> list:
+    return [c for c in openai_api.calls if "chat/completions" in c.path]
 
 
 def _comparison_posts(h: SlackHarness) -> list:
@@ -327,14 +332,89 @@ def test_judge_scores_both_orders_and_reports_agreement(harness, openai_api):
     openai_api.responder = judge_or_answer
     for c in comparisons[1:3]:
         _react(h, "U1", c.candidate_side.lower(), c.message_ts, event_id=f"EvJ{c.id}")
+    chats_before = len(_chats(openai_api))
     h.command(f"judge {round_id} --model gpt-4.1-2025-04-14", user_id="U_AGENT")
     h.wait(timeout=30)
+    # Judging costs money: first an ephemeral quote with Judge / Cancel, and no call to OpenAI yet.
+    quote = h.fake.responses[-1]
+    assert quote.get("response_type") == "ephemeral"
+    assert re.search(r"at most \$\d+\.\d{4}", quote["text"]) and "Judge or cancel" in quote["text"]
+    buttons = [e for b in quote["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    assert [b["action_id"] for b in buttons] == [evaluation.JUDGE_ACTION, evaluation.JUDGE_CANCEL_ACTION]
+    assert "gpt-4.1-2025-04-14" in json.dumps(quote["blocks"]) and "Prices as of" in json.dumps(quote["blocks"])
+    assert len(_chats(openai_api)) == chats_before
+    assert evals.round_verdicts(h.db, round_id) == []
+
+    # A double click on Judge judges once: two calls (both orders) per question.
+    for _ in range(2):
+        h.interact(block_actions(evaluation.JUDGE_ACTION, buttons[0]["value"], response_url=h.fake.response_url()))
+        h.wait(timeout=30)
+    judge_calls = _chats(openai_api)[chats_before:]
+    assert len(judge_calls) == 2 * len(comparisons)
+    assert all(c.json["model"] == "gpt-4.1-2025-04-14" for c in judge_calls)
+    assert any("already used" in r["text"] for r in h.fake.responses)
     verdicts = {v.comparison_id: v.choice for v in evals.round_verdicts(h.db, round_id)}
     assert verdicts[comparisons[0].id] == "tie"
     for c in comparisons[1:]:
         assert verdicts[c.id] == c.candidate_side
-    final = h.fake.responses[-1]["text"]
+    final = next(r["text"] for r in reversed(h.fake.responses) if "judged" in r["text"])
     assert "3 verdicts held in both orders" in final and "Agreement with the voters: 2/2" in final
+
+
+@pytest.fixture
+def trainer_harness(sqlite_db, fake_slack, openai_api):
+    openai_api.responder = _answer_by_model
+    h = SlackHarness.create(sqlite_db, fake_slack, eval_post_interval=0.0, trainers=("U_AGENT",))
+    try:
+        yield h
+    finally:
+        _stop_scheduler(h)
+        h.close()
+
+
+def test_judge_quote_cancel_spends_nothing_and_prices_the_exact_prompts(trainer_harness, openai_api):
+    from trainers.judge import JUDGE_MAX_TOKENS, estimate_judge_cost, judge_messages
+    from trainers.pricing import inference_cost, load_price_table
+    from trainers.tokens import count_record_tokens, encoding_for_model
+
+    h = trainer_harness
+    _seed_model(h.db)
+    round_id = _start_round(h, "eval --n 2")
+    _post(h, round_id)
+    comparisons = evals.round_comparisons(h.db, round_id)
+    chats_before = len(_chats(openai_api))
+
+    # The estimate: both orders of each question, prompt tokens counted with trainers.tokens, the model's
+    # table price, the full output allowance of each call.
+    model = "gpt-4.1-2025-04-14"
+    encoding = encoding_for_model(model)
+    input_tokens = sum(
+        count_record_tokens({"messages": judge_messages(c.prompt, first, second)}, encoding).total
+        for c in comparisons for first, second in ((c.answer_a, c.answer_b), (c.answer_b, c.answer_a))
+    )
+    price = load_price_table().get(model)
+    expected = inference_cost(price, input_tokens=input_tokens, output_tokens=4 * JUDGE_MAX_TOKENS, fine_tuned=False)
+    estimate = estimate_judge_cost(h.db, round_id, model)
+    assert (estimate.prompts, estimate.input_tokens, estimate.max_output_tokens) == (4, input_tokens, 4 * JUDGE_MAX_TOKENS)
+    assert estimate.max_usd == pytest.approx(expected) and expected > 0
+
+    h.command(f"judge {round_id} --model {model}", user_id="U_AGENT")
+    h.wait()
+    quote = h.fake.responses[-1]
+    assert f"at most ${expected:.4f}" in quote["text"]
+    value = next(e["value"] for b in quote["blocks"] if b["type"] == "actions" for e in b["elements"])
+    # Only trainers may confirm; then Cancel wins, and a late Judge click does nothing.
+    h.interact(block_actions(evaluation.JUDGE_ACTION, value, user_id="U_RANDOM", response_url=h.fake.response_url()))
+    h.wait()
+    assert "Only trainers" in h.fake.responses[-1]["text"]
+    h.interact(block_actions(evaluation.JUDGE_CANCEL_ACTION, value, response_url=h.fake.response_url()))
+    h.wait()
+    assert "cancelled" in h.fake.responses[-1]["text"] and "Nothing was spent" in h.fake.responses[-1]["text"]
+    h.interact(block_actions(evaluation.JUDGE_ACTION, value, response_url=h.fake.response_url()))
+    h.wait()
+    assert "already used or cancelled" in h.fake.responses[-1]["text"]
+    assert len(_chats(openai_api)) == chats_before
+    assert evals.round_verdicts(h.db, round_id) == []
 
 
 def test_posting_waits_out_rate_limits_and_attaches_long_answers(harness, openai_api):

@@ -16,11 +16,12 @@ from typing import Any
 from storage.db import Database
 from storage.evals import round_comparisons, save_verdict
 from storage.models import Comparison
-from trainers.inference import GenerationError
+from trainers.inference import CostEstimate, GenerationError, GenerationSettings, estimate_openai_cost
 from trainers.pii import redact
 
 JUDGE_MODEL_ENV = "FTBOT_JUDGE_MODEL"
 DEFAULT_JUDGE_MODEL = "gpt-4.1-2025-04-14"
+JUDGE_MAX_TOKENS = 400  # per judgement: a short explanation and the [[…]] marker
 
 SYSTEM = (
     "You are an impartial judge of customer-support replies. Compare two replies to the same conversation. "
@@ -55,16 +56,21 @@ def parse_verdict(text: str) -> str | None:
     return found[-1].lower() if found else None
 
 
-def _ask(client: Any, model: str, prompt: list[dict[str, Any]], first: str, second: str) -> tuple[str | None, str]:
+def judge_messages(prompt: list[dict[str, Any]], first: str, second: str) -> list[dict[str, Any]]:
+    """The chat messages of one judgement (what is sent, and what the cost estimate counts)."""
     # Conversations and answers may quote customers: personal data is redacted before it leaves the premises.
     user = redact(
         f"Conversation so far:\n{_conversation(prompt)}\n\n"
         f"[Reply 1]\n{first}\n[End of reply 1]\n\n[Reply 2]\n{second}\n[End of reply 2]"
     )
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def _ask(client: Any, model: str, prompt: list[dict[str, Any]], first: str, second: str) -> tuple[str | None, str]:
     try:
         response = client.chat.completions.create(
-            model=model, temperature=0, seed=0, max_completion_tokens=400,
-            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
+            model=model, temperature=0, seed=0, max_completion_tokens=JUDGE_MAX_TOKENS,
+            messages=judge_messages(prompt, first, second),
         )
     except Exception as error:
         message = getattr(error, "message", None) or str(error)
@@ -88,6 +94,23 @@ def judge_comparison(client: Any, model: str, comparison: Comparison) -> tuple[s
     return choice, detail
 
 
+def judgeable_comparisons(db: Database, round_id: int) -> list[Comparison]:
+    """The round's comparisons with both answers: the ones the judge reads."""
+    return [c for c in round_comparisons(db, round_id) if c.answer_a and c.answer_b]
+
+
+def estimate_judge_cost(db: Database, round_id: int, model: str) -> CostEstimate:
+    """What judging the round costs at most: both orders of every comparison, their exact prompts' tokens, and
+    the full output allowance of each call (the judge's explanation has no typical length to go by)."""
+    calls = [
+        judge_messages(c.prompt, first, second)
+        for c in judgeable_comparisons(db, round_id)
+        for first, second in ((c.answer_a, c.answer_b), (c.answer_b, c.answer_a))
+    ]
+    return estimate_openai_cost(model, calls, GenerationSettings(max_new_tokens=JUDGE_MAX_TOKENS),
+                                expected_answer_tokens=JUDGE_MAX_TOKENS)
+
+
 def judge_round(
     db: Database,
     round_id: int,
@@ -101,7 +124,7 @@ def judge_round(
     from trainers.openai_backend import make_client
 
     client = make_client(client)
-    comparisons = [c for c in round_comparisons(db, round_id) if c.answer_a and c.answer_b]
+    comparisons = judgeable_comparisons(db, round_id)
     done = 0
 
     def one(comparison: Comparison) -> tuple[int, str, dict[str, Any]]:
