@@ -11,7 +11,8 @@ The flow of a round:
    randomized per comparison, stored, and hidden — and the bot seeds the vote reactions :a: :b: :handshake: :-1:.
    Posting is paced (about one message per second per channel) and retries Slack's 429s.
 3. ``reaction_added`` / ``reaction_removed`` on those messages are votes: one per voter per comparison (a new
-   reaction moves it, removing the reaction that cast it withdraws it), skin tones normalised, the bot's own
+   reaction moves it; removing the reaction that cast it falls back to another vote reaction the voter still has
+   on the message, else withdraws it), skin tones normalised, the bot's own
    reactions ignored, the optional voter allowlist (``FTBOT_VOTERS``) enforced; retried events count once.
 4. Voting closes after ``FTBOT_EVAL_HOURS`` (a scheduler job, and lazily on the next event or command) or with
    ``/ft eval close``. Closing reveals the models, posts the results with a chart, and turns every decided
@@ -69,7 +70,8 @@ IN_FLIGHT_KEY = "eval_rounds_in_flight"
 _in_flight_lock = threading.Lock()
 VOTE_HINT = (
     "React :a: if *A* is better, :b: if *B* is better, :handshake: for a tie, :-1: if both are bad. "
-    "One vote per person: your latest reaction counts, removing it withdraws it. The models are revealed when voting closes."
+    "One vote per person: your latest reaction counts; removing it counts another vote reaction you still have, "
+    "else withdraws your vote. The models are revealed when voting closes."
 )
 
 
@@ -562,7 +564,34 @@ def handle_reaction(bot: "BotContext", client: WebClient, event: dict[str, Any],
     if added:
         change = evals.cast_vote(bot.db, comparison.id, voter, choice, reaction=reaction, at=at)
         return f"vote {change.action}"
-    return "vote withdrawn" if evals.retract_vote(bot.db, comparison.id, voter, reaction=reaction, at=at) else "no vote to withdraw"
+    vote = evals.get_vote(bot.db, comparison.id, voter)
+    if vote is None or vote.reaction != reaction:
+        return "no vote to withdraw"  # that reaction no longer casts the vote: nothing to ask Slack
+    fallback = _remaining_vote_reaction(client, item.get("channel") or "", item.get("ts") or "", voter, removed=reaction)
+    if not evals.retract_vote(bot.db, comparison.id, voter, reaction=reaction, at=at, fallback=fallback):
+        return "no vote to withdraw"
+    return f"vote moved to {fallback[0]}" if fallback else "vote withdrawn"
+
+
+def _remaining_vote_reaction(client: WebClient, channel: str, ts: str, voter: str, *, removed: str) -> tuple[str, str] | None:
+    """(choice, reaction) of a vote reaction `voter` still has on the message, else None.
+
+    Slack's ``reaction_removed`` says only what was removed, so ask for the message's reactions (``full`` lists
+    every user). Slack does not say in which order a person added several, so with more than one left the
+    first in the message's order counts (the bot seeded :a: :b: :handshake: :-1: in that order). The removed
+    name is skipped in case Slack's answer lags behind the event; if it was added back, that event re-casts it.
+    """
+    try:
+        response = _slack(client.reactions_get, channel=channel, timestamp=ts, full=True)
+    except SlackApiError as error:
+        log.warning("cannot read the reactions on %s/%s (%s); withdrawing the vote", channel, ts, error.response.get("error"))
+        return None
+    for entry in (response.get("message") or {}).get("reactions") or []:
+        name = normalize_reaction(entry.get("name"))
+        choice = VOTE_REACTIONS.get(name)
+        if choice is not None and name != removed and voter in (entry.get("users") or []):
+            return choice, name
+    return None
 
 
 def _tell(client: WebClient, channel: str | None, user: str, text: str) -> None:

@@ -38,7 +38,7 @@ __all__ = [
     "RoundStatus", "EvalRoundNotFound", "EvalItem", "VoteChange", "prompt_hash", "split_prompt",
     "add_eval_prompt", "list_eval_prompts", "eval_items", "create_round", "get_round", "latest_round",
     "round_comparisons", "set_answers", "set_comparison_message", "comparison_for_message", "move_round",
-    "close_round", "due_rounds", "cast_vote", "retract_vote", "round_votes", "decided_side", "pairs_from_round",
+    "close_round", "due_rounds", "cast_vote", "get_vote", "retract_vote", "round_votes", "decided_side", "pairs_from_round",
     "save_verdict", "round_verdicts", "remove_eval_prompt", "trained_prompt_hashes",
     "model_trained_prompt_hashes",
 ]
@@ -406,14 +406,31 @@ def _cast_vote_portable(db: Database, comparison_id: int, voter: str, choice: st
         return VoteChange(action, vote)
 
 
-def retract_vote(db: Database, comparison_id: int, voter: str, *, reaction: str, at: datetime | None = None) -> bool:
-    """Delete `voter`'s vote if it was cast by `reaction` (removing a reaction that no longer counts does nothing)."""
-    at = at or utcnow()
+def get_vote(db: Database, comparison_id: int, voter: str) -> Vote | None:
     with db.session() as session:
-        result = session.execute(delete(Vote).where(
-            Vote.comparison_id == comparison_id, Vote.voter == voter, Vote.reaction == reaction,
-            Vote.updated_at <= at,
-        ))
+        return session.scalar(select(Vote).where(Vote.comparison_id == comparison_id, Vote.voter == voter))
+
+
+def retract_vote(db: Database, comparison_id: int, voter: str, *, reaction: str, at: datetime | None = None,
+                 fallback: tuple[str, str] | None = None) -> bool:
+    """Withdraw `voter`'s vote if it was cast by `reaction` (removing a reaction that no longer counts does nothing).
+
+    `fallback` is (choice, reaction) of a vote reaction the voter still has on the message: the vote becomes that
+    one instead of being deleted. One conditional statement either way, so a retried or out-of-date removal
+    (the vote has since moved, or is newer than `at`) changes nothing.
+    """
+    at = at or utcnow()
+    if fallback is not None and fallback[0] not in ("A", "B", "tie", "bad"):
+        raise ValueError(f"unknown vote choice {fallback[0]!r}")
+    cast_by_this = (Vote.comparison_id == comparison_id, Vote.voter == voter, Vote.reaction == reaction,
+                    Vote.updated_at <= at)
+    with db.session() as session:
+        if fallback is None:
+            result = session.execute(delete(Vote).where(*cast_by_this))
+        else:
+            choice, kept_reaction = fallback
+            result = session.execute(update(Vote).where(*cast_by_this).values(
+                choice=choice, reaction=kept_reaction, updated_at=at))
         return result.rowcount == 1
 
 

@@ -101,6 +101,47 @@ def _react(h: SlackHarness, user: str, name: str, ts: str, *, event_id: str, rem
     h.wait()
 
 
+def _user_react(h: SlackHarness, user: str, name: str, ts: str, *, event_id: str, removed: bool = False,
+                event_ts: float) -> None:
+    """A person reacting in the Slack client: Slack's stored reactions change, then the event is delivered."""
+    entries = h.fake.reactions.setdefault((CHANNEL, ts), [])
+    if removed:
+        entries.remove({"name": name, "user": user})
+    else:
+        entries.append({"name": name, "user": user})
+    _react(h, user, name, ts, event_id=event_id, removed=removed, event_ts=event_ts)
+
+
+def test_removing_the_vote_reaction_falls_back_to_one_still_there(harness):
+    h = harness
+    _seed_model(h.db)
+    round_id = _start_round(h, "eval --n 2")
+    _post(h, round_id)
+    first = evals.round_comparisons(h.db, round_id)[0]
+
+    def vote() -> str | None:
+        found = evals.get_vote(h.db, first.id, "U7")
+        return None if found is None else found.choice
+
+    t0 = time.time()
+    _user_react(h, "U7", "a", first.message_ts, event_id="EvF1", event_ts=t0)
+    _user_react(h, "U7", "b", first.message_ts, event_id="EvF2", event_ts=t0 + 1)
+    assert vote() == "B"
+    h.fake.reset_calls()
+    # :b: removed while :a: is still there: the vote goes back to A (asked of Slack with full=True).
+    _user_react(h, "U7", "b", first.message_ts, event_id="EvF3", event_ts=t0 + 2, removed=True)
+    assert vote() == "A"
+    [lookup] = h.fake.calls_to("reactions.get")
+    assert lookup.args.get("timestamp") == first.message_ts and str(lookup.args.get("full")).lower() in ("true", "1")
+    # Slack retries that removal: still A.
+    _react(h, "U7", "b", first.message_ts, event_id="EvF3", event_ts=t0 + 2, removed=True, retry_num=1)
+    assert vote() == "A"
+    # Removing :a: leaves no vote reaction of U7's (the bot's seeded ones do not count): no vote.
+    _user_react(h, "U7", "a", first.message_ts, event_id="EvF4", event_ts=t0 + 3, removed=True)
+    assert vote() is None
+    assert evals.round_votes(h.db, round_id) == []
+
+
 def test_full_loop_post_vote_close_results_and_pairs(harness, openai_api):
     h = harness
     _seed_model(h.db)

@@ -83,6 +83,27 @@ def test_one_vote_per_voter_moves_and_removals(db):
     assert evals.count_votes(db, comparison.round_id) == 1
 
 
+def test_removal_falls_back_to_a_vote_reaction_still_there(db):
+    cid = evals.round_comparisons(db, _round(db).id)[0].id
+    evals.cast_vote(db, cid, "U1", "A", reaction="a", at=T0)
+    evals.cast_vote(db, cid, "U1", "B", reaction="b", at=T0 + timedelta(seconds=1))
+    # :b: removed while :a: is still there: the vote goes back to A, as of the removal.
+    assert evals.retract_vote(db, cid, "U1", reaction="b", at=T0 + timedelta(seconds=2), fallback=("A", "a"))
+    vote = evals.get_vote(db, cid, "U1")
+    assert (vote.choice, vote.reaction) == ("A", "a")
+    # Slack retries the removal: the vote is no longer cast by :b:, nothing changes.
+    assert not evals.retract_vote(db, cid, "U1", reaction="b", at=T0 + timedelta(seconds=2), fallback=("A", "a"))
+    assert not evals.retract_vote(db, cid, "U1", reaction="b", at=T0 + timedelta(seconds=2))
+    assert evals.get_vote(db, cid, "U1").choice == "A"
+    # A newer reaction is not undone by an older removal's fallback.
+    evals.cast_vote(db, cid, "U1", "tie", reaction="handshake", at=T0 + timedelta(seconds=10))
+    assert not evals.retract_vote(db, cid, "U1", reaction="handshake", at=T0 + timedelta(seconds=3), fallback=("A", "a"))
+    assert evals.get_vote(db, cid, "U1").choice == "tie"
+    # Removing the last one deletes the vote.
+    assert evals.retract_vote(db, cid, "U1", reaction="handshake", at=T0 + timedelta(seconds=11))
+    assert evals.get_vote(db, cid, "U1") is None
+
+
 def test_concurrent_votes_from_one_voter_leave_one_row(db):
     cid = evals.round_comparisons(db, _round(db).id)[0].id
     errors = []
