@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, create_engine
+
+T = TypeVar("T")
 
 DATABASE_URL_ENV = "FTBOT_DATABASE_URL"
 HOME_ENV = "FTBOT_HOME"
@@ -81,6 +85,30 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    def get_or_insert(self, key_column: Any, key: Any, build: Callable[[Session], T]) -> tuple[T, bool]:
+        """The row whose unique ``key_column`` equals ``key`` (``False``), else the row ``build(session)`` returns,
+        stored in the same transaction (``True``). ``key=None`` always inserts.
+
+        This is how retries and double clicks stay single: when a concurrent writer stores the same key between
+        the lookup and the insert, the unique constraint refuses ours and the second attempt returns theirs.
+        """
+        table = key_column.class_
+        for attempt in range(2):
+            try:
+                with self.session() as session:
+                    if key is not None:
+                        existing = session.scalar(select(table).where(key_column == key))
+                        if existing is not None:
+                            return existing, False
+                    row = build(session)
+                    session.add(row)
+                    session.flush()
+                    return row, True
+            except IntegrityError:
+                if key is None or attempt:
+                    raise
+        raise AssertionError("unreachable: the key both exists and does not")
 
     def close(self) -> None:
         self.engine.dispose()

@@ -26,10 +26,10 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
 from storage.db import Database
-from storage.examples import SaveResult, get_or_insert_by_hash
+from storage.examples import SaveResult
 from storage.models import Comparison, EvalPrompt, EvalRound, JudgeVerdict, RegisteredModel, Vote, utcnow
 from trainers.errors import FtbotError, ValidationFailed
 from trainers.records import content_hash, dpo_record
@@ -111,9 +111,9 @@ def add_eval_prompt(
     if not messages or messages[-1].get("role") != "user" or not str(messages[-1].get("content") or "").strip():
         raise ValidationFailed("an evaluation question must end with a customer (user) message that has text")
     digest = prompt_hash(messages)
-    return get_or_insert_by_hash(db, EvalPrompt, digest, lambda: EvalPrompt(
+    return SaveResult(*db.get_or_insert(EvalPrompt.content_hash, digest, lambda _session: EvalPrompt(
         content_hash=digest, messages=messages, source_key=source_key, added_by=added_by,
-    ))
+    )))
 
 
 def list_eval_prompts(db: Database) -> list[EvalPrompt]:
@@ -223,32 +223,23 @@ def create_round(
     rng = rng or random.Random(secrets.randbits(64))
     sides = (["A", "B"] * (len(prompts) // 2 + 1))[: len(prompts)]
     rng.shuffle(sides)
-    for attempt in range(2):
-        if idempotency_key is not None:
-            with db.session() as session:
-                existing = session.scalar(select(EvalRound).where(EvalRound.idempotency_key == idempotency_key))
-            if existing is not None:
-                return SaveResult(existing, False)
-        try:
-            with db.session() as session:
-                round_ = EvalRound(
-                    idempotency_key=idempotency_key, candidate_model=candidate_model, baseline_model=baseline_model,
-                    channel=channel, status=status, created_by=created_by,
-                )
-                session.add(round_)
-                session.flush()
-                for prompt, side in zip(prompts, sides):
-                    prompt = [dict(m) for m in prompt]
-                    model_a, model_b = (candidate_model, baseline_model) if side == "A" else (baseline_model, candidate_model)
-                    session.add(Comparison(
-                        round_id=round_.id, prompt_hash=prompt_hash(prompt), prompt=prompt, model_a=model_a,
-                        model_b=model_b, answer_a="", answer_b="", candidate_side=side, channel=channel,
-                    ))
-            return SaveResult(round_, True)
-        except IntegrityError:
-            if idempotency_key is None or attempt:
-                raise
-    raise AssertionError("unreachable")
+    def build(session: Session) -> EvalRound:
+        round_ = EvalRound(
+            idempotency_key=idempotency_key, candidate_model=candidate_model, baseline_model=baseline_model,
+            channel=channel, status=status, created_by=created_by,
+        )
+        session.add(round_)
+        session.flush()
+        for prompt, side in zip(prompts, sides):
+            prompt = [dict(m) for m in prompt]
+            model_a, model_b = (candidate_model, baseline_model) if side == "A" else (baseline_model, candidate_model)
+            session.add(Comparison(
+                round_id=round_.id, prompt_hash=prompt_hash(prompt), prompt=prompt, model_a=model_a,
+                model_b=model_b, answer_a="", answer_b="", candidate_side=side, channel=channel,
+            ))
+        return round_
+
+    return SaveResult(*db.get_or_insert(EvalRound.idempotency_key, idempotency_key, build))
 
 
 def get_round(db: Database, round_id: int) -> EvalRound:

@@ -7,7 +7,7 @@ Every example is an OpenAI SFT line (messages, optional tools / parallel_tool_ca
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -200,28 +200,6 @@ def import_records(
             }
 
     return insert_new_rows(session, Example, rows())
-
-
-def get_or_insert_by_hash(db: Database, table: type[T], digest: str, build: Callable[[], T]) -> SaveResult[T]:
-    """The row of ``table`` whose ``content_hash`` is ``digest`` (``created=False``), else ``build()`` stored.
-
-    The single-row counterpart of :func:`insert_new_rows`. When a concurrent writer stores the same hash between
-    the lookup and the insert, the unique key refuses ours and the second attempt returns theirs.
-    """
-    for attempt in range(2):
-        try:
-            with db.session() as session:
-                existing = session.scalar(select(table).where(table.content_hash == digest))  # type: ignore[attr-defined]
-                if existing is not None:
-                    return SaveResult(existing, False)
-                row = build()
-                session.add(row)
-                session.flush()
-                return SaveResult(row, True)
-        except IntegrityError:
-            if attempt:
-                raise
-    raise AssertionError("unreachable")
 
 
 def insert_new_rows(session: Session, table: Any, rows: Iterable[tuple[str, dict[str, Any]]]) -> ImportResult:

@@ -52,26 +52,13 @@ def create_job(
     status: str = JobStatus.QUOTED,
 ) -> JobResult:
     """Create a job; with an ``idempotency_key`` already used, return that job instead (``created=False``)."""
-    for _attempt in range(2):
-        if idempotency_key is not None:
-            with db.session() as session:
-                existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
-            if existing is not None:
-                return JobResult(existing, False)
-        try:
-            with db.session() as session:
-                job = Job(
-                    idempotency_key=idempotency_key, backend=backend, method=method, status=status,
-                    snapshot_id=snapshot_id, base_model=base_model, config=config or {}, quote=quote,
-                    estimated_tokens=estimated_tokens, estimated_cost_usd=estimated_cost_usd,
-                    created_by=created_by, slack_channel=slack_channel, slack_ts=slack_ts,
-                )
-                session.add(job)
-            return JobResult(job, True)
-        except IntegrityError:
-            if idempotency_key is None:
-                raise
-    raise AssertionError("unreachable: the idempotency key both exists and does not")
+    job, created = db.get_or_insert(Job.idempotency_key, idempotency_key, lambda _session: Job(
+        idempotency_key=idempotency_key, backend=backend, method=method, status=status,
+        snapshot_id=snapshot_id, base_model=base_model, config=config or {}, quote=quote,
+        estimated_tokens=estimated_tokens, estimated_cost_usd=estimated_cost_usd,
+        created_by=created_by, slack_channel=slack_channel, slack_ts=slack_ts,
+    ))
+    return JobResult(job, created)
 
 
 def get_job(db: Database, job_id: int) -> Job:

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from storage.db import Database
-from storage.examples import BATCH_SIZE, ImportResult, SaveResult, get_or_insert_by_hash, insert_new_rows
+from storage.examples import BATCH_SIZE, ImportResult, SaveResult, insert_new_rows
 from storage.models import PreferencePair, utcnow
 from trainers.errors import ValidationFailed
 from trainers.records import content_hash
@@ -50,10 +50,10 @@ def add_pair(
     """Store one pair; an identical pair already stored is returned with ``created=False``."""
     normalized = normalize_pair(record)
     digest = content_hash(normalized)
-    return get_or_insert_by_hash(db, PreferencePair, digest, lambda: PreferencePair(
+    return SaveResult(*db.get_or_insert(PreferencePair.content_hash, digest, lambda _session: PreferencePair(
         content_hash=digest, record=normalized, source_kind=source_kind, comparison_id=comparison_id,
         source_file=source_file, source_line=source_line,
-    ))
+    )))
 
 
 def import_pairs(

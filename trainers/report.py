@@ -314,7 +314,6 @@ class _Analyzer:
         has_user = False
         trained_any = False
         system_text: str | None = None
-        system_tokens = 0
         short: list[int] = []  # indices of trained replies with fewer than SHORT_REPLY_WORDS words
         scanned: list[int] = []  # indices of the messages whose text goes to the PII scan
         before = len(reply_tokens)
@@ -355,7 +354,7 @@ class _Analyzer:
                     if system_text is not None:
                         break
                     system_text = content
-                    tokens = system_tokens = self.counter.count_repeated(content)
+                    tokens = self.counter.count_repeated(content)
                     if self.pii and system_has_pii(content):
                         scanned.append(index)
                 else:
