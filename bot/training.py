@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt import Ack, App, Respond
@@ -42,6 +43,9 @@ OPENAI_CLIENT_KEY = "openai_client"  # tests may put a client in bot.extras
 
 # Text last written to each job's progress message by this process (a restart posts the current state once).
 _last_posted: dict[int, str] = {}
+# One lock per job: edits of its progress message are serialized and each re-reads the job under the lock, so a
+# slow poll that read an older state can never overwrite a newer one (a cancel) in Slack.
+_progress_locks: dict[int, threading.Lock] = {}
 
 
 def _poll_seconds() -> float:
@@ -274,13 +278,36 @@ def _redacted_note(job: Job) -> str | None:
 def _post_progress(bot: "BotContext", client: WebClient, job: Job, channel: str | None, *, started_by: str | None = None) -> None:
     if not channel:
         return
-    text, view = progress_blocks(bot, job, started_by=started_by)
     if job.slack_ts:
-        client.chat_update(channel=job.slack_channel or channel, ts=job.slack_ts, text=text, blocks=view)
+        _edit_progress(bot, job.id, client=client, started_by=started_by, strict=True)
         return
+    text, view = progress_blocks(bot, job, started_by=started_by)
     posted = client.chat_postMessage(channel=channel, text=text, blocks=view)
     _last_posted[job.id] = text
     update_job(bot.db, job.id, slack_channel=posted["channel"], slack_ts=posted["ts"])
+
+
+def _edit_progress(bot: "BotContext", job_id: int, *, client: WebClient | None = None, started_by: str | None = None,
+                   strict: bool = False) -> Job:
+    """Edit the job's one progress message to what the database says now (no edit when the text is unchanged).
+
+    ``strict`` lets Slack errors propagate (to the command that asked); otherwise they are logged.
+    """
+    with _progress_locks.setdefault(job_id, threading.Lock()):
+        job = get_job(bot.db, job_id)
+        if not (job.slack_channel and job.slack_ts):
+            return job
+        text, view = progress_blocks(bot, job, started_by=started_by)
+        if _last_posted.get(job_id) == text:
+            return job
+        try:
+            (client or bot.client).chat_update(channel=job.slack_channel, ts=job.slack_ts, text=text, blocks=view)
+            _last_posted[job_id] = text
+        except SlackApiError as error:
+            if strict:
+                raise
+            log.warning("cannot update the progress message of job %s: %s", job_id, error.response.get("error"))
+        return job
 
 
 def relay_training_job(key: str, job_id: int) -> None:
@@ -300,15 +327,8 @@ def relay_training_job(key: str, job_id: int) -> None:
         # OpenAI unreachable after the client's own retries, a DB hiccup...: try again next time.
         log.exception("refreshing job %s failed; will retry", job_id)
         return
-    job = update.job
-    text, view = progress_blocks(bot, job)
     # Edit the message only when what it says changed (the worker writes progress between our polls).
-    if job.slack_channel and job.slack_ts and _last_posted.get(job_id) != text:
-        try:
-            bot.client.chat_update(channel=job.slack_channel, ts=job.slack_ts, text=text, blocks=view)
-            _last_posted[job_id] = text
-        except SlackApiError as error:
-            log.warning("cannot update the progress message of job %s: %s", job_id, error.response.get("error"))
+    job = _edit_progress(bot, job_id)
     progress = dict(job.progress or {})
     if not update.finished:
         return
@@ -345,9 +365,7 @@ def _ft_cancel(bot: "BotContext"):
             ctx.respond("Usage: `/ft cancel <job id>` (`/ft jobs` lists them).")
             return
         job = cancel_job(bot.db, int(ctx.args[0].lstrip("#")), openai_client=bot.extras.get(OPENAI_CLIENT_KEY))
-        if job.slack_channel and job.slack_ts:
-            text, view = progress_blocks(bot, job)
-            bot.client.chat_update(channel=job.slack_channel, ts=job.slack_ts, text=text, blocks=view)
+        _edit_progress(bot, job.id, strict=True)
         unschedule(bot, _schedule_id(job.id))
         ctx.respond(f"Job #{job.id} is {job.status}.")
 
