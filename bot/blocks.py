@@ -83,7 +83,8 @@ def divider() -> Block:
     return {"type": "divider"}
 
 
-def button(text: str, action_id: str, value: str = "", *, style: str | None = None, url: str | None = None) -> Block:
+def button(text: str, action_id: str, value: str = "", *, style: str | None = None, url: str | None = None,
+           confirm: Block | None = None) -> Block:
     element: Block = {"type": "button", "text": plain(text, MAX_BUTTON_TEXT), "action_id": action_id}
     if value:
         element["value"] = value[:2000]
@@ -91,7 +92,16 @@ def button(text: str, action_id: str, value: str = "", *, style: str | None = No
         element["style"] = style
     if url:
         element["url"] = url
+    if confirm:
+        element["confirm"] = confirm
     return element
+
+
+def confirm_dialog(title: str, text: str, *, confirm: str, deny: str = "Back") -> Block:
+    """The "are you sure?" dialog Slack shows before a dangerous button acts (``button(..., confirm=...)``)."""
+    # Slack's limits for a confirmation dialog: title 100, text 300, button labels 30 characters.
+    return {"title": plain(title, 100), "text": mrkdwn(text, 300), "confirm": plain(confirm, 30), "deny": plain(deny, 30),
+            "style": "danger"}
 
 
 def actions(*elements: Block, block_id: str | None = None) -> Block:

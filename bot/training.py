@@ -123,21 +123,15 @@ def quote_blocks(job: Job, quote: Quote) -> tuple[str, list[dict[str, Any]]]:
         if quote.pii_blocks:
             # Offered first: personal data is redacted before it leaves the premises (the snapshot is not changed).
             buttons.append(bk.button("Start with personal data redacted", START_REDACTED_ACTION, str(job.id), style="primary"))
-            button = bk.button("Upload with PII", START_PII_ACTION, str(job.id), style="danger")
-            button["confirm"] = {
-                "title": bk.plain("Upload personal data?"),
-                "text": bk.mrkdwn(f"{len(quote.pii)} example(s) contain unredacted personal data that will be sent to OpenAI."),
-                "confirm": bk.plain("Upload anyway"), "deny": bk.plain("Back"), "style": "danger",
-            }
-            buttons.append(button)
+            buttons.append(bk.button("Upload with PII", START_PII_ACTION, str(job.id), style="danger", confirm=bk.confirm_dialog(
+                "Upload personal data?",
+                f"{len(quote.pii)} example(s) contain unredacted personal data that will be sent to OpenAI.",
+                confirm="Upload anyway")))
         if quote.over_budget:
-            button = bk.button("Start over budget (admin)", START_OVER_BUDGET_ACTION, str(job.id), style="danger")
-            button["confirm"] = {
-                "title": bk.plain("Exceed the budget?"),
-                "text": bk.mrkdwn(f"Estimated ${quote.cost_usd:,.2f} is above the ${quote.budget_usd:,.2f} cap."),
-                "confirm": bk.plain("Start"), "deny": bk.plain("Back"), "style": "danger",
-            }
-            buttons.append(button)
+            buttons.append(bk.button("Start over budget (admin)", START_OVER_BUDGET_ACTION, str(job.id), style="danger",
+                                     confirm=bk.confirm_dialog(
+                "Exceed the budget?", f"Estimated ${quote.cost_usd:,.2f} is above the ${quote.budget_usd:,.2f} cap.",
+                confirm="Start")))
         for reason in blockers:
             out.append(bk.context(f":warning: {bk.escape(reason)}"))
     buttons.append(bk.button("Cancel", DISCARD_ACTION, str(job.id)))
