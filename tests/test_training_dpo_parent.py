@@ -13,26 +13,14 @@ from storage.jobs import create_job, job_metrics, register_model, use_model
 from storage.pairs import add_pair
 from trainers.errors import ConfigError
 from trainers.quote import quote_lines
-from trainers.tiny_model import sample_conversations
+from trainers.tiny_model import sample_conversations, sample_preference_pairs
 from trainers.training import quote_job
 
 FT_MODEL = "ft:gpt-4o-mini-2024-07-18:acme::a1"
 
 
-def _pairs(n: int, seed: int = 3) -> list[dict]:
-    rows = []
-    for i, conversation in enumerate(sample_conversations(n, seed=seed, max_turns=1)):
-        user, good = conversation["messages"][1], conversation["messages"][2]
-        rows.append({
-            "input": {"messages": [conversation["messages"][0], user]},
-            "preferred_output": [good],
-            "non_preferred_output": [{"role": "assistant", "content": f"Not my problem, ticket {i}."}],
-        })
-    return rows
-
-
 def _add_pairs(db, n: int = 12) -> None:
-    for pair in _pairs(n):
+    for pair in sample_preference_pairs(n):
         add_pair(db, pair, source_kind="comparison")
 
 
@@ -166,7 +154,7 @@ def test_dpo_after_sft_trains_on_the_merged_sft_model_which_is_its_reference(sql
     sft_gen = LocalGenerator(sft.base_model, sft.location)
     dpo_gen = LocalGenerator(dpo.base_model, dpo.location)
     base_gen = LocalGenerator(str(tiny_model_dir))
-    prompt = _pairs(1, seed=11)[0]["input"]["messages"]
+    prompt = sample_preference_pairs(1, seed=11)[0]["input"]["messages"]
     ids = sft_gen.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     with torch.no_grad():
         sft_logits = sft_gen.model(input_ids=ids).logits
@@ -191,7 +179,7 @@ def test_dpo_after_sft_trains_on_the_merged_sft_model_which_is_its_reference(sql
 
     config = LocalTrainConfig(base_model=str(tiny_model_dir), method="dpo", load_in_4bit=True, parent_model=sft.name,
                               parent_location=sft.location, **{**FAST, "max_steps": 2})
-    pairs = _pairs(10)
+    pairs = sample_preference_pairs(10)
     result = train(config, pairs[:8], pairs[8:], tmp_path / "qlora-dpo")
     losses = [e["loss"] for e in result.log_history if "loss" in e]
     assert result.quantized and result.adapter_base == str(merged)

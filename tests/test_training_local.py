@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,9 @@ import pytest
 from storage.examples import import_records
 from storage.jobs import get_job, job_metrics, list_models
 from storage.models import JobStatus
+from tests.fixtures.concurrency import wait_until
 from trainers.local.config import LocalTrainConfig
-from trainers.tiny_model import CHATML_TRAINING_TEMPLATE, sample_conversations
+from trainers.tiny_model import CHATML_TRAINING_TEMPLATE, sample_conversations, sample_preference_pairs
 
 pytestmark = pytest.mark.slow
 
@@ -74,22 +74,10 @@ def test_4bit_qlora_runs_with_bitsandbytes_on_cpu(tiny_model_dir, tmp_path):
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
 
 
-def _pairs(n: int) -> list[dict]:
-    rows = []
-    for i, conversation in enumerate(sample_conversations(n, seed=3, max_turns=1)):
-        user, good = conversation["messages"][1], conversation["messages"][2]
-        rows.append({
-            "input": {"messages": [conversation["messages"][0], user]},
-            "preferred_output": [good],
-            "non_preferred_output": [{"role": "assistant", "content": f"Not my problem, ticket {i}."}],
-        })
-    return rows
-
-
 def test_dpo_with_lora_learns_the_preference(tiny_model_dir, tmp_path):
     from trainers.local.train import train
 
-    pairs = _pairs(20)
+    pairs = sample_preference_pairs(20)
     config = LocalTrainConfig(base_model=str(tiny_model_dir), method="dpo", **{**FAST, "learning_rate": 1e-2, "max_steps": 8})
     result = train(config, pairs[:18], pairs[18:], tmp_path / "dpo")
     losses = [e["loss"] for e in result.log_history if "loss" in e]
@@ -130,25 +118,15 @@ def _quoted_local_job(db, base_model: Path, **options):
     return quote_job(db, backend="local", model=str(base_model), local_options={**FAST, **options}).job
 
 
-def _wait_for(predicate, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def test_a_killed_worker_fails_its_job_with_the_log_tail(sqlite_db, local_env):
     from trainers.training import refresh_job, start_job
 
     job = _quoted_local_job(sqlite_db, local_env, max_steps=100000)
     started = start_job(sqlite_db, job.id).job
     assert started.worker_pid and started.status == JobStatus.PENDING
-    _wait_for(lambda: get_job(sqlite_db, job.id).status == JobStatus.RUNNING)
+    wait_until(lambda: get_job(sqlite_db, job.id).status == JobStatus.RUNNING)
     os.kill(started.worker_pid, signal.SIGKILL)
-    update = _wait_for(lambda: (u := refresh_job(sqlite_db, job.id)).finished and u)
+    update = wait_until(lambda: (u := refresh_job(sqlite_db, job.id)).finished and u)
     assert update.job.status == JobStatus.FAILED
     assert "killed by signal 9" in update.job.error
     assert "trainers.worker --job-id" in update.job.log_tail
@@ -164,7 +142,7 @@ def test_a_crashing_worker_records_its_error_and_traceback(sqlite_db, local_env,
     not_a_model.mkdir()
     job = _quoted_local_job(sqlite_db, not_a_model)
     started = start_job(sqlite_db, job.id).job
-    update = _wait_for(lambda: (u := refresh_job(sqlite_db, job.id)).finished and u, timeout=120)
+    update = wait_until(lambda: (u := refresh_job(sqlite_db, job.id)).finished and u, timeout=120)
     assert update.job.status == JobStatus.FAILED
     assert "has no config.json" in update.job.error
     assert "Traceback" in update.job.log_tail and "ConfigError" in update.job.log_tail

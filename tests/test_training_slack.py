@@ -16,6 +16,7 @@ from bot.training import DISCARD_ACTION, START_ACTION, START_OVER_BUDGET_ACTION,
 from storage.examples import import_records
 from storage.jobs import get_job, list_jobs, list_models
 from storage.models import JobStatus
+from tests.fixtures.concurrency import wait_until
 from tests.fixtures.slack_api import SlackHarness, block_actions, slash_command_body
 from trainers.tiny_model import sample_conversations
 
@@ -66,16 +67,6 @@ def _click(harness: SlackHarness, action_id: str, value: str, user: str = "U_AGE
     harness.wait()
 
 
-def _wait_until(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout} s")
-
-
 def _progress_message(harness: SlackHarness, job_id: int) -> dict:
     job = get_job(harness.db, job_id)
     message = harness.fake.find_message(job.slack_channel, job.slack_ts)
@@ -123,7 +114,7 @@ def test_polling_resumes_in_a_new_bot_after_a_restart_mid_job(harnesses, openai_
     _approve(first.db, 20)
     job_id = int(_buttons(_quote(first, f"train openai {MODEL}"))[START_ACTION])
     _click(first, START_ACTION, str(job_id))
-    _wait_until(lambda: get_job(first.db, job_id).status == "running", 20, "job running")
+    wait_until(lambda: get_job(first.db, job_id).status == "running", 20, "job running")
     stop_scheduler(first.bot)  # the first process "dies"; its scheduled poll stays in the database
     polls_before = len([c for c in openai_api.calls if c.method == "GET" and c.path.count("/") == 3])
     time.sleep(0.5)
@@ -133,7 +124,7 @@ def test_polling_resumes_in_a_new_bot_after_a_restart_mid_job(harnesses, openai_
     for job in openai_api.jobs.values():
         job.total_steps = job.step + 2
     second = harnesses()  # a new bot on the same database resumes the stored poll by itself
-    _wait_until(lambda: get_job(second.db, job_id).status == JobStatus.SUCCEEDED, 30, "job finished after restart")
+    wait_until(lambda: get_job(second.db, job_id).status == JobStatus.SUCCEEDED, 30, "job finished after restart")
     second.fake.wait_for("files.completeUploadExternal", timeout=10)
     job = get_job(second.db, job_id)
     assert len(second.fake.calls_to("chat.postMessage")) == 1  # still the one progress message
@@ -289,7 +280,7 @@ def test_a_new_bot_process_resumes_polling_from_the_database(harnesses, openai_a
     _approve(first.db, 20)
     job_id = int(_buttons(_quote(first, f"train openai {MODEL}"))[START_ACTION])
     _click(first, START_ACTION, str(job_id))
-    _wait_until(lambda: get_job(first.db, job_id).status == "running", 20, "job running")
+    wait_until(lambda: get_job(first.db, job_id).status == "running", 20, "job running")
     stop_scheduler(first.bot)
     for job in openai_api.jobs.values():
         job.total_steps = job.step + 2

@@ -145,3 +145,16 @@ def sample_conversations(n: int, *, seed: int = 0, min_turns: int = 1, max_turns
             messages.append({"role": "assistant", "content": " ".join([answer] * rng.randint(1, 3))})
         records.append({"messages": messages})
     return records
+
+
+def sample_preference_pairs(n: int, *, seed: int = 3) -> list[dict]:
+    """``n`` OpenAI DPO lines from single-turn sample conversations: the agent's reply preferred over a curt one."""
+    rows = []
+    for i, conversation in enumerate(sample_conversations(n, seed=seed, max_turns=1)):
+        system, user, good = conversation["messages"][:3]
+        rows.append({
+            "input": {"messages": [system, user]},
+            "preferred_output": [good],
+            "non_preferred_output": [{"role": "assistant", "content": f"Not my problem, ticket {i}."}],
+        })
+    return rows
