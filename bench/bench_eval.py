@@ -1,13 +1,13 @@
 """Benchmark: evaluation — local answer generation and the Bradley–Terry bootstrap, each against a baseline in the same run.
 
 1. Local generation on the CPU tiny model (``trainers.tiny_model``), the same prompts and greedy settings:
-     baseline  one prompt at a time (batch size 1) through ``trainers.inference.LocalGenerator``
+     baseline  one prompt at a time (batch size 1) through ``trainers.evaluation.inference.LocalGenerator``
      ftbot     batches of 8 (chat template, left padding, length-sorted batches)
    The answers must be identical (greedy decoding); the goal is >= 3x at batch 8.
 2. Statistics: Bradley–Terry ratings with bootstrap 95% intervals on 100k votes across 5 models:
      baseline  a plain-Python loop: resample the votes with ``random.choices``, count wins in dicts, and the
                same minorise–maximise iteration in Python, one bootstrap round after another
-     ftbot     ``trainers.stats.bradley_terry``: multinomial resampling over (pair, outcome) categories and one
+     ftbot     ``trainers.evaluation.stats.bradley_terry``: multinomial resampling over (pair, outcome) categories and one
                batched numpy fit for all rounds
    Both run the same number of bootstrap rounds; the point estimates must agree.
 
@@ -38,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def bench_generation(prompts_n: int, new_tokens: int, batch_size: int, repeats: int) -> list[tuple[str, float, str]]:
     from storage.evals import split_prompt
-    from trainers.inference import GenerationSettings, LocalGenerator
+    from trainers.evaluation.inference import GenerationSettings, LocalGenerator
     from trainers.tiny_model import build_tiny_model, sample_conversations
 
     model_dir = build_tiny_model(Path(tempfile.mkdtemp(prefix="ftbot-bench-eval-")) / "tiny")
@@ -127,7 +127,7 @@ def python_bootstrap(votes: list[tuple[str, str, float]], rounds: int, seed: int
 
 
 def bench_bradley_terry(votes_n: int, models: int, rounds: int, extra_rounds: int | None) -> list[tuple[str, float, str]]:
-    from trainers.stats import bradley_terry
+    from trainers.evaluation.stats import bradley_terry
 
     votes = synthetic_votes(votes_n, models)
     start = time.perf_counter()

@@ -64,7 +64,7 @@ def _server(conn: Any, base_url: str) -> None:
     logging.disable(logging.WARNING)
     from bot.app import build_app
     from bot.config import Settings
-    from bot.console.executor import TrackingExecutor, wait_all_idle
+    from bot.executor import TrackingExecutor, wait_all_idle
     from bot.http import BackgroundServer, build_asgi
     from storage.db import Database
 

@@ -11,7 +11,7 @@ Measured in the same run, on fresh databases:
   a SELECT, then ``session.add(Example(...))`` one ORM object at a time (autoflush turns each into its own INSERT).
   Run on ``--baseline-rows`` rows (default 10% of --rows, at least 2,000): its rate per row is flat.
 - re-import: the same rows again (all duplicates: nothing added).
-- file import: ``storage.imports.import_file`` — read + validate every line (``trainers.validate``, PII scan
+- file import: ``trainers.data.imports.import_file`` — read + validate every line (``trainers.data.validate``, PII scan
   included) + bulk store: what ``ftbot import`` does.
 - export (stream): ``iter_records`` (``yield_per``) to JSONL vs export (naive): load every ORM object, then write.
 PostgreSQL runs on the server in ``FTBOT_TEST_POSTGRES_URL`` (default the local test server) in a throwaway
@@ -39,9 +39,9 @@ from sqlalchemy import create_engine, select, text  # noqa: E402
 from storage.db import Database  # noqa: E402
 from storage.examples import example_record, import_records, iter_records  # noqa: E402
 from storage.exports import write_jsonl  # noqa: E402
-from storage.imports import import_file  # noqa: E402
+from trainers.data.imports import import_file  # noqa: E402
 from storage.models import Example, ExampleStatus, utcnow  # noqa: E402
-from trainers.records import content_hash, sft_record  # noqa: E402
+from storage.records import content_hash, sft_record  # noqa: E402
 
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TOPICS = ["password reset", "refund", "invoice", "shipping delay", "API key", "SSO login", "plan upgrade", "data export"]

@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
 
-    from trainers.local.config import LocalTrainConfig
-    from trainers.local.train import train
+    from trainers.training.local.config import LocalTrainConfig
+    from trainers.training.local.train import train
     from trainers.tiny_model import build_tiny_model, sample_conversations
 
     workdir = Path(tempfile.mkdtemp(prefix="ftbot-bench-"))

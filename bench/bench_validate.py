@@ -6,7 +6,7 @@ Measured in the same run, on the same file, each in a fresh child process (peak 
   baseline  a straightforward port of the OpenAI cookbook's data-prep notebook: json.loads the whole file
             into a list, its format checks, per-message ``encoding.encode`` (fixed only so that it does not
             crash on weights and tool calls)
-  ftbot     ``trainers.report.build_report`` (all checks, duplicates, PII, pricing), both cores
+  ftbot     ``trainers.data.report.build_report`` (all checks, duplicates, PII, pricing), both cores
 
 Throughput is the file's token count (the ceiling's) divided by each method's wall time.
 
@@ -134,7 +134,7 @@ def _strings_of(record: dict) -> list[str]:
 
 
 def run_ceiling(path: Path) -> dict:
-    from trainers.tokens import encoding_for_model
+    from trainers.data.tokens import encoding_for_model
 
     encoding = encoding_for_model(MODEL)
     with path.open(encoding="utf-8") as handle:
@@ -153,7 +153,7 @@ def run_baseline(path: Path) -> dict:
 
     import numpy as np
 
-    from trainers.tokens import encoding_for_model
+    from trainers.data.tokens import encoding_for_model
 
     encoding = encoding_for_model(MODEL)  # loaded before timing, as for the ceiling
     started, cpu = time.perf_counter(), time.process_time()
@@ -222,8 +222,8 @@ def run_baseline(path: Path) -> dict:
 
 
 def run_ftbot(path: Path, workers: int | None) -> dict:
-    from trainers.report import build_report
-    from trainers.tokens import encoding_for_model
+    from trainers.data.report import build_report
+    from trainers.data.tokens import encoding_for_model
 
     encoding_for_model(MODEL)  # loaded before timing, as for the ceiling and the baseline
     started, cpu = time.perf_counter(), time.process_time()

@@ -13,13 +13,15 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from apscheduler.schedulers.background import BackgroundScheduler
+from openai import OpenAI
 from slack_bolt import App, BoltResponse
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
 from bot.commands import Router
 from bot.config import Settings
-from bot.console.executor import TrackingExecutor
+from bot.executor import TrackingExecutor
 from bot.roles import Roles
 from storage.db import Database
 from storage.events import claim_event, release_event
@@ -40,8 +42,14 @@ class BotContext:
     client: WebClient
     # Where slow work after an ack runs (see ``defer``); a TrackingExecutor so tests and the console can wait for it.
     work: TrackingExecutor = field(default_factory=lambda: TrackingExecutor(max_workers=8, thread_name_prefix="ftbot-work"))
-    # Free slot for features to keep per-process state (caches, schedulers) under their own key.
-    extras: dict[str, Any] = field(default_factory=dict)
+    # An OpenAI client to use instead of one built from the environment (None: build one when needed).
+    openai_client: OpenAI | None = None
+    # This process's scheduler (bot.scheduler starts it once; stored jobs live in the database).
+    scheduler: BackgroundScheduler | None = None
+    # The bot's own user id, looked up with auth.test until Slack has answered once.
+    bot_user_id: str | None = None
+    # Evaluation rounds this process is generating or posting now (the database status guards other processes).
+    rounds_in_flight: set[int] = field(default_factory=set)
 
     def defer(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Run ``fn`` after the ack on the work pool, not on Bolt's listener pool.
@@ -127,10 +135,10 @@ def build_app(
             except Exception:  # the original error matters more
                 log.exception("could not release event %s", body.get("event_id"))
 
-    from bot import capture, commands, evaluation, home, reports, review, training
+    from bot import capture, checks, commands, evaluation, home, review, training
 
     commands.register(app, bot)
-    for feature in (capture, review, reports, home, training, evaluation):
+    for feature in (capture, review, checks, home, training, evaluation):
         feature.register(app, bot)
     return app
 

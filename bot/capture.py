@@ -4,9 +4,9 @@ Three ways in, one flow: the message shortcut ``ft_add_message`` on a reply, ``/
 ``@ftbot add`` as a thread reply (no trigger_id there, so it answers with a button that opens the form).
 The modal opens right after ``ack()`` (trigger_ids expire in 3 s) with a loading view, the thread is read
 with ``conversations.replies`` and the form is filled with ``views.update``. The draft lives in the database
-(``storage.settings``), so long threads never hit the 3000-character ``private_metadata`` limit.
+(``storage.workspace_settings``), so long threads never hit the 3000-character ``private_metadata`` limit.
 
-Submitting validates the edited example (``trainers.validate.check_record``), stores it idempotently on
+Submitting validates the edited example (``trainers.data.validate.check_record``), stores it idempotently on
 ``slack:<channel>:<ts>`` and posts a confirmation whose buttons ``bot.review`` handles.
 """
 
@@ -27,7 +27,7 @@ from slack_sdk.errors import SlackApiError
 from bot import blocks as bk
 from bot.commands import CommandContext
 from bot.review import confirmation_blocks
-from trainers.errors import FtbotError
+from storage.errors import FtbotError
 
 if TYPE_CHECKING:
     from bot.app import BotContext
@@ -66,7 +66,7 @@ class Draft:
     rev: int = 0
 
     def record(self) -> dict[str, Any]:
-        from trainers.records import sft_record
+        from storage.records import sft_record
 
         return sft_record([{"role": t["role"], "content": t["content"]} for t in self.turns])
 
@@ -139,7 +139,7 @@ def slack_to_plain(text: str, name_of: Any = lambda u: u) -> str:
 
 
 def channel_system_prompt(bot: "BotContext", channel: str) -> str:
-    from storage.settings import get_setting
+    from storage.workspace_settings import get_setting
 
     stored = get_setting(bot.db, PROMPT_PREFIX + channel)
     return stored if isinstance(stored, str) and stored.strip() else bot.settings.channel_prompt(channel)
@@ -239,7 +239,7 @@ def _turn_block_id(index: int, rev: int) -> str:
 
 
 def _pii_findings(turns: list[dict[str, str]]) -> list[tuple[int, Any]]:
-    from trainers.pii import find_pii
+    from trainers.data.pii import find_pii
 
     return [(i, finding) for i, turn in enumerate(turns) for finding in find_pii(turn["content"])]
 
@@ -287,7 +287,7 @@ def editable_turns(draft: Draft) -> set[int]:
 
 
 def _save_draft(bot: "BotContext", draft: Draft) -> str:
-    from storage.settings import set_setting
+    from storage.workspace_settings import set_setting
 
     key = f"{DRAFT_PREFIX}{draft.source_key}:{draft.captured_by}"
     set_setting(bot.db, key, asdict(draft))
@@ -295,7 +295,7 @@ def _save_draft(bot: "BotContext", draft: Draft) -> str:
 
 
 def _load_draft(bot: "BotContext", key: str) -> Draft | None:
-    from storage.settings import get_setting
+    from storage.workspace_settings import get_setting
 
     if not key.startswith(DRAFT_PREFIX):
         return None
@@ -356,7 +356,7 @@ def _existing_tags(bot: "BotContext", source_key: str) -> list[str]:
 
 def submission_errors(draft: Draft) -> dict[str, str]:
     """Field errors for ``response_action: errors``, from the data core's per-line checks."""
-    from trainers.validate import check_record
+    from trainers.data.validate import check_record
 
     checked = check_record(draft.record(), 1, kind="sft", pii=False)
     errors: dict[str, str] = {}
@@ -466,14 +466,12 @@ def register(app: App, bot: "BotContext") -> None:
 
 
 def _bot_user_id(client: WebClient, bot: "BotContext") -> str | None:
-    cached = bot.extras.get("bot_user_id")
-    if cached is None:
+    if bot.bot_user_id is None:
         try:
-            cached = client.auth_test().get("user_id")
+            bot.bot_user_id = client.auth_test().get("user_id")
         except SlackApiError:
-            cached = None
-        bot.extras["bot_user_id"] = cached
-    return cached
+            pass  # asked again next time
+    return bot.bot_user_id
 
 
 def _reply_before(bot: "BotContext", thread: list[dict[str, Any]], mention_ts: str, bot_user_id: str | None,
@@ -494,7 +492,7 @@ def save_draft_as_example(bot: "BotContext", client: WebClient, draft: Draft, dr
     """Store the submitted example once, then confirm (in the thread for review, or privately when approved)."""
     from storage.events import claim_event
     from storage.examples import save_capture
-    from storage.settings import delete_setting
+    from storage.workspace_settings import delete_setting
 
     # A double-clicked Save sends the same view twice: only the first stores and confirms.
     if not claim_event(bot.db, f"view_submission:{view_id}:{draft.source_key}"):
@@ -533,7 +531,7 @@ def _attach_full_text_if_long(client: WebClient, draft: Draft, thread_ts: str | 
 
 def redact_view(bot: "BotContext", client: WebClient, view: dict[str, Any]) -> None:
     """Redact personal data in every turn (keeping the user's unsaved edits) and redraw the form."""
-    from trainers.pii import redact
+    from trainers.data.pii import redact
 
     meta = json.loads(view.get("private_metadata") or "{}")
     draft = _load_draft(bot, meta.get("draft", ""))
@@ -551,7 +549,7 @@ def redact_view(bot: "BotContext", client: WebClient, view: dict[str, Any]) -> N
 
 def _ft_prompt(bot: "BotContext"):
     def ft_prompt(ctx: CommandContext) -> None:
-        from storage.settings import delete_setting, set_setting
+        from storage.workspace_settings import delete_setting, set_setting
 
         action = ctx.args[0].lower() if ctx.args else "show"
         key = PROMPT_PREFIX + ctx.channel_id

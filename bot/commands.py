@@ -17,7 +17,7 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
 from bot.blocks import context, escape, fallback, section
-from trainers.errors import FtbotError
+from storage.errors import FtbotError
 
 if TYPE_CHECKING:
     from bot.app import BotContext

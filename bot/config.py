@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from trainers.errors import ConfigError
+from storage.errors import ConfigError
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful, friendly customer support agent. Answer accurately and concisely."
 
@@ -78,7 +78,7 @@ class Settings:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     channel_prompts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # The OpenAI base model for /ft price, /ft validate and OpenAI training (FTBOT_OPENAI_MODEL). The on-prem base
-    # model is FTBOT_LOCAL_BASE_MODEL, read by trainers.local.config where local training is prepared.
+    # model is FTBOT_LOCAL_BASE_MODEL, read by trainers.training.local.config where local training is prepared.
     openai_model: str = "gpt-4o-mini-2024-07-18"
     http_port: int = 3000
     # Evaluation: the baseline ("base" = the candidate's base model, "openai:<model>", a registered model or a local
@@ -89,7 +89,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
-        from trainers.quote import configured_openai_model
+        from trainers.training.quote import configured_openai_model
 
         env = os.environ if environ is None else environ
 

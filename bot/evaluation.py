@@ -41,7 +41,7 @@ from bot.commands import CommandContext
 from storage import evals
 from storage.evals import RoundStatus
 from storage.models import Comparison, EvalRound, utcnow
-from trainers.errors import FtbotError
+from storage.errors import FtbotError
 
 if TYPE_CHECKING:
     from bot.app import BotContext
@@ -57,7 +57,6 @@ JUDGE_ACTION = "ft_judge_run"
 JUDGE_CANCEL_ACTION = "ft_judge_cancel"
 CLOSE_JOB_ID = "eval-close-due"
 CLOSE_CHECK_SECONDS = 60.0
-OPENAI_CLIENT_KEY = "openai_client"  # the same slot bot.training uses; tests put a client there
 DEFAULT_N = 20
 MAX_N = 200
 # Room for the question and two answers inside one message: 3000 characters per section, and Slack refuses
@@ -66,7 +65,6 @@ QUESTION_LIMIT = 1200
 CONTEXT_LIMIT = 800
 ANSWER_LIMIT = 2400
 PROGRESS_EVERY_SECONDS = 3.0
-IN_FLIGHT_KEY = "eval_rounds_in_flight"
 _in_flight_lock = threading.Lock()
 VOTE_HINT = (
     "React :a: if *A* is better, :b: if *B* is better, :handshake: for a tie, :-1: if both are bad. "
@@ -134,7 +132,7 @@ def _baseline(bot: "BotContext", candidate) -> str:
     """``FTBOT_EVAL_BASELINE``; by default (``base``) the model the candidate started from: for a DPO model that
     continued a fine-tuned one, that parent — the votes must say whether DPO improved on it — else its base model."""
     from storage.jobs import ModelNotFound, get_model
-    from trainers.generate import BASE, baseline_name
+    from trainers.evaluation.generation import BASE, baseline_name
 
     configured = bot.settings.eval_baseline
     parent = (candidate.metrics or {}).get("parent_model")
@@ -164,7 +162,7 @@ def _refuse_if_preparing(bot: "BotContext", channel: str) -> None:
 
 
 def _estimate_line(estimate: Any) -> str:
-    """One line of a cost quote for a ``trainers.inference.CostEstimate``."""
+    """One line of a cost quote for a ``trainers.evaluation.inference.CostEstimate``."""
     name = f"`{bk.escape(estimate.model)}`"
     if estimate.expected_usd is None or estimate.max_usd is None:
         return (f"• {name}: {estimate.input_tokens:,} input tokens, up to {estimate.max_output_tokens:,} output tokens "
@@ -178,7 +176,7 @@ def _estimate_line(estimate: Any) -> str:
 
 def _cost_quote(paid: list[Any], items: list[evals.EvalItem]) -> tuple[list[str], str]:
     """(one line per OpenAI model, the total) for generating answers to `items`."""
-    from trainers.inference import GenerationSettings, estimate_openai_cost, mean_answer_tokens
+    from trainers.evaluation.inference import GenerationSettings, estimate_openai_cost, mean_answer_tokens
 
     settings = GenerationSettings.from_env()
     prompts = [item.prompt for item in items]
@@ -205,12 +203,12 @@ def _quote_blocks(summary: str, footnote: str, *, confirm: tuple[str, str], canc
     """The ephemeral cost quote: what it costs, where the prices come from, and confirm / Cancel buttons.
 
     Nothing is spent before the confirm button; its handler claims the quote so a double click runs once."""
-    from trainers.pricing import load_price_table
+    from trainers.data.pricing import load_price_table
 
     label, action_id = confirm
     return [
         bk.section(f":moneybag: {summary}"),
-        bk.context(f"Prices as of {bk.escape(load_price_table().as_of)} (trainers/prices.toml); {footnote}"),
+        bk.context(f"Prices as of {bk.escape(load_price_table().as_of)} (trainers/data/prices.toml); {footnote}"),
         bk.actions(
             bk.button(label, action_id, value, style="primary"),
             bk.button("Cancel", cancel_action, value),
@@ -221,7 +219,7 @@ def _quote_blocks(summary: str, footnote: str, *, confirm: tuple[str, str], canc
 
 def start_round(bot: "BotContext", ctx: CommandContext, model_name: str | None, n: int) -> EvalRound:
     """Create the round and either ask to confirm the OpenAI cost or start generating."""
-    from trainers.generate import display_name, model_spec, registered_spec
+    from trainers.evaluation.generation import display_name, model_spec, registered_spec
 
     if not bot.roles.may_train(ctx.user_id):
         raise FtbotError("only trainers can start an evaluation round (FTBOT_TRAINERS); ask an ftbot admin.")
@@ -296,13 +294,13 @@ class _Progress:
 
 def _in_flight(bot: "BotContext", round_id: int) -> bool:
     with _in_flight_lock:
-        return round_id in bot.extras.get(IN_FLIGHT_KEY, set())
+        return round_id in bot.rounds_in_flight
 
 
 def _claim_in_process(bot: "BotContext", round_id: int) -> bool:
     """One thread per round in this process (the database status guards against other processes)."""
     with _in_flight_lock:
-        rounds = bot.extras.setdefault(IN_FLIGHT_KEY, set())
+        rounds = bot.rounds_in_flight
         if round_id in rounds:
             return False
         rounds.add(round_id)
@@ -311,7 +309,7 @@ def _claim_in_process(bot: "BotContext", round_id: int) -> bool:
 
 def _release_in_process(bot: "BotContext", round_id: int) -> None:
     with _in_flight_lock:
-        bot.extras.get(IN_FLIGHT_KEY, set()).discard(round_id)
+        bot.rounds_in_flight.discard(round_id)
 
 
 def run_round(bot: "BotContext", round_id: int, *, started_by: str | None = None,
@@ -326,7 +324,7 @@ def run_round(bot: "BotContext", round_id: int, *, started_by: str | None = None
 
 
 def _run_round(bot: "BotContext", round_id: int, *, started_by: str | None, poll_seconds: float) -> None:
-    from trainers.generate import generate_round, read_log_tail, round_needs_worker, spawn_generation
+    from trainers.evaluation.generation import generate_round, read_log_tail, round_needs_worker, spawn_generation
 
     round_ = evals.get_round(bot.db, round_id)
     progress = _Progress(bot, round_)
@@ -348,7 +346,7 @@ def _run_round(bot: "BotContext", round_id: int, *, started_by: str | None, poll
             def report(name: str, done: int, of: int) -> None:
                 progress.show(f"answering with the models… {done}/{of} for one model", force=False)
 
-            generate_round(bot.db, round_id, openai_client=bot.extras.get(OPENAI_CLIENT_KEY), progress=report)
+            generate_round(bot.db, round_id, openai_client=bot.openai_client, progress=report)
     except FtbotError as error:
         evals.move_round(bot.db, round_id, RoundStatus.FAILED, from_status=RoundStatus.GENERATING)
         progress.show(f"generation failed: {error} Nothing was posted; `/ft eval resume {round_id}` retries.")
@@ -622,7 +620,7 @@ def close_and_report(bot: "BotContext", round_id: int, *, closed_by: str | None 
 
 def results_blocks(report: Any, *, note: str | None = None,
                    name_of: Callable[[str], str] = str) -> tuple[str, list[dict[str, Any]]]:
-    from trainers.eval_report import format_p
+    from trainers.evaluation.results import format_p
 
     lines = report.lines(name_of)
     s = report.summary
@@ -656,8 +654,8 @@ def _voter_names(client: WebClient) -> Callable[[str], str]:
 
 def post_results(bot: "BotContext", round_id: int, *, channel: str, note: str | None = None) -> dict[str, Any]:
     """Post the results (revealed once closed) and upload the chart PNG to the channel."""
-    from trainers.eval_plots import results_png
-    from trainers.eval_report import round_report
+    from trainers.evaluation.charts import results_png
+    from trainers.evaluation.results import round_report
 
     report = round_report(bot.db, round_id)
     text, view = results_blocks(report, note=note, name_of=_voter_names(bot.client))
@@ -947,7 +945,7 @@ def cancel_command(bot: "BotContext", ctx: CommandContext) -> None:
 
 
 def results_command(bot: "BotContext", ctx: CommandContext) -> None:
-    from trainers.eval_report import resolve_round, round_report
+    from trainers.evaluation.results import resolve_round, round_report
 
     close_due_rounds(bot)
     round_ = resolve_round(bot.db, _round_arg(ctx.args), channel=ctx.channel_id)
@@ -967,8 +965,8 @@ def judge_command(bot: "BotContext", ctx: CommandContext) -> None:
     import os
     import uuid
 
-    from trainers.eval_report import resolve_round
-    from trainers.judge import DEFAULT_JUDGE_MODEL, JUDGE_MAX_TOKENS, JUDGE_MODEL_ENV, estimate_judge_cost
+    from trainers.evaluation.results import resolve_round
+    from trainers.evaluation.judge import DEFAULT_JUDGE_MODEL, JUDGE_MAX_TOKENS, JUDGE_MODEL_ENV, estimate_judge_cost
 
     if not bot.roles.may_train(ctx.user_id):
         raise FtbotError("only trainers can run the LLM judge (it calls OpenAI); ask an ftbot admin.")
@@ -1017,11 +1015,11 @@ def _claim_judge_quote(bot: "BotContext", quote: str) -> bool:
 
 def run_judge(bot: "BotContext", round_id: int, model: str, say: Callable[[str, list[dict[str, Any]] | None], None]) -> None:
     """Judge the round (the slow part: two OpenAI calls per question) and tell the result through `say`."""
-    from trainers.eval_report import round_report
-    from trainers.judge import judge_round
+    from trainers.evaluation.results import round_report
+    from trainers.evaluation.judge import judge_round
 
     try:
-        run = judge_round(bot.db, round_id, model=model, client=bot.extras.get(OPENAI_CLIENT_KEY))
+        run = judge_round(bot.db, round_id, model=model, client=bot.openai_client)
     except FtbotError as error:
         line = f"Judging round #{round_id} with {model} stopped: {error}"
         say(line, [bk.section(":warning: " + bk.escape(line))])

@@ -64,7 +64,7 @@ def home_view(bot: "BotContext", user: str, *, first_visit: bool) -> dict[str, A
 def register(app: App, bot: "BotContext") -> None:
     @app.event("app_home_opened")
     def on_home_opened(event: dict[str, Any], client: WebClient) -> None:
-        from storage.settings import get_setting, set_setting
+        from storage.workspace_settings import get_setting, set_setting
 
         if event.get("tab", "home") != "home":
             return

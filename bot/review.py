@@ -17,7 +17,7 @@ from slack_sdk import WebClient
 
 from bot import blocks as bk
 from bot.commands import CommandContext
-from trainers.errors import FtbotError
+from storage.errors import FtbotError
 
 if TYPE_CHECKING:
     from bot.app import BotContext

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOBS_TABLE = "apscheduler_jobs"
-EXTRAS_KEY = "scheduler"
 # Housekeeping that every bot process keeps scheduled. Stable ids: a restart replaces the stored job, never adds one.
 FORGET_EVENTS_JOB = "forget-old-event-claims"
 # Slack retries an event within about 5 minutes; a week of claims is far more than retries can need.
@@ -61,11 +60,11 @@ def start_scheduler(bot: "BotContext") -> BackgroundScheduler:
     """Register ``bot`` for scheduled jobs and start its scheduler (once); stored jobs resume now."""
     with _lock:
         _contexts[context_key(bot)] = bot
-        scheduler = bot.extras.get(EXTRAS_KEY)
+        scheduler = bot.scheduler
         if scheduler is None:
             scheduler = build_scheduler(bot)
             scheduler.start()
-            bot.extras[EXTRAS_KEY] = scheduler
+            bot.scheduler = scheduler
             atexit.register(_shutdown_quietly, scheduler)
             _schedule_housekeeping(bot, scheduler)
         return scheduler
@@ -97,7 +96,7 @@ def forget_old_event_claims(key: str, *, days: int = EVENT_CLAIM_DAYS) -> int:
 def stop_scheduler(bot: "BotContext", *, wait: bool = True) -> None:
     """Stop this bot's scheduler; its stored jobs stay in the database for the next process."""
     with _lock:
-        scheduler = bot.extras.pop(EXTRAS_KEY, None)
+        scheduler, bot.scheduler = bot.scheduler, None
         if _contexts.get(context_key(bot)) is bot:
             del _contexts[context_key(bot)]
     if scheduler is not None:
@@ -137,7 +136,7 @@ def schedule_every(
 def unschedule(bot: "BotContext", job_id: str) -> None:
     from apscheduler.jobstores.base import JobLookupError
 
-    scheduler = bot.extras.get(EXTRAS_KEY)
+    scheduler = bot.scheduler
     if scheduler is None:
         return
     try:

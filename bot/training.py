@@ -6,7 +6,7 @@ needs the explicit confirm button) starts the job once,
 posts ONE progress message in the channel and schedules :func:`relay_training_job`, which the bot's scheduler
 runs every few seconds from the database job store (it survives restarts): it refreshes the job (OpenAI poll or
 local worker check), edits the progress message in place, and at the end uploads the loss curve and registers
-the model. The heavy ML stack never loads here: local training runs in ``python -m trainers.worker``.
+the model. The heavy ML stack never loads here: local training runs in ``python -m trainers.training.worker``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from bot import blocks as bk
 from bot.scheduler import context_for, context_key, schedule_every, start_scheduler, unschedule
 from storage.jobs import active_jobs, get_job, list_jobs, list_models, metric_points, model_for_job, update_job, use_model
 from storage.models import Job, JobStatus
-from trainers.errors import FtbotError
-from trainers.quote import Quote, quote_lines
+from storage.errors import FtbotError
+from trainers.training.quote import Quote, quote_lines
 
 if TYPE_CHECKING:
     from bot.app import BotContext
@@ -39,7 +39,6 @@ START_REDACTED_ACTION = "ft_train_start_redact_pii"
 START_OVER_BUDGET_ACTION = "ft_train_start_over_budget"
 DISCARD_ACTION = "ft_train_discard"
 POLL_SECONDS_ENV = "FTBOT_TRAINING_POLL_SECONDS"
-OPENAI_CLIENT_KEY = "openai_client"  # tests may put a client in bot.extras
 
 # Text last written to each job's progress message by this process (a restart posts the current state once).
 _last_posted: dict[int, str] = {}
@@ -100,7 +99,7 @@ def _local_fallback(bot: "BotContext") -> str:
     """The base model when none is configured: the documented default, or in the local console (no accounts,
     no downloads) the tiny model built offline, so the whole loop works there."""
     from bot.console.shell import BOT_TOKEN as CONSOLE_TOKEN
-    from trainers.local.config import DEFAULT_BASE_MODEL, TINY_BASE_MODEL
+    from trainers.training.local.config import DEFAULT_BASE_MODEL, TINY_BASE_MODEL
 
     in_console = bot.settings.slack_bot_token == CONSOLE_TOKEN or not bot.settings.has_slack_credentials
     return TINY_BASE_MODEL if in_console else DEFAULT_BASE_MODEL
@@ -141,7 +140,7 @@ def quote_blocks(job: Job, quote: Quote) -> tuple[str, list[dict[str, Any]]]:
 
 def _ft_train(bot: "BotContext"):
     def handler(ctx: "CommandContext") -> None:
-        from trainers.training import quote_job
+        from trainers.training.jobs import quote_job
 
         if not bot.roles.may_train(ctx.user_id):
             ctx.respond("Only members of the trainers role (FTBOT_TRAINERS) can train models. Ask an ftbot admin.")
@@ -188,11 +187,11 @@ def _start_listener(bot: "BotContext", *, allow_pii: bool = False, redact_pii: b
 
 def start_from_slack(bot: "BotContext", client: WebClient, respond: Respond, job_id: int, *, user: str,
                      channel: str | None, allow_pii: bool, admin_confirmed: bool, redact_pii: bool = False) -> None:
-    from trainers.training import start_job
+    from trainers.training.jobs import start_job
 
     try:
         result = start_job(bot.db, job_id, allow_pii=allow_pii, redact_pii=redact_pii, admin_confirmed=admin_confirmed,
-                           openai_client=bot.extras.get(OPENAI_CLIENT_KEY))
+                           openai_client=bot.openai_client)
     except FtbotError as error:
         respond(text=f":warning: {bk.escape(str(error))}", response_type="ephemeral", replace_original=False)
         job = get_job(bot.db, job_id)
@@ -230,7 +229,7 @@ def _discard_listener(bot: "BotContext"):
 
 
 def progress_blocks(bot: "BotContext", job: Job, *, started_by: str | None = None) -> tuple[str, list[dict[str, Any]]]:
-    from trainers.training import progress_line
+    from trainers.training.jobs import progress_line
 
     line = progress_line(bot.db, job)
     icon = {JobStatus.SUCCEEDED: ":white_check_mark:", JobStatus.FAILED: ":x:", JobStatus.CANCELLED: ":no_entry_sign:"}.get(job.status, ":hourglass_flowing_sand:")
@@ -310,10 +309,10 @@ def relay_training_job(key: str, job_id: int) -> None:
     if bot is None:
         log.warning("no bot context for %s; job %s waits for the next process", key, job_id)
         return
-    from trainers.training import refresh_job
+    from trainers.training.jobs import refresh_job
 
     try:
-        update = refresh_job(bot.db, job_id, openai_client=bot.extras.get(OPENAI_CLIENT_KEY))
+        update = refresh_job(bot.db, job_id, openai_client=bot.openai_client)
     except FtbotError as error:
         log.warning("refreshing job %s failed: %s", job_id, error)
         return
@@ -350,7 +349,7 @@ def _post_plot(bot: "BotContext", job: Job) -> None:
 
 def _ft_cancel(bot: "BotContext"):
     def handler(ctx: "CommandContext") -> None:
-        from trainers.training import cancel_job
+        from trainers.training.jobs import cancel_job
 
         if not bot.roles.may_train(ctx.user_id):
             ctx.respond("Only members of the trainers role (FTBOT_TRAINERS) can cancel training.")
@@ -358,7 +357,7 @@ def _ft_cancel(bot: "BotContext"):
         if len(ctx.args) != 1 or not ctx.args[0].lstrip("#").isdigit():
             ctx.respond("Usage: `/ft cancel <job id>` (`/ft jobs` lists them).")
             return
-        job = cancel_job(bot.db, int(ctx.args[0].lstrip("#")), openai_client=bot.extras.get(OPENAI_CLIENT_KEY))
+        job = cancel_job(bot.db, int(ctx.args[0].lstrip("#")), openai_client=bot.openai_client)
         _edit_progress(bot, job.id, strict=True)
         unschedule(bot, _schedule_id(job.id))
         ctx.respond(f"Job #{job.id} is {job.status}.")
@@ -368,7 +367,7 @@ def _ft_cancel(bot: "BotContext"):
 
 def _ft_jobs(bot: "BotContext"):
     def handler(ctx: "CommandContext") -> None:
-        from trainers.training import progress_line
+        from trainers.training.jobs import progress_line
 
         jobs = list_jobs(bot.db, limit=15)
         if not jobs:

@@ -1,8 +1,27 @@
-"""Errors the storage layer raises; each is an ``FtbotError`` so the CLI and the bot show one clear line."""
+"""Every error ftbot reports to a user: one line, without a traceback, that says what to do next.
+
+The one exceptions module for all layers (storage, trainers, bot), so each layer raises and catches the same types."""
 
 from __future__ import annotations
 
-from trainers.errors import FtbotError
+class FtbotError(Exception):
+    """Base of every error ftbot reports to a user without a traceback."""
+
+
+class DataFileError(FtbotError):
+    """A data file cannot be read at all (missing, a directory, not UTF-8, a line too large)."""
+
+
+class ValidationFailed(FtbotError):
+    """Input has errors that must be fixed before it can be stored or uploaded."""
+
+
+class ConfigError(FtbotError):
+    """Required configuration is missing or wrong."""
+
+
+class TrainingError(FtbotError):
+    """A training back end refused or failed a job."""
 
 
 class ExampleNotFound(FtbotError):

@@ -31,8 +31,8 @@ from sqlmodel import Session
 from storage.db import Database
 from storage.examples import SaveResult
 from storage.models import Comparison, EvalPrompt, EvalRound, JudgeVerdict, RegisteredModel, Vote, utcnow
-from trainers.errors import FtbotError, ValidationFailed
-from trainers.records import content_hash, dpo_record
+from storage.errors import FtbotError, ValidationFailed
+from storage.records import content_hash, dpo_record
 
 __all__ = [
     "RoundStatus", "EvalRoundNotFound", "EvalItem", "VoteChange", "prompt_hash", "split_prompt",

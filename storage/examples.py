@@ -1,7 +1,7 @@
 """Training examples: capture from Slack, bulk import from JSONL, review, and stream out for export/snapshots.
 
 Every example is an OpenAI SFT line (messages, optional tools / parallel_tool_calls). Its content hash
-(``trainers.records.content_hash`` of that line) is unique, so exact duplicates cannot be stored.
+(``storage.records.content_hash`` of that line) is unique, so exact duplicates cannot be stored.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from sqlmodel import Session
 from storage.db import Database
 from storage.errors import DuplicateExample, ExampleNotFound
 from storage.models import Example, ExampleStatus, utcnow
-from trainers.errors import ValidationFailed
-from trainers.records import content_hash, sft_record
+from storage.errors import ValidationFailed
+from storage.records import content_hash, sft_record
 
 T = TypeVar("T")
 

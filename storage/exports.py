@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from trainers.errors import DataFileError
+from storage.errors import DataFileError
 
 if TYPE_CHECKING:
     from storage.db import Database

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
 from storage.models import Job, JobMetric, JobStatus, RegisteredModel, utcnow
-from trainers.errors import FtbotError
+from storage.errors import FtbotError
 
 
 class JobNotFound(FtbotError):

@@ -15,8 +15,8 @@ from sqlmodel import Session
 from storage.db import Database
 from storage.examples import BATCH_SIZE, ImportResult, SaveResult, insert_new_rows
 from storage.models import PreferencePair, utcnow
-from trainers.errors import ValidationFailed
-from trainers.records import content_hash
+from storage.errors import ValidationFailed
+from storage.records import content_hash
 
 DPO_KEYS = ("input", "preferred_output", "non_preferred_output")
 # Older versions of OpenAI's spec named the outputs *_completion; stored pairs always use the current names.

@@ -23,8 +23,8 @@ from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
 from storage.models import Example, ExampleStatus, PreferencePair, Snapshot, SnapshotMember
-from trainers.errors import FtbotError, ValidationFailed
-from trainers.records import canonical_json, content_hash, sft_record
+from storage.errors import FtbotError, ValidationFailed
+from storage.records import canonical_json, content_hash, sft_record
 
 TRAIN = "train"
 VALIDATION = "validation"
@@ -180,7 +180,7 @@ def snapshot_records(db: Database, snapshot_id: int, split: str | None = None) -
 
 
 def iter_snapshot_items(db: Database, snapshot_id: int, split: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(1-based position, record): the ``items`` form ``trainers.report.build_report`` reads."""
+    """(1-based position, record): the ``items`` form ``trainers.data.report.build_report`` reads."""
     for number, record in enumerate(snapshot_records(db, snapshot_id, split), 1):
         yield number, record
 

@@ -11,14 +11,14 @@ import yaml
 
 from bot.capture import SHORTCUT_ID
 from bot.commands import COMMAND
+from tests.fixtures.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_DIR = ROOT.parent / "shared" / "data" / "slack"
+SCHEMA_DIR = REPO.parent / "shared" / "data" / "slack"
 
 
 @pytest.fixture(scope="module")
 def manifest() -> dict:
-    return yaml.safe_load((ROOT / "manifest.yml").read_text())
+    return yaml.safe_load((REPO / "manifest.yml").read_text())
 
 
 @pytest.mark.parametrize("version", ["1.0.0", "2.0.0"])

@@ -1,6 +1,6 @@
 """Loss-curve PNGs with matplotlib (Agg backend: no display needed, safe in the bot's worker threads).
 
-``new_figure`` and ``figure_png`` are shared with ``trainers.eval_plots``.
+``new_figure`` and ``figure_png`` are shared with ``trainers.evaluation.charts``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from bot.cli import checks, data, evaluation, slack, training
-from trainers.errors import FtbotError
+from storage.errors import FtbotError
 
 
 class FtbotGroup(TyperGroup):

@@ -1,6 +1,6 @@
 """CLI commands for the data checks: ``ftbot validate`` and ``ftbot price``.
 
-Both run ``trainers.report.build_report`` over a JSONL file, or, without FILE, over the approved examples
+Both run ``trainers.data.report.build_report`` over a JSONL file, or, without FILE, over the approved examples
 in the database. Exit codes: 0 when the data has no errors, 1 when it has errors or cannot be read
 (one line on stderr, or a JSON object with ``ok: false`` under --json), 2 for wrong command-line usage.
 """
@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from trainers.errors import FtbotError
+from storage.errors import FtbotError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -30,7 +30,7 @@ DATABASE_LABEL = "approved examples (database)"
 
 
 def _default_model() -> str:
-    from trainers.quote import configured_openai_model
+    from trainers.training.quote import configured_openai_model
 
     return configured_openai_model()
 
@@ -67,7 +67,7 @@ def _user_errors(as_json: bool) -> Iterator[None]:
 
 def _run_report(file: Path | None, *, model: str, epochs: int | None, kind: str, pii: bool, as_json: bool):
     """build_report over FILE (with a progress bar on big files) or over the approved examples."""
-    from trainers.report import build_report
+    from trainers.data.report import build_report
 
     if file is None:
         return _database_report(model=model, epochs=epochs, kind=kind, pii=pii)
@@ -86,7 +86,7 @@ def _run_report(file: Path | None, *, model: str, epochs: int | None, kind: str,
 def _database_report(*, model: str, epochs: int | None, kind: str, pii: bool):
     from storage.db import Database
     from storage.examples import approved_records
-    from trainers.report import build_report
+    from trainers.data.report import build_report
 
     database = Database.open()
     try:
@@ -229,7 +229,7 @@ def price_command(
 
     Exit code 0: priced; 1: the data has errors (the quote counts only the valid examples) or cannot be read.
     """
-    from trainers.pricing import load_price_table, on_prem_estimate, roi_estimate
+    from trainers.data.pricing import load_price_table, on_prem_estimate, roi_estimate
 
     if all_models and model:
         raise typer.BadParameter("use either --model or --all-models")
@@ -241,7 +241,7 @@ def price_command(
         table = load_price_table()
         table.get(chosen) if not all_models else None  # unknown model: clear error before reading anything
         if all_models:
-            from trainers.report import quote_models
+            from trainers.data.report import quote_models
 
             primary = table.get(chosen).name
             # The chosen model first: its encoding's pass is the report shown above the quotes.
@@ -268,7 +268,7 @@ def price_command(
         saved = prompt_tokens_saved or 0
         per_request_in = prompt_tokens if prompt_tokens is not None else round(mean_prompt) + saved
         per_request_out = completion_tokens if completion_tokens is not None else round(mean_reply)
-        from trainers.pricing import inference_cost
+        from trainers.data.pricing import inference_cost
 
         per_request = inference_cost(entry, input_tokens=per_request_in - saved, output_tokens=per_request_out)
         result["inference"] = {

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from trainers.errors import FtbotError
+from storage.errors import FtbotError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -103,7 +103,7 @@ def import_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Validate FILE and store its valid lines as approved examples (all or nothing unless --skip-invalid)."""
-    from storage.imports import count_lines, import_file
+    from trainers.data.imports import count_lines, import_file
 
     approved_by = by or _os_user()
     with _user_errors(), _database() as db:

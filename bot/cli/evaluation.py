@@ -24,12 +24,12 @@ def results(
     chart: Annotated[Optional[Path], typer.Option("--chart", help="Also write the chart PNG to this file.")] = None,
 ) -> None:
     """Win rate with its 95% interval, sign test, ties, position check and votes per voter of an evaluation round."""
-    from trainers.eval_report import round_report
+    from trainers.evaluation.results import round_report
 
     with _user_errors(), _database() as db:
         report = round_report(db, round_id)
         if chart is not None:
-            from trainers.eval_plots import results_png
+            from trainers.evaluation.charts import results_png
 
             results_png(report.summary, candidate=report.candidate, baseline=report.baseline,
                         leaderboard=report.leaderboard, title=f"Round #{report.round.id}: {report.candidate} vs {report.baseline}",
@@ -50,8 +50,8 @@ def add(
 ) -> None:
     """Add held-out questions to the evaluation set (the twin of ``/ft eval add``)."""
     from storage.evals import add_eval_prompt, split_prompt
-    from trainers.errors import DataFileError, ValidationFailed
-    from trainers.validate import read_jsonl
+    from storage.errors import DataFileError, ValidationFailed
+    from trainers.data.validate import read_jsonl
 
     if (question is None) == (file is None):
         raise ValidationFailed("give a question or --file (one of them)")
@@ -106,7 +106,7 @@ def questions(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
 def remove(question_id: Annotated[int, typer.Argument(help="The question's id (`ftbot eval questions`).")]) -> None:
     """Remove a question added by hand (rounds already posted keep their copy)."""
     from storage.evals import remove_eval_prompt
-    from trainers.errors import FtbotError
+    from storage.errors import FtbotError
 
     with _user_errors(), _database() as db:
         if not remove_eval_prompt(db, question_id):
@@ -117,7 +117,7 @@ def remove(question_id: Annotated[int, typer.Argument(help="The question's id (`
 def list_rounds(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Evaluation rounds: status, models (hidden while voting is open), questions and votes."""
     from storage.evals import RoundStatus, count_votes, list_rounds as rounds, round_comparisons
-    from trainers.generate import display_name
+    from trainers.evaluation.generation import display_name
 
     with _user_errors(), _database() as db:
         rows = []
@@ -150,8 +150,8 @@ def close(
 ) -> None:
     """Close voting on a round and store its decided comparisons as DPO pairs (nothing is posted to Slack)."""
     from storage.evals import EvalRoundNotFound, RoundStatus, close_round, get_round, latest_round, pairs_from_round
-    from trainers.errors import FtbotError
-    from trainers.eval_report import round_report
+    from storage.errors import FtbotError
+    from trainers.evaluation.results import round_report
 
     with _user_errors(), _database() as db:
         round_ = get_round(db, round_id) if round_id is not None else latest_round(db, statuses=RoundStatus.VOTABLE)

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from trainers.errors import ConfigError
+from storage.errors import ConfigError
 
 CONNECT_HINT = (
     "No Slack credentials set: starting the local console. To connect a real workspace, create the app from "

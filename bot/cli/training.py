@@ -1,7 +1,7 @@
 """CLI commands: ``ftbot train``, ``ftbot jobs``, ``ftbot models``, ``ftbot use``, ``ftbot cancel``.
 
 The twins of ``/ft train``, ``/ft jobs``, ``/ft models``, ``/ft use`` and ``/ft cancel``, on the same engine
-(``trainers.training``). ``ftbot train`` prints the quote and asks before starting (``--yes`` skips the question);
+(``trainers.training.jobs``). ``ftbot train`` prints the quote and asks before starting (``--yes`` skips the question);
 ``--wait`` follows the job to its end; ``--json`` prints the job record on stdout (progress goes to stderr).
 """
 
@@ -51,8 +51,8 @@ def train(
     """Quote a training run on the approved examples (or pairs), then start it."""
     from storage.jobs import discard_quote, get_job, job_record
     from storage.models import JobStatus
-    from trainers.quote import quote_lines
-    from trainers.training import progress_line, quote_job, start_job, wait_for_job
+    from trainers.training.quote import quote_lines
+    from trainers.training.jobs import progress_line, quote_job, start_job, wait_for_job
 
     out = err_console if as_json else console
     with _user_errors(), _database() as db:
@@ -125,7 +125,7 @@ def jobs(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
          limit: Annotated[int, typer.Option("--limit", min=1)] = 20) -> None:
     """Recent training jobs with status, step and losses (refreshes running ones first)."""
     from storage.jobs import job_record, list_jobs
-    from trainers.training import refresh_job
+    from trainers.training.jobs import refresh_job
 
     with _user_errors(), _database() as db:
         records = []
@@ -191,7 +191,7 @@ def use(name: Annotated[str, typer.Argument(help="Model name (or id) from `ftbot
 
 def cancel(job_id: Annotated[int, typer.Argument(help="Job id from `ftbot jobs`.")]) -> None:
     """Stop a training job (OpenAI or local)."""
-    from trainers.training import cancel_job
+    from trainers.training.jobs import cancel_job
 
     with _user_errors(), _database() as db:
         job = cancel_job(db, job_id)

@@ -28,7 +28,7 @@ from slack_bolt import BoltRequest
 from slack_sdk.signature import SignatureVerifier
 
 from bot.config import Settings
-from bot.console.executor import TrackingExecutor, wait_all_idle
+from bot.executor import TrackingExecutor, wait_all_idle
 from bot.console.fake_slack import Call, FakeSlack
 from bot.console.render import Button, file_lines, is_binary, mrkdwn_to_text, render_blocks
 
@@ -312,7 +312,7 @@ class Console:
     def load_sample(self) -> None:
         from importlib.resources import as_file, files
 
-        from storage.imports import import_file
+        from trainers.data.imports import import_file
 
         with as_file(files("bot") / "data" / "sample.jsonl") as path:
             result = import_file(self.app.ftbot.db, path, approved_by="console")

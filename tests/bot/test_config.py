@@ -1,0 +1,222 @@
+"""Configuration, roles and the `ftbot run` entry points (exit codes, HTTP and Socket Mode start-up)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bot.config import Settings
+from bot.roles import Roles
+from tests.fixtures.slack_api import BOT_TOKEN, SIGNING_SECRET, signed_headers, slash_command_body
+from storage.errors import ConfigError
+from tests.fixtures.paths import REPO
+
+FTBOT = str(Path(sys.executable).with_name("ftbot"))
+SLACK_ENV = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "FTBOT_AGENTS", "FTBOT_REVIEWERS",
+             "FTBOT_TRAINERS", "FTBOT_ADMINS", "FTBOT_VOTERS", "FTBOT_SLACK_API_URL", "FTBOT_DATABASE_URL")
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SLACK_ENV}
+    env.update(FTBOT_HOME=str(tmp_path / "home"), **extra)
+    return env
+
+
+def test_settings_from_env_parses_roles_prompts_and_api_url():
+    settings = Settings.from_env({
+        "SLACK_BOT_TOKEN": "xoxb-1", "FTBOT_AGENTS": "U1, <@U2>", "FTBOT_REVIEWERS": "<!subteam^S9|@leads>",
+        "FTBOT_CHANNEL_PROMPTS": '{"C1": "Billing prompt"}', "FTBOT_SLACK_API_URL": "http://127.0.0.1:9/api",
+        "FTBOT_SYSTEM_PROMPT": "Default prompt",
+    })
+    assert settings.agents == ("U1", "U2") and settings.reviewers == ("S9",)
+    assert settings.channel_prompt("C1") == "Billing prompt" and settings.channel_prompt("C2") == "Default prompt"
+    assert settings.slack_api_url == "http://127.0.0.1:9/api/"
+    assert "xoxb-1" not in repr(settings)  # tokens never reach logs through repr
+
+
+def test_bad_channel_prompts_json_is_a_clear_config_error():
+    with pytest.raises(ConfigError, match="FTBOT_CHANNEL_PROMPTS is not valid JSON"):
+        Settings.from_env({"FTBOT_CHANNEL_PROMPTS": "{C1: nope}"})
+    with pytest.raises(ConfigError, match="object of channel ID"):
+        Settings.from_env({"FTBOT_CHANNEL_PROMPTS": '["C1"]'})
+
+
+def test_roles_without_configuration_allow_everyone_and_approve():
+    roles = Roles(Settings())
+    assert not roles.configured
+    assert roles.may_capture("U1") and roles.may_review("U1") and roles.may_train("U1") and roles.may_vote("U1")
+    assert roles.capture_status("U1") == "approved"
+
+
+def test_roles_with_user_ids_and_groups(fake_slack):
+    from bot.app import build_client
+
+    fake_slack.add_usergroup("S_TRAIN", ["U_T1", "U_T2"])
+    settings = Settings(slack_bot_token=BOT_TOKEN, slack_api_url=fake_slack.base_url, agents=("U_A",), reviewers=("U_R",),
+                        trainers=("S_TRAIN",), admins=("U_ADMIN",), voters=("U_V",))
+    roles = Roles(settings, build_client(settings))
+    assert roles.may_capture("U_A") and not roles.may_capture("U_CUSTOMER")
+    assert roles.may_review("U_R") and roles.may_review("U_ADMIN") and not roles.may_review("U_A")
+    assert roles.may_train("U_T2") and not roles.may_train("U_R")
+    assert roles.may_vote("U_V") and not roles.may_vote("U_A")
+    assert roles.is_team("U_T1") and not roles.is_team("U_CUSTOMER")
+    assert roles.capture_status("U_A") == "pending"
+    roles.may_train("U_T1")
+    assert len(fake_slack.calls_to("usergroups.users.list")) == 1  # cached
+
+
+def test_unreadable_user_group_grants_nothing(fake_slack):
+    from bot.app import build_client
+
+    settings = Settings(slack_bot_token=BOT_TOKEN, slack_api_url=fake_slack.base_url, reviewers=("S_GONE",))
+    assert not Roles(settings, build_client(settings)).may_review("U_ANY")
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["run", "--http"], {"SLACK_BOT_TOKEN": "xoxb-1"}, "HTTP mode needs SLACK_SIGNING_SECRET"),
+    (["run"], {"SLACK_BOT_TOKEN": "xoxb-1"}, "Socket Mode needs SLACK_APP_TOKEN"),
+    (["run"], {"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_APP_TOKEN": "xoxb-wrong"}, "must be an app-level token"),
+    (["run"], {"FTBOT_CHANNEL_PROMPTS": "nope"}, "FTBOT_CHANNEL_PROMPTS is not valid JSON"),
+])
+def test_missing_settings_exit_2_with_a_clear_message(tmp_path, args, env, message):
+    result = subprocess.run([FTBOT, *args], env=_env(tmp_path, **env), capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "xoxb-1" not in result.stderr + result.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_http_serves_signed_requests(tmp_path, fake_slack):
+    port = _free_port()
+    env = _env(tmp_path, SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET,
+               FTBOT_SLACK_API_URL=fake_slack.base_url)
+    process = subprocess.Popen([FTBOT, "run", "--http", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "ftbot run --http did not start"
+                time.sleep(0.2)
+        body = slash_command_body("help", response_url=fake_slack.response_url())
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/slack/events", data=body.encode(),
+                                         headers=signed_headers(body), method="POST")
+        assert urllib.request.urlopen(request, timeout=10).status == 200
+        fake_slack.wait_for("response_url")
+        forged = urllib.request.Request(f"http://127.0.0.1:{port}/slack/events", data=body.encode(),
+                                        headers=signed_headers(body, secret="forged"), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(forged, timeout=10)
+        assert error.value.code == 401
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=20)[0]
+    assert BOT_TOKEN not in output and SIGNING_SECRET not in output
+
+
+def test_run_with_app_token_starts_socket_mode(tmp_path, fake_slack):
+    env = _env(tmp_path, SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN="xapp-1-test-not-real",
+               FTBOT_SLACK_API_URL=fake_slack.base_url)
+    process = subprocess.Popen([FTBOT, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        fake_slack.wait_for("apps.connections.open", timeout=60)  # Socket Mode asked Slack for its WebSocket URL
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=20)[0]
+    assert "xapp-1-test-not-real" not in output and BOT_TOKEN not in output
+
+
+def test_bot_start_and_slash_path_do_not_import_training_libraries(tmp_path):
+    code = (
+        "import sys, tempfile\n"
+        "from bot.config import Settings\nfrom bot.app import build_app\nfrom storage.db import Database\n"
+        "from bot.console.shell import Console\nimport io\n"
+        "db = Database.open('sqlite:///' + tempfile.mkdtemp() + '/x.db')\n"
+        "c = Console(Settings(), db, out=io.StringIO())\n"
+        "c.handle('/ft help'); c.handle('/ft list'); c.close()\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets', 'bitsandbytes') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=_env(tmp_path), cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --- the model settings: FTBOT_OPENAI_MODEL (OpenAI) and FTBOT_LOCAL_BASE_MODEL (on-prem), one meaning each ---------
+
+
+@pytest.fixture
+def fresh_model_warning(monkeypatch):
+    """The deprecation warning is once per process: let each test see it."""
+    import trainers.training.quote
+
+    monkeypatch.setattr(trainers.training.quote, "_warned_deprecated", False)
+
+
+def test_the_openai_model_setting_and_its_deprecated_alias(fresh_model_warning, caplog):
+    assert Settings.from_env({}).openai_model == "gpt-4o-mini-2024-07-18"
+    assert Settings.from_env({"FTBOT_OPENAI_MODEL": "gpt-4.1-mini-2025-04-14"}).openai_model == "gpt-4.1-mini-2025-04-14"
+    assert not caplog.records
+    # The old name is read as the OpenAI model whatever it names (no guessing), with one warning line.
+    with caplog.at_level("WARNING"):
+        assert Settings.from_env({"FTBOT_BASE_MODEL": "/models/llama"}).openai_model == "/models/llama"
+        Settings.from_env({"FTBOT_BASE_MODEL": "gpt-4o-2024-08-06"})
+    warnings = [r.getMessage() for r in caplog.records if "FTBOT_BASE_MODEL" in r.getMessage()]
+    assert len(warnings) == 1 and "deprecated" in warnings[0] and "FTBOT_OPENAI_MODEL" in warnings[0]
+    assert "\n" not in warnings[0]
+
+
+def test_the_new_openai_model_name_wins_over_the_deprecated_one(fresh_model_warning, caplog):
+    with caplog.at_level("WARNING"):
+        settings = Settings.from_env({"FTBOT_OPENAI_MODEL": "gpt-4.1-2025-04-14", "FTBOT_BASE_MODEL": "gpt-4o-mini"})
+    assert settings.openai_model == "gpt-4.1-2025-04-14"
+    assert any("ignored because FTBOT_OPENAI_MODEL is set" in r.getMessage() for r in caplog.records)
+
+
+def test_the_local_base_model_never_comes_from_the_openai_settings(monkeypatch, fresh_model_warning):
+    from trainers.training.local.config import configured_base_model
+    from trainers.training.quote import TrainingSettings
+
+    monkeypatch.delenv("FTBOT_LOCAL_BASE_MODEL", raising=False)
+    monkeypatch.setenv("FTBOT_OPENAI_MODEL", "gpt-4o-2024-08-06")
+    monkeypatch.setenv("FTBOT_BASE_MODEL", "/models/llama")
+    assert configured_base_model() == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert TrainingSettings.from_env().openai_model == "gpt-4o-2024-08-06"
+    monkeypatch.setenv("FTBOT_LOCAL_BASE_MODEL", "/models/qwen")
+    assert configured_base_model() == "/models/qwen" and configured_base_model("explicit") == "explicit"
+
+
+def test_ftbot_price_defaults_to_the_openai_model_setting(tmp_path, monkeypatch, fresh_model_warning):
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+
+    data = tmp_path / "ten.jsonl"
+    data.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}) + "\n"
+        for i in range(10)
+    ))
+    monkeypatch.setenv("FTBOT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FTBOT_BASE_MODEL", raising=False)
+    monkeypatch.setenv("FTBOT_OPENAI_MODEL", "gpt-4.1-mini-2025-04-14")
+    result = CliRunner().invoke(app, ["price", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"] == "gpt-4.1-mini-2025-04-14"

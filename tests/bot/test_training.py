@@ -1,0 +1,316 @@
+"""/ft train, cancel, jobs, models, use through the real Bolt app: signed requests, fake Slack and fake OpenAI on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.scheduler import stop_scheduler
+from bot.training import DISCARD_ACTION, START_ACTION, START_OVER_BUDGET_ACTION, START_PII_ACTION, START_REDACTED_ACTION
+from storage.examples import import_records
+from storage.jobs import get_job, list_jobs, list_models
+from storage.models import JobStatus
+from tests.fixtures.concurrency import wait_until
+from tests.fixtures.slack_api import SlackHarness, block_actions, slash_command_body
+from trainers.tiny_model import sample_conversations
+from tests.fixtures.paths import REPO
+
+MODEL = "gpt-4o-mini-2024-07-18"
+
+
+@pytest.fixture
+def training_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("FTBOT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FTBOT_TRAINING_POLL_SECONDS", "0.2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def harnesses(sqlite_db, fake_slack, training_env):
+    """Builds bots on the test database; stops their schedulers and thread pools at the end."""
+    made: list[SlackHarness] = []
+
+    def make(**settings) -> SlackHarness:
+        harness = SlackHarness.create(sqlite_db, fake_slack, **settings)
+        made.append(harness)
+        return harness
+
+    yield make
+    for harness in made:
+        stop_scheduler(harness.bot)
+        harness.close()
+
+
+def _approve(db, n: int = 12) -> None:
+    import_records(db, enumerate(sample_conversations(n, seed=5, max_turns=1), 1), source_file="t.jsonl", approved_by="U_LEAD")
+
+
+def _quote(harness: SlackHarness, text: str, user: str = "U_AGENT") -> dict:
+    before = len(harness.fake.responses)
+    harness.command(text, user_id=user, trigger_id=harness.fake.new_trigger_id())
+    harness.wait()
+    assert len(harness.fake.responses) > before, "no answer to the command"
+    return harness.fake.responses[-1]
+
+
+def _buttons(response: dict) -> dict[str, str]:
+    return {e["action_id"]: e.get("value", "") for b in response.get("blocks", []) if b["type"] == "actions" for e in b["elements"]}
+
+
+def _click(harness: SlackHarness, action_id: str, value: str, user: str = "U_AGENT") -> None:
+    harness.interact(block_actions(action_id, value, user_id=user, response_url=harness.fake.response_url()))
+    harness.wait()
+
+
+def _progress_message(harness: SlackHarness, job_id: int) -> dict:
+    job = get_job(harness.db, job_id)
+    message = harness.fake.find_message(job.slack_channel, job.slack_ts)
+    assert message is not None
+    return message
+
+
+def test_ft_train_openai_quotes_starts_relays_progress_and_registers_the_model(harnesses, openai_api):
+    bot = harnesses()
+    _approve(bot.db, 20)
+    status, _ = bot.http(slash_command_body(f"train openai {MODEL}", response_url=bot.fake.response_url(),
+                                            trigger_id=bot.fake.new_trigger_id()))
+    assert status == 200
+    bot.wait()
+    quote = bot.fake.responses[-1]
+    assert quote["response_type"] == "ephemeral" and "Training quote" in quote["text"]
+    assert "Estimated cost: $" in json.dumps(quote["blocks"])
+    job_id = int(_buttons(quote)[START_ACTION])
+    assert get_job(bot.db, job_id).status == JobStatus.QUOTED and not openai_api.calls
+
+    _click(bot, START_ACTION, str(job_id))
+    posted = bot.fake.wait_for("chat.postMessage")
+    assert posted[0].args["channel"] == "C_SUPPORT"
+    # One message, updated in place until the end; then the loss curve in its thread and the model registered.
+    uploads = bot.fake.wait_for("files.completeUploadExternal", timeout=30)
+    job = get_job(bot.db, job_id)
+    assert job.status == JobStatus.SUCCEEDED
+    assert len(bot.fake.calls_to("chat.postMessage")) == 1
+    assert all(c.args["ts"] == job.slack_ts for c in bot.fake.calls_to("chat.update"))
+    final = _progress_message(bot, job_id)
+    assert "succeeded" in final["text"] and job.result_model in json.dumps(final["blocks"])
+    assert "Trained tokens" in json.dumps(final["blocks"])
+    assert uploads[0].args["thread_ts"] == job.slack_ts
+    [file] = [f for f in bot.fake.files.values() if f["completed"]]
+    assert file["content"].startswith(b"\x89PNG") and file["name"] == f"ftbot-job{job_id}-loss.png"
+    assert [m.name for m in list_models(bot.db)] == [job.result_model]
+    # Intermediate updates showed status and losses.
+    texts = [c.args["text"] for c in bot.fake.calls_to("chat.update")]
+    assert any("running" in t and "train loss" in t for t in texts)
+
+
+def test_polling_resumes_in_a_new_bot_after_a_restart_mid_job(harnesses, openai_api):
+    openai_api.steps = 40  # long enough to stop the first bot while the job runs
+    first = harnesses()
+    _approve(first.db, 20)
+    job_id = int(_buttons(_quote(first, f"train openai {MODEL}"))[START_ACTION])
+    _click(first, START_ACTION, str(job_id))
+    wait_until(lambda: get_job(first.db, job_id).status == "running", 20, "job running")
+    stop_scheduler(first.bot)  # the first process "dies"; its scheduled poll stays in the database
+    polls_before = len([c for c in openai_api.calls if c.method == "GET" and c.path.count("/") == 3])
+    time.sleep(0.5)
+    assert len([c for c in openai_api.calls if c.method == "GET" and c.path.count("/") == 3]) == polls_before
+
+    openai_api.steps = 0  # let it finish quickly now
+    for job in openai_api.jobs.values():
+        job.total_steps = job.step + 2
+    second = harnesses()  # a new bot on the same database resumes the stored poll by itself
+    wait_until(lambda: get_job(second.db, job_id).status == JobStatus.SUCCEEDED, 30, "job finished after restart")
+    second.fake.wait_for("files.completeUploadExternal", timeout=10)
+    job = get_job(second.db, job_id)
+    assert len(second.fake.calls_to("chat.postMessage")) == 1  # still the one progress message
+    assert "succeeded" in _progress_message(second, job_id)["text"]
+    assert len(list_models(second.db)) == 1 and len(openai_api.requests_to("/fine_tuning/jobs", "POST")) == 1
+    assert job.result_model
+
+
+def test_a_double_clicked_start_starts_one_job(harnesses, openai_api):
+    bot = harnesses()
+    _approve(bot.db, 20)
+    job_id = _buttons(_quote(bot, f"train openai {MODEL}"))[START_ACTION]
+    for _ in range(2):
+        bot.interact(block_actions(START_ACTION, job_id, response_url=bot.fake.response_url()))
+    bot.wait()
+    assert len(openai_api.requests_to("/fine_tuning/jobs", "POST")) == 1
+    assert len(bot.fake.calls_to("chat.postMessage")) == 1
+    assert any("already" in r["text"] for r in bot.fake.responses)
+    assert len(list_jobs(bot.db)) == 1
+
+
+def test_personal_data_is_redacted_on_the_way_out_by_the_first_button_and_a_double_click_starts_one_job(harnesses, openai_api):
+    bot = harnesses()
+    records = sample_conversations(20, seed=5, max_turns=1)
+    records[2]["messages"][1]["content"] = "Reach me at sam.lee@example.org about the refund."
+    import_records(bot.db, enumerate(records, 1), source_file="t.jsonl", approved_by="U_LEAD")
+    quote = _quote(bot, f"train openai {MODEL}")
+    buttons = _buttons(quote)
+    # Redacting is offered first; plain Start is not offered while PII would leave; the explicit override stays.
+    assert list(buttons) == [START_REDACTED_ACTION, START_PII_ACTION, DISCARD_ACTION]
+    job_id = buttons[START_REDACTED_ACTION]
+    for _ in range(2):
+        bot.interact(block_actions(START_REDACTED_ACTION, job_id, response_url=bot.fake.response_url()))
+    bot.wait()
+    assert len(openai_api.requests_to("/fine_tuning/jobs", "POST")) == 1 and len(list_jobs(bot.db)) == 1
+    job = get_job(bot.db, int(job_id))
+    uploaded = openai_api.file_text(job.training_file_id) + openai_api.file_text(job.validation_file_id)
+    assert "[EMAIL]" in uploaded and "sam.lee@example.org" not in uploaded
+    started = next(r for r in bot.fake.responses if r["text"].startswith(f"Started training job #{job_id}"))
+    assert "redacted before upload in 1 example(s)" in started["text"]
+    bot.fake.wait_for("chat.postMessage")
+    assert "redacted before upload in 1 example(s)" in json.dumps(_progress_message(bot, int(job_id))["blocks"])
+
+
+def test_only_the_trainers_role_may_train_and_the_budget_cap_needs_an_admin(harnesses, openai_api, monkeypatch):
+    monkeypatch.setenv("FTBOT_BUDGET_USD", "0.0001")
+    bot = harnesses(trainers=("U_AGENT",), admins=("U_LEAD",))
+    _approve(bot.db, 20)
+    refused = _quote(bot, f"train openai {MODEL}", user="U_CUSTOMER")
+    assert "trainers role" in refused["text"] and not list_jobs(bot.db)
+
+    quote = _quote(bot, f"train openai {MODEL}", user="U_AGENT")
+    buttons = _buttons(quote)
+    assert START_ACTION not in buttons and START_OVER_BUDGET_ACTION in buttons  # over budget: no plain Start
+    assert "above the budget cap" in json.dumps(quote["blocks"])
+    job_id = buttons[START_OVER_BUDGET_ACTION]
+    _click(bot, START_OVER_BUDGET_ACTION, job_id, user="U_AGENT")
+    assert "only an ftbot admin" in bot.fake.responses[-1]["text"]
+    _click(bot, START_ACTION, job_id, user="U_CUSTOMER")
+    assert "trainers role" in bot.fake.responses[-1]["text"]
+    assert get_job(bot.db, int(job_id)).status == JobStatus.QUOTED and not openai_api.requests_to("/files")
+
+    _click(bot, START_OVER_BUDGET_ACTION, job_id, user="U_LEAD")
+    assert get_job(bot.db, int(job_id)).external_id
+    assert get_job(bot.db, int(job_id)).config["gate"]["admin_confirmed"] is True
+
+
+def test_the_wind_down_refusal_is_shown_verbatim_with_the_local_alternative(harnesses, openai_api):
+    openai_api.refuse_create(403, "Your organization cannot create fine-tuning jobs.", code="permission_denied")
+    bot = harnesses()
+    _approve(bot.db, 20)
+    job_id = _buttons(_quote(bot, f"train openai {MODEL}"))[START_ACTION]
+    _click(bot, START_ACTION, job_id)
+    answer = bot.fake.responses[-1]["text"]
+    assert "Your organization cannot create fine-tuning jobs." in answer and "/ft train local" in answer
+    message = _progress_message(bot, int(job_id))
+    assert ":x:" in json.dumps(message["blocks"]) and "cannot create fine-tuning jobs" in json.dumps(message["blocks"])
+
+
+def test_cancel_discard_jobs_models_and_use(harnesses, openai_api):
+    openai_api.steps = 50
+    bot = harnesses()
+    _approve(bot.db, 20)
+    discarded = _buttons(_quote(bot, f"train openai {MODEL}"))[DISCARD_ACTION]
+    _click(bot, DISCARD_ACTION, discarded)
+    assert get_job(bot.db, int(discarded)).status == JobStatus.CANCELLED and "discarded" in bot.fake.responses[-1]["text"]
+
+    job_id = _buttons(_quote(bot, f"train openai {MODEL} --epochs 2"))[START_ACTION]
+    _click(bot, START_ACTION, job_id)
+    assert openai_api.requests_to("/fine_tuning/jobs", "POST")[0].json["method"]["supervised"]["hyperparameters"] == {"n_epochs": 2}
+    _quote(bot, f"cancel {job_id}")
+    assert get_job(bot.db, int(job_id)).status == JobStatus.CANCELLED
+    assert openai_api.jobs[get_job(bot.db, int(job_id)).external_id].body["status"] == "cancelled"
+    assert "cancelled" in _progress_message(bot, int(job_id))["text"]
+
+    jobs = _quote(bot, "jobs")
+    assert f"job #{job_id} cancelled" in jobs["text"]
+    assert "No models registered yet" in _quote(bot, "models")["text"]
+
+    from storage.jobs import register_model
+
+    register_model(bot.db, name="ft:gpt-4o-mini:acme::a1", backend="openai", base_model=MODEL, location="ft:gpt-4o-mini:acme::a1")
+    register_model(bot.db, name="tiny-sft-job9", backend="local", base_model="ftbot:tiny", location="/x/adapter")
+    assert "Now using *tiny-sft-job9*" in _quote(bot, "use tiny-sft-job9")["text"]
+    listing = _quote(bot, "models")["text"]
+    assert "★ *tiny-sft-job9*" in listing and "• *ft:gpt-4o-mini:acme::a1*" in listing
+    assert "no registered model named 'nope'" in _quote(bot, "use nope")["text"]
+    assert "--method must be sft or dpo" in _quote(bot, "train local --method ppo")["text"]
+
+
+@pytest.mark.slow
+def test_ft_train_local_runs_the_worker_and_posts_the_loss_plot(harnesses, tiny_model_dir):
+    bot = harnesses()
+    _approve(bot.db, 10)
+    quote = _quote(bot, f"train local {tiny_model_dir}")
+    assert "GPU-hours" in json.dumps(quote["blocks"])
+    job_id = int(_buttons(quote)[START_ACTION])
+    _click(bot, START_ACTION, str(job_id))
+    assert get_job(bot.db, job_id).worker_pid
+    bot.fake.wait_for("files.completeUploadExternal", timeout=120)
+    job = get_job(bot.db, job_id)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert Path(job.result_model, "adapter_config.json").is_file()
+    [model] = list_models(bot.db)
+    assert model.backend == "local" and model.location == job.result_model
+    assert "succeeded" in _progress_message(bot, job_id)["text"]
+
+
+def test_the_bot_never_imports_the_ml_stack(tmp_path):
+    database = f"sqlite:///{tmp_path / 'ftbot.sqlite3'}"
+    script = (
+        "import sys\n"
+        "from bot.app import build_app\n"
+        "from bot.config import Settings\n"
+        "import bot.training, bot.cli, trainers.training.jobs, trainers.training.openai_backend, trainers.training.quote, trainers.training.launch, trainers.data.report\n"
+        "from storage.db import Database\n"
+        "app = build_app(Settings(slack_bot_token='xoxb-x', slack_signing_secret='s'), Database.open(sys.argv[1]))\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets', 'bitsandbytes') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, database], capture_output=True, text=True, timeout=120,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_a_new_bot_process_resumes_polling_from_the_database(harnesses, openai_api, fake_slack, sqlite_db):
+    from tests.fixtures.db import database_url
+    from tests.fixtures.slack_api import BOT_TOKEN, SIGNING_SECRET
+
+    openai_api.steps = 40
+    first = harnesses()
+    _approve(first.db, 20)
+    job_id = int(_buttons(_quote(first, f"train openai {MODEL}"))[START_ACTION])
+    _click(first, START_ACTION, str(job_id))
+    wait_until(lambda: get_job(first.db, job_id).status == "running", 20, "job running")
+    stop_scheduler(first.bot)
+    for job in openai_api.jobs.values():
+        job.total_steps = job.step + 2
+
+    script = (
+        "import sys, time\n"
+        "from bot.app import build_app\n"
+        "from bot.config import Settings\n"
+        "from bot.scheduler import stop_scheduler\n"
+        "from storage.db import Database\n"
+        "from storage.jobs import get_job\n"
+        "db = Database.open(sys.argv[1])\n"
+        "app = build_app(Settings(slack_bot_token=sys.argv[2], slack_signing_secret=sys.argv[3], slack_api_url=sys.argv[4]), db)\n"
+        "deadline = time.time() + 60\n"
+        "while get_job(db, int(sys.argv[5])).status != 'succeeded' and time.time() < deadline:\n"
+        "    time.sleep(0.1)\n"
+        "time.sleep(1.0)  # let the relay post the final update and the plot\n"
+        "stop_scheduler(app.ftbot)\n"
+        "print(get_job(db, int(sys.argv[5])).status)\n"
+    )
+    env = {**os.environ, "OPENAI_BASE_URL": openai_api.base_url, "OPENAI_API_KEY": "sk-test",
+           "FTBOT_TRAINING_POLL_SECONDS": "0.2"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, database_url(sqlite_db), BOT_TOKEN, SIGNING_SECRET, fake_slack.base_url, str(job_id)],
+        capture_output=True, text=True, timeout=120, env=env, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "succeeded"
+    assert "succeeded" in _progress_message(first, job_id)["text"]  # the same message, edited by the new process
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1
+    assert fake_slack.calls_to("files.completeUploadExternal")
+    assert [m.name for m in list_models(sqlite_db)] == [get_job(sqlite_db, job_id).result_model]

@@ -1,0 +1,98 @@
+"""Evaluation charts as PNG bytes (matplotlib's object API on the Agg backend: no display, thread-safe).
+
+- :func:`results_png`: the candidate's win rate on decisive votes with its 95% Wilson interval (and the
+  prompt-bootstrap interval when there is one), the 50% line, and the vote counts as a stacked bar.
+- With a leaderboard: a second panel with Bradley–Terry ratings on the Elo scale and bootstrap 95% error bars.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainers.evaluation.generation import display_name
+from trainers.plots import figure_png, new_figure
+from trainers.evaluation.stats import ABSummary, Leaderboard
+
+_CANDIDATE, _BASELINE, _TIE, _BAD = "#2a9d8f", "#e76f51", "#8d99ae", "#adb5bd"
+
+
+def results_png(
+    summary: ABSummary,
+    *,
+    candidate: str,
+    baseline: str,
+    leaderboard: Leaderboard | None = None,
+    title: str | None = None,
+    path: str | Path | None = None,
+) -> bytes:
+    """Render the round's result (and the leaderboard of all models when given and larger than two)."""
+    show_board = leaderboard is not None and len(leaderboard.ratings) > 2
+    panels = 2 if show_board else 1
+    figure = new_figure(figsize=(7.2, 2.9 * panels + 0.4), dpi=110)
+    axes = figure.add_subplot(panels, 1, 1)
+    _win_rate_panel(axes, summary, candidate, baseline)
+    if show_board:
+        assert leaderboard is not None
+        _ratings_panel(figure.add_subplot(2, 1, 2), leaderboard)
+    figure.suptitle(title or f"{candidate} vs {baseline}", fontsize=11)
+    return figure_png(figure, path)
+
+
+def _win_rate_panel(axes, summary: ABSummary, candidate: str, baseline: str) -> None:
+    axes.set_xlim(0, 1)
+    axes.set_ylim(-0.5, 1.9)
+    axes.axvline(0.5, color="black", linewidth=0.8, linestyle="--")
+    axes.set_yticks([1, 0], ["win rate\n(decisive)", "all votes"])
+    axes.xaxis.set_major_formatter(lambda value, _pos: f"{value:.0%}")
+    if summary.win_rate is not None:
+        low, high = summary.ci.low, summary.ci.high
+        axes.errorbar(
+            summary.win_rate, 1, xerr=[[summary.win_rate - low], [high - summary.win_rate]], fmt="o",
+            color=_CANDIDATE, ecolor=_CANDIDATE, capsize=6, markersize=8, linewidth=2, label="95% Wilson interval",
+        )
+        boot = summary.prompt_bootstrap_ci
+        if boot is not None:
+            axes.plot([boot.low, boot.high], [0.72, 0.72], color="#264653", linewidth=1.2, marker="|",
+                      label="95% bootstrap over questions")
+        # Keep the label inside the axes whichever end of the scale the estimate is at.
+        anchor = min(max(summary.win_rate, 0.22), 0.78)
+        axes.text(anchor, 1.45, f"{summary.win_rate:.1%}  [{low:.1%}, {high:.1%}]  {_p(summary.p_value)}",
+                  ha="center", va="center", fontsize=9)
+    else:
+        axes.text(0.5, 1, "no decisive votes yet", ha="center", va="center", fontsize=9)
+    total = summary.total
+    if total:
+        left = 0.0
+        for count, colour, label in (
+            (summary.wins, _CANDIDATE, f"{candidate} better"),
+            (summary.ties, _TIE, "tie"),
+            (summary.both_bad, _BAD, "both bad"),
+            (summary.losses, _BASELINE, f"{baseline} better"),
+        ):
+            if count:
+                share = count / total
+                axes.barh(0, share, left=left, color=colour, height=0.4, label=f"{label} ({count})")
+                if share > 0.05:
+                    axes.text(left + share / 2, 0, f"{count}", ha="center", va="center", fontsize=8, color="white")
+                left += share
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=3, fontsize=7, frameon=False)
+    axes.set_xlabel(f"share of votes for {candidate}", fontsize=8)
+    axes.grid(True, axis="x", alpha=0.3)
+
+
+def _ratings_panel(axes, board: Leaderboard) -> None:
+    ratings = list(reversed(board.ratings))  # best at the top
+    names = [display_name(r.model) for r in ratings]
+    values = [r.rating for r in ratings]
+    lower = [r.rating - r.ci_low for r in ratings]
+    upper = [r.ci_high - r.rating for r in ratings]
+    axes.errorbar(values, range(len(ratings)), xerr=[lower, upper], fmt="o", color="#264653", capsize=5)
+    axes.set_yticks(range(len(ratings)), names)
+    axes.axvline(1000, color="black", linewidth=0.6, linestyle=":")
+    axes.set_xlabel(f"Bradley–Terry rating (Elo scale, 95% bootstrap, {board.battles} votes)")
+    axes.grid(True, axis="x", alpha=0.3)
+
+
+def _p(value: float) -> str:
+    return "p < 0.001" if value < 0.001 else f"p = {value:.3f}"

@@ -1,0 +1,336 @@
+"""Answering evaluation prompts: OpenAI chat completions, or batched local generation with transformers.
+
+- OpenAI: the ``openai`` client (it honours ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``), a few requests in flight
+  at once, greedy by default (``temperature=0``) with a fixed ``seed``. :func:`estimate_openai_cost` prices a
+  round with the dated table in ``trainers/data/prices.toml`` before any money is spent.
+- Local: the base model plus the LoRA adapter from the registry, the tokenizer's chat template, left padding,
+  prompts sorted by length into batches (less padding), greedy or seeded sampling. torch/transformers/peft are
+  imported inside the functions: the bot runs local generation in a worker process (``python -m trainers.evaluation.generation``).
+
+No Slack, no database here (``trainers.evaluation.generation`` connects this to evaluation rounds).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from storage.errors import ConfigError, FtbotError
+
+Messages = Sequence[dict[str, Any]]
+
+MAX_TOKENS_ENV = "FTBOT_EVAL_MAX_TOKENS"
+TEMPERATURE_ENV = "FTBOT_EVAL_TEMPERATURE"
+BATCH_SIZE_ENV = "FTBOT_EVAL_BATCH_SIZE"
+
+
+class GenerationError(FtbotError):
+    """A model could not answer the evaluation prompts."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to run one side of a comparison.
+
+    ``backend`` "openai": ``model`` is the OpenAI model id (``ft:…`` or a base model).
+    ``backend`` "local": ``model`` is the base model (HF id, directory or ``ftbot:tiny``), ``adapter`` the LoRA
+    adapter directory of a fine-tuned model (None: the base model itself).
+    """
+
+    name: str
+    backend: str
+    model: str
+    adapter: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("openai", "local"):
+            raise ConfigError(f"model back end must be 'openai' or 'local', got {self.backend!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 8
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "GenerationSettings":
+        env = os.environ if environ is None else environ
+        try:
+            return cls(
+                max_new_tokens=int(env.get(MAX_TOKENS_ENV) or 512),
+                temperature=float(env.get(TEMPERATURE_ENV) or 0.0),
+                batch_size=int(env.get(BATCH_SIZE_ENV) or 8),
+            )
+        except ValueError as error:
+            raise ConfigError(
+                f"{MAX_TOKENS_ENV}, {TEMPERATURE_ENV} and {BATCH_SIZE_ENV} must be numbers ({error})"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+# --- OpenAI --------------------------------------------------------------------------------------------------
+
+
+def _openai_messages(messages: Messages) -> list[dict[str, Any]]:
+    # Only what chat completions accepts: training-only keys such as ``weight`` would be rejected.
+    # Prompts come from customers' threads: personal data is redacted before it leaves the premises.
+    keep = ("role", "content", "name", "tool_calls", "tool_call_id")
+    from trainers.data.pii import redact_record
+
+    kept = [{k: m[k] for k in keep if k in m and m[k] is not None} for m in messages]
+    return redact_record({"messages": kept})[0]["messages"]
+
+
+def generate_openai(
+    model: str,
+    prompts: Sequence[Messages],
+    settings: GenerationSettings = GenerationSettings(),
+    *,
+    client: Any | None = None,
+    concurrency: int = 4,
+    on_done: Callable[[int], None] | None = None,
+) -> list[Generation]:
+    """Answer every prompt with one chat completion each, a few in flight; answers in prompt order."""
+    from trainers.training.openai_backend import make_client
+
+    client = make_client(client)
+
+    def one(index_and_prompt: tuple[int, Messages]) -> Generation:
+        index, prompt = index_and_prompt
+        kwargs: dict[str, Any] = dict(
+            model=model,
+            messages=_openai_messages(prompt),
+            max_completion_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            seed=settings.seed,
+        )
+        if settings.top_p != 1.0:
+            kwargs["top_p"] = settings.top_p
+        try:
+            response = client.chat.completions.create(**kwargs)
+        except Exception as error:  # the openai package's APIError family and connection errors
+            message = getattr(error, "message", None) or str(error)
+            status = getattr(error, "status_code", None)
+            raise GenerationError(
+                f"OpenAI could not answer with {model}: {message}" + (f" (HTTP {status})" if status else "")
+                + ". Check OPENAI_API_KEY, the model name and your quota, then run /ft eval again."
+            ) from error
+        choice = response.choices[0]
+        usage = response.usage
+        if on_done is not None:
+            on_done(index)
+        return Generation(
+            text=(choice.message.content or "").strip(),
+            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+        )
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="ftbot-openai") as pool:
+        return list(pool.map(one, enumerate(prompts)))
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    model: str
+    prompts: int
+    input_tokens: int
+    expected_output_tokens: int
+    max_output_tokens: int
+    expected_usd: float | None  # None: the price table has no figure for this model
+    max_usd: float | None
+    prices_as_of: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate_openai_cost(
+    model: str,
+    prompts: Sequence[Messages],
+    settings: GenerationSettings = GenerationSettings(),
+    *,
+    expected_answer_tokens: float | None = None,
+) -> CostEstimate:
+    """What answering `prompts` with `model` costs: input tokens × input price + output tokens × output price.
+
+    Output is unknown before generation: the expected figure uses `expected_answer_tokens` (e.g. the mean length
+    of the team's reference replies), else half the token limit; the maximum uses the full limit.
+    """
+    from trainers.data.pricing import inference_cost, load_price_table
+    from trainers.data.tokens import count_record_tokens, encoding_for_model
+
+    encoding = encoding_for_model(model)
+    input_tokens = sum(count_record_tokens({"messages": _openai_messages(p)}, encoding).total for p in prompts)
+    per_answer = expected_answer_tokens if expected_answer_tokens is not None else settings.max_new_tokens / 2
+    expected_out = int(round(min(per_answer, settings.max_new_tokens) * len(prompts)))
+    max_out = settings.max_new_tokens * len(prompts)
+    table = load_price_table()
+    price = table.find(model)
+    fine_tuned = model.startswith("ft:")
+    expected = maximum = None
+    if price is not None:
+        expected = inference_cost(price, input_tokens=input_tokens, output_tokens=expected_out, fine_tuned=fine_tuned)
+        maximum = inference_cost(price, input_tokens=input_tokens, output_tokens=max_out, fine_tuned=fine_tuned)
+    return CostEstimate(model, len(prompts), input_tokens, expected_out, max_out, expected, maximum, table.as_of)
+
+
+def mean_answer_tokens(answers: Sequence[str], model: str) -> float | None:
+    """Mean token count of reference answers (for the cost estimate); None without any."""
+    from trainers.data.tokens import encoding_for_model
+
+    texts = [a for a in answers if a]
+    if not texts:
+        return None
+    encoding = encoding_for_model(model)
+    return statistics.fmean(len(encoding.encode_ordinary(t)) for t in texts)
+
+
+# --- local -----------------------------------------------------------------------------------------------------
+
+
+class LocalGenerator:
+    """A loaded local model (base + optional LoRA adapter) that answers chat prompts in batches.
+
+    Load once, call :meth:`generate` as often as needed (the benchmark and the tests compare batch sizes on
+    one loaded model). Greedy decoding with left padding gives the same tokens whatever the batch size.
+    """
+
+    def __init__(self, base_model: str, adapter: str | None = None, *, cache_dir: str | Path | None = None,
+                 device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from trainers.training.local.train import resolve_base_model
+
+        cache = Path(cache_dir) if cache_dir is not None else _models_dir()
+        resolved = resolve_base_model(base_model, cache)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        # The adapter directory holds the tokenizer used in training (it may have added a pad token).
+        tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else resolved
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+            model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot load model {base_model!r}: {error}. Point the model at a local directory or a cached Hugging Face id."
+            ) from error
+        if len(self.tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(self.tokenizer))
+        if adapter:
+            from peft import PeftModel
+
+            if not Path(adapter).is_dir():
+                raise ConfigError(f"adapter directory {adapter} does not exist; was the model's job directory removed?")
+            model = PeftModel.from_pretrained(model, adapter)
+        if self.tokenizer.pad_token is None:
+            # Generation needs *a* pad id for batching; unlike training, pad = eos is harmless here.
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"  # decoder-only: new tokens follow the prompt, padding goes before it
+        self.model = model.to(self.device).eval()
+
+    def _prompt_text(self, messages: Messages) -> str:
+        from trainers.training.local.data import _message
+
+        if not self.tokenizer.chat_template:
+            raise ConfigError(
+                "this model's tokenizer has no chat template, so it cannot answer chat prompts; "
+                "evaluate an instruct/chat model (or one fine-tuned by ftbot, which saves its template)."
+            )
+        return self.tokenizer.apply_chat_template(
+            [_message(m) for m in messages], tokenize=False, add_generation_prompt=True
+        )
+
+    def generate(self, prompts: Sequence[Messages], settings: GenerationSettings = GenerationSettings(),
+                 *, batch_size: int | None = None, on_batch: Callable[[int], None] | None = None) -> list[Generation]:
+        import torch
+
+        size = max(1, batch_size or settings.batch_size)
+        texts = [self._prompt_text(p) for p in prompts]
+        lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        # Longest first: similar lengths share a batch (less padding), and a memory error shows up at once.
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        results: list[Generation | None] = [None] * len(texts)
+        eos_ids = self._eos_ids()
+        done = 0
+        for start in range(0, len(order), size):
+            batch = order[start : start + size]
+            # The template already holds any special tokens; adding them again would double a BOS.
+            encoded = self.tokenizer(
+                [texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(self.device)
+            kwargs: dict[str, Any] = dict(
+                max_new_tokens=settings.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos_ids,
+            )
+            if settings.temperature > 0:
+                torch.manual_seed(settings.seed + start)
+                kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            with torch.inference_mode():
+                output = self.model.generate(**encoded, **kwargs)
+            new_tokens = output[:, encoded["input_ids"].shape[1] :]
+            for row, index in enumerate(batch):
+                tokens = new_tokens[row].tolist()
+                tokens = _cut_at_stop(tokens, eos_ids, self.tokenizer.pad_token_id)
+                results[index] = Generation(
+                    text=self.tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                    prompt_tokens=lengths[index],
+                    completion_tokens=len(tokens),
+                )
+            done += len(batch)
+            if on_batch is not None:
+                on_batch(done)
+        return [r for r in results if r is not None]
+
+    def _eos_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        if isinstance(configured, int):
+            ids.add(configured)
+        elif configured:
+            ids.update(configured)
+        return sorted(i for i in ids if i is not None)
+
+
+def _cut_at_stop(tokens: list[int], eos_ids: list[int], pad_id: int | None) -> list[int]:
+    for position, token in enumerate(tokens):
+        if token in eos_ids or token == pad_id:
+            return tokens[:position]
+    return tokens
+
+
+def _models_dir() -> Path:
+    from storage.db import ftbot_home
+
+    return ftbot_home() / "models"
+
+
+def generate_local(spec: ModelSpec, prompts: Sequence[Messages], settings: GenerationSettings = GenerationSettings(),
+                   **kwargs: Any) -> list[Generation]:
+    return LocalGenerator(spec.model, spec.adapter).generate(prompts, settings, **kwargs)
+
+
+def generate(spec: ModelSpec, prompts: Sequence[Messages], settings: GenerationSettings = GenerationSettings(),
+             *, openai_client: Any | None = None) -> list[Generation]:
+    """Answer `prompts` with the model `spec` describes."""
+    if spec.backend == "openai":
+        return generate_openai(spec.model, prompts, settings, client=openai_client)
+    return generate_local(spec, prompts, settings)

@@ -1,0 +1,388 @@
+"""Training jobs from quote to registered model: the one API behind ``/ft train`` and ``ftbot train``.
+
+- :func:`quote_job` freezes a snapshot, prices it and stores a job in status ``quoted``.
+- :func:`start_job` checks the gate (data errors, PII for OpenAI, budget), claims the job exactly once and starts
+  it: OpenAI upload + create, or the local worker process.
+- :func:`refresh_job` advances what the caller watches: polls OpenAI, or checks the local worker is alive
+  (a dead worker fails its job with the log tail); on success it registers the model. Idempotent.
+- :func:`cancel_job` stops a job on either back end.
+
+No Slack and no ML imports here: the bot calls this on its scheduler threads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from storage.db import Database
+from storage.jobs import (
+    ModelNotFound,
+    active_model,
+    claim_job,
+    create_job,
+    finish_job,
+    get_job,
+    get_model,
+    last_losses,
+    list_models,
+    metric_points,
+    model_for_job,
+    register_model,
+    update_job,
+)
+from storage.models import Job, JobStatus, RegisteredModel
+from storage.snapshots import create_snapshot
+from storage.errors import ConfigError, FtbotError, TrainingError, ValidationFailed
+from trainers.training.launch import read_log_tail, spawn_worker, stop_worker, worker_exit_code
+from trainers.training.local.config import DEFAULT_BASE_MODEL, TINY_BASE_MODEL, LocalTrainConfig, configured_base_model
+from trainers.training.quote import Quote, TrainingSettings, build_quote
+
+BACKENDS = ("openai", "local")
+METHODS = ("sft", "dpo")
+FROM_BASE = "base"  # `--from base`: DPO on the plain base model, not on a fine-tuned one
+
+
+@dataclass(frozen=True)
+class QuotedJob:
+    job: Job
+    quote: Quote
+    created: bool
+
+
+@dataclass(frozen=True)
+class StartResult:
+    job: Job
+    started: bool  # False: it was already started (double click, retry) or had finished
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    job: Job
+    finished: bool
+    changed: bool
+    model: RegisteredModel | None = None
+
+
+@dataclass(frozen=True)
+class Parent:
+    """Where a DPO job starts: a registered fine-tuned model (``model``), or the base model (``model`` None)."""
+
+    model: RegisteredModel | None
+    note: str
+
+
+def dpo_parent(db: Database, backend: str, choice: str | None = None) -> Parent:
+    """The model a DPO job continues from: the votes judged the team's fine-tuned model, so DPO must move *that*
+    policy (and use it as the reference), not the plain base model.
+
+    ``choice``: a registered model's name (or id), ``base`` for the plain base model, or None for the default:
+    the model in use (``/ft use``) when it is on this back end, else the newest model a job of this back end
+    registered, else the base model (the note says why).
+    """
+    if choice and choice.strip().lower() == FROM_BASE:
+        return Parent(None, "starts from the base model (--from base)")
+    if choice:
+        chosen = get_model(db, choice)
+        if chosen.backend != backend:
+            raise ConfigError(
+                f"{chosen.name} is an {chosen.backend} model and this job trains on {backend}: DPO continues a model "
+                f"of the same back end. Pick one with --from NAME (`/ft models` lists them) or use --from base."
+            )
+        return Parent(chosen, f"continues from {chosen.name} (chosen)")
+    active = active_model(db)
+    if active is not None and active.backend == backend:
+        return Parent(active, f"continues from {active.name} (the model in use)")
+    # Team-registered baselines (no job) are not fine-tuned models; OpenAI parents are ft: ids.
+    trained = [m for m in list_models(db) if m.backend == backend and m.job_id is not None
+               and (backend != "openai" or m.location.startswith("ft:"))]
+    skipped = f" (the model in use, {active.name}, is an {active.backend} model)" if active is not None else ""
+    if trained:
+        return Parent(trained[0], f"continues from {trained[0].name}, the newest {backend} model{skipped}")
+    return Parent(None, f"starts from the base model: no fine-tuned {backend} model is registered yet{skipped}")
+
+
+def quote_job(
+    db: Database,
+    *,
+    backend: str,
+    method: str = "sft",
+    model: str | None = None,
+    parent: str | None = None,
+    default_local_base: str | None = None,
+    created_by: str | None = None,
+    idempotency_key: str | None = None,
+    validation_fraction: float = 0.1,
+    epochs: int | None = None,
+    local_options: dict[str, Any] | None = None,
+    settings: TrainingSettings | None = None,
+    slack_channel: str | None = None,
+) -> QuotedJob:
+    """Snapshot the approved examples (or pairs for DPO), quote them, and store a ``quoted`` job.
+
+    ``model``: the base model (local: HF id or directory, default ``$FTBOT_LOCAL_BASE_MODEL`` else
+    ``default_local_base``; OpenAI: default ``$FTBOT_OPENAI_MODEL``). For DPO, ``parent`` picks the fine-tuned
+    model to continue (see :func:`dpo_parent`); a ``model`` that names a registered model is taken as the parent,
+    and an explicit base model without ``parent`` means the plain base model.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown back end {backend!r}: use 'openai' or 'local'")
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}: use 'sft' or 'dpo'")
+    settings = settings or TrainingSettings.from_env()
+    start: Parent | None = None
+    if method == "dpo":
+        if model and parent is None and _is_registered(db, model):
+            model, parent = None, model
+        if model and parent is None:
+            start = Parent(None, f"starts from the base model {model} you named (--from NAME continues a fine-tuned one)")
+        else:
+            start = dpo_parent(db, backend, parent)
+        if start.model is not None and model:
+            raise ConfigError(
+                f"{start.model.name} was trained on {start.model.base_model}: DPO that continues it trains on that base. "
+                "Drop the base model, or use --from base to start from the base model you named."
+            )
+    elif parent:
+        raise ConfigError("--from applies to DPO only: SFT trains a fresh adapter on the base model")
+    snapshot = create_snapshot(
+        db, kind=method, validation_fraction=validation_fraction, created_by=created_by
+    ).snapshot
+    lineage: dict[str, Any] = {}
+    if start is not None and start.model is not None:
+        lineage["parent_model"] = start.model.name
+    if backend == "openai":
+        # OpenAI fine-tunes a fine-tuned model when given its ft: id as the model.
+        base_model = start.model.location if start and start.model else (model or settings.openai_model)
+        config: dict[str, Any] = {"seed": 42, **lineage}
+        if epochs:
+            config["n_epochs"] = epochs
+    else:
+        if start is not None and start.model is not None:
+            parent_model = start.model
+            # The root base names the new model and shows in listings; the parent's own base is what its adapter
+            # applies to (for a DPO parent, its merged parent).
+            base_model = (parent_model.metrics or {}).get("root_base_model") or parent_model.base_model
+            lineage.update(parent_location=parent_model.location, parent_base_model=parent_model.base_model)
+        else:
+            base_model = configured_base_model(model, fallback=default_local_base or DEFAULT_BASE_MODEL)
+        options = {**dict(local_options or {}), **lineage}
+        if epochs:
+            options["epochs"] = epochs
+        if base_model == TINY_BASE_MODEL:
+            # The tiny random model needs a large step to show a visible loss drop in a short demo run.
+            options.setdefault("learning_rate", 3e-2)
+            options.setdefault("lora_dropout", 0.0)
+        config = LocalTrainConfig(base_model=base_model, method=method, **options).to_dict()
+    quote = build_quote(
+        db, snapshot, backend=backend, model=base_model, method=method, epochs=epochs, settings=settings,
+        parent_model=lineage.get("parent_model"), start_note=start.note if start else None,
+    )
+    result = create_job(
+        db, backend=backend, method=method, base_model=base_model, snapshot_id=snapshot.id, config=config,
+        quote=quote.to_json(), estimated_tokens=quote.trained_tokens, estimated_cost_usd=quote.cost_usd,
+        created_by=created_by, idempotency_key=idempotency_key, slack_channel=slack_channel,
+    )
+    stored_quote = Quote.from_json(result.job.quote) if result.job.quote else quote
+    return QuotedJob(result.job, stored_quote, result.created)
+
+
+def _is_registered(db: Database, name: str) -> bool:
+    try:
+        get_model(db, name)
+    except ModelNotFound:
+        return False
+    return True
+
+
+def start_job(
+    db: Database,
+    job_id: int,
+    *,
+    admin_confirmed: bool = False,
+    allow_pii: bool = False,
+    redact_pii: bool = False,
+    openai_client: Any | None = None,
+    database_url: str | None = None,
+) -> StartResult:
+    """Start a quoted job once; a second call (double click, retry) returns the job without starting it again.
+
+    ``redact_pii`` (OpenAI): upload the splits with personal data redacted (the snapshot stays as it is); the
+    number of redacted examples lands in the job's config as ``redacted_examples``.
+    Raises ValidationFailed with every blocker when the gate refuses.
+    """
+    job = get_job(db, job_id)
+    if job.status != JobStatus.QUOTED:
+        return StartResult(job, False)
+    quote = Quote.from_json(job.quote or {})
+    redact_pii = redact_pii and job.backend == "openai"  # on-prem data never leaves: nothing to redact
+    blockers = quote.blockers(admin_confirmed=admin_confirmed, allow_pii=allow_pii, redact_pii=redact_pii)
+    if blockers:
+        raise ValidationFailed("cannot start job #%d: %s" % (job_id, "; ".join(blockers)))
+    if not claim_job(db, job_id):
+        return StartResult(get_job(db, job_id), False)  # someone else started it a moment ago
+    # Who overrode which gate is part of the job's record.
+    # The upload reads ``redact_pii`` from here, so a resumed submit (after a crash) redacts too.
+    gate = {"allow_pii": allow_pii, "redact_pii": redact_pii, "admin_confirmed": admin_confirmed}
+    update_job(db, job_id, config={**job.config, "gate": gate})
+    if job.backend == "openai":
+        from trainers.training.openai_backend import OpenAIBackend
+
+        try:
+            return StartResult(OpenAIBackend(openai_client).submit(db, job_id), True)
+        except FtbotError:
+            # Unreachable OpenAI or a missing key leaves the job pending with nothing created (refusals already
+            # failed it): release it so Start works again once that is fixed.
+            claim_job(db, job_id, from_status=JobStatus.PENDING, to_status=JobStatus.QUOTED)
+            raise
+        except Exception as error:
+            finish_job(db, job_id, JobStatus.FAILED, error=f"Could not start the OpenAI job: {error}")
+            raise TrainingError(f"could not start the OpenAI job: {error}") from error
+    url = database_url or db.engine.url.render_as_string(hide_password=False)
+    try:
+        pid = spawn_worker(job_id, database_url=url)
+    except OSError as error:
+        finish_job(db, job_id, JobStatus.FAILED, error=f"Could not start the training worker: {error}")
+        raise TrainingError(f"could not start the training worker process: {error}") from error
+    return StartResult(update_job(db, job_id, worker_pid=pid), True)
+
+
+def _register(db: Database, job: Job) -> RegisteredModel | None:
+    if job.status != JobStatus.SUCCEEDED or not job.result_model:
+        return None
+    existing = model_for_job(db, job.id)
+    if existing is not None:
+        return existing
+    step, train_loss, valid_loss = last_losses(db, job.id)
+    metrics = {
+        "steps": step, "final_train_loss": train_loss, "final_valid_loss": valid_loss,
+        "trained_tokens": job.trained_tokens, "estimated_tokens": job.estimated_tokens,
+    }
+    base_model = job.base_model
+    parent = (job.config or {}).get("parent_model")
+    if parent:
+        metrics["parent_model"] = parent
+    if job.backend == "openai":
+        name = job.result_model
+        cost = _openai_cost(job)
+    else:
+        short = "tiny" if job.base_model == TINY_BASE_MODEL else Path(job.base_model.rstrip("/")).name
+        name = f"{short}-{job.method}-job{job.id}"
+        cost = job.estimated_cost_usd
+        metrics["tokens_per_second"] = (job.progress or {}).get("tokens_per_second")
+        adapter_base = (job.progress or {}).get("adapter_base")
+        if parent and adapter_base:
+            # The adapter was trained on the merged parent: that is what evaluation must load it onto.
+            base_model, metrics["root_base_model"] = adapter_base, job.base_model
+    model, _created = register_model(
+        db, name=name, backend=job.backend, base_model=base_model, location=job.result_model, job_id=job.id,
+        snapshot_id=job.snapshot_id, metrics=metrics, cost_usd=cost,
+    )
+    return model
+
+
+def _openai_cost(job: Job) -> float | None:
+    if job.trained_tokens is None:
+        return job.estimated_cost_usd
+    from trainers.data.pricing import load_price_table, training_cost
+
+    entry = load_price_table().find(job.base_model)
+    return training_cost(entry, job.trained_tokens) if entry is not None else job.estimated_cost_usd
+
+
+def refresh_job(db: Database, job_id: int, *, openai_client: Any | None = None) -> JobUpdate:
+    """Bring one job's record up to date and register its model when it succeeded."""
+    job = get_job(db, job_id)
+    changed = False
+    if job.status not in JobStatus.FINISHED and job.status != JobStatus.QUOTED:
+        if job.backend == "openai":
+            from trainers.training.openai_backend import OpenAIBackend
+
+            result = OpenAIBackend(openai_client).poll(db, job_id)
+            job, changed = result.job, result.changed
+        else:
+            changed = _check_worker(db, job)
+            job = get_job(db, job_id)
+    model = _register(db, job)
+    return JobUpdate(job, job.status in JobStatus.FINISHED, changed, model)
+
+
+def _check_worker(db: Database, job: Job) -> bool:
+    """Fail a local job whose worker is gone without recording a result (killed, crashed, out of memory)."""
+    if job.worker_pid is None:
+        return False
+    code = worker_exit_code(job.worker_pid)
+    if code is None:
+        return False
+    time.sleep(0.05)
+    fresh = get_job(db, job.id)
+    if fresh.status in JobStatus.FINISHED:
+        return True  # the worker recorded its own result before exiting
+    how = f"was killed by signal {-code}" if code < -1 else ("is gone" if code == -1 else f"exited with code {code}")
+    finish_job(
+        db, job.id, JobStatus.FAILED,
+        error=f"The training worker (pid {job.worker_pid}) {how} before finishing. The log tail is below; "
+        f"fix the cause and start a new job (`/ft train local`).",
+        log_tail=read_log_tail(job.id),
+    )
+    return True
+
+
+def cancel_job(db: Database, job_id: int, *, openai_client: Any | None = None) -> Job:
+    job = get_job(db, job_id)
+    if job.status in JobStatus.FINISHED:
+        return job
+    if job.backend == "openai" and job.external_id:
+        from trainers.training.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(openai_client).cancel(db, job_id)
+    finish_job(db, job_id, JobStatus.CANCELLED)
+    if job.worker_pid is not None and worker_exit_code(job.worker_pid) is None:
+        stop_worker(job.worker_pid)
+    return get_job(db, job_id)
+
+
+def wait_for_job(
+    db: Database,
+    job_id: int,
+    *,
+    interval: float = 2.0,
+    timeout: float | None = None,
+    openai_client: Any | None = None,
+    on_update: Callable[[JobUpdate], None] | None = None,
+) -> JobUpdate:
+    """Refresh until the job finishes (the CLI's ``--wait``)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        update = refresh_job(db, job_id, openai_client=openai_client)
+        if on_update is not None:
+            on_update(update)
+        if update.finished:
+            return update
+        if deadline is not None and time.monotonic() > deadline:
+            raise TrainingError(f"job {job_id} did not finish within {timeout:.0f} s; it keeps running (see `ftbot jobs`).")
+        time.sleep(interval)
+
+
+def progress_line(db: Database, job: Job) -> str:
+    """One line: status, step and losses (the Slack progress message and the CLI's --wait print it)."""
+    step, train_loss, valid_loss = last_losses(db, job.id)
+    progress = job.progress or {}
+    parts = [f"job #{job.id} {job.status}"]
+    if step is not None:
+        total = progress.get("total_steps") or progress.get("max_steps")
+        parts.append(f"step {step}" + (f"/{total}" if total else ""))
+    if train_loss is not None:
+        parts.append(f"train loss {train_loss:.4f}")
+    if valid_loss is not None:
+        parts.append(f"valid loss {valid_loss:.4f}")
+    return " · ".join(parts)
+
+
+__all__ = [
+    "QuotedJob", "StartResult", "JobUpdate", "Parent", "dpo_parent", "quote_job", "start_job", "refresh_job", "cancel_job", "wait_for_job",
+    "progress_line", "metric_points",
+]

@@ -1,0 +1,78 @@
+"""Settings of one on-prem training run, stored in ``Job.config`` (plain JSON, no ML imports)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from storage.errors import ConfigError
+
+# The one variable for the on-prem base model (the OpenAI one is FTBOT_OPENAI_MODEL, read in trainers.training.quote).
+LOCAL_BASE_MODEL_ENV = "FTBOT_LOCAL_BASE_MODEL"
+# A small instruct model with a chat template TRL knows how to patch for assistant-only loss; fits a laptop GPU.
+DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+# Marker meaning "the tiny model built offline" (tests, the console without a configured base model).
+TINY_BASE_MODEL = "ftbot:tiny"
+
+
+@dataclass
+class LocalTrainConfig:
+    base_model: str = DEFAULT_BASE_MODEL
+    method: str = "sft"  # "sft" | "dpo"
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = 2e-4
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_length: int = 1024
+    packing: bool = True
+    # None: 4-bit NF4 on CUDA, LoRA in bf16/fp32 elsewhere. True on CPU runs bitsandbytes' CPU kernels (slow, real).
+    load_in_4bit: bool | None = None
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    beta: float = 0.1  # DPO
+    merge: bool = False  # also export a merged full model next to the adapter
+    seed: int = 42
+    logging_steps: int = 1
+    eval_steps: int | None = None  # None: evaluate once per epoch
+    num_processes: int = 1  # > 1 runs the training entry point under `accelerate launch`
+    # DPO that continues a fine-tuned model: its registered name (for the record), its adapter directory (or a full
+    # model directory), and the model that adapter applies to (None: base_model). The worker merges the parent into
+    # its base in full precision and trains a fresh LoRA on the merged model, whose disabled-adapter view is then
+    # DPO's reference: the policy the votes judged.
+    parent_model: str | None = None
+    parent_location: str | None = None
+    parent_base_model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in ("sft", "dpo"):
+            raise ConfigError(f"training method must be 'sft' or 'dpo', got {self.method!r}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ConfigError("set epochs > 0 or max_steps > 0")
+        if self.parent_location and self.method != "dpo":
+            raise ConfigError("only DPO continues a fine-tuned model; SFT trains a fresh adapter on the base model")
+        if self.batch_size < 1 or self.gradient_accumulation_steps < 1 or self.num_processes < 1:
+            raise ConfigError("batch size, gradient accumulation steps and process count must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LocalTrainConfig":
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k != "gate"}  # the start gate's record, not a training setting
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown local training setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def configured_base_model(explicit: str | None = None, *, fallback: str = DEFAULT_BASE_MODEL) -> str:
+    """The base model to train on-prem: the explicit choice, else ``$FTBOT_LOCAL_BASE_MODEL``, else ``fallback``.
+
+    The only reader of ``FTBOT_LOCAL_BASE_MODEL`` (the bot, the CLI and the worker all call it)."""
+    if explicit:
+        return explicit
+    return (os.environ.get(LOCAL_BASE_MODEL_ENV) or "").strip() or fallback

@@ -1,0 +1,80 @@
+"""Training entry point for one local job: ``python -m trainers.training.local.entry --job-id N``.
+
+The worker calls :func:`run` in-process, or runs this module under ``accelerate launch`` for several GPUs (every
+rank runs it; only rank 0 writes to the database and saves the adapter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from storage.db import Database
+from storage.jobs import finish_job, get_job, record_metric, update_job, update_unfinished_job
+from storage.models import JobStatus
+from storage.snapshots import TRAIN, VALIDATION, snapshot_records
+from storage.errors import TrainingError
+from trainers.training.launch import model_dir
+from trainers.training.local.config import LocalTrainConfig
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run(db: Database, job_id: int) -> None:
+    """Train the job's snapshot with its settings; record metrics and the result in the database."""
+    job = get_job(db, job_id)
+    if job.snapshot_id is None:
+        raise TrainingError(f"job {job_id} has no snapshot to train on")
+    config = LocalTrainConfig.from_dict(job.config)
+    train_records = snapshot_records(db, job.snapshot_id, TRAIN)
+    valid_records = snapshot_records(db, job.snapshot_id, VALIDATION)
+    main = _is_main_process()
+
+    def metric_sink(step, train_loss, valid_loss, extra):
+        record_metric(db, job_id, step, train_loss=train_loss, valid_loss=valid_loss, extra=extra or None)
+
+    def progress_sink(progress):
+        update_unfinished_job(db, job_id, progress={**(get_job(db, job_id).progress or {}), **progress})
+
+    def should_stop() -> bool:
+        return get_job(db, job_id).status == JobStatus.CANCELLED
+
+    from trainers.training.local.train import train
+
+    result = train(
+        config, train_records, valid_records, model_dir(job_id),
+        metric_sink=metric_sink if main else None,
+        progress_sink=progress_sink if main else None,
+        should_stop=should_stop,
+    )
+    if not main:
+        return
+    progress = {
+        **(get_job(db, job_id).progress or {}),
+        "step": result.steps, "train_tokens": result.train_tokens, "train_seconds": round(result.train_seconds, 2),
+        "tokens_per_second": round(result.tokens_per_second, 1), "assistant_only_loss": result.assistant_only_loss,
+        "quantized_4bit": result.quantized, "merged_dir": str(result.merged_dir) if result.merged_dir else None,
+        # What the adapter applies to: the registry (and so evaluation) loads this + the adapter.
+        "adapter_base": result.adapter_base,
+    }
+    update_job(db, job_id, progress=progress)
+    if should_stop():
+        return  # cancelled mid-run: the canceller already finished the job
+    finish_job(db, job_id, JobStatus.SUCCEEDED, result_model=str(result.adapter_dir), trained_tokens=result.train_tokens)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m trainers.training.local.entry")
+    parser.add_argument("--job-id", type=int, required=True)
+    args = parser.parse_args(argv)
+    db = Database.open(migrate=False)
+    try:
+        run(db, args.job_id)
+    finally:
+        db.close()
+
+
+if __name__ == "__main__":
+    main()

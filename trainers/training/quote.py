@@ -1,0 +1,290 @@
+"""The training quote: what a job will train on, what it costs, and what blocks it (the cost gate).
+
+One engine for ``/ft train`` and ``ftbot train``: token counts, epochs and OpenAI cost come from
+``trainers.data.report.build_report`` (the same numbers as ``ftbot price``); the on-prem back end gets a GPU-hour
+estimate from the tokens and a configured throughput and price. Blockers are data errors, PII that would leave
+the premises (OpenAI only) and a budget cap that only an admin may override.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from storage.db import Database
+from storage.examples import pii_allowed_ids
+from storage.models import Snapshot
+from storage.snapshots import describe, snapshot_members
+from storage.errors import ConfigError
+
+OPENAI_MODEL_ENV = "FTBOT_OPENAI_MODEL"
+# Deprecated: once read as the OpenAI model by some commands and as the on-prem base by others.
+DEPRECATED_MODEL_ENV = "FTBOT_BASE_MODEL"
+BUDGET_ENV = "FTBOT_BUDGET_USD"
+GPU_HOUR_PRICE_ENV = "FTBOT_GPU_HOUR_USD"
+LOCAL_TOKENS_PER_S_ENV = "FTBOT_LOCAL_TOKENS_PER_S"
+
+DEFAULT_OPENAI_MODEL = "gpt-4o-mini-2024-07-18"
+# HF QLoRA on one A100 40 GB for a 7B model (REFERENCE.md §2); measure yours with bench/gpu_qlora.py.
+DEFAULT_LOCAL_TOKENS_PER_S = 2400.0
+DEFAULT_GPU_HOUR_USD = 2.0
+DEFAULT_LOCAL_EPOCHS = 3
+# Token counting for the local back end uses an OpenAI encoding: an estimate, the base model's tokenizer differs.
+LOCAL_COUNTING_MODEL = DEFAULT_OPENAI_MODEL
+
+
+log = logging.getLogger(__name__)
+_warned_deprecated = False
+
+
+def configured_openai_model(environ: Mapping[str, str] | None = None) -> str:
+    """The OpenAI base model: ``$FTBOT_OPENAI_MODEL``, else the deprecated ``$FTBOT_BASE_MODEL``, else the default.
+
+    The only reader of both variables: the bot's ``Settings``, ``ftbot validate/price`` and the training quote
+    call it. A set ``FTBOT_BASE_MODEL`` is taken as the OpenAI model whatever it names (no guessing), with a
+    one-line warning per process.
+    """
+    global _warned_deprecated
+    env = os.environ if environ is None else environ
+    chosen = (env.get(OPENAI_MODEL_ENV) or "").strip()
+    deprecated = (env.get(DEPRECATED_MODEL_ENV) or "").strip()
+    if deprecated and not _warned_deprecated:
+        _warned_deprecated = True
+        what = f"ignored because {OPENAI_MODEL_ENV} is set" if chosen else f"read as {OPENAI_MODEL_ENV}"
+        log.warning(
+            "%s is deprecated and %s (the OpenAI base model); rename it to %s, and set FTBOT_LOCAL_BASE_MODEL "
+            "for the on-prem base model", DEPRECATED_MODEL_ENV, what, OPENAI_MODEL_ENV,
+        )
+    return chosen or deprecated or DEFAULT_OPENAI_MODEL
+
+
+def _float_env(name: str, default: float | None) -> float | None:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as error:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from error
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Training configuration from the environment (documented in the README's Training section)."""
+
+    openai_model: str = DEFAULT_OPENAI_MODEL
+    budget_usd: float | None = None
+    gpu_hour_usd: float = DEFAULT_GPU_HOUR_USD
+    local_tokens_per_s: float = DEFAULT_LOCAL_TOKENS_PER_S
+
+    @classmethod
+    def from_env(cls) -> "TrainingSettings":
+        return cls(
+            openai_model=configured_openai_model(),
+            budget_usd=_float_env(BUDGET_ENV, None),
+            gpu_hour_usd=_float_env(GPU_HOUR_PRICE_ENV, DEFAULT_GPU_HOUR_USD) or 0.0,
+            local_tokens_per_s=_float_env(LOCAL_TOKENS_PER_S_ENV, DEFAULT_LOCAL_TOKENS_PER_S) or DEFAULT_LOCAL_TOKENS_PER_S,
+        )
+
+
+@dataclass
+class PiiHit:
+    example_id: int | None
+    position: int
+    kinds: list[str]
+
+
+@dataclass
+class Quote:
+    backend: str
+    method: str
+    model: str
+    snapshot: dict[str, Any]
+    train_examples: int
+    validation_examples: int
+    tokens_per_epoch: int
+    epochs: int
+    trained_tokens: int
+    cost_usd: float | None
+    gpu_hours: float | None
+    prices_as_of: str | None
+    errors: list[dict[str, Any]]
+    warnings: list[dict[str, Any]]
+    error_count: int
+    warning_count: int
+    pii: list[PiiHit]
+    budget_usd: float | None
+    notes: list[str] = field(default_factory=list)
+    # DPO: the registered model the job continues from (None: the base model), and where it starts, in words.
+    parent_model: str | None = None
+    start: str | None = None
+
+    @property
+    def over_budget(self) -> bool:
+        return self.budget_usd is not None and (self.cost_usd or 0.0) > self.budget_usd
+
+    @property
+    def pii_blocks(self) -> bool:
+        return self.backend == "openai" and bool(self.pii)
+
+    def blockers(self, *, admin_confirmed: bool = False, allow_pii: bool = False, redact_pii: bool = False) -> list[str]:
+        """Why this job may not start (empty: it may). Each reason says what to do.
+
+        ``redact_pii``: the upload redacts personal data (``trainers.data.pii.redact_record``), so PII does not block.
+        """
+        reasons = []
+        if self.error_count:
+            reasons.append(
+                f"the snapshot has {self.error_count} validation error(s); fix or reject those examples and quote again"
+            )
+        if self.pii_blocks and not (allow_pii or redact_pii):
+            reasons.append(
+                f"{len(self.pii)} example(s) contain unredacted personal data (e.g. {', '.join(self.pii[0].kinds)}); "
+                "start with personal data redacted (--redact-pii), redact them, mark them allowed, "
+                "or confirm the upload explicitly (--allow-pii)"
+            )
+        if self.over_budget and not admin_confirmed:
+            reasons.append(
+                f"the estimated cost ${self.cost_usd:,.2f} is above the budget cap ${self.budget_usd:,.2f} "
+                "(FTBOT_BUDGET_USD); an admin must confirm"
+            )
+        return reasons
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["over_budget"] = self.over_budget
+        data["pii_blocks"] = self.pii_blocks
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Quote":
+        data = {k: v for k, v in data.items() if k not in ("over_budget", "pii_blocks")}
+        data["pii"] = [PiiHit(**hit) for hit in data.get("pii", [])]
+        return cls(**data)
+
+
+def _texts(record: dict[str, Any]) -> list[str]:
+    messages: list[dict[str, Any]] = []
+    if "messages" in record:
+        messages = record["messages"]
+    else:
+        messages = [*record["input"]["messages"], *record["preferred_output"], *record["non_preferred_output"]]
+    texts = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(part.get("text", "") for part in content if isinstance(part, dict))
+    return texts
+
+
+def find_snapshot_pii(db: Database, snapshot_id: int) -> list[PiiHit]:
+    """Members with personal data that no reviewer allowed (``Example.pii_allowed``)."""
+    from trainers.data.pii import find_pii
+
+    members = snapshot_members(db, snapshot_id)
+    allowed = pii_allowed_ids(db, (m.example_id for m in members))
+    hits = []
+    for member in members:
+        if member.example_id in allowed:
+            continue
+        kinds = sorted({finding.kind for text in _texts(member.record) for finding in find_pii(text)})
+        if kinds:
+            hits.append(PiiHit(member.example_id, member.position, kinds))
+    return hits
+
+
+def build_quote(
+    db: Database,
+    snapshot: Snapshot,
+    *,
+    backend: str,
+    model: str,
+    method: str = "sft",
+    epochs: int | None = None,
+    settings: TrainingSettings | None = None,
+    parent_model: str | None = None,
+    start_note: str | None = None,
+) -> Quote:
+    """Price and check a snapshot for one back end. ``model``: the OpenAI base model or the local base model.
+
+    ``parent_model`` / ``start_note``: for DPO, the fine-tuned model the job continues from and a line saying so."""
+    from trainers.data.report import build_report
+    from trainers.data.pricing import on_prem_estimate
+    from storage.snapshots import iter_snapshot_items
+
+    settings = settings or TrainingSettings.from_env()
+    if backend not in ("openai", "local"):
+        raise ConfigError(f"back end must be 'openai' or 'local', got {backend!r}")
+    counting_model = model if backend == "openai" else LOCAL_COUNTING_MODEL
+    kind = "dpo" if method == "dpo" else "sft"
+    report = build_report(
+        iter_snapshot_items(db, snapshot.id, "train"), model=counting_model, epochs=epochs if backend == "openai" else None,
+        kind=kind, workers=1, unit="example",
+    )
+    errors = [issue.to_json() for issue in report.errors]
+    if backend == "local":
+        # OpenAI's 10-example minimum does not apply on-prem.
+        errors = [e for e in errors if e["code"] != "too_few_examples"]
+    warnings = [issue.to_json() for issue in report.warnings]
+    tokens_per_epoch = report.tokens.total
+    notes = list(report.notes)
+    if backend == "openai":
+        chosen_epochs = report.epochs or 0
+        trained = report.billed_tokens
+        cost = report.estimated_cost_usd
+        gpu_hours = None
+    else:
+        chosen_epochs = epochs or DEFAULT_LOCAL_EPOCHS
+        trained = tokens_per_epoch * chosen_epochs
+        estimate = on_prem_estimate(trained, gpu_hour_price=settings.gpu_hour_usd, tokens_per_second=settings.local_tokens_per_s)
+        cost = round(estimate.cost_usd, 4)
+        gpu_hours = round(estimate.gpu_hours, 4)
+        notes = [n for n in notes if "not in the price table" not in n]
+        notes.append(
+            f"GPU time estimated at {settings.local_tokens_per_s:,.0f} tokens/s and ${settings.gpu_hour_usd:,.2f}/GPU-hour "
+            f"({LOCAL_TOKENS_PER_S_ENV}, {GPU_HOUR_PRICE_ENV}); tokens counted with an OpenAI encoding"
+        )
+    return Quote(
+        backend=backend, method=method, model=model, snapshot=describe(snapshot),
+        train_examples=snapshot.train_count, validation_examples=snapshot.validation_count,
+        tokens_per_epoch=tokens_per_epoch, epochs=chosen_epochs, trained_tokens=trained, cost_usd=cost,
+        gpu_hours=gpu_hours, prices_as_of=report.prices_as_of if backend == "openai" else None,
+        errors=errors[:20], warnings=warnings[:20], error_count=len(errors) if backend == "local" else sum(report.error_counts.values()),
+        warning_count=sum(report.warning_counts.values()),
+        pii=find_snapshot_pii(db, snapshot.id), budget_usd=settings.budget_usd, notes=notes,
+        parent_model=parent_model, start=start_note,
+    )
+
+
+def quote_lines(quote: Quote) -> list[str]:
+    """The quote as short plain-text lines (the CLI prints them; Slack wraps them in blocks)."""
+    lines = [
+        f"Back end: {quote.backend} · method: {quote.method} · base model: {quote.model}"
+        + (f" · {quote.start}" if quote.start else ""),
+        f"Snapshot #{quote.snapshot['id']} ({quote.snapshot['content_hash'][:12]}): "
+        f"{quote.train_examples} train / {quote.validation_examples} validation examples",
+        f"Tokens: {quote.tokens_per_epoch:,} per epoch × {quote.epochs} epochs = {quote.trained_tokens:,} trained tokens",
+    ]
+    if quote.backend == "openai":
+        cost = "unknown (model not in the price table)" if quote.cost_usd is None else f"${quote.cost_usd:,.2f}"
+        lines.append(f"Estimated cost: {cost} (prices as of {quote.prices_as_of})")
+    else:
+        lines.append(f"Estimated GPU time: {quote.gpu_hours:,.3f} GPU-hours ≈ ${quote.cost_usd:,.2f}")
+    if quote.budget_usd is not None:
+        lines.append(f"Budget cap: ${quote.budget_usd:,.2f}" + (" — OVER BUDGET, an admin must confirm" if quote.over_budget else ""))
+    lines.append(f"Validation: {quote.error_count} error(s), {quote.warning_count} warning(s)")
+    for issue in quote.errors[:5]:
+        lines.append(f"  error example {issue['line']}: {issue['code']}: {issue['message']}")
+    for issue in quote.warnings[:5]:
+        lines.append(f"  warning example {issue['line']}: {issue['code']}: {issue['message']}")
+    if quote.pii:
+        where = ("blocks the upload to OpenAI unless it is redacted on the way out" if quote.pii_blocks
+                 else "stays on-prem")
+        lines.append(f"Personal data: {len(quote.pii)} example(s) with unredacted PII ({where})")
+    lines.extend(f"Note: {note}" for note in quote.notes)
+    return lines
