@@ -63,9 +63,9 @@ def _server(conn: Any, base_url: str) -> None:
 
     logging.disable(logging.WARNING)
     from bot.app import build_app
-    from bot.config import Settings
     from bot.executor import TrackingExecutor, wait_all_idle
     from bot.http import BackgroundServer, build_asgi
+    from storage.config import Settings
     from storage.db import Database
 
     db = Database.open(f"sqlite:///{tempfile.mkdtemp()}/bench.sqlite3")

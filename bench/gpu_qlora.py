@@ -3,7 +3,7 @@
 One prepared script for a GPU machine (no downloads: the model is created from a ``LlamaConfig`` and saved locally,
 then loaded in 4-bit NF4 exactly as ftbot's on-prem back end loads a base model). It trains LoRA adapters with
 TRL's ``SFTTrainer`` for a few steps per variant and prints tokens/s/GPU and peak GPU memory next to the published
-anchors (7B, A100 40 GB, batch 4, length 1024: HF QLoRA ≈ 2,415 tokens/s, Unsloth ≈ 3,726, REFERENCE.md §2).
+anchors (7B, A100 40 GB, batch 4, length 1024: HF QLoRA ≈ 2,415 tokens/s, Unsloth ≈ 3,726).
 A 1.1B model on a newer GPU is expected to be several times faster than those 7B figures; the anchors only place
 the numbers, they are not a like-for-like comparison.
 

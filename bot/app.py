@@ -20,9 +20,9 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
 from bot.commands import Router
-from bot.config import Settings
 from bot.executor import TrackingExecutor
 from bot.roles import Roles
+from storage.config import Settings
 from storage.db import Database
 from storage.events import claim_event, release_event
 
@@ -40,7 +40,7 @@ class BotContext:
     router: Router
     roles: Roles
     client: WebClient
-    # Where slow work after an ack runs (see ``defer``); a TrackingExecutor so tests and the console can wait for it.
+    # Where slow work after an ack runs (see ``defer``); a TrackingExecutor so a caller can wait until it is idle.
     work: TrackingExecutor = field(default_factory=lambda: TrackingExecutor(max_workers=8, thread_name_prefix="ftbot-work"))
     # An OpenAI client to use instead of one built from the environment (None: build one when needed).
     openai_client: OpenAI | None = None
@@ -69,7 +69,7 @@ class BotContext:
         return self.work.submit(run)
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Wait until the deferred work is done (tests and the console)."""
+        """Wait until the deferred work is done (a caller that drives the bot synchronously: tests, a local session)."""
         return self.work.wait_idle(timeout)
 
 

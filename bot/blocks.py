@@ -14,7 +14,7 @@ from slack_sdk import WebClient
 
 log = logging.getLogger(__name__)
 
-# Limits from Slack's Block Kit reference (REFERENCE.md §4).
+# Limits from Slack's Block Kit reference (https://api.slack.com/reference/block-kit/blocks).
 MAX_MESSAGE_BLOCKS = 50
 MAX_VIEW_BLOCKS = 100
 MAX_SECTION_TEXT = 3000

@@ -4,7 +4,7 @@ Three ways in, one flow: the message shortcut ``ft_add_message`` on a reply, ``/
 ``@ftbot add`` as a thread reply (no trigger_id there, so it answers with a button that opens the form).
 The modal opens right after ``ack()`` (trigger_ids expire in 3 s) with a loading view, the thread is read
 with ``conversations.replies`` and the form is filled with ``views.update``. The draft lives in the database
-(``storage.workspace_settings``), so long threads never hit the 3000-character ``private_metadata`` limit.
+(``storage.capture_drafts``), so long threads never hit the 3000-character ``private_metadata`` limit.
 
 Submitting validates the edited example (``trainers.data.validate.check_record``), stores it idempotently on
 ``slack:<channel>:<ts>`` and posts a confirmation whose buttons ``bot.review`` handles.
@@ -16,9 +16,7 @@ import json
 import logging
 import re
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
 
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
@@ -27,6 +25,20 @@ from slack_sdk.errors import SlackApiError
 from bot import blocks as bk
 from bot.commands import CommandContext
 from bot.review import confirmation_blocks
+from bot.threads import (
+    SlackMessage,
+    Turn,
+    UserNames,
+    conversation_turns,
+    fetch_thread,
+    find_message,
+    is_bot_message,
+    parse_permalink,
+    resolve_bot_user_id,
+    slack_to_plain,
+    ts_order,
+    without_user_mentions,
+)
 from storage.errors import FtbotError
 
 if TYPE_CHECKING:
@@ -45,7 +57,6 @@ PROMPT_PREFIX = "channel_prompt:"
 MAX_EDITABLE_TURNS = 40
 ROLE_LABELS = {"system": "System prompt", "user": "Customer (user)", "assistant": "Agent reply (assistant)"}
 
-_PERMALINK = re.compile(r"https?://[\w.-]+\.slack\.com/archives/(?P<channel>[CDG][A-Z0-9_]+)/p(?P<ts>\d{16})(?P<rest>\S*)")
 _MESSAGES_INDEX = re.compile(r"messages\[(\d+)\]")
 
 
@@ -71,73 +82,6 @@ class Draft:
         return sft_record([{"role": t["role"], "content": t["content"]} for t in self.turns])
 
 
-def parse_permalink(text: str) -> tuple[str, str, str | None]:
-    """``(channel, ts, thread_ts)`` from a message link as Slack shows it (``<https://…|label>`` accepted)."""
-    candidate = text.strip().strip("<>").split("|")[0].replace("&amp;", "&")
-    match = _PERMALINK.search(candidate)
-    if not match:
-        raise FtbotError(
-            "That is not a Slack message link. Use ⋮ → *Copy link* on the reply and run `/ft add <link>` "
-            "(for thread replies the link ends with `?thread_ts=…`)"
-        )
-    digits = match["ts"]
-    ts = f"{digits[:10]}.{digits[10:]}"
-    query = parse_qs(urlsplit(match["rest"] or "").query) if "?" in match["rest"] else {}
-    thread_ts = (query.get("thread_ts") or [None])[0]
-    return match["channel"], ts, thread_ts
-
-
-def _ts_key(ts: str) -> Decimal:
-    return Decimal(ts)
-
-
-class _Names:
-    """users.info lookups, cached for one conversation."""
-
-    def __init__(self, client: WebClient):
-        self.client = client
-        self._cache: dict[str, str] = {}
-
-    def __call__(self, user_id: str) -> str:
-        if user_id not in self._cache:
-            name = user_id
-            try:
-                user = self.client.users_info(user=user_id).get("user") or {}
-                profile = user.get("profile") or {}
-                name = profile.get("display_name") or user.get("real_name") or user.get("name") or user_id
-            except SlackApiError:
-                pass
-            self._cache[user_id] = name
-        return self._cache[user_id]
-
-
-_MARKUP = re.compile(r"<([^<>]+)>")
-
-
-def slack_to_plain(text: str, name_of: Any = lambda u: u) -> str:
-    """Slack's message markup → the plain text a model should learn from."""
-
-    def replace(match: re.Match[str]) -> str:
-        inner = match.group(1)
-        target, _, label = inner.partition("|")
-        if target.startswith("@"):
-            return "@" + (label or name_of(target[1:]))
-        if target.startswith("#"):
-            return "#" + (label or target[1:])
-        if target.startswith("!subteam^"):
-            return label or "@team"
-        if target.startswith("!"):
-            return "@" + (label or target[1:].split("^")[0])
-        if target.startswith("mailto:"):
-            return label or target[7:]
-        if label and label != target:
-            return f"{label} ({target})"
-        return target
-
-    plain = _MARKUP.sub(replace, text or "")
-    return plain.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
-
-
 def channel_system_prompt(bot: "BotContext", channel: str) -> str:
     from storage.workspace_settings import get_setting
 
@@ -145,48 +89,17 @@ def channel_system_prompt(bot: "BotContext", channel: str) -> str:
     return stored if isinstance(stored, str) and stored.strip() else bot.settings.channel_prompt(channel)
 
 
-def _is_bot_message(message: dict[str, Any], bot_user_id: str | None) -> bool:
-    return bool(message.get("bot_id") or message.get("subtype") in {"bot_message", "channel_join", "channel_leave",
-                                                                      "thread_broadcast_bot"}
-                or (bot_user_id and message.get("user") == bot_user_id))
-
-
-def _is_capture_mention(message: dict[str, Any], bot_user_id: str | None) -> bool:
+def _is_capture_mention(message: SlackMessage, bot_user_id: str | None) -> bool:
     return bool(bot_user_id) and f"<@{bot_user_id}>" in (message.get("text") or "")
 
 
-def fetch_thread(client: WebClient, channel: str, root_ts: str) -> list[dict[str, Any]]:
-    """Every message of a thread, oldest first (follows pagination)."""
-    messages: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        kwargs: dict[str, Any] = dict(channel=channel, ts=root_ts, limit=200)
-        if cursor:
-            kwargs["cursor"] = cursor
-        try:
-            response = client.conversations_replies(**kwargs)
-        except SlackApiError as exc:
-            error = exc.response.get("error")
-            if error in ("not_in_channel", "channel_not_found"):
-                raise FtbotError("I cannot read that channel: invite me first with `/invite @ftbot`, then try again") from None
-            if error == "thread_not_found":
-                raise FtbotError("That message no longer exists (deleted?), so there is nothing to capture") from None
-            raise
-        messages.extend(response.get("messages") or [])
-        cursor = (response.get("response_metadata") or {}).get("next_cursor")
-        if not cursor or not response.get("has_more"):
-            break
-    messages.sort(key=lambda m: _ts_key(m["ts"]))
-    return messages
-
-
 def build_turns(bot: "BotContext", client: WebClient, channel: str, ts: str, thread_ts: str | None,
-                *, bot_user_id: str | None) -> tuple[list[dict[str, str]], str]:
+                *, bot_user_id: str | None) -> tuple[list[Turn], str]:
     """The conversation up to and including the chosen reply, with the channel's system prompt first,
     and the thread's root ts."""
     root = thread_ts or ts
     thread = fetch_thread(client, channel, root)
-    chosen = next((m for m in thread if m["ts"] == ts), None)
+    chosen = find_message(thread, ts)
     if chosen is not None and chosen.get("thread_ts") not in (None, root):
         # A reply's link without ?thread_ts=: read its whole thread from the real parent.
         root = chosen["thread_ts"]
@@ -195,29 +108,17 @@ def build_turns(bot: "BotContext", client: WebClient, channel: str, ts: str, thr
         raise FtbotError("I could not find that message in its thread (deleted?); nothing was captured")
     author = chosen.get("user")
     roles = bot.roles
-    if _is_bot_message(chosen, bot_user_id):
+    if is_bot_message(chosen, bot_user_id):
         raise FtbotError("That message was written by a bot; capture a reply written by your support team")
     if roles.configured and not roles.is_team(author):
         raise FtbotError(
             "That message is by someone who is not on the support team (FTBOT_AGENTS/REVIEWERS/TRAINERS/ADMINS), "
             "so it would be a customer turn. Capture the agent's reply instead"
         )
-    names = _Names(client)
-    turns: list[dict[str, str]] = []
-    for message in thread:
-        if _ts_key(message["ts"]) > _ts_key(ts):
-            break
-        if _is_bot_message(message, bot_user_id) or _is_capture_mention(message, bot_user_id):
-            continue
-        user = message.get("user")
-        role = "assistant" if (user == author or roles.is_team(user)) else "user"
-        text = slack_to_plain(message.get("text") or "", names)
-        if not text:
-            continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"] += "\n\n" + text  # consecutive messages by one side are one turn
-        else:
-            turns.append({"role": role, "content": text})
+    turns = conversation_turns(
+        thread, until_ts=ts, is_team=lambda user: user == author or roles.is_team(user), names=UserNames(client),
+        bot_user_id=bot_user_id, skip=lambda message: _is_capture_mention(message, bot_user_id),
+    )
     if not any(t["role"] == "user" for t in turns):
         raise FtbotError("There is no customer message before that reply in its thread, so there is nothing to learn from. "
                          "Capture a reply inside a thread that starts with the customer's question")
@@ -287,19 +188,19 @@ def editable_turns(draft: Draft) -> set[int]:
 
 
 def _save_draft(bot: "BotContext", draft: Draft) -> str:
-    from storage.workspace_settings import set_setting
+    from storage.capture_drafts import save_capture_draft
 
     key = f"{DRAFT_PREFIX}{draft.source_key}:{draft.captured_by}"
-    set_setting(bot.db, key, asdict(draft))
+    save_capture_draft(bot.db, key, asdict(draft))
     return key
 
 
 def _load_draft(bot: "BotContext", key: str) -> Draft | None:
-    from storage.workspace_settings import get_setting
+    from storage.capture_drafts import load_capture_draft
 
     if not key.startswith(DRAFT_PREFIX):
         return None
-    raw = get_setting(bot.db, key)
+    raw = load_capture_draft(bot.db, key)
     return Draft(**raw) if isinstance(raw, dict) else None
 
 
@@ -391,7 +292,7 @@ def register(app: App, bot: "BotContext") -> None:
         if not trigger_id:
             raise FtbotError("Slack sent no trigger to open the form; run the command again")
         open_capture(bot, ctx.client, trigger_id=trigger_id, channel=channel, ts=ts, thread_ts=thread_ts,
-                     user=ctx.user_id, bot_user_id=_bot_user_id(ctx.client, bot))
+                     user=ctx.user_id, bot_user_id=resolve_bot_user_id(ctx.client, bot))
 
     bot.router.add("add", usage="/ft add <message link>", summary="Capture a reply (and its thread) as a training example",
                    handler=ft_add)
@@ -399,7 +300,7 @@ def register(app: App, bot: "BotContext") -> None:
     @app.event("app_mention")
     def on_mention(event: dict[str, Any], client: WebClient, context: BoltContext) -> None:
         user, channel = event.get("user"), event.get("channel")
-        text = slack_to_plain(_MARKUP.sub(lambda m: "" if m.group(1).startswith("@") else m.group(0), event.get("text") or ""))
+        text = slack_to_plain(without_user_mentions(event.get("text") or ""))
         words = text.split()
         thread_ts = event.get("thread_ts")
 
@@ -465,21 +366,12 @@ def register(app: App, bot: "BotContext") -> None:
                    summary="This channel's system prompt for new captures", handler=_ft_prompt(bot))
 
 
-def _bot_user_id(client: WebClient, bot: "BotContext") -> str | None:
-    if bot.bot_user_id is None:
-        try:
-            bot.bot_user_id = client.auth_test().get("user_id")
-        except SlackApiError:
-            pass  # asked again next time
-    return bot.bot_user_id
-
-
-def _reply_before(bot: "BotContext", thread: list[dict[str, Any]], mention_ts: str, bot_user_id: str | None,
-                  mentioner: str | None) -> dict[str, Any] | None:
+def _reply_before(bot: "BotContext", thread: list[SlackMessage], mention_ts: str, bot_user_id: str | None,
+                  mentioner: str | None) -> SlackMessage | None:
     """The message `@ftbot add` refers to: the latest team reply above the mention (with roles configured),
     else the mentioner's own latest message (agents mention the bot under their reply), else the latest human reply."""
-    candidates = [m for m in thread if _ts_key(m["ts"]) < _ts_key(mention_ts)
-                  and not _is_bot_message(m, bot_user_id) and not _is_capture_mention(m, bot_user_id)]
+    candidates = [m for m in thread if ts_order(m["ts"]) < ts_order(mention_ts)
+                  and not is_bot_message(m, bot_user_id) and not _is_capture_mention(m, bot_user_id)]
     if bot.roles.configured:
         return next((m for m in reversed(candidates) if bot.roles.is_team(m.get("user"))), None)
     own = next((m for m in reversed(candidates) if m.get("user") == mentioner), None)
@@ -490,9 +382,9 @@ def _reply_before(bot: "BotContext", thread: list[dict[str, Any]], mention_ts: s
 def save_draft_as_example(bot: "BotContext", client: WebClient, draft: Draft, draft_key: str, *, user: str,
                           view_id: str) -> None:
     """Store the submitted example once, then confirm (in the thread for review, or privately when approved)."""
+    from storage.capture_drafts import delete_capture_draft
     from storage.events import claim_event
     from storage.examples import save_capture
-    from storage.workspace_settings import delete_setting
 
     # A double-clicked Save sends the same view twice: only the first stores and confirms.
     if not claim_event(bot.db, f"view_submission:{view_id}:{draft.source_key}"):
@@ -506,7 +398,7 @@ def save_draft_as_example(bot: "BotContext", client: WebClient, draft: Draft, dr
         client.chat_postEphemeral(channel=draft.channel, user=user, text=f":warning: {bk.escape(str(exc))}",
                                   thread_ts=draft.thread_ts)
         return
-    delete_setting(bot.db, draft_key)
+    delete_capture_draft(bot.db, draft_key)
     example = result.example
     text, confirm = confirmation_blocks(example, created=result.created)
     thread_ts = draft.thread_ts or draft.ts

@@ -88,13 +88,16 @@ def report_blocks(report: dict[str, Any], *, title: str) -> tuple[str, list[dict
 
 def run_report(bot: "BotContext", model: str | None) -> dict[str, Any]:
     from storage.examples import approved_records, count_by_status
+    from trainers.data.pricing import load_price_table
     from trainers.data.report import build_report
 
     if count_by_status(bot.db).get("approved", 0) == 0:
         raise FtbotError("There are no approved examples yet: capture replies (shortcut *Add to ftbot*) and approve them "
                          "with `/ft review` first")
     # Database items are numbered by example id, not file line: say "example N" in messages.
-    return build_report(approved_records(bot.db), model=model or bot.settings.openai_model, kind="sft", unit="example").to_json()
+    prices = load_price_table(bot.settings.prices_file)
+    return build_report(approved_records(bot.db), model=model or bot.settings.openai_model, kind="sft", unit="example",
+                        prices=prices).to_json()
 
 
 def register(app: App, bot: "BotContext") -> None:

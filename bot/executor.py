@@ -1,7 +1,8 @@
 """A listener thread pool that can say when all submitted work is done.
 
-Bolt runs the work after ``ack()`` on its listener executor. The console (and the tests) hand Bolt this
-one so they can wait for the bot to finish answering before showing the next prompt or asserting.
+Bolt runs the work after ``ack()`` on its listener executor, and ``BotContext.defer`` runs slow work on
+another. A caller that drives the bot synchronously (an interactive session, a test) hands Bolt this one
+so it can wait for the bot to finish answering before its next step.
 """
 
 from __future__ import annotations

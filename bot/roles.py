@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.config import Settings
+from storage.config import Settings
 
 log = logging.getLogger(__name__)
 

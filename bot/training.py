@@ -12,7 +12,6 @@ the model. The heavy ML stack never loads here: local training runs in ``python 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +20,25 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import blocks as bk
-from bot.scheduler import context_for, context_key, schedule_every, start_scheduler, unschedule
-from storage.jobs import active_jobs, get_job, list_jobs, list_models, metric_points, model_for_job, update_job, use_model
-from storage.models import Job, JobStatus
+from bot.scheduler import JOBS_TABLE, context_for, context_key, schedule_every, start_scheduler, unschedule
+from storage.config import DEFAULT_LOCAL_BASE_MODEL
 from storage.errors import FtbotError
+from storage.jobs import (
+    active_jobs,
+    discard_quote,
+    get_job,
+    has_scheduled_jobs,
+    list_jobs,
+    list_models,
+    metric_points,
+    model_for_job,
+    update_job,
+    use_model,
+)
+from storage.models import Job, JobStatus
+from trainers.plots import loss_curve_png
+from trainers.training.jobs import cancel_job, progress_line, quote_job, refresh_job, start_job
+from trainers.training.local.config import TINY_BASE_MODEL
 from trainers.training.quote import Quote, quote_lines
 
 if TYPE_CHECKING:
@@ -38,17 +52,12 @@ START_PII_ACTION = "ft_train_start_allow_pii"
 START_REDACTED_ACTION = "ft_train_start_redact_pii"
 START_OVER_BUDGET_ACTION = "ft_train_start_over_budget"
 DISCARD_ACTION = "ft_train_discard"
-POLL_SECONDS_ENV = "FTBOT_TRAINING_POLL_SECONDS"
 
 # Text last written to each job's progress message by this process (a restart posts the current state once).
 _last_posted: dict[int, str] = {}
 # One lock per job: edits of its progress message are serialized and each re-reads the job under the lock, so a
 # slow poll that read an older state can never overwrite a newer one (a cancel) in Slack.
 _progress_locks: dict[int, threading.Lock] = {}
-
-
-def _poll_seconds() -> float:
-    return float(os.environ.get(POLL_SECONDS_ENV, "10"))
 
 
 def _schedule_id(job_id: int) -> str:
@@ -96,13 +105,10 @@ def parse_train_args(args: list[str]) -> dict[str, Any]:
 
 
 def _local_fallback(bot: "BotContext") -> str:
-    """The base model when none is configured: the documented default, or in the local console (no accounts,
-    no downloads) the tiny model built offline, so the whole loop works there."""
-    from bot.console.shell import BOT_TOKEN as CONSOLE_TOKEN
-    from trainers.training.local.config import DEFAULT_BASE_MODEL, TINY_BASE_MODEL
-
-    in_console = bot.settings.slack_bot_token == CONSOLE_TOKEN or not bot.settings.has_slack_credentials
-    return TINY_BASE_MODEL if in_console else DEFAULT_BASE_MODEL
+    """The base model when none is configured: the documented default, or in a demo (``Settings.demo_mode``: no
+    accounts, no downloads) the tiny model built offline, so the whole loop works there."""
+    demo = bot.settings.demo_mode or not bot.settings.has_slack_credentials
+    return TINY_BASE_MODEL if demo else DEFAULT_LOCAL_BASE_MODEL
 
 
 def quote_blocks(job: Job, quote: Quote) -> tuple[str, list[dict[str, Any]]]:
@@ -140,8 +146,6 @@ def quote_blocks(job: Job, quote: Quote) -> tuple[str, list[dict[str, Any]]]:
 
 def _ft_train(bot: "BotContext"):
     def handler(ctx: "CommandContext") -> None:
-        from trainers.training.jobs import quote_job
-
         if not bot.roles.may_train(ctx.user_id):
             ctx.respond("Only members of the trainers role (FTBOT_TRAINERS) can train models. Ask an ftbot admin.")
             return
@@ -150,7 +154,7 @@ def _ft_train(bot: "BotContext"):
             bot.db, backend=options["backend"], method=options["method"], model=options["model"],
             parent=options["parent"], default_local_base=_local_fallback(bot), epochs=options["epochs"],
             created_by=ctx.user_id, idempotency_key=f"slack:{ctx.command.get('trigger_id') or ''}:train" if ctx.command.get("trigger_id") else None,
-            slack_channel=ctx.channel_id,
+            slack_channel=ctx.channel_id, settings=bot.settings,
         )
         text, quote_view = quote_blocks(quoted.job, quoted.quote)
         ctx.respond(text, blocks=quote_view)
@@ -187,11 +191,9 @@ def _start_listener(bot: "BotContext", *, allow_pii: bool = False, redact_pii: b
 
 def start_from_slack(bot: "BotContext", client: WebClient, respond: Respond, job_id: int, *, user: str,
                      channel: str | None, allow_pii: bool, admin_confirmed: bool, redact_pii: bool = False) -> None:
-    from trainers.training.jobs import start_job
-
     try:
         result = start_job(bot.db, job_id, allow_pii=allow_pii, redact_pii=redact_pii, admin_confirmed=admin_confirmed,
-                           openai_client=bot.openai_client)
+                           openai_client=bot.openai_client, settings=bot.settings)
     except FtbotError as error:
         respond(text=f":warning: {bk.escape(str(error))}", response_type="ephemeral", replace_original=False)
         job = get_job(bot.db, job_id)
@@ -206,15 +208,14 @@ def start_from_slack(bot: "BotContext", client: WebClient, respond: Respond, job
     respond(text=f"Started training job #{job_id} ({job.backend}, {job.method}) — progress is posted in the channel."
             + (f" {redacted}" if redacted else ""), replace_original=True)
     _post_progress(bot, client, job, channel or job.slack_channel, started_by=user)
-    schedule_every(bot, _schedule_id(job_id), relay_training_job, seconds=_poll_seconds(), args=(context_key(bot), job_id))
+    schedule_every(bot, _schedule_id(job_id), relay_training_job, seconds=bot.settings.training_poll_seconds,
+                   args=(context_key(bot), job_id))
 
 
 def _discard_listener(bot: "BotContext"):
     def listener(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         ack()
         job_id = _job_from_action(body)
-        from storage.jobs import discard_quote
-
         if discard_quote(bot.db, job_id, reason=f"Quote discarded in Slack by {body['user']['id']}"):
             respond(text=f"Training quote #{job_id} discarded. Nothing was uploaded or trained.", replace_original=True)
         else:
@@ -229,8 +230,6 @@ def _discard_listener(bot: "BotContext"):
 
 
 def progress_blocks(bot: "BotContext", job: Job, *, started_by: str | None = None) -> tuple[str, list[dict[str, Any]]]:
-    from trainers.training.jobs import progress_line
-
     line = progress_line(bot.db, job)
     icon = {JobStatus.SUCCEEDED: ":white_check_mark:", JobStatus.FAILED: ":x:", JobStatus.CANCELLED: ":no_entry_sign:"}.get(job.status, ":hourglass_flowing_sand:")
     parent = (job.config or {}).get("parent_model")
@@ -309,10 +308,8 @@ def relay_training_job(key: str, job_id: int) -> None:
     if bot is None:
         log.warning("no bot context for %s; job %s waits for the next process", key, job_id)
         return
-    from trainers.training.jobs import refresh_job
-
     try:
-        update = refresh_job(bot.db, job_id, openai_client=bot.openai_client)
+        update = refresh_job(bot.db, job_id, openai_client=bot.openai_client, settings=bot.settings)
     except FtbotError as error:
         log.warning("refreshing job %s failed: %s", job_id, error)
         return
@@ -331,8 +328,6 @@ def relay_training_job(key: str, job_id: int) -> None:
 
 
 def _post_plot(bot: "BotContext", job: Job) -> None:
-    from trainers.plots import loss_curve_png
-
     points = metric_points(bot.db, job.id)
     try:
         png = loss_curve_png(points, title=f"Job #{job.id}: {job.result_model}")
@@ -349,15 +344,13 @@ def _post_plot(bot: "BotContext", job: Job) -> None:
 
 def _ft_cancel(bot: "BotContext"):
     def handler(ctx: "CommandContext") -> None:
-        from trainers.training.jobs import cancel_job
-
         if not bot.roles.may_train(ctx.user_id):
             ctx.respond("Only members of the trainers role (FTBOT_TRAINERS) can cancel training.")
             return
         if len(ctx.args) != 1 or not ctx.args[0].lstrip("#").isdigit():
             ctx.respond("Usage: `/ft cancel <job id>` (`/ft jobs` lists them).")
             return
-        job = cancel_job(bot.db, int(ctx.args[0].lstrip("#")), openai_client=bot.openai_client)
+        job = cancel_job(bot.db, int(ctx.args[0].lstrip("#")), openai_client=bot.openai_client, settings=bot.settings)
         _edit_progress(bot, job.id, strict=True)
         unschedule(bot, _schedule_id(job.id))
         ctx.respond(f"Job #{job.id} is {job.status}.")
@@ -367,8 +360,6 @@ def _ft_cancel(bot: "BotContext"):
 
 def _ft_jobs(bot: "BotContext"):
     def handler(ctx: "CommandContext") -> None:
-        from trainers.training.jobs import progress_line
-
         jobs = list_jobs(bot.db, limit=15)
         if not jobs:
             ctx.respond("No training jobs yet. Start one with `/ft train`.")
@@ -441,9 +432,6 @@ def register(app: App, bot: "BotContext") -> None:
 
 
 def _has_stored_schedules(bot: "BotContext") -> bool:
-    from bot.scheduler import JOBS_TABLE
-    from storage.jobs import has_scheduled_jobs
-
     try:
         return has_scheduled_jobs(bot.db, JOBS_TABLE)
     except Exception:  # never block the bot's start on this check

@@ -1,5 +1,6 @@
 """ftbot's database: the SQLModel schema and its data access. Knows nothing of Slack."""
 
-from storage.db import Database, default_database_url, ftbot_home
+from storage.config import default_database_url, ftbot_home
+from storage.db import Database
 
 __all__ = ["Database", "default_database_url", "ftbot_home"]

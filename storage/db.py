@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,24 +12,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, create_engine
 
+from storage.config import default_database_url
+
 T = TypeVar("T")
-
-DATABASE_URL_ENV = "FTBOT_DATABASE_URL"
-HOME_ENV = "FTBOT_HOME"
-
-
-def ftbot_home() -> Path:
-    """Where ftbot keeps its state: ``$FTBOT_HOME``, else ``~/.local/share/ftbot``."""
-    configured = os.environ.get(HOME_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
-    return base / "ftbot"
-
-
-def default_database_url() -> str:
-    return os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{ftbot_home() / 'ftbot.sqlite3'}"
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -59,6 +43,8 @@ class Database:
 
     @classmethod
     def open(cls, url: str | None = None, *, migrate: bool = True) -> "Database":
+        """The database at ``url`` (``Settings.database_url``); None: the configured one (``FTBOT_DATABASE_URL``,
+        else SQLite in ftbot's home)."""
         url = url or default_database_url()
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":

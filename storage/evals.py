@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import random
 import secrets
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import StrEnum, nonmember
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -29,22 +29,26 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
 from storage.db import Database
-from storage.examples import SaveResult
-from storage.models import Comparison, EvalPrompt, EvalRound, JudgeVerdict, RegisteredModel, Vote, utcnow
 from storage.errors import FtbotError, ValidationFailed
+from storage.examples import SaveResult
+from storage.jobs import model_lineage
+from storage.models import Comparison, EvalPrompt, EvalRound, JudgeVerdict, RegisteredModel, Vote, utcnow
+from storage.pairs import add_pair
 from storage.records import content_hash, dpo_record
+from storage.snapshots import TRAIN, VALIDATION, snapshot_records
+from storage.votes import JUDGE_CHOICES, SIDES, VOTE_CHOICES, VoteChoice, decided_side, preferred_and_rejected
 
 __all__ = [
-    "RoundStatus", "EvalRoundNotFound", "EvalItem", "VoteChange", "prompt_hash", "split_prompt",
+    "RoundStatus", "QuestionSource", "VoteAction", "EvalRoundNotFound", "EvalItem", "VoteChange", "prompt_hash", "split_prompt",
     "add_eval_prompt", "list_eval_prompts", "eval_items", "create_round", "get_round", "latest_round",
     "round_comparisons", "set_answers", "set_comparison_message", "comparison_for_message", "move_round",
-    "close_round", "due_rounds", "cast_vote", "get_vote", "retract_vote", "round_votes", "decided_side", "pairs_from_round",
+    "close_round", "due_rounds", "cast_vote", "get_vote", "retract_vote", "round_votes", "pairs_from_round",
     "save_verdict", "round_verdicts", "remove_eval_prompt", "trained_prompt_hashes",
     "model_trained_prompt_hashes",
 ]
 
 
-class RoundStatus:
+class RoundStatus(StrEnum):
     QUOTED = "quoted"  # OpenAI generation costs money: waiting for Post / Cancel
     GENERATING = "generating"
     POSTING = "posting"
@@ -52,9 +56,26 @@ class RoundStatus:
     CLOSED = "closed"
     CANCELLED = "cancelled"
     FAILED = "failed"
-    VOTABLE = (POSTING, OPEN)
-    ACTIVE = (QUOTED, GENERATING, POSTING, OPEN)
-    WITH_RESULTS = (POSTING, OPEN, CLOSED)
+    # Groups of statuses, not statuses of their own.
+    VOTABLE = nonmember((POSTING, OPEN))
+    ACTIVE = nonmember((QUOTED, GENERATING, POSTING, OPEN))
+    WITH_RESULTS = nonmember((POSTING, OPEN, CLOSED))
+
+
+class QuestionSource(StrEnum):
+    """Where a held-out question comes from."""
+
+    VALIDATION = "validation"  # the candidate's snapshot's validation split
+    ADDED = "added"  # ``/ft eval add``
+
+
+class VoteAction(StrEnum):
+    """What a reaction did to a vote."""
+
+    CREATED = "created"
+    MOVED = "moved"
+    UNCHANGED = "unchanged"
+    STALE = "stale"  # an older event than the stored vote: ignored
 
 
 class EvalRoundNotFound(FtbotError):
@@ -67,7 +88,7 @@ class EvalItem:
 
     prompt: list[dict[str, Any]]
     reference: str | None
-    source: str  # "validation" | "added"
+    source: QuestionSource
 
     @property
     def prompt_hash(self) -> str:
@@ -76,9 +97,9 @@ class EvalItem:
 
 @dataclass(frozen=True)
 class VoteChange:
-    """What a reaction did: "created", "moved", "unchanged" or "stale" (an older event than the stored vote)."""
+    """What a reaction did, and the vote it left."""
 
-    action: str
+    action: VoteAction
     vote: Vote | None
 
 
@@ -132,8 +153,6 @@ def trained_prompt_hashes(db: Database, snapshot_id: int) -> set[str]:
     In a multi-turn SFT example every assistant turn is trained, so each conversation prefix that ends right before
     an assistant turn counts, not only the last one (``storage.snapshots.prompt_hashes`` covers the last one).
     """
-    from storage.snapshots import TRAIN, snapshot_records
-
     hashes: set[str] = set()
     for record in snapshot_records(db, snapshot_id, TRAIN):
         messages = record["input"]["messages"] if "input" in record else record["messages"]
@@ -151,8 +170,6 @@ def model_trained_prompt_hashes(db: Database, model: RegisteredModel) -> set[str
     A DPO model continues its parent's weights (``storage.jobs.model_lineage``), so a question the parent SFT model
     trained on was trained on by the child too.
     """
-    from storage.jobs import model_lineage
-
     hashes: set[str] = set()
     for snapshot_id in dict.fromkeys(m.snapshot_id for m in model_lineage(db, model) if m.snapshot_id is not None):
         hashes |= trained_prompt_hashes(db, snapshot_id)
@@ -166,8 +183,6 @@ def eval_items(db: Database, candidate: RegisteredModel | None, *, limit: int | 
     model's SFT parent) is dropped: it would measure memorisation.
     Duplicates are dropped. With `limit`, a random sample (reproducible with `seed`) keeps the mix of sources.
     """
-    from storage.snapshots import VALIDATION, snapshot_records
-
     trained_on: set[str] = set()
     items: list[EvalItem] = []
     if candidate is not None:
@@ -180,8 +195,8 @@ def eval_items(db: Database, candidate: RegisteredModel | None, *, limit: int | 
             else:
                 prompt, reference = split_prompt(record["messages"])
             if prompt and prompt[-1].get("role") == "user":
-                items.append(EvalItem(prompt, reference, "validation"))
-    items += [EvalItem(list(p.messages), None, "added") for p in list_eval_prompts(db)]
+                items.append(EvalItem(prompt, reference, QuestionSource.VALIDATION))
+    items += [EvalItem(list(p.messages), None, QuestionSource.ADDED) for p in list_eval_prompts(db)]
 
     seen: set[str] = set()
     usable = []
@@ -208,7 +223,7 @@ def create_round(
     channel: str | None = None,
     created_by: str | None = None,
     idempotency_key: str | None = None,
-    status: str = RoundStatus.GENERATING,
+    status: RoundStatus = RoundStatus.GENERATING,
     rng: random.Random | None = None,
 ) -> SaveResult[EvalRound]:
     """A round with one comparison per prompt; answers are filled in later by generation.
@@ -221,7 +236,7 @@ def create_round(
     if candidate_model == baseline_model:
         raise ValidationFailed(f"the candidate and the baseline are the same model ({candidate_model}): pick another baseline")
     rng = rng or random.Random(secrets.randbits(64))
-    sides = (["A", "B"] * (len(prompts) // 2 + 1))[: len(prompts)]
+    sides = (list(SIDES) * (len(prompts) // 2 + 1))[: len(prompts)]
     rng.shuffle(sides)
     def build(session: Session) -> EvalRound:
         round_ = EvalRound(
@@ -232,7 +247,7 @@ def create_round(
         session.flush()
         for prompt, side in zip(prompts, sides):
             prompt = [dict(m) for m in prompt]
-            model_a, model_b = (candidate_model, baseline_model) if side == "A" else (baseline_model, candidate_model)
+            model_a, model_b = (candidate_model, baseline_model) if side == VoteChoice.A else (baseline_model, candidate_model)
             session.add(Comparison(
                 round_id=round_.id, prompt_hash=prompt_hash(prompt), prompt=prompt, model_a=model_a,
                 model_b=model_b, answer_a="", answer_b="", candidate_side=side, channel=channel,
@@ -301,7 +316,7 @@ def comparison_for_message(db: Database, channel: str, message_ts: str) -> Compa
         )
 
 
-def move_round(db: Database, round_id: int, to_status: str, *, from_status: str | Iterable[str] | None = None,
+def move_round(db: Database, round_id: int, to_status: RoundStatus, *, from_status: str | Iterable[str] | None = None,
                closes_at: datetime | None = None) -> bool:
     """Compare-and-set the round's status; True only for the caller that moved it."""
     values: dict[str, Any] = {"status": to_status}
@@ -354,7 +369,7 @@ def cast_vote(
     One statement (INSERT … ON CONFLICT DO UPDATE … WHERE stored time <= this time): concurrent deliveries and
     retries converge to the newest reaction, and a retried event changes nothing.
     """
-    if choice not in ("A", "B", "tie", "bad"):
+    if choice not in VOTE_CHOICES:
         raise ValueError(f"unknown vote choice {choice!r}")
     at = at or utcnow()
     with db.session() as session:
@@ -376,10 +391,10 @@ def cast_vote(
         session.execute(statement)
         after = session.scalar(select(Vote).where(Vote.comparison_id == comparison_id, Vote.voter == voter))
     if before_state is None:
-        return VoteChange("created", after)
+        return VoteChange(VoteAction.CREATED, after)
     if after is not None and (after.choice, after.reaction) == before_state[:2]:
-        return VoteChange("unchanged" if before_state[2] <= at else "stale", after)
-    return VoteChange("moved", after)
+        return VoteChange(VoteAction.UNCHANGED if before_state[2] <= at else VoteAction.STALE, after)
+    return VoteChange(VoteAction.MOVED, after)
 
 
 def _cast_vote_portable(db: Database, comparison_id: int, voter: str, choice: str, reaction: str, at: datetime) -> VoteChange:
@@ -388,10 +403,10 @@ def _cast_vote_portable(db: Database, comparison_id: int, voter: str, choice: st
         if vote is None:
             vote = Vote(comparison_id=comparison_id, voter=voter, choice=choice, reaction=reaction, created_at=at, updated_at=at)
             session.add(vote)
-            return VoteChange("created", vote)
+            return VoteChange(VoteAction.CREATED, vote)
         if _aware(vote.updated_at) > at:
-            return VoteChange("stale", vote)
-        action = "unchanged" if (vote.choice, vote.reaction) == (choice, reaction) else "moved"
+            return VoteChange(VoteAction.STALE, vote)
+        action = VoteAction.UNCHANGED if (vote.choice, vote.reaction) == (choice, reaction) else VoteAction.MOVED
         vote.choice, vote.reaction, vote.updated_at = choice, reaction, at
         session.add(vote)
         return VoteChange(action, vote)
@@ -411,7 +426,7 @@ def retract_vote(db: Database, comparison_id: int, voter: str, *, reaction: str,
     (the vote has since moved, or is newer than `at`) changes nothing.
     """
     at = at or utcnow()
-    if fallback is not None and fallback[0] not in ("A", "B", "tie", "bad"):
+    if fallback is not None and fallback[0] not in VOTE_CHOICES:
         raise ValueError(f"unknown vote choice {fallback[0]!r}")
     cast_by_this = (Vote.comparison_id == comparison_id, Vote.voter == voter, Vote.reaction == reaction,
                     Vote.updated_at <= at)
@@ -441,21 +456,8 @@ def votes_by_comparison(db: Database, round_id: int) -> dict[int, list[Vote]]:
     return grouped
 
 
-def decided_side(choices: Iterable[str]) -> str | None:
-    """The side a comparison's voters preferred: more votes than the other side and than "both bad"; else None."""
-    counts = Counter(choices)
-    a, b, bad = counts["A"], counts["B"], counts["bad"]
-    if a > b and a > bad:
-        return "A"
-    if b > a and b > bad:
-        return "B"
-    return None
-
-
 def pairs_from_round(db: Database, round_id: int) -> list[SaveResult]:
     """Turn each decided comparison of a round into a DPO pair (prompt, chosen, rejected); idempotent."""
-    from storage.pairs import add_pair
-
     results = []
     for comparison_id, votes in votes_by_comparison(db, round_id).items():
         side = decided_side(v.choice for v in votes)
@@ -463,9 +465,10 @@ def pairs_from_round(db: Database, round_id: int) -> list[SaveResult]:
             continue
         with db.session() as session:
             comparison = session.get(Comparison, comparison_id)
-        chosen, rejected = (comparison.answer_a, comparison.answer_b) if side == "A" else (comparison.answer_b, comparison.answer_a)
-        if not chosen.strip() or not rejected.strip() or chosen == rejected:
-            continue  # identical or empty answers teach nothing
+        pair = preferred_and_rejected(side, comparison.answer_a, comparison.answer_b)
+        if pair is None:
+            continue
+        chosen, rejected = pair
         record = dpo_record(comparison.prompt, {"role": "assistant", "content": chosen}, {"role": "assistant", "content": rejected})
         results.append(add_pair(db, record, source_kind="vote", comparison_id=comparison.id))
     return results
@@ -487,7 +490,7 @@ def all_votes(db: Database, *, statuses: Iterable[str] = RoundStatus.WITH_RESULT
 
 def save_verdict(db: Database, comparison_id: int, judge_model: str, choice: str, detail: dict[str, Any] | None = None) -> JudgeVerdict:
     """Store (or replace) a judge's verdict on one comparison."""
-    if choice not in ("A", "B", "tie"):
+    if choice not in JUDGE_CHOICES:
         raise ValueError(f"unknown judge choice {choice!r}")
     with db.session() as session:
         verdict = session.scalar(select(JudgeVerdict).where(

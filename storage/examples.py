@@ -16,9 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from storage.db import Database
-from storage.errors import DuplicateExample, ExampleNotFound
-from storage.models import Example, ExampleStatus, utcnow
-from storage.errors import ValidationFailed
+from storage.errors import DuplicateExample, ExampleNotFound, ValidationFailed
+from storage.models import Example, ExampleSource, ExampleStatus, utcnow
 from storage.records import content_hash, sft_record
 
 T = TypeVar("T")
@@ -64,10 +63,11 @@ def _normalized(record: dict[str, Any]) -> dict[str, Any]:
     return sft_record(record["messages"], record.get("tools"), record.get("parallel_tool_calls"))
 
 
-def _check_status(status: str) -> str:
-    if status not in ExampleStatus.ALL:
-        raise ValidationFailed(f"unknown status {status!r}: use one of {', '.join(ExampleStatus.ALL)}")
-    return status
+def _check_status(status: str) -> ExampleStatus:
+    try:
+        return ExampleStatus(status)
+    except ValueError:
+        raise ValidationFailed(f"unknown status {status!r}: use one of {', '.join(ExampleStatus)}") from None
 
 
 def _id_with_hash(session: Session, digest: str) -> int | None:
@@ -106,11 +106,11 @@ def save_capture(
     status: str = ExampleStatus.PENDING,
     approved_by: str | None = None,
     tags: Sequence[str] = (),
-    source_kind: str = "slack",
+    source_kind: str = ExampleSource.SLACK,
 ) -> SaveResult[Example]:
     """Store a reply captured from Slack; capturing the same message (``source_key``) again updates it.
 
-    ``source_kind`` is "slack" (or "console" for the local console's fake workspace).
+    ``source_kind`` is ``ExampleSource.SLACK`` (or ``CONSOLE`` for the local console's fake workspace).
 
     Raises ``DuplicateExample`` when the content equals another example (e.g. one imported from a file).
     Safe against concurrent captures of one message (two Slack retries, two reviewers): the loser of
@@ -188,7 +188,7 @@ def import_records(
                 "tools": normalized.get("tools"),
                 "parallel_tool_calls": normalized.get("parallel_tool_calls"),
                 "status": ExampleStatus.APPROVED,
-                "source_kind": "import",
+                "source_kind": ExampleSource.IMPORT,
                 "source_file": source_file,
                 "source_line": line,
                 "approved_by": approved_by,
@@ -364,7 +364,7 @@ def pii_allowed_ids(db: Database, example_ids: Iterable[int]) -> set[int]:
 
 def count_by_status(db: Database) -> dict[str, int]:
     """{"pending": n, "approved": n, "rejected": n} (zeros included)."""
-    counts = dict.fromkeys(ExampleStatus.ALL, 0)
+    counts: dict[str, int] = dict.fromkeys(ExampleStatus, 0)
     with db.session() as session:
         for status, count in session.execute(select(Example.status, func.count()).group_by(Example.status)):
             counts[status] = count

@@ -12,12 +12,11 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
+from storage.db import Database
 from storage.errors import DataFileError
-
-if TYPE_CHECKING:
-    from storage.db import Database
+from storage.examples import count_by_status, iter_records
 
 
 def jsonl_line(record: dict[str, Any]) -> str:
@@ -68,9 +67,6 @@ def example_rows(url: str, status: str | None) -> Iterator[dict[str, Any]]:
 
     A module-level function of plain arguments, because ``Dataset.from_generator`` pickles its generator.
     """
-    from storage.db import Database
-    from storage.examples import iter_records
-
     database = Database.open(url, migrate=False)
     try:
         for example_id, record in iter_records(database, status=status):
@@ -79,14 +75,12 @@ def example_rows(url: str, status: str | None) -> Iterator[dict[str, Any]]:
         database.close()
 
 
-def save_hf_dataset(db: "Database", out: str | os.PathLike[str], *, status: str | None, overwrite: bool = False) -> int:
+def save_hf_dataset(db: Database, out: str | os.PathLike[str], *, status: str | None, overwrite: bool = False) -> int:
     """Save the examples with ``status`` as a ``datasets`` dataset for ``load_from_disk`` (a ``messages`` column).
 
     Built with ``Dataset.from_generator`` (streamed to Arrow, never all in memory) in a private cache
     directory, so the user's Hugging Face cache is left alone. Returns the number of rows.
     """
-    from storage.examples import count_by_status
-
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
         raise DataFileError(f"{target}: already exists; choose another --out or pass --force to replace it")

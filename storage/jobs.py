@@ -16,8 +16,8 @@ from sqlalchemy import inspect, literal, select, table, update
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
-from storage.models import Job, JobMetric, JobStatus, RegisteredModel, utcnow
 from storage.errors import FtbotError
+from storage.models import Job, JobMetric, JobStatus, RegisteredModel, TrainingMethod, utcnow
 
 
 class JobNotFound(FtbotError):
@@ -39,7 +39,7 @@ def create_job(
     *,
     backend: str,
     base_model: str,
-    method: str = "sft",
+    method: str = TrainingMethod.SFT,
     snapshot_id: int | None = None,
     config: dict[str, Any] | None = None,
     quote: dict[str, Any] | None = None,

@@ -10,7 +10,7 @@ Developer commands (run from the repository root):
 
 ``regenerate-initial`` is only for before the first release (while 0001 is the only revision):
 it autogenerates 0001 against an empty SQLite database. Review the file it writes.
-After a release, never edit 0001; add a revision instead. ``tests/test_migrations.py`` fails
+After a release, never edit 0001; add a revision instead. ``tests/storage/test_migrations.py`` fails
 when models.py and the migrations disagree.
 
 Notes for revision authors: all pending revisions run in ONE transaction (SQLite included), so a failure
@@ -183,9 +183,9 @@ def main(argv: list[str]) -> int:
         return 2
     action, rest = argv[0], argv[1:]
     if action == "revision" and len(rest) == 1:
-        print(f"wrote {make_revision(rest[0])}: review it, then run tests/test_migrations.py")
+        print(f"wrote {make_revision(rest[0])}: review it, then run tests/storage/test_migrations.py")
     elif action == "regenerate-initial" and not rest:
-        print(f"wrote {regenerate_initial()}: review it, then run tests/test_migrations.py")
+        print(f"wrote {regenerate_initial()}: review it, then run tests/storage/test_migrations.py")
     elif action in ("current", "upgrade") and len(rest) <= 1:
         from storage.db import Database
 

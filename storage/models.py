@@ -1,13 +1,14 @@
 """The database schema: every table ftbot keeps.
 
-Schema changes need a migration in ``storage/migrations/versions``; ``tests/test_migrations.py``
+Schema changes need a migration in ``storage/migrations/versions``; ``tests/storage/test_migrations.py``
 fails when the models and the migrations disagree.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Optional
+from datetime import UTC, datetime
+from enum import StrEnum, nonmember
+from typing import Any
 
 from sqlalchemy import JSON, Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -16,7 +17,7 @@ from storage.types import UTCDateTime
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _created() -> Any:
@@ -28,11 +29,53 @@ def _json(nullable: bool = True) -> Any:
     return Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=nullable))
 
 
-class ExampleStatus:
+# Domain values are StrEnums whose values are the strings stored in the database and printed in JSON output;
+# the columns stay plain strings, so a value read back compares equal to its member.
+
+
+class ExampleStatus(StrEnum):
+    """Where an example stands in review; only approved examples are trained on."""
+
     PENDING = "pending"
     APPROVED = "approved"
     REJECTED = "rejected"
-    ALL = (PENDING, APPROVED, REJECTED)
+
+
+class ExampleSource(StrEnum):
+    """Where an example came from (``Example.source_kind``)."""
+
+    SLACK = "slack"
+    IMPORT = "import"
+    # The local console's fake workspace (``ftbot console``).
+    CONSOLE = "console"
+
+
+class Split(StrEnum):
+    """The part of a snapshot a record belongs to (also a pin on an example)."""
+
+    TRAIN = "train"
+    VALIDATION = "validation"
+
+
+class TrainingMethod(StrEnum):
+    """What a job trains with, and so what a snapshot holds: SFT examples or DPO preference pairs."""
+
+    SFT = "sft"
+    DPO = "dpo"
+
+
+class TrainingBackend(StrEnum):
+    """Where a job trains and where its model runs: OpenAI's API or on-prem."""
+
+    OPENAI = "openai"
+    LOCAL = "local"
+
+
+class PairSource(StrEnum):
+    """Where a preference pair came from (``PreferencePair.source_kind``)."""
+
+    VOTE = "vote"
+    IMPORT = "import"
 
 
 class Example(SQLModel, table=True):
@@ -40,29 +83,29 @@ class Example(SQLModel, table=True):
 
     __tablename__ = "examples"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     # sha256 of the canonical JSON of (messages, tools, parallel_tool_calls): exact duplicates are impossible.
     content_hash: str = Field(max_length=64, unique=True, index=True)
     messages: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
-    tools: Optional[list[dict[str, Any]]] = _json()
-    parallel_tool_calls: Optional[bool] = None
+    tools: list[dict[str, Any]] | None = _json()
+    parallel_tool_calls: bool | None = None
     status: str = Field(default=ExampleStatus.PENDING, max_length=16, index=True)
-    # "slack", "import" or "console"
+    # An ExampleSource value.
     source_kind: str = Field(max_length=16)
     # Unique where set: a Slack message ("slack:<channel>:<ts>") captured twice updates one example.
-    source_key: Optional[str] = Field(default=None, max_length=200, unique=True)
-    source_channel: Optional[str] = Field(default=None, max_length=64)
-    source_ts: Optional[str] = Field(default=None, max_length=32)
-    source_thread_ts: Optional[str] = Field(default=None, max_length=32)
-    source_permalink: Optional[str] = Field(default=None, sa_column=Column(Text))
-    source_file: Optional[str] = Field(default=None, sa_column=Column(Text))
-    source_line: Optional[int] = None
-    captured_by: Optional[str] = Field(default=None, max_length=64)
-    approved_by: Optional[str] = Field(default=None, max_length=64)
-    approved_at: Optional[datetime] = Field(default=None, sa_column=Column(UTCDateTime()))
+    source_key: str | None = Field(default=None, max_length=200, unique=True)
+    source_channel: str | None = Field(default=None, max_length=64)
+    source_ts: str | None = Field(default=None, max_length=32)
+    source_thread_ts: str | None = Field(default=None, max_length=32)
+    source_permalink: str | None = Field(default=None, sa_column=Column(Text))
+    source_file: str | None = Field(default=None, sa_column=Column(Text))
+    source_line: int | None = None
+    captured_by: str | None = Field(default=None, max_length=64)
+    approved_by: str | None = Field(default=None, max_length=64)
+    approved_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    # "train", "validation" or None: a pin the user set; snapshots split the rest deterministically.
-    split: Optional[str] = Field(default=None, max_length=16)
+    # A Split value or None: a pin the user set; snapshots split the rest deterministically.
+    split: str | None = Field(default=None, max_length=16)
     # PII findings the reviewer chose to keep (e.g. a public support address), so they do not block uploads.
     pii_allowed: bool = False
     created_at: datetime = _created()
@@ -74,15 +117,15 @@ class Snapshot(SQLModel, table=True):
 
     __tablename__ = "snapshots"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     content_hash: str = Field(max_length=64, unique=True, index=True)
-    # "sft" (examples) or "dpo" (preference pairs)
-    kind: str = Field(default="sft", max_length=8)
+    # A TrainingMethod value: SFT examples or DPO preference pairs.
+    kind: str = Field(default=TrainingMethod.SFT, max_length=8)
     train_count: int = 0
     validation_count: int = 0
     validation_fraction: float = 0.1
     seed: int = 0
-    created_by: Optional[str] = Field(default=None, max_length=64)
+    created_by: str | None = Field(default=None, max_length=64)
     created_at: datetime = _created()
 
 
@@ -92,18 +135,20 @@ class SnapshotMember(SQLModel, table=True):
     __tablename__ = "snapshot_members"
     __table_args__ = (UniqueConstraint("snapshot_id", "position"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     snapshot_id: int = Field(foreign_key="snapshots.id", index=True)
-    example_id: Optional[int] = Field(default=None, foreign_key="examples.id")
-    pair_id: Optional[int] = Field(default=None, foreign_key="preference_pairs.id")
-    split: str = Field(max_length=16)
+    example_id: int | None = Field(default=None, foreign_key="examples.id")
+    pair_id: int | None = Field(default=None, foreign_key="preference_pairs.id")
+    split: str = Field(max_length=16)  # a Split value
     position: int
     content_hash: str = Field(max_length=64)
     # The OpenAI line (SFT or DPO format) exactly as it is uploaded or trained on.
     record: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
 
 
-class JobStatus:
+class JobStatus(StrEnum):
+    """A training job's progress, from the quote shown before starting to its end."""
+
     QUOTED = "quoted"
     PENDING = "pending"
     VALIDATING_FILES = "validating_files"
@@ -112,7 +157,8 @@ class JobStatus:
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
-    FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+    # The statuses a job never leaves (a group, not a status of its own).
+    FINISHED = nonmember((SUCCEEDED, FAILED, CANCELLED))
 
 
 class Job(SQLModel, table=True):
@@ -120,46 +166,46 @@ class Job(SQLModel, table=True):
 
     __tablename__ = "jobs"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     # Makes a double-clicked Start button or a retried request create one job.
-    idempotency_key: Optional[str] = Field(default=None, max_length=200, unique=True)
-    backend: str = Field(max_length=16)  # "openai" | "local"
-    method: str = Field(default="sft", max_length=8)  # "sft" | "dpo"
+    idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
+    backend: str = Field(max_length=16)  # a TrainingBackend value
+    method: str = Field(default=TrainingMethod.SFT, max_length=8)
     status: str = Field(default=JobStatus.QUOTED, max_length=24, index=True)
-    snapshot_id: Optional[int] = Field(default=None, foreign_key="snapshots.id")
+    snapshot_id: int | None = Field(default=None, foreign_key="snapshots.id")
     base_model: str = Field(max_length=200)
-    result_model: Optional[str] = Field(default=None, sa_column=Column(Text))
-    external_id: Optional[str] = Field(default=None, max_length=128, index=True)
-    training_file_id: Optional[str] = Field(default=None, max_length=128)
-    validation_file_id: Optional[str] = Field(default=None, max_length=128)
+    result_model: str | None = Field(default=None, sa_column=Column(Text))
+    external_id: str | None = Field(default=None, max_length=128, index=True)
+    training_file_id: str | None = Field(default=None, max_length=128)
+    validation_file_id: str | None = Field(default=None, max_length=128)
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    quote: Optional[dict[str, Any]] = _json()
-    estimated_tokens: Optional[int] = None
-    trained_tokens: Optional[int] = None
-    estimated_cost_usd: Optional[float] = None
-    error: Optional[str] = Field(default=None, sa_column=Column(Text))
-    log_tail: Optional[str] = Field(default=None, sa_column=Column(Text))
-    worker_pid: Optional[int] = None
-    progress: Optional[dict[str, Any]] = _json()
-    created_by: Optional[str] = Field(default=None, max_length=64)
-    slack_channel: Optional[str] = Field(default=None, max_length=64)
-    slack_ts: Optional[str] = Field(default=None, max_length=32)
+    quote: dict[str, Any] | None = _json()
+    estimated_tokens: int | None = None
+    trained_tokens: int | None = None
+    estimated_cost_usd: float | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    log_tail: str | None = Field(default=None, sa_column=Column(Text))
+    worker_pid: int | None = None
+    progress: dict[str, Any] | None = _json()
+    created_by: str | None = Field(default=None, max_length=64)
+    slack_channel: str | None = Field(default=None, max_length=64)
+    slack_ts: str | None = Field(default=None, max_length=32)
     created_at: datetime = _created()
     updated_at: datetime = _created()
-    started_at: Optional[datetime] = Field(default=None, sa_column=Column(UTCDateTime()))
-    finished_at: Optional[datetime] = Field(default=None, sa_column=Column(UTCDateTime()))
+    started_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
 
 
 class JobMetric(SQLModel, table=True):
     __tablename__ = "job_metrics"
     __table_args__ = (UniqueConstraint("job_id", "step"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     job_id: int = Field(foreign_key="jobs.id", index=True)
     step: int
-    train_loss: Optional[float] = None
-    valid_loss: Optional[float] = None
-    extra: Optional[dict[str, Any]] = _json()
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    extra: dict[str, Any] | None = _json()
     created_at: datetime = _created()
 
 
@@ -168,16 +214,16 @@ class RegisteredModel(SQLModel, table=True):
 
     __tablename__ = "models"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=200, unique=True)
-    backend: str = Field(max_length=16)  # "openai" | "local"
+    backend: str = Field(max_length=16)  # a TrainingBackend value
     base_model: str = Field(max_length=200)
     # OpenAI model id ("ft:gpt-4o-mini:...") or the adapter directory of a local run.
     location: str = Field(sa_column=Column(Text, nullable=False))
-    job_id: Optional[int] = Field(default=None, foreign_key="jobs.id")
-    snapshot_id: Optional[int] = Field(default=None, foreign_key="snapshots.id")
-    metrics: Optional[dict[str, Any]] = _json()
-    cost_usd: Optional[float] = None
+    job_id: int | None = Field(default=None, foreign_key="jobs.id")
+    snapshot_id: int | None = Field(default=None, foreign_key="snapshots.id")
+    metrics: dict[str, Any] | None = _json()
+    cost_usd: float | None = None
     active: bool = False
     created_at: datetime = _created()
 
@@ -185,16 +231,16 @@ class RegisteredModel(SQLModel, table=True):
 class EvalRound(SQLModel, table=True):
     __tablename__ = "eval_rounds"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
-    idempotency_key: Optional[str] = Field(default=None, max_length=200, unique=True)
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
     candidate_model: str = Field(max_length=200)
     baseline_model: str = Field(max_length=200)
-    channel: Optional[str] = Field(default=None, max_length=64)
+    channel: str | None = Field(default=None, max_length=64)
     status: str = Field(default="open", max_length=16)  # "generating" | "open" | "closed"
-    created_by: Optional[str] = Field(default=None, max_length=64)
+    created_by: str | None = Field(default=None, max_length=64)
     created_at: datetime = _created()
-    closes_at: Optional[datetime] = Field(default=None, sa_column=Column(UTCDateTime()))
-    closed_at: Optional[datetime] = Field(default=None, sa_column=Column(UTCDateTime()))
+    closes_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    closed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
 
 
 class EvalPrompt(SQLModel, table=True):
@@ -202,11 +248,11 @@ class EvalPrompt(SQLModel, table=True):
 
     __tablename__ = "eval_prompts"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     content_hash: str = Field(max_length=64, unique=True)
     messages: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
-    source_key: Optional[str] = Field(default=None, max_length=200)
-    added_by: Optional[str] = Field(default=None, max_length=64)
+    source_key: str | None = Field(default=None, max_length=200)
+    added_by: str | None = Field(default=None, max_length=64)
     created_at: datetime = _created()
 
 
@@ -215,7 +261,7 @@ class Comparison(SQLModel, table=True):
 
     __tablename__ = "comparisons"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     round_id: int = Field(foreign_key="eval_rounds.id", index=True)
     # Hash of the prompt messages; checked against the candidate's training split.
     prompt_hash: str = Field(max_length=64)
@@ -225,8 +271,8 @@ class Comparison(SQLModel, table=True):
     answer_a: str = Field(sa_column=Column(Text, nullable=False))
     answer_b: str = Field(sa_column=Column(Text, nullable=False))
     candidate_side: str = Field(max_length=1)  # "A" | "B"
-    channel: Optional[str] = Field(default=None, max_length=64)
-    message_ts: Optional[str] = Field(default=None, max_length=32, index=True)
+    channel: str | None = Field(default=None, max_length=64)
+    message_ts: str | None = Field(default=None, max_length=32, index=True)
     created_at: datetime = _created()
 
 
@@ -236,7 +282,7 @@ class Vote(SQLModel, table=True):
     __tablename__ = "votes"
     __table_args__ = (UniqueConstraint("comparison_id", "voter"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     comparison_id: int = Field(foreign_key="comparisons.id", index=True)
     voter: str = Field(max_length=64)
     choice: str = Field(max_length=8)  # "A" | "B" | "tie" | "bad"
@@ -250,11 +296,11 @@ class JudgeVerdict(SQLModel, table=True):
     __tablename__ = "judge_verdicts"
     __table_args__ = (UniqueConstraint("comparison_id", "judge_model"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     comparison_id: int = Field(foreign_key="comparisons.id", index=True)
     judge_model: str = Field(max_length=200)
     choice: str = Field(max_length=8)  # "A" | "B" | "tie"
-    detail: Optional[dict[str, Any]] = _json()
+    detail: dict[str, Any] | None = _json()
     created_at: datetime = _created()
 
 
@@ -263,14 +309,14 @@ class PreferencePair(SQLModel, table=True):
 
     __tablename__ = "preference_pairs"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     content_hash: str = Field(max_length=64, unique=True, index=True)
     # The OpenAI preference line: {"input": {"messages": ...}, "preferred_output": [...], "non_preferred_output": [...]}
     record: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    source_kind: str = Field(max_length=16)  # "vote" | "import"
-    comparison_id: Optional[int] = Field(default=None, foreign_key="comparisons.id")
-    source_file: Optional[str] = Field(default=None, sa_column=Column(Text))
-    source_line: Optional[int] = None
+    source_kind: str = Field(max_length=16)  # a PairSource value
+    comparison_id: int | None = Field(default=None, foreign_key="comparisons.id")
+    source_file: str | None = Field(default=None, sa_column=Column(Text))
+    source_line: int | None = None
     created_at: datetime = _created()
 
 
@@ -290,4 +336,20 @@ class Setting(SQLModel, table=True):
 
     key: str = Field(primary_key=True, max_length=200)
     value: Any = Field(default=None, sa_column=Column(JSON))
+    updated_at: datetime = _created()
+
+
+class CaptureDraft(SQLModel, table=True):
+    """A capture form being edited in Slack: the modal's ``private_metadata`` carries only the key.
+
+    Kept here rather than in the view because a long thread would exceed Slack's 3000-character metadata limit.
+    """
+
+    __tablename__ = "capture_drafts"
+
+    # "capture_draft:<source key>:<user>", the key drafts had in the settings table before revision 0002,
+    # so forms opened before an upgrade still find theirs.
+    key: str = Field(primary_key=True, max_length=200)
+    draft: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _created()
     updated_at: datetime = _created()

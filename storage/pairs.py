@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from storage.db import Database
-from storage.examples import BATCH_SIZE, ImportResult, SaveResult, insert_new_rows
-from storage.models import PreferencePair, utcnow
 from storage.errors import ValidationFailed
+from storage.examples import BATCH_SIZE, ImportResult, SaveResult, insert_new_rows
+from storage.models import PairSource, PreferencePair, utcnow
 from storage.records import content_hash
 
 DPO_KEYS = ("input", "preferred_output", "non_preferred_output")
@@ -76,7 +76,7 @@ def import_pairs(
             yield digest, {
                 "content_hash": digest,
                 "record": normalized,
-                "source_kind": "import",
+                "source_kind": PairSource.IMPORT,
                 "source_file": source_file,
                 "source_line": line,
                 "created_at": now,
@@ -102,5 +102,5 @@ def pair_records(db: Database) -> Iterator[tuple[int, dict[str, Any]]]:
     """(pair id, OpenAI preference line) in id order, streamed."""
     query = select(PreferencePair.id, PreferencePair.record).order_by(PreferencePair.id)
     with db.session() as session:
-        for pair_id, record in session.execute(query.execution_options(yield_per=BATCH_SIZE)):
-            yield pair_id, record
+        rows = session.execute(query.execution_options(yield_per=BATCH_SIZE))
+        yield from ((pair_id, record) for pair_id, record in rows)

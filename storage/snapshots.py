@@ -22,14 +22,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
-from storage.models import Example, ExampleStatus, PreferencePair, Snapshot, SnapshotMember
 from storage.errors import FtbotError, ValidationFailed
+from storage.models import Example, ExampleStatus, PreferencePair, Snapshot, SnapshotMember, Split, TrainingMethod
 from storage.records import canonical_json, content_hash, sft_record
 
-TRAIN = "train"
-VALIDATION = "validation"
-SPLITS = (TRAIN, VALIDATION)
-KINDS = ("sft", "dpo")
+# Short names for the two splits, as trainers and evaluation import them.
+TRAIN = Split.TRAIN
+VALIDATION = Split.VALIDATION
 
 
 class SnapshotNotFound(FtbotError):
@@ -48,12 +47,17 @@ class _Candidate:
     pair_id: int | None
     record: dict[str, Any]
     digest: str
-    pin: str | None
+    pin: Split | None
 
 
-def _candidates(db: Database, kind: str) -> list[_Candidate]:
+def _pin(split: str | None) -> Split | None:
+    """An example's split pin; anything but a split name means no pin."""
+    return Split(split) if split in list(Split) else None
+
+
+def _candidates(db: Database, kind: TrainingMethod) -> list[_Candidate]:
     with db.session() as session:
-        if kind == "sft":
+        if kind == TrainingMethod.SFT:
             rows = session.execute(
                 select(Example.id, Example.messages, Example.tools, Example.parallel_tool_calls, Example.split)
                 .where(Example.status == ExampleStatus.APPROVED)
@@ -62,7 +66,7 @@ def _candidates(db: Database, kind: str) -> list[_Candidate]:
             out = []
             for example_id, messages, tools, parallel, pin in rows:
                 record = sft_record(messages, tools, parallel)
-                out.append(_Candidate(example_id, None, record, content_hash(record), pin if pin in SPLITS else None))
+                out.append(_Candidate(example_id, None, record, content_hash(record), _pin(pin)))
             return out
         rows = session.execute(select(PreferencePair.id, PreferencePair.record).order_by(PreferencePair.id))
         return [_Candidate(None, pair_id, record, content_hash(record), None) for pair_id, record in rows]
@@ -105,21 +109,23 @@ def split_records(
 def create_snapshot(
     db: Database,
     *,
-    kind: str = "sft",
+    kind: str = TrainingMethod.SFT,
     validation_fraction: float = 0.1,
     seed: int = 0,
     created_by: str | None = None,
 ) -> SnapshotResult:
     """Freeze the approved examples (``kind="sft"``) or the preference pairs (``"dpo"``) into a snapshot."""
-    if kind not in KINDS:
-        raise ValidationFailed(f"snapshot kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    candidates = _candidates(db, kind)
+    try:
+        method = TrainingMethod(kind)
+    except ValueError:
+        raise ValidationFailed(f"snapshot kind must be one of {', '.join(TrainingMethod)}, got {kind!r}") from None
+    candidates = _candidates(db, method)
     if not candidates:
-        what = "approved examples" if kind == "sft" else "preference pairs"
+        what = "approved examples" if method == TrainingMethod.SFT else "preference pairs"
         raise ValidationFailed(f"there are no {what} to train on yet.")
     train, validation = split_records(candidates, validation_fraction=validation_fraction, seed=seed)
     members = [(TRAIN, c) for c in train] + [(VALIDATION, c) for c in validation]
-    digest = content_hash({"kind": kind, "members": sorted([c.digest, split] for split, c in members)})
+    digest = content_hash({"kind": method, "members": sorted([c.digest, split] for split, c in members)})
     for _attempt in range(2):
         existing = find_snapshot(db, digest)
         if existing is not None:
@@ -127,7 +133,7 @@ def create_snapshot(
         try:
             with db.session() as session:
                 snapshot = Snapshot(
-                    content_hash=digest, kind=kind, train_count=len(train), validation_count=len(validation),
+                    content_hash=digest, kind=method, train_count=len(train), validation_count=len(validation),
                     validation_fraction=validation_fraction, seed=seed, created_by=created_by,
                 )
                 session.add(snapshot)
@@ -181,8 +187,7 @@ def snapshot_records(db: Database, snapshot_id: int, split: str | None = None) -
 
 def iter_snapshot_items(db: Database, snapshot_id: int, split: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based position, record): the ``items`` form ``trainers.data.report.build_report`` reads."""
-    for number, record in enumerate(snapshot_records(db, snapshot_id, split), 1):
-        yield number, record
+    yield from enumerate(snapshot_records(db, snapshot_id, split), 1)
 
 
 def write_jsonl(db: Database, snapshot_id: int, split: str, path: str | Path) -> Path:

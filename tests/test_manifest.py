@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -11,9 +10,9 @@ import yaml
 
 from bot.capture import SHORTCUT_ID
 from bot.commands import COMMAND
-from tests.fixtures.paths import REPO
+from tests.fixtures.paths import REPO, TEST_DATA
 
-SCHEMA_DIR = REPO.parent / "shared" / "data" / "slack"
+SCHEMA_DIR = TEST_DATA / "slack"
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +22,7 @@ def manifest() -> dict:
 
 @pytest.mark.parametrize("version", ["1.0.0", "2.0.0"])
 def test_manifest_matches_slack_schema(manifest: dict, version: str):
-    schema_path = SCHEMA_DIR / f"manifest.schema.{version}.json"
-    if not schema_path.exists():
-        pytest.fail(f"{schema_path} is missing: CI keeps shared/ beside the clone")
-    schema = json.loads(schema_path.read_text())
+    schema = json.loads((SCHEMA_DIR / f"manifest.schema.{version}.json").read_text())
     jsonschema.validate(manifest, schema)
 
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 # ChatML with ``{% generation %}`` markers around each assistant turn *including* its end-of-turn token,
-# so ``assistant_only_loss=True`` trains the model to stop (REFERENCE.md §2).
+# so ``assistant_only_loss=True`` trains the model to stop (outside the block, the end-of-turn token is never learned).
 CHATML_TRAINING_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- set content = message['content'] if message['content'] is string else "
@@ -53,7 +53,7 @@ def build_tiny_model(
     """Build a tiny ``LlamaForCausalLM`` plus a byte-level BPE ChatML tokenizer in ``out_dir``; return the path.
 
     Deterministic for a given seed. The directory loads with ``AutoModelForCausalLM`` and
-    ``AutoTokenizer`` (a Llama config, so transformers does not swap the tokenizer class; REFERENCE.md §1).
+    ``AutoTokenizer`` (a Llama config: with a Qwen2 config, transformers' ``AutoTokenizer`` swaps in ``Qwen2Tokenizer`` and the ids change).
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -11,6 +11,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from bot.cli import checks, data, evaluation, slack, training
+from bot.cli.common import invocation
 from storage.errors import FtbotError
 
 
@@ -19,11 +20,14 @@ class FtbotGroup(TyperGroup):
 
     It wraps ``invoke`` (not ``main()``) so the error path is the same for the console script and for
     typer's CliRunner in the tests: ``FtbotError`` → ``error: ...`` and exit 1; Ctrl-C → exit 130, no traceback.
+    It also opens the invocation whose ``Settings`` every command reads (once, on first use) through
+    ``bot.cli.common.cli_settings``.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with invocation():
+                return super().invoke(ctx)
         except FtbotError as error:
             _err_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
             raise typer.Exit(1) from None

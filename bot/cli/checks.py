@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bot.cli.common import cli_settings
 from storage.errors import FtbotError
 
 console = Console(highlight=False)
@@ -30,9 +31,7 @@ DATABASE_LABEL = "approved examples (database)"
 
 
 def _default_model() -> str:
-    from trainers.training.quote import configured_openai_model
-
-    return configured_openai_model()
+    return cli_settings().openai_model
 
 
 def _emit_json(value: Any) -> None:
@@ -67,30 +66,38 @@ def _user_errors(as_json: bool) -> Iterator[None]:
 
 def _run_report(file: Path | None, *, model: str, epochs: int | None, kind: str, pii: bool, as_json: bool):
     """build_report over FILE (with a progress bar on big files) or over the approved examples."""
+    from trainers.data.pricing import load_price_table
     from trainers.data.report import build_report
 
     if file is None:
         return _database_report(model=model, epochs=epochs, kind=kind, pii=pii)
+    settings = cli_settings()
+    prices = load_price_table(settings.prices_file)
+    max_line_bytes = settings.max_line_bytes
     progress_wanted = not as_json and err_console.is_terminal and file.is_file() and file.stat().st_size >= PROGRESS_MIN_BYTES
     if not progress_wanted:
-        return build_report(file, model=model, epochs=epochs, kind=kind, pii=pii)
+        return build_report(file, model=model, epochs=epochs, kind=kind, pii=pii, prices=prices, max_line_bytes=max_line_bytes)
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("checking"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task("check", total=file.stat().st_size)
         update: Callable[[int, int], None] = lambda done, _total: progress.update(task, completed=done)  # noqa: E731
-        return build_report(file, model=model, epochs=epochs, kind=kind, pii=pii, progress=update)
+        return build_report(file, model=model, epochs=epochs, kind=kind, pii=pii, progress=update, prices=prices,
+                            max_line_bytes=max_line_bytes)
 
 
 def _database_report(*, model: str, epochs: int | None, kind: str, pii: bool):
     from storage.db import Database
     from storage.examples import approved_records
+    from trainers.data.pricing import load_price_table
     from trainers.data.report import build_report
 
-    database = Database.open()
+    settings = cli_settings()
+    database = Database.open(settings.database_url)
     try:
-        return build_report(approved_records(database), model=model, epochs=epochs, kind=kind, pii=pii, unit="example", label=DATABASE_LABEL)
+        return build_report(approved_records(database), model=model, epochs=epochs, kind=kind, pii=pii, unit="example",
+                            label=DATABASE_LABEL, prices=load_price_table(settings.prices_file))
     finally:
         close = getattr(database, "close", None)
         if close:
@@ -238,7 +245,7 @@ def price_command(
     chosen = model or _default_model()
     result: dict[str, Any] = {}
     with _user_errors(as_json):
-        table = load_price_table()
+        table = load_price_table(cli_settings().prices_file)
         table.get(chosen) if not all_models else None  # unknown model: clear error before reading anything
         if all_models:
             from trainers.data.report import quote_models
@@ -309,7 +316,7 @@ def _approved_items():
     from storage.db import Database
     from storage.examples import approved_records
 
-    database = Database.open()
+    database = Database.open(cli_settings().database_url)
 
     def items():
         try:

@@ -1,29 +1,23 @@
 """CLI commands for the dataset store: ``ftbot import``, ``ftbot export``, ``ftbot examples list``, ``ftbot db ...``.
 
-The database is the one ``Database.open()`` picks (``FTBOT_DATABASE_URL``, else SQLite under ``FTBOT_HOME``).
+The database is the one the settings name (``FTBOT_DATABASE_URL``, else SQLite under ``FTBOT_HOME``).
 User errors print one line on stderr and exit 1, never a traceback (``FtbotError`` is printed by ``bot.cli``).
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bot.cli.common import cli_settings, console, database_errors, err_console, open_database, print_json
 from storage.errors import FtbotError
-
-console = Console()
-err_console = Console(stderr=True)
 
 # Files with more lines than this get a progress bar (when stderr is a terminal).
 PROGRESS_MIN_LINES = 5000
@@ -44,53 +38,6 @@ class StatusChoice(str, Enum):
     all = "all"
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Unreachable databases and bad database URLs become one clear line and exit code 1.
-
-    ``FtbotError`` and Ctrl-C are handled once for every command by the root group (``bot.cli.FtbotGroup``).
-    """
-    from sqlalchemy.exc import ArgumentError, OperationalError
-
-    try:
-        yield
-    except (OperationalError, ArgumentError) as error:
-        from storage.db import default_database_url
-
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        err_console.print(
-            f"[red]error:[/red] cannot use the database {escape(_safe_url(default_database_url()))}: {escape(reason)}. "
-            "Check FTBOT_DATABASE_URL (or FTBOT_HOME) and that the server is running.",
-            soft_wrap=True,
-        )
-        raise typer.Exit(1) from None
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL is shown as "(invalid URL)"
-        return "(invalid URL)"
-
-
-@contextmanager
-def _database():
-    """The configured database, created/migrated if needed, closed (pool disposed) afterwards."""
-    from storage.db import Database
-
-    database = Database.open()
-    try:
-        yield database
-    finally:
-        database.close()
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2, default=str) + "\n")
-
-
 # --- import ------------------------------------------------------------------------------------
 
 
@@ -106,7 +53,7 @@ def import_command(
     from trainers.data.imports import count_lines, import_file
 
     approved_by = by or _os_user()
-    with _user_errors(), _database() as db:
+    with database_errors(), open_database() as db:
         total = count_lines(file) if file.is_file() and not as_json and err_console.is_terminal else 0
         if total >= PROGRESS_MIN_LINES:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -120,12 +67,14 @@ def import_command(
                     approved_by=approved_by,
                     skip_invalid=skip_invalid,
                     on_line=lambda line: progress.update(task, completed=line),
+                    max_line_bytes=cli_settings().max_line_bytes,
                 )
         else:
-            result = import_file(db, file, approved_by=approved_by, skip_invalid=skip_invalid)
+            result = import_file(db, file, approved_by=approved_by, skip_invalid=skip_invalid,
+                                 max_line_bytes=cli_settings().max_line_bytes)
 
     if as_json:
-        _print_json(result.to_json())
+        print_json(result.to_json())
         if not result.stored:
             raise typer.Exit(1)
         return
@@ -197,7 +146,7 @@ def export_command(
     from storage.pairs import pair_records
 
     wanted = None if status is StatusChoice.all else status.value
-    with _user_errors(), _database() as db:
+    with database_errors(), open_database() as db:
         if format is ExportFormat.openai:
             records = (record for _, record in iter_records(db, status=wanted))
             what = f"{status.value} example(s)"
@@ -257,12 +206,12 @@ def list_command(
     from storage.examples import count_by_status, example_record, list_examples
 
     wanted = None if status in (None, StatusChoice.all) else status.value
-    with _user_errors(), _database() as db:
+    with database_errors(), open_database() as db:
         examples = list_examples(db, status=wanted, limit=limit or None, offset=offset)
         counts = count_by_status(db)
 
     if as_json:
-        _print_json(
+        print_json(
             {
                 "counts": counts,
                 "examples": [
@@ -327,7 +276,7 @@ def db_info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
     from storage.migrate import current_revision, head_revision
     from storage.pairs import count_pairs
 
-    with _user_errors(), _database() as db:
+    with database_errors(), open_database() as db:
         info = {
             "url": db.url,
             "revision": current_revision(db),
@@ -336,7 +285,7 @@ def db_info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
             "preference_pairs": count_pairs(db),
         }
     if as_json:
-        _print_json(info)
+        print_json(info)
         return
     console.print(f"database  {escape(info['url'])}", highlight=False)
     console.print(f"schema    revision {info['revision']} (this ftbot: {info['head']})", highlight=False)
@@ -351,7 +300,7 @@ def db_upgrade() -> None:
     """Create or upgrade the database schema (ftbot also does this whenever it opens the database)."""
     from storage.migrate import current_revision
 
-    with _user_errors(), _database() as db:
+    with database_errors(), open_database() as db:
         console.print(f"{escape(db.url)} is at schema revision {current_revision(db)}.", highlight=False)
 
 

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bot.cli.data import _database, _print_json, _user_errors, console
+from bot.cli.common import cli_settings, console, database_errors, open_database, print_json
 
 
 def results(
@@ -26,7 +26,7 @@ def results(
     """Win rate with its 95% interval, sign test, ties, position check and votes per voter of an evaluation round."""
     from trainers.evaluation.results import round_report
 
-    with _user_errors(), _database() as db:
+    with database_errors(), open_database() as db:
         report = round_report(db, round_id)
         if chart is not None:
             from trainers.evaluation.charts import results_png
@@ -35,7 +35,7 @@ def results(
                         leaderboard=report.leaderboard, title=f"Round #{report.round.id}: {report.candidate} vs {report.baseline}",
                         path=chart)
         if as_json:
-            _print_json(report.to_json())
+            print_json(report.to_json())
             return
         for line in report.lines():
             console.print(escape(line), soft_wrap=True, highlight=False)
@@ -49,18 +49,16 @@ def add(
     system: Annotated[Optional[str], typer.Option("--system", help="System prompt for a question given as text (default: $FTBOT_SYSTEM_PROMPT).")] = None,
 ) -> None:
     """Add held-out questions to the evaluation set (the twin of ``/ft eval add``)."""
-    from storage.evals import add_eval_prompt, split_prompt
     from storage.errors import DataFileError, ValidationFailed
-    from trainers.data.validate import read_jsonl
+    from storage.evals import add_eval_prompt, split_prompt
+    from trainers.data.jsonl import read_jsonl
 
     if (question is None) == (file is None):
         raise ValidationFailed("give a question or --file (one of them)")
-    with _user_errors(), _database() as db:
+    with database_errors(), open_database() as db:
         conversations: list[tuple[int | None, list[dict]]] = []
         if question is not None:
-            from bot.config import Settings
-
-            prompt = system or Settings.from_env().system_prompt
+            prompt = system or cli_settings().system_prompt
             conversations.append((None, [{"role": "system", "content": prompt}, {"role": "user", "content": question}]))
         else:
             assert file is not None
@@ -87,11 +85,11 @@ def questions(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
     """The questions added by hand (`/ft eval add`, `ftbot eval add`); rounds also use each model's validation split."""
     from storage.evals import list_eval_prompts
 
-    with _user_errors(), _database() as db:
+    with database_errors(), open_database() as db:
         rows = [{"id": p.id, "question": p.messages[-1]["content"], "turns": len(p.messages), "source": p.source_key,
                  "added_by": p.added_by} for p in list_eval_prompts(db)]
         if as_json:
-            _print_json(rows)
+            print_json(rows)
             return
         if not rows:
             console.print("No questions added by hand yet: `ftbot eval add \"…\"` or /ft eval add in Slack.")
@@ -105,10 +103,10 @@ def questions(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
 
 def remove(question_id: Annotated[int, typer.Argument(help="The question's id (`ftbot eval questions`).")]) -> None:
     """Remove a question added by hand (rounds already posted keep their copy)."""
-    from storage.evals import remove_eval_prompt
     from storage.errors import FtbotError
+    from storage.evals import remove_eval_prompt
 
-    with _user_errors(), _database() as db:
+    with database_errors(), open_database() as db:
         if not remove_eval_prompt(db, question_id):
             raise FtbotError(f"there is no added question #{question_id}; `ftbot eval questions` lists them.")
         console.print(f"Removed question #{question_id}.", highlight=False)
@@ -116,10 +114,11 @@ def remove(question_id: Annotated[int, typer.Argument(help="The question's id (`
 
 def list_rounds(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Evaluation rounds: status, models (hidden while voting is open), questions and votes."""
-    from storage.evals import RoundStatus, count_votes, list_rounds as rounds, round_comparisons
+    from storage.evals import RoundStatus, count_votes, round_comparisons
+    from storage.evals import list_rounds as rounds
     from trainers.evaluation.generation import display_name
 
-    with _user_errors(), _database() as db:
+    with database_errors(), open_database() as db:
         rows = []
         for r in rounds(db):
             revealed = r.status not in RoundStatus.ACTIVE
@@ -131,7 +130,7 @@ def list_rounds(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
                 "closes_at": r.closes_at.isoformat() if r.closes_at else None,
             })
         if as_json:
-            _print_json(rows)
+            print_json(rows)
             return
         if not rows:
             console.print("No evaluation rounds yet: start one with /ft eval in Slack.")
@@ -149,11 +148,11 @@ def close(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Close voting on a round and store its decided comparisons as DPO pairs (nothing is posted to Slack)."""
-    from storage.evals import EvalRoundNotFound, RoundStatus, close_round, get_round, latest_round, pairs_from_round
     from storage.errors import FtbotError
+    from storage.evals import EvalRoundNotFound, RoundStatus, close_round, get_round, latest_round, pairs_from_round
     from trainers.evaluation.results import round_report
 
-    with _user_errors(), _database() as db:
+    with database_errors(), open_database() as db:
         round_ = get_round(db, round_id) if round_id is not None else latest_round(db, statuses=RoundStatus.VOTABLE)
         if round_ is None:
             raise EvalRoundNotFound("no evaluation round is open for voting.")
@@ -162,7 +161,7 @@ def close(
         created = sum(result.created for result in pairs_from_round(db, round_.id))
         report = round_report(db, round_.id)
         if as_json:
-            _print_json({**report.to_json(), "pairs_added": created})
+            print_json({**report.to_json(), "pairs_added": created})
             return
         console.print(f"Closed round #{round_.id}; {created} new preference pair(s) (`ftbot export --format dpo`, "
                       "`ftbot train --method dpo`).", highlight=False)

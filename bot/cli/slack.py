@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
+from bot.cli.common import cli_settings
+from storage.config import Settings
+from storage.db import Database
 from storage.errors import ConfigError
+
+if TYPE_CHECKING:
+    from slack_bolt import App
 
 CONNECT_HINT = (
     "No Slack credentials set: starting the local console. To connect a real workspace, create the app from "
@@ -16,27 +23,23 @@ CONNECT_HINT = (
 )
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"ftbot: {message}", err=True)
     raise typer.Exit(2)
 
 
-def _settings():
-    from bot.config import Settings
-
+def _settings() -> Settings:
     try:
-        return Settings.from_env()
+        return cli_settings()
     except ConfigError as exc:
         _fail(str(exc))
 
 
-def _open_db(settings):
-    from storage.db import Database
-
+def _open_db(settings: Settings) -> Database:
     return Database.open(settings.database_url)
 
 
-def _console(settings) -> None:
+def _console(settings: Settings) -> None:
     from bot.console.shell import run_console
 
     db = _open_db(settings)
@@ -46,7 +49,7 @@ def _console(settings) -> None:
         db.close()
 
 
-def _serving_app(settings):
+def _serving_app(settings: Settings) -> App:
     """The bot app for a long-running process, its scheduler started (job relays, daily housekeeping)."""
     from bot.app import bot_context, build_app
     from bot.scheduler import start_scheduler

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bot.cli.data import _database, _user_errors, console, err_console
+from bot.cli.common import cli_settings, console, database_errors, err_console, open_database
 
 
 class Backend(str, Enum):
@@ -51,11 +51,11 @@ def train(
     """Quote a training run on the approved examples (or pairs), then start it."""
     from storage.jobs import discard_quote, get_job, job_record
     from storage.models import JobStatus
-    from trainers.training.quote import quote_lines
     from trainers.training.jobs import progress_line, quote_job, start_job, wait_for_job
+    from trainers.training.quote import quote_lines
 
     out = err_console if as_json else console
-    with _user_errors(), _database() as db:
+    with database_errors(), open_database() as db:
         local_options: dict = {}
         if max_steps:
             local_options["max_steps"] = max_steps
@@ -69,7 +69,7 @@ def train(
         quoted = quote_job(
             db, backend=backend.value, method=method.value, model=chosen, parent=from_model, epochs=epochs,
             created_by=getpass.getuser(),
-            validation_fraction=validation_fraction, local_options=local_options,
+            validation_fraction=validation_fraction, local_options=local_options, settings=cli_settings(),
         )
         job, quote = quoted.job, quoted.quote
         out.print(f"[bold]Training quote · job #{job.id}[/bold]")
@@ -86,7 +86,8 @@ def train(
             discard_quote(db, job.id, reason="declined at the CLI prompt")
             out.print(f"Not started; quote #{job.id} discarded.")
             raise typer.Exit(0)
-        started = start_job(db, job.id, admin_confirmed=over_budget, allow_pii=allow_pii, redact_pii=redact_pii).job
+        started = start_job(db, job.id, admin_confirmed=over_budget, allow_pii=allow_pii, redact_pii=redact_pii,
+                            settings=cli_settings()).job
         parent = (started.config or {}).get("parent_model")
         origin = f"continuing {escape(parent)}" if parent else f"base {escape(started.base_model)}"
         out.print(f"Started job #{started.id} ({started.backend}, {started.method}, {origin}).")
@@ -106,7 +107,7 @@ def train(
                 out.print(escape(line))
                 last[0] = line
 
-        update = wait_for_job(db, job.id, interval=1.0, on_update=show)
+        update = wait_for_job(db, job.id, interval=1.0, on_update=show, settings=cli_settings())
         final = get_job(db, job.id)
         if as_json:
             print(json.dumps(job_record(db, final), indent=2))
@@ -127,11 +128,11 @@ def jobs(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     from storage.jobs import job_record, list_jobs
     from trainers.training.jobs import refresh_job
 
-    with _user_errors(), _database() as db:
+    with database_errors(), open_database() as db:
         records = []
         for job in list_jobs(db, limit=limit):
             try:
-                job = refresh_job(db, job.id).job
+                job = refresh_job(db, job.id, settings=cli_settings()).job
             except Exception as error:  # noqa: BLE001 - listing must work even when OpenAI is unreachable
                 err_console.print(f"[yellow]warning:[/yellow] cannot refresh job #{job.id}: {escape(str(error))}")
             records.append(job_record(db, job))
@@ -158,7 +159,7 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     """Registered models; the one marked * is in use."""
     from storage.jobs import list_models, model_record
 
-    with _user_errors(), _database() as db:
+    with database_errors(), open_database() as db:
         records = [model_record(m) for m in list_models(db)]
         if as_json:
             print(json.dumps(records, indent=2))
@@ -184,7 +185,7 @@ def use(name: Annotated[str, typer.Argument(help="Model name (or id) from `ftbot
     """Mark a registered model as the one evaluations and drafts use."""
     from storage.jobs import use_model
 
-    with _user_errors(), _database() as db:
+    with database_errors(), open_database() as db:
         model = use_model(db, name)
         console.print(f"Now using [bold]{escape(model.name)}[/bold] ({model.backend}, {escape(model.location)}).")
 
@@ -193,8 +194,8 @@ def cancel(job_id: Annotated[int, typer.Argument(help="Job id from `ftbot jobs`.
     """Stop a training job (OpenAI or local)."""
     from trainers.training.jobs import cancel_job
 
-    with _user_errors(), _database() as db:
-        job = cancel_job(db, job_id)
+    with database_errors(), open_database() as db:
+        job = cancel_job(db, job_id, settings=cli_settings())
         console.print(f"Job #{job.id} is {job.status}.")
 
 

@@ -27,10 +27,10 @@ from urllib.parse import urlencode
 from slack_bolt import BoltRequest
 from slack_sdk.signature import SignatureVerifier
 
-from bot.config import Settings
-from bot.executor import TrackingExecutor, wait_all_idle
 from bot.console.fake_slack import Call, FakeSlack
 from bot.console.render import Button, file_lines, is_binary, mrkdwn_to_text, render_blocks
+from bot.executor import TrackingExecutor, wait_all_idle
+from storage.config import Settings
 
 CHANNEL = "C0SUPPORT"
 PEOPLE = {"customer": "U0CUSTOMER", "agent": "U0AGENT", "lead": "U0LEAD"}
@@ -56,11 +56,9 @@ class Console:
     """The console session: a fake workspace, the real app, and a line-oriented REPL."""
 
     def __init__(self, settings: Settings, db: Any, *, out: TextIO = sys.stdout, files_dir: Path | None = None):
-        from storage.db import ftbot_home
-
         self.out = out
         # Binary uploads (loss curves, evaluation charts) are saved here and named in the output.
-        self.files_dir = files_dir or ftbot_home() / "console-files"
+        self.files_dir = files_dir or settings.home / "console-files"
         self._print_lock = threading.Lock()
         self.fake = FakeSlack(token=BOT_TOKEN, team_domain="ftbot-console").start()
         self.fake.add_channel(CHANNEL, "support")
@@ -70,8 +68,10 @@ class Console:
         roles_configured = any((settings.agents, settings.reviewers, settings.trainers, settings.admins))
         demo_roles: dict[str, Any] = {} if roles_configured else {"agents": (PEOPLE["agent"],), "reviewers": (PEOPLE["lead"],),
                                                                   "trainers": (PEOPLE["lead"],)}
+        # demo_mode: with no base model configured, training uses the offline tiny model (no accounts, no downloads).
         self.settings = dataclasses.replace(settings, slack_bot_token=BOT_TOKEN, slack_signing_secret=secret,
-                                            slack_app_token=None, slack_api_url=self.fake.base_url, **demo_roles)
+                                            slack_app_token=None, slack_api_url=self.fake.base_url, demo_mode=True,
+                                            **demo_roles)
         self._verifier = SignatureVerifier(secret)
         self.executor = TrackingExecutor(max_workers=4)
         from bot.app import build_app
@@ -315,7 +315,7 @@ class Console:
         from trainers.data.imports import import_file
 
         with as_file(files("bot") / "data" / "sample.jsonl") as path:
-            result = import_file(self.app.ftbot.db, path, approved_by="console")
+            result = import_file(self.app.ftbot.db, path, approved_by="console", max_line_bytes=self.app.ftbot.settings.max_line_bytes)
         self.say(f"  (sample dataset: {result.added} examples added, {result.unchanged} already there;"
                  " try /ft validate, /ft price or /ft train local)")
 

@@ -1,4 +1,4 @@
-"""Configuration, roles and the `ftbot run` entry points (exit codes, HTTP and Socket Mode start-up)."""
+"""Roles and the `ftbot run` entry points (exit codes, HTTP and Socket Mode start-up) with their configuration."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Settings
 from bot.roles import Roles
-from tests.fixtures.slack_api import BOT_TOKEN, SIGNING_SECRET, signed_headers, slash_command_body
-from storage.errors import ConfigError
+from storage.config import Settings
 from tests.fixtures.paths import REPO
+from tests.fixtures.slack_api import BOT_TOKEN, SIGNING_SECRET, signed_headers, slash_command_body
 
 FTBOT = str(Path(sys.executable).with_name("ftbot"))
 SLACK_ENV = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "FTBOT_AGENTS", "FTBOT_REVIEWERS",
@@ -28,25 +27,6 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SLACK_ENV}
     env.update(FTBOT_HOME=str(tmp_path / "home"), **extra)
     return env
-
-
-def test_settings_from_env_parses_roles_prompts_and_api_url():
-    settings = Settings.from_env({
-        "SLACK_BOT_TOKEN": "xoxb-1", "FTBOT_AGENTS": "U1, <@U2>", "FTBOT_REVIEWERS": "<!subteam^S9|@leads>",
-        "FTBOT_CHANNEL_PROMPTS": '{"C1": "Billing prompt"}', "FTBOT_SLACK_API_URL": "http://127.0.0.1:9/api",
-        "FTBOT_SYSTEM_PROMPT": "Default prompt",
-    })
-    assert settings.agents == ("U1", "U2") and settings.reviewers == ("S9",)
-    assert settings.channel_prompt("C1") == "Billing prompt" and settings.channel_prompt("C2") == "Default prompt"
-    assert settings.slack_api_url == "http://127.0.0.1:9/api/"
-    assert "xoxb-1" not in repr(settings)  # tokens never reach logs through repr
-
-
-def test_bad_channel_prompts_json_is_a_clear_config_error():
-    with pytest.raises(ConfigError, match="FTBOT_CHANNEL_PROMPTS is not valid JSON"):
-        Settings.from_env({"FTBOT_CHANNEL_PROMPTS": "{C1: nope}"})
-    with pytest.raises(ConfigError, match="object of channel ID"):
-        Settings.from_env({"FTBOT_CHANNEL_PROMPTS": '["C1"]'})
 
 
 def test_roles_without_configuration_allow_everyone_and_approve():
@@ -146,7 +126,7 @@ def test_run_with_app_token_starts_socket_mode(tmp_path, fake_slack):
 def test_bot_start_and_slash_path_do_not_import_training_libraries(tmp_path):
     code = (
         "import sys, tempfile\n"
-        "from bot.config import Settings\nfrom bot.app import build_app\nfrom storage.db import Database\n"
+        "from storage.config import Settings\nfrom bot.app import build_app\nfrom storage.db import Database\n"
         "from bot.console.shell import Console\nimport io\n"
         "db = Database.open('sqlite:///' + tempfile.mkdtemp() + '/x.db')\n"
         "c = Console(Settings(), db, out=io.StringIO())\n"
@@ -160,48 +140,15 @@ def test_bot_start_and_slash_path_do_not_import_training_libraries(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
-# --- the model settings: FTBOT_OPENAI_MODEL (OpenAI) and FTBOT_LOCAL_BASE_MODEL (on-prem), one meaning each ---------
+# --- `ftbot price` takes FTBOT_OPENAI_MODEL (the setting itself: tests/storage/test_config.py) -----------------------
 
 
 @pytest.fixture
 def fresh_model_warning(monkeypatch):
     """The deprecation warning is once per process: let each test see it."""
-    import trainers.training.quote
+    import storage.config
 
-    monkeypatch.setattr(trainers.training.quote, "_warned_deprecated", False)
-
-
-def test_the_openai_model_setting_and_its_deprecated_alias(fresh_model_warning, caplog):
-    assert Settings.from_env({}).openai_model == "gpt-4o-mini-2024-07-18"
-    assert Settings.from_env({"FTBOT_OPENAI_MODEL": "gpt-4.1-mini-2025-04-14"}).openai_model == "gpt-4.1-mini-2025-04-14"
-    assert not caplog.records
-    # The old name is read as the OpenAI model whatever it names (no guessing), with one warning line.
-    with caplog.at_level("WARNING"):
-        assert Settings.from_env({"FTBOT_BASE_MODEL": "/models/llama"}).openai_model == "/models/llama"
-        Settings.from_env({"FTBOT_BASE_MODEL": "gpt-4o-2024-08-06"})
-    warnings = [r.getMessage() for r in caplog.records if "FTBOT_BASE_MODEL" in r.getMessage()]
-    assert len(warnings) == 1 and "deprecated" in warnings[0] and "FTBOT_OPENAI_MODEL" in warnings[0]
-    assert "\n" not in warnings[0]
-
-
-def test_the_new_openai_model_name_wins_over_the_deprecated_one(fresh_model_warning, caplog):
-    with caplog.at_level("WARNING"):
-        settings = Settings.from_env({"FTBOT_OPENAI_MODEL": "gpt-4.1-2025-04-14", "FTBOT_BASE_MODEL": "gpt-4o-mini"})
-    assert settings.openai_model == "gpt-4.1-2025-04-14"
-    assert any("ignored because FTBOT_OPENAI_MODEL is set" in r.getMessage() for r in caplog.records)
-
-
-def test_the_local_base_model_never_comes_from_the_openai_settings(monkeypatch, fresh_model_warning):
-    from trainers.training.local.config import configured_base_model
-    from trainers.training.quote import TrainingSettings
-
-    monkeypatch.delenv("FTBOT_LOCAL_BASE_MODEL", raising=False)
-    monkeypatch.setenv("FTBOT_OPENAI_MODEL", "gpt-4o-2024-08-06")
-    monkeypatch.setenv("FTBOT_BASE_MODEL", "/models/llama")
-    assert configured_base_model() == "Qwen/Qwen2.5-0.5B-Instruct"
-    assert TrainingSettings.from_env().openai_model == "gpt-4o-2024-08-06"
-    monkeypatch.setenv("FTBOT_LOCAL_BASE_MODEL", "/models/qwen")
-    assert configured_base_model() == "/models/qwen" and configured_base_model("explicit") == "explicit"
+    monkeypatch.setattr(storage.config, "_warned_deprecated", False)
 
 
 def test_ftbot_price_defaults_to_the_openai_model_setting(tmp_path, monkeypatch, fresh_model_warning):

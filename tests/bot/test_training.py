@@ -17,9 +17,9 @@ from storage.examples import import_records
 from storage.jobs import get_job, list_jobs, list_models
 from storage.models import JobStatus
 from tests.fixtures.concurrency import wait_until
+from tests.fixtures.paths import REPO
 from tests.fixtures.slack_api import SlackHarness, block_actions, slash_command_body
 from trainers.tiny_model import sample_conversations
-from tests.fixtures.paths import REPO
 
 MODEL = "gpt-4o-mini-2024-07-18"
 
@@ -259,7 +259,7 @@ def test_the_bot_never_imports_the_ml_stack(tmp_path):
     script = (
         "import sys\n"
         "from bot.app import build_app\n"
-        "from bot.config import Settings\n"
+        "from storage.config import Settings\n"
         "import bot.training, bot.cli, trainers.training.jobs, trainers.training.openai_backend, trainers.training.quote, trainers.training.launch, trainers.data.report\n"
         "from storage.db import Database\n"
         "app = build_app(Settings(slack_bot_token='xoxb-x', slack_signing_secret='s'), Database.open(sys.argv[1]))\n"
@@ -287,14 +287,16 @@ def test_a_new_bot_process_resumes_polling_from_the_database(harnesses, openai_a
         job.total_steps = job.step + 2
 
     script = (
-        "import sys, time\n"
+        "import dataclasses, sys, time\n"
         "from bot.app import build_app\n"
-        "from bot.config import Settings\n"
+        "from storage.config import Settings\n"
         "from bot.scheduler import stop_scheduler\n"
         "from storage.db import Database\n"
         "from storage.jobs import get_job\n"
         "db = Database.open(sys.argv[1])\n"
-        "app = build_app(Settings(slack_bot_token=sys.argv[2], slack_signing_secret=sys.argv[3], slack_api_url=sys.argv[4]), db)\n"
+        "settings = Settings.from_env()  # FTBOT_TRAINING_POLL_SECONDS comes from the environment\n"
+        "app = build_app(dataclasses.replace(settings, slack_bot_token=sys.argv[2], slack_signing_secret=sys.argv[3],\n"
+        "                                    slack_api_url=sys.argv[4]), db)\n"
         "deadline = time.time() + 60\n"
         "while get_job(db, int(sys.argv[5])).status != 'succeeded' and time.time() < deadline:\n"
         "    time.sleep(0.1)\n"

@@ -180,14 +180,6 @@ def test_decided_comparisons_become_dpo_pairs_once(db):
     assert len(again) == 1 and not again[0].created and len(list_pairs(db)) == 1
 
 
-def test_decided_side_rules():
-    assert evals.decided_side(["A", "A", "B"]) == "A"
-    assert evals.decided_side(["A", "B"]) is None
-    assert evals.decided_side(["B", "tie", "tie"]) == "B"
-    assert evals.decided_side(["A", "bad", "bad"]) is None
-    assert evals.decided_side([]) is None
-
-
 def _approve(db, n):
     for i in range(n):
         record = {"messages": [{"role": "user", "content": f"How do I reset password {i}?"},

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import func, select
 
 from storage.db import Database
-from storage.errors import DuplicateExample, ExampleNotFound
+from storage.errors import DuplicateExample, ExampleNotFound, ValidationFailed
 from storage.events import claim_event, forget_events_before, release_event
 from storage.examples import (
     BATCH_SIZE,
@@ -25,13 +29,13 @@ from storage.examples import (
     set_status,
     update_example,
 )
-from storage.models import utcnow
+from storage.models import Example, utcnow
 from storage.pairs import add_pair, count_pairs, import_pairs, list_pairs, pair_records
-from storage.workspace_settings import delete_setting, get_setting, set_setting
-from storage.snapshots import create_snapshot, latest_snapshot
-from storage.errors import ValidationFailed
-from tests.fixtures.concurrency import at_once
 from storage.records import content_hash, sft_record
+from storage.snapshots import create_snapshot, latest_snapshot
+from storage.workspace_settings import delete_setting, get_setting, set_setting
+from tests.fixtures.concurrency import at_once
+from tests.fixtures.db import database_url
 from tests.fixtures.paths import REPO
 
 
@@ -185,10 +189,6 @@ def test_tool_calls_unicode_and_optional_keys_round_trip(db: Database) -> None:
 
 
 def test_absent_tools_are_sql_null_so_queries_can_filter_on_them(db: Database) -> None:
-    from sqlalchemy import func, select
-
-    from storage.models import Example
-
     capture(db, conversation("q", "a"))
     capture(db, TOOL_RECORD, key="slack:C1:7.7")
     with db.session() as session:
@@ -384,13 +384,6 @@ print("ok")
 
 def test_two_processes_capturing_one_message_end_with_one_row(db: Database) -> None:
     """The bot and a second bot instance (or a worker) write the same Slack message at once."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from tests.fixtures.db import database_url
-
-
     processes = [
         subprocess.Popen([sys.executable, "-c", _CAPTURE_SCRIPT, database_url(db), name], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -410,12 +403,6 @@ def test_two_processes_capturing_one_message_end_with_one_row(db: Database) -> N
 @pytest.mark.parametrize("ci, outcome", [("", "1 passed, 1 skipped"), ("true", "1 passed, 1 error")])
 def test_postgres_cases_skip_locally_but_fail_in_ci_when_the_server_is_down(tmp_path, ci: str, outcome: str) -> None:
     """CI must never silently skip the PostgreSQL half of the suite."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["tests.fixtures.db"]\n')
     (tmp_path / "test_probe.py").write_text("def test_probe(db):\n    assert db is not None\n")
     env = {**os.environ, "CI": ci, "PYTHONPATH": str(REPO),

@@ -10,15 +10,19 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
 import storage.models  # noqa: F401  (registers the tables)
+from storage.capture_drafts import load_capture_draft
 from storage.db import Database
 from storage.errors import MigrationError
+from storage.examples import list_examples
 from storage.migrate import current_revision, downgrade, head_revision, include_object, upgrade
+from storage.workspace_settings import get_setting
 from tests.fixtures.paths import REPO
-
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -94,13 +98,35 @@ def test_data_at_revision_0001_survives_upgrade(empty_db: Database) -> None:
     upgrade(empty_db)
 
     assert current_revision(empty_db) == head_revision()
-    from storage.examples import list_examples
-    from storage.workspace_settings import get_setting
-
     (example,) = list_examples(empty_db)
     assert example.messages == [{"role": "user", "content": "héllo"}, {"role": "assistant", "content": "hi"}]
     assert example.tags == ["billing"] and example.approved_by == "U1" and example.source_key == "slack:C1:1.0"
     assert get_setting(empty_db, "onboarded") == {"U1": True}
+
+
+def test_capture_drafts_move_out_of_the_settings_table_at_revision_0002(empty_db: Database) -> None:
+    """Drafts stored under the old key prefix in settings keep their keys (open modals carry them)."""
+    upgrade(empty_db, "0001")
+    draft_key = "capture_draft:slack:C1:1.0:U1"
+    with empty_db.engine.begin() as connection:
+        for key, value in ((draft_key, '{"source_key": "slack:C1:1.0", "turns": []}'),
+                           ("channel_prompt:C1", '"Be brief."'),
+                           ("capturexdraft:lookalike", '"not a draft"')):
+            connection.execute(
+                text("INSERT INTO settings (key, value, updated_at) VALUES (:key, :value, :now)"),
+                {"key": key, "value": value, "now": "2026-01-02 03:04:05+00:00"},
+            )
+
+    upgrade(empty_db, "0002")
+
+    assert load_capture_draft(empty_db, draft_key) == {"source_key": "slack:C1:1.0", "turns": []}
+    assert get_setting(empty_db, draft_key) is None
+    assert get_setting(empty_db, "channel_prompt:C1") == "Be brief."
+    assert get_setting(empty_db, "capturexdraft:lookalike") == "not a draft"
+
+    downgrade(empty_db, "0001")
+    assert get_setting(empty_db, draft_key) == {"source_key": "slack:C1:1.0", "turns": []}
+    assert "capture_drafts" not in inspect(empty_db.engine).get_table_names()
 
 
 def test_downgrade_to_base_and_back(empty_db: Database) -> None:
@@ -136,7 +162,7 @@ def test_two_processes_migrating_one_database_at_once(empty_url: str) -> None:
         for _ in range(2)
     ]
     results = [process.communicate(timeout=120) for process in processes]
-    for process, (out, err) in zip(processes, results):
+    for process, (out, err) in zip(processes, results, strict=True):
         assert process.returncode == 0, err
         assert out.strip() == head_revision()
     database = Database.open(empty_url, migrate=False)
@@ -169,8 +195,6 @@ def test_sqlite_connections_enforce_foreign_keys_and_use_wal(sqlite_db: Database
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
     # Enforced, not just reported: a member pointing at a missing snapshot is refused.
-    from sqlalchemy.exc import IntegrityError
-
     with pytest.raises(IntegrityError):
         with sqlite_db.engine.begin() as connection:
             connection.execute(
@@ -193,8 +217,6 @@ def test_database_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
 
 def test_apschedulers_own_table_is_not_a_schema_difference(empty_db: Database) -> None:
     """The scheduler's job store lives in the same database; autogenerate must not propose dropping it."""
-    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-
     upgrade(empty_db)
     SQLAlchemyJobStore(engine=empty_db.engine, tablename="apscheduler_jobs").start(None, "default")
     assert "apscheduler_jobs" in inspect(empty_db.engine).get_table_names()

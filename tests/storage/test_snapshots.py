@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from storage.errors import ValidationFailed
 from storage.examples import import_records, set_status, update_example
 from storage.models import Example
 from storage.pairs import add_pair
@@ -15,7 +16,6 @@ from storage.snapshots import (
     snapshot_records,
     write_jsonl,
 )
-from storage.errors import ValidationFailed
 from trainers.tiny_model import sample_conversations
 
 

@@ -66,7 +66,7 @@ def reply_sketches(flat_tokens: Sequence[int], lengths: Sequence[int]) -> tuple[
     (sorted uint64 bytes) for checking them: exact Jaccard for replies up to ~SKETCH_SIZE tokens, a
     bottom-k estimate (error ~0.04) above. MinHash with 32 values alone is too noisy (±0.09) to be trusted.
     """
-    empty = (np.empty(0, dtype=np.int64), np.empty((0, NUM_PERM), dtype=np.uint32), [])
+    empty: tuple[np.ndarray, np.ndarray, list[bytes]] = (np.empty(0, dtype=np.int64), np.empty((0, NUM_PERM), dtype=np.uint32), [])
     if not lengths:
         return empty
     sizes = np.asarray(lengths, dtype=np.int64)
@@ -257,7 +257,7 @@ class NearDuplicateIndex:
         self.threshold = threshold
         self.capacity = capacity
         # MinHash agreement only nominates candidates (generously); bottom-k sketches confirm them.
-        self._min_candidate = math.ceil(max(threshold - 0.15, 0.0) * NUM_PERM)
+        self.min_agreement = math.ceil(max(threshold - 0.15, 0.0) * NUM_PERM)
         self._bands: dict[int, int] = {}  # band key -> slot of the representative that last had it
         self._size = 0  # representatives live in slots 0 .. _size-1, in the order they were added
         self._matrix = np.zeros((capacity, NUM_PERM), dtype=np.uint32)  # representatives' signatures
@@ -288,7 +288,7 @@ class NearDuplicateIndex:
             return []
         key_matrix = np.asarray(keys, dtype=np.uint64).reshape(count, BANDS)
         flat_keys = key_matrix.ravel()
-        minimum = self._min_candidate
+        minimum = self.min_agreement
         threshold = self.threshold
         # 1. Representatives indexed before this call: bulk lookup, candidates in band order without repeats.
         bands = self._bands

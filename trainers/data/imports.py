@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from storage.config import DEFAULT_MAX_LINE_BYTES
 from storage.db import Database
 from storage.examples import BATCH_SIZE, ImportResult, import_records
 from storage.pairs import import_pairs
@@ -23,7 +24,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from storage.errors import DataFileError, FtbotError
-from trainers.data.validate import Issue, check_record, read_jsonl
+from trainers.data.issues import Issue
+from trainers.data.jsonl import read_jsonl
+from trainers.data.validate import check_record
 
 # Errors kept in memory for the report; the count is always exact.
 MAX_REPORTED_ERRORS = 1000
@@ -72,6 +75,7 @@ def import_file(
     skip_invalid: bool = False,
     kind: str = "auto",
     on_line: Callable[[int], None] | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> FileImportResult:
     """Validate and store ``path``; see the module docstring. ``on_line(line_number)`` drives a progress bar.
 
@@ -83,7 +87,7 @@ def import_file(
     try:
         with db.session() as session:
             writer = _BatchWriter(db, session, source_file=str(file_path.resolve()), approved_by=approved_by)
-            for line, value, read_error in read_jsonl(file_path):
+            for line, value, read_error in read_jsonl(file_path, max_line_bytes=max_line_bytes):
                 result.lines += 1
                 checked = None if read_error is not None else check_record(value, line, kind)
                 errors = [read_error] if checked is None else checked.errors

@@ -126,9 +126,9 @@ def find_pii(text: str) -> list[PiiFinding]:
         return []
     findings: list[PiiFinding] = []
     if "@" in text:
-        for match in _EMAIL.finditer(text):
-            if _left_boundary(text, match.start()):
-                findings.append(PiiFinding("email", match.start(), match.end(), match.group()))
+        for email in _EMAIL.finditer(text):
+            if _left_boundary(text, email.start()):
+                findings.append(PiiFinding("email", email.start(), email.end(), email.group()))
     position = 0
     while True:
         match = _DIGIT_RUN.search(text, position)

@@ -1,7 +1,7 @@
 """What a fine-tune costs and when it pays for itself, from a dated price table users can edit.
 
-The table is ``trainers/data/prices.toml`` (or the file named by ``FTBOT_PRICES_FILE``). Nothing here has a
-price in code: models, prices and context limits all come from that file.
+The table is ``trainers/data/prices.toml``, or the file the caller names (``Settings.prices_file``, from
+``FTBOT_PRICES_FILE``). Nothing here has a price in code: models, prices and context limits all come from that file.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from storage.errors import ConfigError
 from trainers.data.tokens import base_model_name
 
 __all__ = [
-    "PRICES_FILE_ENV",
     "DEFAULT_PRICES_FILE",
     "ModelPrice",
     "PriceTable",
@@ -34,7 +33,6 @@ __all__ = [
     "load_price_table",
 ]
 
-PRICES_FILE_ENV = "FTBOT_PRICES_FILE"
 DEFAULT_PRICES_FILE = Path(__file__).with_name("prices.toml")
 PER_TOKENS = 1_000_000
 DEFAULT_CONTEXT_LIMIT = 65536
@@ -65,12 +63,12 @@ class PriceTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> "PriceTable":
-        """Read the table from ``path``, else ``$FTBOT_PRICES_FILE``, else the bundled file."""
-        chosen = Path(path or os.environ.get(PRICES_FILE_ENV) or DEFAULT_PRICES_FILE).expanduser()
+        """Read the table from ``path``, else the bundled file."""
+        chosen = Path(path or DEFAULT_PRICES_FILE).expanduser()
         try:
             raw = tomllib.loads(chosen.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"price table {chosen} not found; fix {PRICES_FILE_ENV} or unset it to use the bundled table") from None
+            raise ConfigError(f"price table {chosen} not found; fix FTBOT_PRICES_FILE or unset it to use the bundled table") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"price table {chosen} is not valid TOML ({exc}); fix the file") from None
         models: dict[str, ModelPrice] = {}
@@ -135,9 +133,9 @@ def _cached_table(path: str, mtime_ns: int) -> PriceTable:
     return PriceTable.load(path)
 
 
-def load_price_table() -> PriceTable:
-    """The active table, re-read when the file changes."""
-    chosen = Path(os.environ.get(PRICES_FILE_ENV) or DEFAULT_PRICES_FILE).expanduser()
+def load_price_table(path: str | os.PathLike[str] | None = None) -> PriceTable:
+    """The table at ``path`` (``Settings.prices_file``; None: the bundled one), re-read when the file changes."""
+    chosen = Path(path or DEFAULT_PRICES_FILE).expanduser()
     try:
         mtime = chosen.stat().st_mtime_ns
     except OSError:

@@ -25,6 +25,7 @@ from typing import Any
 
 import tiktoken
 
+from storage.config import ftbot_home
 from storage.errors import ConfigError
 
 __all__ = [
@@ -77,25 +78,17 @@ def encoding_name_for_model(model: str) -> str:
     return "o200k_base"
 
 
-def _ftbot_home() -> Path:
-    """Same rule as ``storage.db.ftbot_home`` (a test keeps them equal); importing storage here would load
-    SQLAlchemy (~30 MB, ~0.3 s) into every token-counting worker process."""
-    configured = os.environ.get("FTBOT_HOME")
-    if configured:
-        return Path(configured).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
-    return base / "ftbot"
-
-
 def _cache_dir() -> str | None:
-    """tiktoken's cache directory, set to ftbot's home when the user has not chosen one. None: caching off."""
+    """tiktoken's cache directory, set to ftbot's home when the user has not chosen one. None: caching off.
+
+    tiktoken reads ``TIKTOKEN_CACHE_DIR`` itself (and token-counting worker processes inherit it), so the choice
+    is made where tiktoken looks for it: in the environment."""
     if "TIKTOKEN_CACHE_DIR" in os.environ:
         configured = os.environ["TIKTOKEN_CACHE_DIR"]
     elif "DATA_GYM_CACHE_DIR" in os.environ:
         configured = os.environ["DATA_GYM_CACHE_DIR"]
     else:
-        configured = str(_ftbot_home() / "tiktoken")
+        configured = str(ftbot_home() / "tiktoken")
         os.environ["TIKTOKEN_CACHE_DIR"] = configured
     return configured or None
 

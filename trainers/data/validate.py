@@ -1,85 +1,33 @@
 """Per-line checks of OpenAI fine-tuning JSONL (SFT chat lines and DPO preference lines).
 
-``read_jsonl`` streams a file with a bounded line reader (a 1 GB line is never held in memory);
-``check_record`` runs the structural checks of one parsed line. Cross-line checks (duplicates,
-system-prompt consistency, token limits, file size) live in ``trainers.data.report``.
+``check_record`` runs the structural checks of one parsed line with a ``RecordChecker``. Reading the file
+lives in ``trainers.data.jsonl``; cross-line checks (duplicates, system-prompt consistency, token limits,
+file size) in ``trainers.data.report``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from bisect import bisect_left
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from storage.errors import DataFileError
+from trainers.data.issues import Issue
 from trainers.data.pii import PiiFinding, find_pii
 
 __all__ = [
-    "Issue",
     "CheckedLine",
-    "LineTooLong",
-    "ERROR_CODES",
-    "WARNING_CODES",
-    "MAX_LINE_BYTES",
-    "read_jsonl",
-    "iter_raw_lines",
-    "iter_blocks",
-    "split_block",
-    "InvalidUtf8",
-    "parse_line",
+    "RecordChecker",
+    "SHORT_REPLY_WORDS",
     "check_record",
     "detect_kind",
     "system_has_pii",
 ]
 
-ERROR_CODES = (
-    "invalid_json",
-    "data_type",
-    "missing_messages_list",
-    "message_missing_key",
-    "message_unrecognized_key",
-    "unrecognized_role",
-    "missing_content",
-    "example_missing_assistant_message",
-    "invalid_weight",
-    "invalid_tool_call",
-    "too_few_examples",
-)
-WARNING_CODES = (
-    "missing_system_message",
-    "missing_user_message",
-    "too_long",
-    "duplicate_example",
-    "near_duplicate",
-    "inconsistent_system_prompt",
-    "pii",
-    "short_assistant_reply",
-)
-
-# OpenAI accepts files up to 512 MB; one example is at most 65,536 tokens (~260 KB of text). A line
-# longer than this is a broken export, not an example, and is never read into memory.
-MAX_LINE_BYTES = int(os.environ.get("FTBOT_MAX_LINE_BYTES", 16 * 1024 * 1024))
-_READ_BLOCK = 1 << 20
 SHORT_REPLY_WORDS = 5  # fewer words than this: short_assistant_reply
 _SYSTEM_PII: dict[str, bool] = {}
 _PII_NAMES = {"email": "email address", "phone": "phone number", "card": "card number", "iban": "IBAN",
               "ssn": "US social security number", "ip": "IP address"}
-
-
-@dataclass(frozen=True, slots=True)
-class Issue:
-    """One finding: ``line`` is 1-based (None for file-level findings)."""
-
-    line: int | None
-    code: str
-    message: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"line": self.line, "code": self.code, "message": self.message}
 
 
 @dataclass(slots=True)
@@ -96,176 +44,6 @@ class CheckedLine:
     def ok(self) -> bool:
         return not self.errors
 
-
-class _LineError(DataFileError):
-    """A file error at one line; ``line`` and ``code`` say where and what (picklable across processes)."""
-
-    code = "data_file"
-
-    def __init__(self, message: str, line: int):
-        super().__init__(message)
-        self.line = line
-
-    def __reduce__(self):
-        return (type(self), (str(self), self.line))
-
-
-class LineTooLong(_LineError):
-    """A line is longer than ``MAX_LINE_BYTES``."""
-
-    code = "line_too_long"
-
-    @classmethod
-    def at(cls, path: str, line: int, limit: int) -> "LineTooLong":
-        return cls(
-            f"{path}: line {line} is longer than {limit // (1024 * 1024)} MiB (line_too_long); "
-            "each example must be one JSON object on one line: check that the file is JSONL, not one big JSON array",
-            line,
-        )
-
-
-class InvalidUtf8(_LineError):
-    """A line is not valid UTF-8."""
-
-    code = "invalid_utf8"
-
-    @classmethod
-    def at(cls, path: str, line: int, error: UnicodeDecodeError) -> "InvalidUtf8":
-        bad = error.object[error.start : error.start + 1].hex()
-        return cls(
-            f"{path}: line {line} is not valid UTF-8 (byte 0x{bad} at byte {error.start + 1} of the line); re-save the file as UTF-8",
-            line,
-        )
-
-
-def _open_checked(path: str | os.PathLike[str]):
-    p = Path(path)
-    if p.is_dir():
-        raise DataFileError(f"{p}: is a directory, not a JSONL file; pass the path of a .jsonl file")
-    try:
-        return p.open("rb")
-    except FileNotFoundError:
-        raise DataFileError(f"{p}: no such file; check the path") from None
-    except PermissionError:
-        raise DataFileError(f"{p}: permission denied; make the file readable") from None
-    except OSError as exc:
-        raise DataFileError(f"{p}: cannot be opened ({exc.strerror})") from None
-
-
-def iter_blocks(
-    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK, max_line_bytes: int | None = None
-) -> Iterator[tuple[int, bytes]]:
-    """(number of the first line, bytes holding only whole lines) for consecutive blocks of the file.
-
-    Reads fixed-size blocks, so memory stays bounded by ``max_line_bytes`` plus one block whatever the
-    file holds; a line longer than the limit raises ``LineTooLong`` as soon as the limit is passed.
-    A UTF-8 byte-order mark at the start of the file is dropped. The last line may lack its newline.
-    """
-    limit = MAX_LINE_BYTES if max_line_bytes is None else max_line_bytes
-    name = str(path)
-    with _open_checked(path) as handle:
-        carry = b""
-        next_line = 1
-        first = True
-        while True:
-            data = handle.read(block_size)
-            if first:
-                first = False
-                if data.startswith(b"\xef\xbb\xbf"):
-                    data = data[3:]
-            if not data:
-                if carry:
-                    yield next_line, carry
-                return
-            buffer = carry + data if carry else data
-            cut = buffer.rfind(b"\n")
-            if cut < 0:
-                carry = buffer
-                if len(carry) > limit:
-                    raise LineTooLong.at(name, next_line, limit)
-                continue
-            block, carry = buffer[: cut + 1], buffer[cut + 1 :]
-            if len(block) > limit:
-                _check_line_lengths(block, next_line, limit, name)
-            yield next_line, block
-            next_line += block.count(b"\n")
-            if len(carry) > limit:
-                raise LineTooLong.at(name, next_line, limit)
-
-
-def _check_line_lengths(block: bytes, first_line: int, limit: int, name: str) -> None:
-    start = 0
-    line = first_line
-    while True:
-        end = block.find(b"\n", start)
-        if end < 0:
-            end = len(block)
-        if end - start > limit:
-            raise LineTooLong.at(name, line, limit)
-        if end >= len(block) - 1:
-            return
-        start = end + 1
-        line += 1
-
-
-def split_block(block: bytes, first_line: int) -> Iterator[tuple[int, bytes]]:
-    """(line number, line bytes without CR/LF) for each line of a block from ``iter_blocks``."""
-    lines = block.split(b"\n")
-    if lines and not lines[-1]:
-        lines.pop()
-    for offset, line in enumerate(lines):
-        yield first_line + offset, line[:-1] if line.endswith(b"\r") else line
-
-
-def iter_raw_lines(
-    path: str | os.PathLike[str], *, max_line_bytes: int | None = None
-) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes without the line ending) for every line, blank lines included (see ``iter_blocks``)."""
-    for first_line, block in iter_blocks(path, max_line_bytes=max_line_bytes):
-        yield from split_block(block, first_line)
-
-
-def parse_line(line_no: int, raw: bytes | str, path: str = "input") -> tuple[Any | None, Issue | None]:
-    """Decode and parse one line; invalid UTF-8 raises ``InvalidUtf8``, invalid JSON is an ``Issue``."""
-    if isinstance(raw, bytes):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidUtf8.at(path, line_no, exc) from None
-    else:
-        text = raw
-    try:
-        return json.loads(text), None
-    except json.JSONDecodeError as exc:
-        return None, Issue(
-            line_no,
-            "invalid_json",
-            f"line {line_no}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON object",
-        )
-    except RecursionError:
-        return None, Issue(line_no, "invalid_json", f"line {line_no}: JSON nested too deeply to parse")
-
-
-def read_jsonl(path: str | os.PathLike[str], *, max_line_bytes: int | None = None) -> Iterator[tuple[int, Any | None, Issue | None]]:
-    """Stream ``(line number, parsed value or None, Issue or None)`` for each non-blank line.
-
-    Handles a BOM, CRLF line ends and blank lines (skipped). Raises ``DataFileError`` for a missing
-    file, a directory, an empty file, a line that is not UTF-8 and a line longer than ``max_line_bytes``.
-    """
-    name = str(path)
-    seen_any = False
-    for line_no, raw in iter_raw_lines(path, max_line_bytes=max_line_bytes):
-        if not raw.strip():
-            continue
-        seen_any = True
-        value, issue = parse_line(line_no, raw, name)
-        yield line_no, value, issue
-    if not seen_any:
-        raise DataFileError(f"{name}: the file is empty; add one JSON example per line")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Structural checks of one line
 
 _ROLE_KEYS: dict[str, frozenset[str]] = {
     "system": frozenset({"role", "content", "name"}),
@@ -313,8 +91,12 @@ def system_has_pii(text: str) -> bool:
     return known
 
 
-class _Checker:
-    """Collects issues for one line; ``where`` prefixes say which message and field."""
+class RecordChecker:
+    """Collects issues for one line; ``where`` prefixes say which message and field.
+
+    ``check_record`` drives it over a whole line; the report's fast path (``trainers.data.analysis``) uses it
+    to word the rare warnings of a line it has checked itself, so both paths say the same thing.
+    """
 
     __slots__ = ("line", "errors", "warnings", "pii", "pii_parts")
 
@@ -598,7 +380,7 @@ def check_record(value: Any, line: int, kind: str = "auto", *, pii: bool = True)
     """
     if kind == "auto":
         kind = detect_kind(value)
-    checker = _Checker(line, pii)
+    checker = RecordChecker(line, pii)
     if not isinstance(value, dict):
         expected = '{"messages": [...]}' if kind == "sft" else '{"input": {...}, "preferred_output": [...], ...}'
         checker.error("data_type", f"expected a JSON object like {expected}, got {_type_name(value)}")
@@ -615,7 +397,7 @@ def check_record(value: Any, line: int, kind: str = "auto", *, pii: bool = True)
     return CheckedLine(line, kind, record, checker.errors, checker.warnings)
 
 
-def _check_prompt_object(value: dict[str, Any], checker: _Checker, *, allowed: frozenset[str], need_assistant: bool) -> list[str]:
+def _check_prompt_object(value: dict[str, Any], checker: RecordChecker, *, allowed: frozenset[str], need_assistant: bool) -> list[str]:
     for key in value:
         if key not in allowed:
             checker.error("data_type", f"unrecognized top-level key {key!r}; a line takes {', '.join(sorted(allowed))}")
@@ -626,15 +408,15 @@ def _check_prompt_object(value: dict[str, Any], checker: _Checker, *, allowed: f
     return roles
 
 
-def _check_sft(value: dict[str, Any], checker: _Checker) -> None:
+def _check_sft(value: dict[str, Any], checker: RecordChecker) -> None:
     roles = _check_prompt_object(value, checker, allowed=_SFT_KEYS, need_assistant=True)
     checker.conversation_warnings(roles)
 
 
-def _check_dpo(value: dict[str, Any], checker: _Checker) -> None:
-    for key in value:
-        if key not in _DPO_KEYS:
-            checker.error("data_type", f"unrecognized top-level key {key!r}; a preference line takes input, preferred_output, non_preferred_output")
+def _check_dpo(value: dict[str, Any], checker: RecordChecker) -> None:
+    for top_key in value:
+        if top_key not in _DPO_KEYS:
+            checker.error("data_type", f"unrecognized top-level key {top_key!r}; a preference line takes input, preferred_output, non_preferred_output")
     prompt = value.get("input")
     if not isinstance(prompt, dict):
         checker.error("missing_messages_list", f"\"input\" is {'missing' if prompt is None else _type_name(prompt)}; give {{\"messages\": [...]}}")

@@ -8,10 +8,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainers.evaluation.generation import display_name
-from trainers.plots import figure_png, new_figure
 from trainers.evaluation.stats import ABSummary, Leaderboard
+from trainers.plots import figure_png, new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 _CANDIDATE, _BASELINE, _TIE, _BAD = "#2a9d8f", "#e76f51", "#8d99ae", "#adb5bd"
 
@@ -38,7 +42,7 @@ def results_png(
     return figure_png(figure, path)
 
 
-def _win_rate_panel(axes, summary: ABSummary, candidate: str, baseline: str) -> None:
+def _win_rate_panel(axes: Axes, summary: ABSummary, candidate: str, baseline: str) -> None:
     axes.set_xlim(0, 1)
     axes.set_ylim(-0.5, 1.9)
     axes.axvline(0.5, color="black", linewidth=0.8, linestyle="--")
@@ -81,7 +85,7 @@ def _win_rate_panel(axes, summary: ABSummary, candidate: str, baseline: str) -> 
     axes.grid(True, axis="x", alpha=0.3)
 
 
-def _ratings_panel(axes, board: Leaderboard) -> None:
+def _ratings_panel(axes: Axes, board: Leaderboard) -> None:
     ratings = list(reversed(board.ratings))  # best at the top
     names = [display_name(r.model) for r in ratings]
     values = [r.rating for r in ratings]

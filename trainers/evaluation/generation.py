@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from storage.db import DATABASE_URL_ENV, Database, ftbot_home
+from storage.config import DATABASE_URL_VARIABLE, DEFAULT_OPENAI_MAX_RETRIES, Settings, ftbot_home
+from storage.db import Database
+from storage.errors import ConfigError
 from storage.evals import RoundStatus, get_round, move_round, round_comparisons, set_answers
 from storage.jobs import ModelNotFound, get_model
 from storage.models import RegisteredModel
-from storage.errors import ConfigError
 from trainers.evaluation.inference import GenerationSettings, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -101,13 +102,17 @@ def generate_round(
     *,
     settings: GenerationSettings | None = None,
     openai_client: Any | None = None,
+    openai_max_retries: int = DEFAULT_OPENAI_MAX_RETRIES,
     progress: Callable[[str, int, int], None] | None = None,
     local_generators: dict[str, Any] | None = None,
 ) -> RoundGeneration:
-    """Answer every comparison of the round that still lacks a model's answer, for both models."""
+    """Answer every comparison of the round that still lacks a model's answer, for both models.
+
+    ``settings``: ``GenerationSettings.from_settings(...)`` (None: the defaults); ``openai_client``: the client to
+    use, else one that retries ``openai_max_retries`` times."""
     from trainers.evaluation.inference import LocalGenerator, generate_openai
 
-    settings = settings or GenerationSettings.from_env()
+    settings = settings or GenerationSettings()
     round_ = get_round(db, round_id)
     answered: dict[str, int] = {}
     prompt_tokens: dict[str, int] = {}
@@ -136,7 +141,8 @@ def generate_round(
                 finished += 1
                 report(finished)
 
-            generations = generate_openai(spec.model, prompts, settings, client=openai_client, on_done=one_done)
+            generations = generate_openai(spec.model, prompts, settings, client=openai_client,
+                                          max_retries=openai_max_retries, on_done=one_done)
         else:
             generator = (local_generators or {}).get(name) or LocalGenerator(spec.model, spec.adapter)
             generations = generator.generate(prompts, settings, on_batch=report)
@@ -166,7 +172,7 @@ def spawn_generation(round_id: int, *, database_url: str, env: dict[str, str] | 
     """Start the generation worker for a round; its output goes to the round's log file."""
     path = log_path(round_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    child_env = {**os.environ, **(env or {}), DATABASE_URL_ENV: database_url, "PYTHONUNBUFFERED": "1"}
+    child_env = {**os.environ, **(env or {}), DATABASE_URL_VARIABLE: database_url, "PYTHONUNBUFFERED": "1"}
     child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
     child_env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     with path.open("ab") as handle:
@@ -191,8 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     db = Database.open(migrate=False)
     try:
+        # Read here, inside the try: a wrong setting fails the round with a message, like any other error.
+        settings = Settings.from_env()
         result = generate_round(
-            db, args.round_id,
+            db, args.round_id, settings=GenerationSettings.from_settings(settings),
+            openai_max_retries=settings.openai_max_retries,
             progress=lambda name, done, total: log.info("%s: %d/%d answered", name, done, total),
         )
         log.info("round %d done: %s", args.round_id, result.answered)

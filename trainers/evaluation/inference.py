@@ -12,21 +12,20 @@ No Slack, no database here (``trainers.evaluation.generation`` connects this to 
 
 from __future__ import annotations
 
-import os
 import statistics
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from storage.config import DEFAULT_OPENAI_MAX_RETRIES, Settings, ftbot_home
 from storage.errors import ConfigError, FtbotError
 
-Messages = Sequence[dict[str, Any]]
+if TYPE_CHECKING:
+    from trainers.data.pricing import PriceTable
 
-MAX_TOKENS_ENV = "FTBOT_EVAL_MAX_TOKENS"
-TEMPERATURE_ENV = "FTBOT_EVAL_TEMPERATURE"
-BATCH_SIZE_ENV = "FTBOT_EVAL_BATCH_SIZE"
+Messages = Sequence[dict[str, Any]]
 
 
 class GenerationError(FtbotError):
@@ -64,18 +63,10 @@ class GenerationSettings:
     batch_size: int = 8
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "GenerationSettings":
-        env = os.environ if environ is None else environ
-        try:
-            return cls(
-                max_new_tokens=int(env.get(MAX_TOKENS_ENV) or 512),
-                temperature=float(env.get(TEMPERATURE_ENV) or 0.0),
-                batch_size=int(env.get(BATCH_SIZE_ENV) or 8),
-            )
-        except ValueError as error:
-            raise ConfigError(
-                f"{MAX_TOKENS_ENV}, {TEMPERATURE_ENV} and {BATCH_SIZE_ENV} must be numbers ({error})"
-            ) from None
+    def from_settings(cls, settings: Settings) -> GenerationSettings:
+        """The configured answer length, temperature and local batch size (``FTBOT_EVAL_*``)."""
+        return cls(max_new_tokens=settings.eval_max_tokens, temperature=settings.eval_temperature,
+                   batch_size=settings.eval_batch_size)
 
 
 @dataclass(frozen=True)
@@ -104,13 +95,16 @@ def generate_openai(
     settings: GenerationSettings = GenerationSettings(),
     *,
     client: Any | None = None,
+    max_retries: int = DEFAULT_OPENAI_MAX_RETRIES,
     concurrency: int = 4,
     on_done: Callable[[int], None] | None = None,
 ) -> list[Generation]:
-    """Answer every prompt with one chat completion each, a few in flight; answers in prompt order."""
+    """Answer every prompt with one chat completion each, a few in flight; answers in prompt order.
+
+    ``client``: the OpenAI client to use; None: one that retries 429/5xx ``max_retries`` times."""
     from trainers.training.openai_backend import make_client
 
-    client = make_client(client)
+    client = make_client(client, max_retries=max_retries)
 
     def one(index_and_prompt: tuple[int, Messages]) -> Generation:
         index, prompt = index_and_prompt
@@ -167,11 +161,13 @@ def estimate_openai_cost(
     settings: GenerationSettings = GenerationSettings(),
     *,
     expected_answer_tokens: float | None = None,
+    prices: PriceTable | None = None,
 ) -> CostEstimate:
     """What answering `prompts` with `model` costs: input tokens × input price + output tokens × output price.
 
     Output is unknown before generation: the expected figure uses `expected_answer_tokens` (e.g. the mean length
-    of the team's reference replies), else half the token limit; the maximum uses the full limit.
+    of the team's reference replies), else half the token limit; the maximum uses the full limit. `prices`: the
+    price table (``load_price_table(settings.prices_file)``; None: the bundled one).
     """
     from trainers.data.pricing import inference_cost, load_price_table
     from trainers.data.tokens import count_record_tokens, encoding_for_model
@@ -181,7 +177,7 @@ def estimate_openai_cost(
     per_answer = expected_answer_tokens if expected_answer_tokens is not None else settings.max_new_tokens / 2
     expected_out = int(round(min(per_answer, settings.max_new_tokens) * len(prompts)))
     max_out = settings.max_new_tokens * len(prompts)
-    table = load_price_table()
+    table = prices or load_price_table()
     price = table.find(model)
     fine_tuned = model.startswith("ft:")
     expected = maximum = None
@@ -247,7 +243,7 @@ class LocalGenerator:
         self.model = model.to(self.device).eval()
 
     def _prompt_text(self, messages: Messages) -> str:
-        from trainers.training.local.data import _message
+        from trainers.training.local.data import hf_chat_message
 
         if not self.tokenizer.chat_template:
             raise ConfigError(
@@ -255,7 +251,7 @@ class LocalGenerator:
                 "evaluate an instruct/chat model (or one fine-tuned by ftbot, which saves its template)."
             )
         return self.tokenizer.apply_chat_template(
-            [_message(m) for m in messages], tokenize=False, add_generation_prompt=True
+            [hf_chat_message(m) for m in messages], tokenize=False, add_generation_prompt=True
         )
 
     def generate(self, prompts: Sequence[Messages], settings: GenerationSettings = GenerationSettings(),
@@ -318,8 +314,6 @@ def _cut_at_stop(tokens: list[int], eos_ids: list[int], pad_id: int | None) -> l
 
 
 def _models_dir() -> Path:
-    from storage.db import ftbot_home
-
     return ftbot_home() / "models"
 
 

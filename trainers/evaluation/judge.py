@@ -13,14 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from storage.config import DEFAULT_OPENAI_MAX_RETRIES
 from storage.db import Database
 from storage.evals import round_comparisons, save_verdict
 from storage.models import Comparison
-from trainers.evaluation.inference import CostEstimate, GenerationError, GenerationSettings, estimate_openai_cost
+from storage.votes import VoteChoice
 from trainers.data.pii import redact
+from trainers.data.pricing import PriceTable
+from trainers.evaluation.inference import CostEstimate, GenerationError, GenerationSettings, estimate_openai_cost
+from trainers.training.openai_backend import make_client
 
-JUDGE_MODEL_ENV = "FTBOT_JUDGE_MODEL"
-DEFAULT_JUDGE_MODEL = "gpt-4.1-2025-04-14"
 JUDGE_MAX_TOKENS = 400  # per judgement: a short explanation and the [[…]] marker
 
 SYSTEM = (
@@ -30,6 +32,9 @@ SYSTEM = (
     "[[tie]] if they are equally good or equally bad."
 )
 _VERDICT = re.compile(r"\[\[\s*(1|2|tie)\s*\]\]", re.IGNORECASE)
+# The judge's marker → the side it prefers, with the answers in their shown order (A first) and swapped (B first).
+_SIDE_WITH_A_FIRST = {"1": VoteChoice.A, "2": VoteChoice.B, "tie": VoteChoice.TIE}
+_SIDE_WITH_B_FIRST = {"1": VoteChoice.B, "2": VoteChoice.A, "tie": VoteChoice.TIE}
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ class JudgeRun:
     judge_model: str
     judged: int
     consistent: int  # both orders agreed
-    verdicts: dict[int, str]  # comparison id → "A" | "B" | "tie"
+    verdicts: dict[int, VoteChoice]  # comparison id → A, B or tie
 
 
 def _conversation(prompt: list[dict[str, Any]]) -> str:
@@ -79,14 +84,13 @@ def _ask(client: Any, model: str, prompt: list[dict[str, Any]], first: str, seco
     return parse_verdict(text), text
 
 
-def judge_comparison(client: Any, model: str, comparison: Comparison) -> tuple[str, dict[str, Any]]:
-    """("A" | "B" | "tie", detail) from two judgements with the answers swapped."""
+def judge_comparison(client: Any, model: str, comparison: Comparison) -> tuple[VoteChoice, dict[str, Any]]:
+    """(A, B or tie, detail) from two judgements with the answers swapped."""
     forward, forward_text = _ask(client, model, comparison.prompt, comparison.answer_a, comparison.answer_b)
     backward, backward_text = _ask(client, model, comparison.prompt, comparison.answer_b, comparison.answer_a)
-    as_side = {"1": "A", "2": "B", "tie": "tie", None: None}
-    first = as_side[forward]
-    second = {"1": "B", "2": "A", "tie": "tie", None: None}[backward]
-    choice = first if first is not None and first == second else "tie"
+    first = _SIDE_WITH_A_FIRST.get(forward) if forward is not None else None
+    second = _SIDE_WITH_B_FIRST.get(backward) if backward is not None else None
+    choice = first if first is not None and first == second else VoteChoice.TIE
     detail = {
         "a_first": first, "b_first": second, "consistent": first is not None and first == second,
         "a_first_text": forward_text[-1500:], "b_first_text": backward_text[-1500:],
@@ -99,7 +103,7 @@ def judgeable_comparisons(db: Database, round_id: int) -> list[Comparison]:
     return [c for c in round_comparisons(db, round_id) if c.answer_a and c.answer_b]
 
 
-def estimate_judge_cost(db: Database, round_id: int, model: str) -> CostEstimate:
+def estimate_judge_cost(db: Database, round_id: int, model: str, *, prices: PriceTable | None = None) -> CostEstimate:
     """What judging the round costs at most: both orders of every comparison, their exact prompts' tokens, and
     the full output allowance of each call (the judge's explanation has no typical length to go by)."""
     calls = [
@@ -108,7 +112,7 @@ def estimate_judge_cost(db: Database, round_id: int, model: str) -> CostEstimate
         for first, second in ((c.answer_a, c.answer_b), (c.answer_b, c.answer_a))
     ]
     return estimate_openai_cost(model, calls, GenerationSettings(max_new_tokens=JUDGE_MAX_TOKENS),
-                                expected_answer_tokens=JUDGE_MAX_TOKENS)
+                                expected_answer_tokens=JUDGE_MAX_TOKENS, prices=prices)
 
 
 def judge_round(
@@ -119,15 +123,14 @@ def judge_round(
     client: Any | None = None,
     concurrency: int = 4,
     progress: Callable[[int, int], None] | None = None,
+    max_retries: int = DEFAULT_OPENAI_MAX_RETRIES,
 ) -> JudgeRun:
     """Judge every answered comparison of a round and store the verdicts."""
-    from trainers.training.openai_backend import make_client
-
-    client = make_client(client)
+    client = make_client(client, max_retries=max_retries)
     comparisons = judgeable_comparisons(db, round_id)
     done = 0
 
-    def one(comparison: Comparison) -> tuple[int, str, dict[str, Any]]:
+    def one(comparison: Comparison) -> tuple[int, VoteChoice, dict[str, Any]]:
         nonlocal done
         choice, detail = judge_comparison(client, model, comparison)
         save_verdict(db, comparison.id, model, choice, detail)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from storage.db import Database
@@ -16,18 +17,16 @@ from storage.evals import (
     EvalRoundNotFound,
     RoundStatus,
     all_votes,
-    decided_side,
     get_round,
     latest_round,
     round_comparisons,
     round_verdicts,
     votes_by_comparison,
 )
-from storage.models import EvalRound
+from storage.models import Comparison, EvalRound, JudgeVerdict, Vote
+from storage.votes import SIDES, Outcome, VoteChoice, candidate_outcome, decided_side, score_for_a
 from trainers.evaluation.generation import display_name
 from trainers.evaluation.stats import ABSummary, ABVote, Leaderboard, ab_summary, bradley_terry, sign_test_p, wins_needed
-
-_OUTCOME = {"A": 1.0, "B": 0.0, "tie": 0.5, "bad": 0.5}
 
 
 @dataclass(frozen=True)
@@ -186,7 +185,7 @@ class RoundReport:
         return out
 
 
-def _iso(value: Any) -> str | None:
+def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
@@ -228,34 +227,35 @@ def round_report(db: Database, round_id: int | None = None, *, channel: str | No
                        _judges(db, round_, comparisons, grouped), _length_bias(comparisons, grouped))
 
 
-def _length_bias(comparisons: list, grouped: dict) -> LengthBias:
+def _length_bias(comparisons: list[Comparison], grouped: dict[int, list[Vote]]) -> LengthBias:
     longer = shorter = 0
     for comparison in comparisons:
         len_a, len_b = len(comparison.answer_a), len(comparison.answer_b)
         if len_a == len_b:
             continue
-        longer_side = "A" if len_a > len_b else "B"
+        longer_side = VoteChoice.A if len_a > len_b else VoteChoice.B
         for vote in grouped.get(comparison.id, []):
-            if vote.choice in ("A", "B"):
+            if vote.choice in SIDES:
                 longer += vote.choice == longer_side
                 shorter += vote.choice != longer_side
     return LengthBias(longer, shorter, sign_test_p(longer, longer + shorter))
 
 
 def _leaderboard(db: Database, bootstrap_rounds: int) -> Leaderboard | None:
-    battles = [(c.model_a, c.model_b, _OUTCOME[v.choice]) for c, v in all_votes(db)]
+    battles = [(c.model_a, c.model_b, score_for_a(v.choice)) for c, v in all_votes(db)]
     models = {m for a, b, _ in battles for m in (a, b)}
     if len(models) <= 2:
         return None
     return bradley_terry(battles, bootstrap_rounds=bootstrap_rounds)
 
 
-def _judges(db: Database, round_: EvalRound, comparisons: list, grouped: dict) -> list[JudgeAgreement]:
+def _judges(db: Database, round_: EvalRound, comparisons: list[Comparison],
+            grouped: dict[int, list[Vote]]) -> list[JudgeAgreement]:
     verdicts = round_verdicts(db, round_.id)
     if not verdicts:
         return []
     by_id = {c.id: c for c in comparisons}
-    by_model: dict[str, list] = {}
+    by_model: dict[str, list[JudgeVerdict]] = {}
     for verdict in verdicts:
         by_model.setdefault(verdict.judge_model, []).append(verdict)
     agreements = []
@@ -263,9 +263,10 @@ def _judges(db: Database, round_: EvalRound, comparisons: list, grouped: dict) -
         compared = agreed = wins = losses = ties = 0
         for verdict in items:
             comparison = by_id[verdict.comparison_id]
-            if verdict.choice == "tie":
+            outcome = candidate_outcome(verdict.choice, comparison.candidate_side)
+            if outcome == Outcome.TIE:
                 ties += 1
-            elif verdict.choice == comparison.candidate_side:
+            elif outcome == Outcome.WIN:
                 wins += 1
             else:
                 losses += 1

@@ -1,4 +1,4 @@
-"""Statistics for blind side-by-side evaluation (REFERENCE.md §5).
+"""Statistics for blind side-by-side evaluation.
 
 Two models: the candidate's win rate on decisive votes with a 95% Wilson interval, the exact two-sided
 binomial sign test, a tie-inclusive rate, power (and a note when the votes cannot detect the effect),
@@ -8,7 +8,8 @@ More than two models: Bradley–Terry strengths by maximum likelihood (a tie is 
 shown on the Elo scale (400·log10 odds + 1000) with bootstrap 95% intervals. Everything is vectorised
 with numpy so 100k votes and 1,000 bootstrap rounds take well under a second.
 
-Pure functions only: no database, no Slack.
+Pure functions only: no database, no Slack. What a vote means for the candidate is the vote rule of
+``storage.votes``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binom, binomtest, norm
 
-# Vote choices as stored (the side a voter preferred, or no preference).
-CHOICE_A, CHOICE_B, CHOICE_TIE, CHOICE_BAD = "A", "B", "tie", "bad"
-CHOICES = (CHOICE_A, CHOICE_B, CHOICE_TIE, CHOICE_BAD)
+from storage.votes import Outcome, VoteChoice, candidate_outcome
 
 ELO_SCALE = 400.0 / math.log(10.0)  # natural-log odds -> Elo points
 ELO_BASE = 1000.0
@@ -106,7 +105,7 @@ def power(trials: int | np.ndarray, true_rate: float, alpha: float = 0.05) -> np
 def votes_for_power(true_rate: float, target: float = 0.8, alpha: float = 0.05) -> int:
     """Decisive votes from which the sign test keeps at least `target` power at `true_rate`.
 
-    Check values (REFERENCE.md §5): 70% → 54 votes, 60% → 210 votes.
+    Check values (two-sided alpha 0.05, 80% power): 70% → 54 votes, 60% → 210 votes.
     """
     effect = abs(true_rate - 0.5)
     if effect == 0:
@@ -146,15 +145,13 @@ class ABVote:
 
     comparison: int | str
     voter: str
-    choice: str  # "A" | "B" | "tie" | "bad"
-    candidate_side: str  # "A" | "B"
+    choice: str  # a VoteChoice value
+    candidate_side: str  # VoteChoice.A or VoteChoice.B
 
     @property
-    def outcome(self) -> str:
-        """From the candidate's side: "win", "loss", "tie" or "bad"."""
-        if self.choice in (CHOICE_TIE, CHOICE_BAD):
-            return self.choice
-        return "win" if self.choice == self.candidate_side else "loss"
+    def outcome(self) -> Outcome:
+        """The vote from the candidate's side."""
+        return candidate_outcome(self.choice, self.candidate_side)
 
 
 @dataclass(frozen=True)
@@ -223,21 +220,21 @@ def ab_summary(
 ) -> ABSummary:
     votes = list(votes)
     outcomes = Counter(vote.outcome for vote in votes)
-    wins, losses = outcomes["win"], outcomes["loss"]
-    ties, both_bad = outcomes[CHOICE_TIE], outcomes[CHOICE_BAD]
+    wins, losses = outcomes[Outcome.WIN], outcomes[Outcome.LOSS]
+    ties, both_bad = outcomes[Outcome.TIE], outcomes[Outcome.BAD]
     decisive = wins + losses
     p_value = sign_test_p(wins, decisive)
     total = decisive + ties + both_bad
-    a_wins = sum(1 for vote in votes if vote.choice == CHOICE_A)
-    b_wins = sum(1 for vote in votes if vote.choice == CHOICE_B)
+    a_wins = sum(1 for vote in votes if vote.choice == VoteChoice.A)
+    b_wins = sum(1 for vote in votes if vote.choice == VoteChoice.B)
 
     per_prompt_wins: Counter[int | str] = Counter()
     per_prompt_decisive: Counter[int | str] = Counter()
     for vote in votes:
         per_prompt_decisive[vote.comparison] += 0
-        if vote.outcome in ("win", "loss"):
+        if vote.outcome in (Outcome.WIN, Outcome.LOSS):
             per_prompt_decisive[vote.comparison] += 1
-            per_prompt_wins[vote.comparison] += vote.outcome == "win"
+            per_prompt_wins[vote.comparison] += vote.outcome == Outcome.WIN
     keys = list(per_prompt_decisive)
     boot = bootstrap_win_rate(
         [per_prompt_wins[key] for key in keys],

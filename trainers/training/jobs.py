@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from storage.config import DEFAULT_LOCAL_BASE_MODEL, Settings
 from storage.db import Database
+from storage.errors import ConfigError, FtbotError, TrainingError, ValidationFailed
 from storage.jobs import (
     ModelNotFound,
     active_model,
@@ -36,10 +38,10 @@ from storage.jobs import (
 )
 from storage.models import Job, JobStatus, RegisteredModel
 from storage.snapshots import create_snapshot
-from storage.errors import ConfigError, FtbotError, TrainingError, ValidationFailed
 from trainers.training.launch import read_log_tail, spawn_worker, stop_worker, worker_exit_code
-from trainers.training.local.config import DEFAULT_BASE_MODEL, TINY_BASE_MODEL, LocalTrainConfig, configured_base_model
-from trainers.training.quote import Quote, TrainingSettings, build_quote
+from trainers.training.local.config import TINY_BASE_MODEL, LocalTrainConfig, configured_base_model
+from trainers.training.openai_backend import OpenAIBackend
+from trainers.training.quote import Quote, build_quote
 
 BACKENDS = ("openai", "local")
 METHODS = ("sft", "dpo")
@@ -118,13 +120,14 @@ def quote_job(
     validation_fraction: float = 0.1,
     epochs: int | None = None,
     local_options: dict[str, Any] | None = None,
-    settings: TrainingSettings | None = None,
+    settings: Settings | None = None,
     slack_channel: str | None = None,
 ) -> QuotedJob:
     """Snapshot the approved examples (or pairs for DPO), quote them, and store a ``quoted`` job.
 
-    ``model``: the base model (local: HF id or directory, default ``$FTBOT_LOCAL_BASE_MODEL`` else
-    ``default_local_base``; OpenAI: default ``$FTBOT_OPENAI_MODEL``). For DPO, ``parent`` picks the fine-tuned
+    ``settings``: the configured models, price table, budget and on-prem estimate (None: the defaults).
+    ``model``: the base model (local: HF id or directory, default ``settings.local_base_model`` else
+    ``default_local_base``; OpenAI: default ``settings.openai_model``). For DPO, ``parent`` picks the fine-tuned
     model to continue (see :func:`dpo_parent`); a ``model`` that names a registered model is taken as the parent,
     and an explicit base model without ``parent`` means the plain base model.
     """
@@ -132,7 +135,7 @@ def quote_job(
         raise ConfigError(f"unknown back end {backend!r}: use 'openai' or 'local'")
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: use 'sft' or 'dpo'")
-    settings = settings or TrainingSettings.from_env()
+    settings = settings or Settings()
     start: Parent | None = None
     if method == "dpo":
         if model and parent is None and _is_registered(db, model):
@@ -168,7 +171,7 @@ def quote_job(
             base_model = (parent_model.metrics or {}).get("root_base_model") or parent_model.base_model
             lineage.update(parent_location=parent_model.location, parent_base_model=parent_model.base_model)
         else:
-            base_model = configured_base_model(model, fallback=default_local_base or DEFAULT_BASE_MODEL)
+            base_model = configured_base_model(model, settings=settings, fallback=default_local_base or DEFAULT_LOCAL_BASE_MODEL)
         options = {**dict(local_options or {}), **lineage}
         if epochs:
             options["epochs"] = epochs
@@ -207,9 +210,11 @@ def start_job(
     redact_pii: bool = False,
     openai_client: Any | None = None,
     database_url: str | None = None,
+    settings: Settings | None = None,
 ) -> StartResult:
     """Start a quoted job once; a second call (double click, retry) returns the job without starting it again.
 
+    ``settings``: how often the OpenAI client retries (None: the defaults).
     ``redact_pii`` (OpenAI): upload the splits with personal data redacted (the snapshot stays as it is); the
     number of redacted examples lands in the job's config as ``redacted_examples``.
     Raises ValidationFailed with every blocker when the gate refuses.
@@ -229,10 +234,8 @@ def start_job(
     gate = {"allow_pii": allow_pii, "redact_pii": redact_pii, "admin_confirmed": admin_confirmed}
     update_job(db, job_id, config={**job.config, "gate": gate})
     if job.backend == "openai":
-        from trainers.training.openai_backend import OpenAIBackend
-
         try:
-            return StartResult(OpenAIBackend(openai_client).submit(db, job_id), True)
+            return StartResult(_openai(openai_client, settings).submit(db, job_id), True)
         except FtbotError:
             # Unreachable OpenAI or a missing key leaves the job pending with nothing created (refusals already
             # failed it): release it so Start works again once that is fixed.
@@ -250,7 +253,12 @@ def start_job(
     return StartResult(update_job(db, job_id, worker_pid=pid), True)
 
 
-def _register(db: Database, job: Job) -> RegisteredModel | None:
+def _openai(client: Any | None, settings: Settings | None) -> OpenAIBackend:
+    """The OpenAI back end on ``client``, or on a client built with the configured retries."""
+    return OpenAIBackend(client, max_retries=(settings or Settings()).openai_max_retries)
+
+
+def _register(db: Database, job: Job, settings: Settings | None) -> RegisteredModel | None:
     if job.status != JobStatus.SUCCEEDED or not job.result_model:
         return None
     existing = model_for_job(db, job.id)
@@ -267,7 +275,7 @@ def _register(db: Database, job: Job) -> RegisteredModel | None:
         metrics["parent_model"] = parent
     if job.backend == "openai":
         name = job.result_model
-        cost = _openai_cost(job)
+        cost = _openai_cost(job, settings)
     else:
         short = "tiny" if job.base_model == TINY_BASE_MODEL else Path(job.base_model.rstrip("/")).name
         name = f"{short}-{job.method}-job{job.id}"
@@ -284,29 +292,27 @@ def _register(db: Database, job: Job) -> RegisteredModel | None:
     return model
 
 
-def _openai_cost(job: Job) -> float | None:
+def _openai_cost(job: Job, settings: Settings | None) -> float | None:
     if job.trained_tokens is None:
         return job.estimated_cost_usd
     from trainers.data.pricing import load_price_table, training_cost
 
-    entry = load_price_table().find(job.base_model)
+    entry = load_price_table((settings or Settings()).prices_file).find(job.base_model)
     return training_cost(entry, job.trained_tokens) if entry is not None else job.estimated_cost_usd
 
 
-def refresh_job(db: Database, job_id: int, *, openai_client: Any | None = None) -> JobUpdate:
+def refresh_job(db: Database, job_id: int, *, openai_client: Any | None = None, settings: Settings | None = None) -> JobUpdate:
     """Bring one job's record up to date and register its model when it succeeded."""
     job = get_job(db, job_id)
     changed = False
     if job.status not in JobStatus.FINISHED and job.status != JobStatus.QUOTED:
         if job.backend == "openai":
-            from trainers.training.openai_backend import OpenAIBackend
-
-            result = OpenAIBackend(openai_client).poll(db, job_id)
+            result = _openai(openai_client, settings).poll(db, job_id)
             job, changed = result.job, result.changed
         else:
             changed = _check_worker(db, job)
             job = get_job(db, job_id)
-    model = _register(db, job)
+    model = _register(db, job, settings)
     return JobUpdate(job, job.status in JobStatus.FINISHED, changed, model)
 
 
@@ -331,14 +337,12 @@ def _check_worker(db: Database, job: Job) -> bool:
     return True
 
 
-def cancel_job(db: Database, job_id: int, *, openai_client: Any | None = None) -> Job:
+def cancel_job(db: Database, job_id: int, *, openai_client: Any | None = None, settings: Settings | None = None) -> Job:
     job = get_job(db, job_id)
     if job.status in JobStatus.FINISHED:
         return job
     if job.backend == "openai" and job.external_id:
-        from trainers.training.openai_backend import OpenAIBackend
-
-        return OpenAIBackend(openai_client).cancel(db, job_id)
+        return _openai(openai_client, settings).cancel(db, job_id)
     finish_job(db, job_id, JobStatus.CANCELLED)
     if job.worker_pid is not None and worker_exit_code(job.worker_pid) is None:
         stop_worker(job.worker_pid)
@@ -353,11 +357,12 @@ def wait_for_job(
     timeout: float | None = None,
     openai_client: Any | None = None,
     on_update: Callable[[JobUpdate], None] | None = None,
+    settings: Settings | None = None,
 ) -> JobUpdate:
     """Refresh until the job finishes (the CLI's ``--wait``)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        update = refresh_job(db, job_id, openai_client=openai_client)
+        update = refresh_job(db, job_id, openai_client=openai_client, settings=settings)
         if on_update is not None:
             on_update(update)
         if update.finished:

@@ -2,8 +2,8 @@
 
 The worker is ``python -m trainers.training.worker --job-id N``; it writes status, progress, metrics and artifacts to
 the database and its stdout/stderr to ``<ftbot home>/jobs/<id>/worker.log``. For several GPUs the worker runs the
-training entry point (``trainers.training.local.entry``) under ``accelerate launch`` (``FTBOT_LAUNCHER=accelerate`` or
-``num_processes > 1``); :func:`training_command` builds that command.
+training entry point (``trainers.training.local.entry``) under ``accelerate launch`` (``Settings.launcher`` is
+``accelerate``, or ``num_processes > 1``); :func:`training_command` builds that command.
 """
 
 from __future__ import annotations
@@ -16,12 +16,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.db import DATABASE_URL_ENV, ftbot_home
+from storage.config import DATABASE_URL_VARIABLE, Settings, ftbot_home
 from storage.errors import ConfigError
 
-LAUNCHER_ENV = "FTBOT_LAUNCHER"  # "python" (default) | "accelerate"
-NUM_PROCESSES_ENV = "FTBOT_NUM_PROCESSES"
-ACCELERATE_CONFIG_ENV = "FTBOT_ACCELERATE_CONFIG"  # optional `accelerate config` YAML (FSDP, DeepSpeed, ...)
 LOG_NAME = "worker.log"
 
 # Popen objects of workers this process started: polling them reaps the exit status (no zombies).
@@ -48,22 +45,18 @@ class LaunchPlan:
     accelerate_config: str | None = None
 
 
-def launch_plan(num_processes: int | None = None, launcher: str | None = None) -> LaunchPlan:
-    """Resolve launcher and process count from arguments, then ``FTBOT_LAUNCHER`` / ``FTBOT_NUM_PROCESSES``."""
-    launcher = (launcher or os.environ.get(LAUNCHER_ENV) or "python").strip().lower()
+def launch_plan(num_processes: int | None = None, *, settings: Settings | None = None) -> LaunchPlan:
+    """The launcher and process count: ``num_processes`` (the job's), else ``settings.num_processes``; the launcher
+    and its config file come from ``settings`` (``FTBOT_LAUNCHER``, ``FTBOT_ACCELERATE_CONFIG``; None: the defaults)."""
+    settings = settings or Settings()
+    launcher = settings.launcher
     if num_processes is None:
-        raw = os.environ.get(NUM_PROCESSES_ENV, "1")
-        try:
-            num_processes = int(raw)
-        except ValueError as error:
-            raise ConfigError(f"{NUM_PROCESSES_ENV} must be a whole number, got {raw!r}") from error
+        num_processes = settings.num_processes
     if num_processes < 1:
         raise ConfigError(f"the number of training processes must be at least 1, got {num_processes}")
-    if launcher not in ("python", "accelerate"):
-        raise ConfigError(f"{LAUNCHER_ENV} must be 'python' or 'accelerate', got {launcher!r}")
     if num_processes > 1:
         launcher = "accelerate"  # several processes only make sense under a distributed launcher
-    return LaunchPlan(launcher, num_processes, os.environ.get(ACCELERATE_CONFIG_ENV) or None)
+    return LaunchPlan(launcher, num_processes, settings.accelerate_config)
 
 
 def worker_command(job_id: int, *, python: str | None = None) -> list[str]:
@@ -93,7 +86,7 @@ def spawn_worker(job_id: int, *, database_url: str, python: str | None = None, e
     """Start the worker detached from the caller's terminal; return its pid. Output goes to the job's log file."""
     directory = job_dir(job_id)
     directory.mkdir(parents=True, exist_ok=True)
-    child_env = {**os.environ, **(env or {}), DATABASE_URL_ENV: database_url, "PYTHONUNBUFFERED": "1"}
+    child_env = {**os.environ, **(env or {}), DATABASE_URL_VARIABLE: database_url, "PYTHONUNBUFFERED": "1"}
     child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
     with log_path(job_id).open("ab") as log:
         log.write(f"$ {shlex.join(worker_command(job_id, python=python))}\n".encode())

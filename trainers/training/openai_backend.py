@@ -1,7 +1,7 @@
 """The OpenAI fine-tuning back end: upload a snapshot, create the job, poll it, cancel it.
 
 ``OpenAI()`` reads ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` (tests point it at a fake server on 127.0.0.1).
-The client retries 429 and 5xx answers itself (``max_retries``, ``FTBOT_OPENAI_MAX_RETRIES``). Every call that
+The client retries 429 and 5xx answers itself (``max_retries``: ``Settings.openai_max_retries``). Every call that
 changes state is safe to repeat: files already uploaded and a job already created (found by its ``metadata``)
 are reused, and metrics are upserted per step.
 """
@@ -16,14 +16,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from storage.config import DEFAULT_OPENAI_MAX_RETRIES
 from storage.db import Database
+from storage.errors import ConfigError, TrainingError
+from storage.examples import pii_allowed_ids
 from storage.jobs import finish_job, get_job, record_metric, update_job, update_unfinished_job
 from storage.models import Job, JobStatus, utcnow
-from storage.examples import pii_allowed_ids
 from storage.snapshots import TRAIN, VALIDATION, jsonl_bytes, snapshot_members
-from storage.errors import ConfigError, TrainingError
 
-MAX_RETRIES_ENV = "FTBOT_OPENAI_MAX_RETRIES"
 # OpenAI statuses that end a job; anything else (including statuses added later, e.g. "paused") is "not yet".
 FINISHED = {"succeeded": JobStatus.SUCCEEDED, "failed": JobStatus.FAILED, "cancelled": JobStatus.CANCELLED}
 WIND_DOWN_HINT = (
@@ -32,15 +32,17 @@ WIND_DOWN_HINT = (
 )
 
 
-def make_client(client: Any | None = None):
-    """The OpenAI client (lazy import: the openai package is only needed for this back end)."""
+def make_client(client: Any | None = None, *, max_retries: int = DEFAULT_OPENAI_MAX_RETRIES):
+    """``client``, else an OpenAI client that retries 429/5xx ``max_retries`` times (lazy import: the openai
+    package is only needed for this back end)."""
     if client is not None:
         return client
     import openai
 
+    # The openai client reads its key itself; checking first turns its long error into what to do.
     if not os.environ.get("OPENAI_API_KEY"):
         raise ConfigError("OPENAI_API_KEY is not set: export it (and OPENAI_BASE_URL for a proxy) or train with --backend local.")
-    return openai.OpenAI(max_retries=int(os.environ.get(MAX_RETRIES_ENV, "3")))
+    return openai.OpenAI(max_retries=max_retries)
 
 
 def upload_files(db: Database, job: Job) -> dict[str, bytes]:
@@ -52,8 +54,8 @@ def upload_files(db: Database, job: Job) -> dict[str, bytes]:
     """
     if not ((job.config or {}).get("gate") or {}).get("redact_pii"):
         return {split: jsonl_bytes(db, job.snapshot_id, split) for split in (TRAIN, VALIDATION)}
-    from trainers.data.pii import redact_record
     from storage.records import canonical_json
+    from trainers.data.pii import redact_record
 
     files: dict[str, bytes] = {}
     redacted = 0
@@ -99,13 +101,14 @@ def _api_error_text(error: Exception) -> str:
 
 
 class OpenAIBackend:
-    def __init__(self, client: Any | None = None):
+    def __init__(self, client: Any | None = None, *, max_retries: int = DEFAULT_OPENAI_MAX_RETRIES):
         self._client = client
+        self._max_retries = max_retries
 
     @property
     def client(self):
         if self._client is None:
-            self._client = make_client()
+            self._client = make_client(max_retries=self._max_retries)
         return self._client
 
     # --- submit -------------------------------------------------------------------------------------------------

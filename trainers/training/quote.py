@@ -8,86 +8,19 @@ the premises (OpenAI only) and a budget cap that only an admin may override.
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from storage.config import DEFAULT_OPENAI_MODEL, Settings
 from storage.db import Database
+from storage.errors import ConfigError
 from storage.examples import pii_allowed_ids
 from storage.models import Snapshot
 from storage.snapshots import describe, snapshot_members
-from storage.errors import ConfigError
 
-OPENAI_MODEL_ENV = "FTBOT_OPENAI_MODEL"
-# Deprecated: once read as the OpenAI model by some commands and as the on-prem base by others.
-DEPRECATED_MODEL_ENV = "FTBOT_BASE_MODEL"
-BUDGET_ENV = "FTBOT_BUDGET_USD"
-GPU_HOUR_PRICE_ENV = "FTBOT_GPU_HOUR_USD"
-LOCAL_TOKENS_PER_S_ENV = "FTBOT_LOCAL_TOKENS_PER_S"
-
-DEFAULT_OPENAI_MODEL = "gpt-4o-mini-2024-07-18"
-# HF QLoRA on one A100 40 GB for a 7B model (REFERENCE.md §2); measure yours with bench/gpu_qlora.py.
-DEFAULT_LOCAL_TOKENS_PER_S = 2400.0
-DEFAULT_GPU_HOUR_USD = 2.0
 DEFAULT_LOCAL_EPOCHS = 3
 # Token counting for the local back end uses an OpenAI encoding: an estimate, the base model's tokenizer differs.
 LOCAL_COUNTING_MODEL = DEFAULT_OPENAI_MODEL
-
-
-log = logging.getLogger(__name__)
-_warned_deprecated = False
-
-
-def configured_openai_model(environ: Mapping[str, str] | None = None) -> str:
-    """The OpenAI base model: ``$FTBOT_OPENAI_MODEL``, else the deprecated ``$FTBOT_BASE_MODEL``, else the default.
-
-    The only reader of both variables: the bot's ``Settings``, ``ftbot validate/price`` and the training quote
-    call it. A set ``FTBOT_BASE_MODEL`` is taken as the OpenAI model whatever it names (no guessing), with a
-    one-line warning per process.
-    """
-    global _warned_deprecated
-    env = os.environ if environ is None else environ
-    chosen = (env.get(OPENAI_MODEL_ENV) or "").strip()
-    deprecated = (env.get(DEPRECATED_MODEL_ENV) or "").strip()
-    if deprecated and not _warned_deprecated:
-        _warned_deprecated = True
-        what = f"ignored because {OPENAI_MODEL_ENV} is set" if chosen else f"read as {OPENAI_MODEL_ENV}"
-        log.warning(
-            "%s is deprecated and %s (the OpenAI base model); rename it to %s, and set FTBOT_LOCAL_BASE_MODEL "
-            "for the on-prem base model", DEPRECATED_MODEL_ENV, what, OPENAI_MODEL_ENV,
-        )
-    return chosen or deprecated or DEFAULT_OPENAI_MODEL
-
-
-def _float_env(name: str, default: float | None) -> float | None:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as error:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from error
-
-
-@dataclass(frozen=True)
-class TrainingSettings:
-    """Training configuration from the environment (documented in the README's Training section)."""
-
-    openai_model: str = DEFAULT_OPENAI_MODEL
-    budget_usd: float | None = None
-    gpu_hour_usd: float = DEFAULT_GPU_HOUR_USD
-    local_tokens_per_s: float = DEFAULT_LOCAL_TOKENS_PER_S
-
-    @classmethod
-    def from_env(cls) -> "TrainingSettings":
-        return cls(
-            openai_model=configured_openai_model(),
-            budget_usd=_float_env(BUDGET_ENV, None),
-            gpu_hour_usd=_float_env(GPU_HOUR_PRICE_ENV, DEFAULT_GPU_HOUR_USD) or 0.0,
-            local_tokens_per_s=_float_env(LOCAL_TOKENS_PER_S_ENV, DEFAULT_LOCAL_TOKENS_PER_S) or DEFAULT_LOCAL_TOKENS_PER_S,
-        )
 
 
 @dataclass
@@ -206,25 +139,26 @@ def build_quote(
     model: str,
     method: str = "sft",
     epochs: int | None = None,
-    settings: TrainingSettings | None = None,
+    settings: Settings | None = None,
     parent_model: str | None = None,
     start_note: str | None = None,
 ) -> Quote:
     """Price and check a snapshot for one back end. ``model``: the OpenAI base model or the local base model.
 
+    ``settings``: the price table, budget cap and on-prem throughput and price (None: the defaults).
     ``parent_model`` / ``start_note``: for DPO, the fine-tuned model the job continues from and a line saying so."""
-    from trainers.data.report import build_report
-    from trainers.data.pricing import on_prem_estimate
     from storage.snapshots import iter_snapshot_items
+    from trainers.data.pricing import load_price_table, on_prem_estimate
+    from trainers.data.report import build_report
 
-    settings = settings or TrainingSettings.from_env()
+    settings = settings or Settings()
     if backend not in ("openai", "local"):
         raise ConfigError(f"back end must be 'openai' or 'local', got {backend!r}")
     counting_model = model if backend == "openai" else LOCAL_COUNTING_MODEL
     kind = "dpo" if method == "dpo" else "sft"
     report = build_report(
         iter_snapshot_items(db, snapshot.id, "train"), model=counting_model, epochs=epochs if backend == "openai" else None,
-        kind=kind, workers=1, unit="example",
+        kind=kind, workers=1, unit="example", prices=load_price_table(settings.prices_file),
     )
     errors = [issue.to_json() for issue in report.errors]
     if backend == "local":
@@ -247,7 +181,7 @@ def build_quote(
         notes = [n for n in notes if "not in the price table" not in n]
         notes.append(
             f"GPU time estimated at {settings.local_tokens_per_s:,.0f} tokens/s and ${settings.gpu_hour_usd:,.2f}/GPU-hour "
-            f"({LOCAL_TOKENS_PER_S_ENV}, {GPU_HOUR_PRICE_ENV}); tokens counted with an OpenAI encoding"
+            "(FTBOT_LOCAL_TOKENS_PER_S, FTBOT_GPU_HOUR_USD); tokens counted with an OpenAI encoding"
         )
     return Quote(
         backend=backend, method=method, model=model, snapshot=describe(snapshot),

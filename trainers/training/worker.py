@@ -16,10 +16,11 @@ import subprocess
 import sys
 import traceback
 
+from storage.config import Settings
 from storage.db import Database
+from storage.errors import FtbotError
 from storage.jobs import finish_job, get_job, update_unfinished_job
 from storage.models import JobStatus, utcnow
-from storage.errors import FtbotError
 from trainers.training.launch import launch_plan, read_log_tail, training_command
 
 log = logging.getLogger("ftbot.worker")
@@ -29,14 +30,15 @@ def _terminate(signum, _frame):
     raise SystemExit(128 + signum)
 
 
-def run_worker(db: Database, job_id: int) -> int:
+def run_worker(db: Database, job_id: int, settings: Settings | None = None) -> int:
+    """Run job ``job_id`` to its end; the exit code (0: done or nothing to do). ``settings``: the launcher."""
     job = get_job(db, job_id)
     if job.status in JobStatus.FINISHED:
         log.info("job %s is already %s; nothing to do", job_id, job.status)
         return 0
     if not update_unfinished_job(db, job_id, status=JobStatus.RUNNING, started_at=utcnow(), worker_pid=os.getpid()):
         return 0  # cancelled before the worker got going
-    plan = launch_plan(int(job.config.get("num_processes", 1)))
+    plan = launch_plan(int(job.config.get("num_processes", 1)), settings=settings)
     try:
         if plan.launcher == "python":
             from trainers.training.local.entry import run
@@ -68,9 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _terminate)
-    db = Database.open()
+    settings = Settings.from_env()
+    db = Database.open(settings.database_url)
     try:
-        code = run_worker(db, args.job_id)
+        code = run_worker(db, args.job_id, settings)
     finally:
         db.close()
     sys.exit(code)

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from bot.cli import app
-from tests.trainers.data.test_validate import BAD_LINES, DPO_LINE, TOOL_CALL_LINE, WEIGHTED_LINE, conversation, varied_lines, write_jsonl
-from trainers.data.validate import ERROR_CODES, WARNING_CODES
 from tests.fixtures.paths import REPO
+from tests.fixtures.records import BAD_LINES, DPO_LINE, TOOL_CALL_LINE, WEIGHTED_LINE, conversation, varied_lines, write_jsonl
+from trainers.data.issues import ERROR_CODES, WARNING_CODES
 
 SAMPLE = REPO / "bot" / "data" / "sample.jsonl"
 

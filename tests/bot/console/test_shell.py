@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Settings
 from bot.console.shell import Console
+from storage.config import Settings
 
 FTBOT = str(Path(sys.executable).with_name("ftbot"))
 

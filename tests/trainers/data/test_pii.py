@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
+
+import pytest
 
 from trainers.data.pii import find_pii, iban_valid, luhn_valid, redact, redact_record
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from storage.config import Settings
 from storage.errors import ConfigError
 from trainers.data.pricing import (
     DEFAULT_PRICES_FILE,
@@ -72,7 +73,7 @@ def test_override_file_through_environment(tmp_path: Path, monkeypatch: pytest.M
         'as_of = "2027-01-01"\nsource = "our contract"\n[models."my-model"]\ntraining = 10\ninput = 1\noutput = 2\ncontext_limit = 1000\n'
     )
     monkeypatch.setenv("FTBOT_PRICES_FILE", str(custom))
-    table = load_price_table()
+    table = load_price_table(Settings.from_env().prices_file)
     assert table.as_of == "2027-01-01"
     assert table.get("my-model").training == 10
     assert table.context_limit("my-model") == 1000
@@ -80,7 +81,7 @@ def test_override_file_through_environment(tmp_path: Path, monkeypatch: pytest.M
         table.get("gpt-4o")
     # Edited on disk: re-read.
     custom.write_text('as_of = "2027-02-01"\n[models."my-model"]\ntraining = 12\n')
-    assert load_price_table().get("my-model").training == 12
+    assert load_price_table(Settings.from_env().prices_file).get("my-model").training == 12
 
 
 @pytest.mark.parametrize(

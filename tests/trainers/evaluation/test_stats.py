@@ -1,4 +1,4 @@
-"""Evaluation statistics against the check values in REFERENCE.md §5 and synthetic tournaments."""
+"""Evaluation statistics against known check values (binomial sign test, Wilson interval, power) and synthetic tournaments."""
 
 from __future__ import annotations
 

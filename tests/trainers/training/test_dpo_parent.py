@@ -7,14 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from bot.config import Settings
+from storage.config import Settings
+from storage.errors import ConfigError
 from storage.examples import import_records
 from storage.jobs import create_job, job_metrics, register_model, use_model
 from storage.pairs import add_pair
-from storage.errors import ConfigError
-from trainers.training.quote import quote_lines
 from trainers.tiny_model import sample_conversations, sample_preference_pairs
 from trainers.training.jobs import quote_job
+from trainers.training.quote import quote_lines
 
 FT_MODEL = "ft:gpt-4o-mini-2024-07-18:acme::a1"
 
@@ -102,17 +102,17 @@ def test_the_train_command_takes_from(sqlite_db):
 
 
 def test_evaluating_a_dpo_model_compares_it_with_the_model_it_continued(sqlite_db):
-    from bot.evaluation import _baseline
+    from bot.evaluation.commands import choose_baseline
 
     sft = _registered(sqlite_db, "tiny-sft-job1", "local", "/m/1/adapter", "ftbot:tiny")
     job = create_job(sqlite_db, backend="local", method="dpo", base_model="ftbot:tiny", status="succeeded").job
     dpo = register_model(sqlite_db, name="tiny-dpo-job2", backend="local", base_model="/m/1/merged", location="/m/2/adapter",
                          job_id=job.id, metrics={"parent_model": sft.name, "root_base_model": "ftbot:tiny"})[0]
     bot = SimpleNamespace(db=sqlite_db, settings=Settings())
-    assert _baseline(bot, dpo) == "tiny-sft-job1"
-    assert _baseline(bot, sft) == "local:ftbot:tiny"  # an SFT model still meets its base model
+    assert choose_baseline(bot, dpo) == "tiny-sft-job1"
+    assert choose_baseline(bot, sft) == "local:ftbot:tiny"  # an SFT model still meets its base model
     configured = SimpleNamespace(db=sqlite_db, settings=Settings(eval_baseline="openai:gpt-4o-mini"))
-    assert _baseline(configured, dpo) == "openai:gpt-4o-mini"
+    assert choose_baseline(configured, dpo) == "openai:gpt-4o-mini"
 
 
 # --- the real thing on CPU: SFT, then DPO that continues it ---------------------------------------------------
@@ -126,8 +126,8 @@ def test_dpo_after_sft_trains_on_the_merged_sft_model_which_is_its_reference(sql
     import torch
 
     from trainers.evaluation.inference import GenerationSettings, LocalGenerator
-    from trainers.training.local.entry import run
     from trainers.training.jobs import refresh_job
+    from trainers.training.local.entry import run
 
     monkeypatch.setenv("FTBOT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from storage.config import Settings
 from storage.errors import ConfigError
 from trainers.training.launch import (
     LaunchPlan,
@@ -47,13 +48,13 @@ def test_environment_selects_the_launcher_and_an_accelerate_config(monkeypatch):
     monkeypatch.setenv("FTBOT_LAUNCHER", "accelerate")
     monkeypatch.setenv("FTBOT_NUM_PROCESSES", "2")
     monkeypatch.setenv("FTBOT_ACCELERATE_CONFIG", "/etc/fsdp.yaml")
-    plan = launch_plan()
+    plan = launch_plan(settings=Settings.from_env())
     command = training_command(1, plan, python="py")
     assert command[:5] == ["py", "-m", "accelerate.commands.launch", "--num_processes", "2"]
     assert command[5:7] == ["--config_file", "/etc/fsdp.yaml"] and "--multi_gpu" not in command
     # A single process under accelerate (e.g. to use a DeepSpeed config on one GPU) is allowed too.
     monkeypatch.setenv("FTBOT_NUM_PROCESSES", "1")
-    assert launch_plan().launcher == "accelerate"
+    assert launch_plan(settings=Settings.from_env()).launcher == "accelerate"
 
 
 @pytest.mark.parametrize("env, message", [
@@ -65,7 +66,7 @@ def test_bad_launch_settings_are_clear_errors(monkeypatch, env, message):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError, match=message):
-        launch_plan()
+        launch_plan(settings=Settings.from_env())
 
 
 def test_worker_exit_codes_are_seen_for_children(tmp_path):
@@ -99,8 +100,8 @@ def test_local_config_rejects_unknown_settings_and_resolves_the_base_model(monke
     monkeypatch.delenv("FTBOT_LOCAL_BASE_MODEL", raising=False)
     # FTBOT_BASE_MODEL is the deprecated name of the OpenAI model: never the on-prem base, whatever it names.
     monkeypatch.setenv("FTBOT_BASE_MODEL", "/models/llama-3.2-1b")
-    assert configured_base_model() == "Qwen/Qwen2.5-0.5B-Instruct"
-    assert configured_base_model(fallback="ftbot:tiny") == "ftbot:tiny"
+    assert configured_base_model(settings=Settings.from_env()) == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert configured_base_model(settings=Settings.from_env(), fallback="ftbot:tiny") == "ftbot:tiny"
     monkeypatch.setenv("FTBOT_LOCAL_BASE_MODEL", "meta-llama/Llama-3.2-1B-Instruct")
-    assert configured_base_model() == "meta-llama/Llama-3.2-1B-Instruct"
-    assert configured_base_model("explicit") == "explicit"
+    assert configured_base_model(settings=Settings.from_env()) == "meta-llama/Llama-3.2-1B-Instruct"
+    assert configured_base_model("explicit", settings=Settings.from_env()) == "explicit"

@@ -7,15 +7,16 @@ import json
 
 import pytest
 
+from storage.config import Settings
+from storage.errors import TrainingError, ValidationFailed
 from storage.examples import import_records, list_examples, update_example
 from storage.jobs import get_job, job_metrics, list_models, metric_points
 from storage.models import JobStatus
 from storage.pairs import add_pair
 from storage.snapshots import snapshot_records
-from storage.errors import TrainingError, ValidationFailed
-from trainers.training.openai_backend import parse_metrics_csv
 from trainers.tiny_model import sample_conversations
 from trainers.training.jobs import cancel_job, quote_job, refresh_job, start_job
+from trainers.training.openai_backend import parse_metrics_csv
 
 MODEL = "gpt-4o-mini-2024-07-18"
 
@@ -200,7 +201,7 @@ def test_start_with_personal_data_redacted_uploads_redacted_copies_and_leaves_th
 
 def test_the_budget_cap_needs_an_admin(approved, openai_api, monkeypatch):
     monkeypatch.setenv("FTBOT_BUDGET_USD", "0.000001")
-    quoted = quote_job(approved, backend="openai", model=MODEL)
+    quoted = quote_job(approved, backend="openai", model=MODEL, settings=Settings.from_env())
     assert quoted.quote.over_budget
     with pytest.raises(ValidationFailed, match="above the budget cap"):
         start_job(approved, quoted.job.id)
@@ -217,7 +218,7 @@ def test_an_unreachable_openai_leaves_the_job_startable(approved, openai_api, mo
     monkeypatch.setenv("FTBOT_OPENAI_MAX_RETRIES", "0")
     job = quote_job(approved, backend="openai", model=MODEL).job
     with pytest.raises(TrainingError, match="cannot reach OpenAI"):
-        start_job(approved, job.id)
+        start_job(approved, job.id, settings=Settings.from_env())
     assert get_job(approved, job.id).status == JobStatus.QUOTED
     monkeypatch.setenv("OPENAI_BASE_URL", openai_api.base_url)
     assert start_job(approved, job.id).started and get_job(approved, job.id).external_id

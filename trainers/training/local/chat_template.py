@@ -1,4 +1,4 @@
-"""Assistant-only loss needs ``{% generation %}`` markers in the tokenizer's chat template (REFERENCE.md §2)."""
+"""Assistant-only loss needs ``{% generation %}`` markers in the tokenizer's chat template (TRL's ``SFTConfig.assistant_only_loss``)."""
 
 from __future__ import annotations
 

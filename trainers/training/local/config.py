@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from storage.config import DEFAULT_LOCAL_BASE_MODEL, Settings
 from storage.errors import ConfigError
 
-# The one variable for the on-prem base model (the OpenAI one is FTBOT_OPENAI_MODEL, read in trainers.training.quote).
-LOCAL_BASE_MODEL_ENV = "FTBOT_LOCAL_BASE_MODEL"
-# A small instruct model with a chat template TRL knows how to patch for assistant-only loss; fits a laptop GPU.
-DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 # Marker meaning "the tiny model built offline" (tests, the console without a configured base model).
 TINY_BASE_MODEL = "ftbot:tiny"
 
 
 @dataclass
 class LocalTrainConfig:
-    base_model: str = DEFAULT_BASE_MODEL
+    base_model: str = DEFAULT_LOCAL_BASE_MODEL
     method: str = "sft"  # "sft" | "dpo"
     epochs: float = 3.0
     max_steps: int = -1  # > 0 overrides epochs
@@ -69,10 +65,9 @@ class LocalTrainConfig:
         return cls(**data)
 
 
-def configured_base_model(explicit: str | None = None, *, fallback: str = DEFAULT_BASE_MODEL) -> str:
-    """The base model to train on-prem: the explicit choice, else ``$FTBOT_LOCAL_BASE_MODEL``, else ``fallback``.
-
-    The only reader of ``FTBOT_LOCAL_BASE_MODEL`` (the bot, the CLI and the worker all call it)."""
-    if explicit:
-        return explicit
-    return (os.environ.get(LOCAL_BASE_MODEL_ENV) or "").strip() or fallback
+def configured_base_model(explicit: str | None = None, *, settings: Settings | None = None,
+                          fallback: str = DEFAULT_LOCAL_BASE_MODEL) -> str:
+    """The base model to train on-prem: the explicit choice, else ``settings.local_base_model``
+    (``FTBOT_LOCAL_BASE_MODEL``; never the OpenAI model), else ``fallback``."""
+    configured = settings.local_base_model if settings is not None else None
+    return explicit or configured or fallback

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 
-def _message(message: dict[str, Any]) -> dict[str, Any]:
+def hf_chat_message(message: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI chat message in the shape HF chat templates expect."""
     out: dict[str, Any] = {"role": message["role"], "content": _text(message.get("content"))}
     if message.get("name"):
@@ -43,7 +43,7 @@ def sft_row(record: dict[str, Any]) -> dict[str, Any]:
     OpenAI's per-message ``weight`` has no TRL equivalent: a weight-0 assistant turn is trained like the others
     (the quote warns about this for the local back end).
     """
-    row: dict[str, Any] = {"messages": [_message(m) for m in record["messages"]]}
+    row: dict[str, Any] = {"messages": [hf_chat_message(m) for m in record["messages"]]}
     if record.get("tools"):
         row["tools"] = record["tools"]
     return row
@@ -52,7 +52,7 @@ def sft_row(record: dict[str, Any]) -> dict[str, Any]:
 def dpo_row(record: dict[str, Any]) -> dict[str, Any]:
     """``{"prompt", "chosen", "rejected"}`` conversational rows for ``DPOTrainer`` from an OpenAI preference line."""
     return {
-        "prompt": [_message(m) for m in record["input"]["messages"]],
-        "chosen": [_message(m) for m in record["preferred_output"]],
-        "rejected": [_message(m) for m in record["non_preferred_output"]],
+        "prompt": [hf_chat_message(m) for m in record["input"]["messages"]],
+        "chosen": [hf_chat_message(m) for m in record["preferred_output"]],
+        "rejected": [hf_chat_message(m) for m in record["non_preferred_output"]],
     }

@@ -9,17 +9,18 @@ from __future__ import annotations
 import argparse
 import os
 
+from storage.config import Settings
 from storage.db import Database
+from storage.errors import TrainingError
 from storage.jobs import finish_job, get_job, record_metric, update_job, update_unfinished_job
 from storage.models import JobStatus
 from storage.snapshots import TRAIN, VALIDATION, snapshot_records
-from storage.errors import TrainingError
 from trainers.training.launch import model_dir
 from trainers.training.local.config import LocalTrainConfig
 
 
 def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return int(os.environ.get("RANK", "0")) == 0  # set by `accelerate launch` for each process
 
 
 def run(db: Database, job_id: int) -> None:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m trainers.training.local.entry")
     parser.add_argument("--job-id", type=int, required=True)
     args = parser.parse_args(argv)
-    db = Database.open(migrate=False)
+    db = Database.open(Settings.from_env().database_url, migrate=False)
     try:
         run(db, args.job_id)
     finally:

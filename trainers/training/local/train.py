@@ -66,7 +66,7 @@ def merged_parent(parent_location: str | Path, parent_base: str) -> str:
     """The fine-tuned parent as one full model directory, to continue training from (DPO after SFT).
 
     A full model directory is used as is. An adapter is merged into ``parent_base`` reloaded in bf16/fp32 (never
-    into a 4-bit base: rounding errors, REFERENCE.md §2) and saved next to it as ``merged/`` — the same export
+    into a 4-bit base: PEFT warns of rounding errors) and saved next to it as ``merged/`` — the same export
     ``--merge`` writes, so a parent merged once (or exported) is reused. A 4-bit run then quantizes the merged
     weights as it loads them. Written to a temporary directory and renamed, so concurrent runs never see half a model.
     """
@@ -110,7 +110,7 @@ def load_model_and_tokenizer(base_model: str, config: LocalTrainConfig):
     setup = _device_setup(config)
     kwargs: dict[str, Any] = {}
     if setup["load_in_4bit"]:
-        # fp16 compute with 4-bit weights gives NaN losses (REFERENCE.md §2): bf16 on GPUs that have it, else fp32.
+        # fp16 compute with 4-bit weights gives NaN losses: bf16 on GPUs that have it, else fp32.
         compute = torch.bfloat16 if setup["bf16"] or not setup["cuda"] else torch.float32
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -291,7 +291,7 @@ def _tokens_seen(trainer) -> int:
 
 
 def merge_adapter(base_model: str, adapter_dir: Path, merged_dir: Path) -> Path:
-    """Export base + adapter as one full model: reload the base unquantized, merge, save (REFERENCE.md §2)."""
+    """Export base + adapter as one full model: reload the base unquantized, merge, save (merging into 4-bit weights rounds them)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,0 +1,446 @@
+"""All of ftbot's configuration: every environment variable it reads, defined once, read into a frozen ``Settings``.
+
+Each ``Settings`` field that comes from the environment declares its variable where the field is declared: the
+name, the type (the annotation), the default, how the text is parsed, a one-line doc and the README section.
+``ENV_VARIABLES`` collects them; ``Settings.from_env()`` walks that table and ``markdown_table()`` renders it for
+the README (``tests/storage/test_config.py`` keeps the two equal, and keeps every ``FTBOT_`` name in the code in
+the table).
+
+Entry points read the environment once and pass the settings down: the ``ftbot`` CLI, ``ftbot run`` and the
+console, the training worker and entry point, and the generation worker. Library code takes values as parameters.
+The exception is where ftbot keeps its state, which every process and the workers it starts share:
+:func:`ftbot_home` and :func:`default_database_url` answer for code that needs a path without being handed one.
+
+Lives in ``storage`` (the lowest layer) so that every layer can take it. Secrets are never part of ``repr``, so a
+logged ``Settings`` cannot leak a token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from storage.errors import ConfigError
+
+T = TypeVar("T")
+# (variable name, its text without surrounding blanks) → the value; raises ConfigError saying what to set.
+Parser = Callable[[str, str], object]
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful, friendly customer support agent. Answer accurately and concisely."
+DEFAULT_OPENAI_MODEL = "gpt-4o-mini-2024-07-18"
+# A small instruct model with a chat template TRL knows how to patch for assistant-only loss; fits a laptop GPU.
+DEFAULT_LOCAL_BASE_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+DEFAULT_JUDGE_MODEL = "gpt-4.1-2025-04-14"
+# HF QLoRA on one A100 40 GB for a 7B model (batch 4, length 1024: ~2,400 tokens/s); measure yours with bench/gpu_qlora.py.
+DEFAULT_LOCAL_TOKENS_PER_S = 2400.0
+DEFAULT_GPU_HOUR_USD = 2.0
+DEFAULT_OPENAI_MAX_RETRIES = 3
+# OpenAI's longest training example is ~260 KB of text: a line 60 times that is a broken file, not an example.
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+LAUNCHERS = ("python", "accelerate")
+
+HOME_VARIABLE = "FTBOT_HOME"
+DATABASE_URL_VARIABLE = "FTBOT_DATABASE_URL"
+
+SLACK = "Slack app"
+STORAGE = "Storage"
+DATA = "Data checks"
+TRAINING = "Training"
+EVALUATION = "Evaluation"
+LIBRARIES = "Read by libraries"
+SECTIONS = (SLACK, STORAGE, DATA, TRAINING, EVALUATION)
+
+# Variables that third-party libraries read themselves; ftbot documents them but never parses them.
+LIBRARY_VARIABLES: tuple[tuple[str, str], ...] = (
+    ("OPENAI_API_KEY", "The `openai` client's API key: needed to train, generate and judge with OpenAI."),
+    ("OPENAI_BASE_URL", "The `openai` client's base URL: a proxy or, in tests, a fake server."),
+    ("TIKTOKEN_CACHE_DIR", "tiktoken's cache of encodings (older name `DATA_GYM_CACHE_DIR`); ftbot sets it to "
+                           "`$FTBOT_HOME/tiktoken` when neither is set, and seeds it so token counts work offline."),
+    ("RANK", "Set by `accelerate launch` for each training process: only rank 0 writes metrics and saves the adapter."),
+    ("TOKENIZERS_PARALLELISM", "Hugging Face tokenizers' threads; the workers set it to `false` unless it is set."),
+)
+
+log = logging.getLogger(__name__)
+_warned_deprecated = False  # FTBOT_BASE_MODEL's warning is printed once per process
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One environment variable: the ``Settings`` field it fills, how its text is parsed, and its README row."""
+
+    name: str
+    section: str
+    parse: Parser
+    doc: str
+    # The default in words for the README; None: written from the field's default value.
+    shown_default: str | None = None
+    # An older name still read (with a warning) when ``name`` is unset.
+    deprecated_name: str | None = None
+    field: str = ""  # filled in from the dataclass field that declares the variable
+
+
+ENV_VARIABLE_METADATA = "ftbot_env_variable"  # the key of a field's metadata that holds its EnvVar
+
+
+def env_setting(default: T, name: str, section: str, parse: Parser, doc: str, *, shown_default: str | None = None,
+                secret: bool = False, deprecated_name: str | None = None) -> T:
+    """A ``Settings`` field read from environment variable ``name`` (``secret``: left out of ``repr``)."""
+    variable = EnvVar(name, section, parse, doc, shown_default, deprecated_name)
+    return field(default=default, repr=not secret, metadata={ENV_VARIABLE_METADATA: variable})
+
+
+def env_setting_from(factory: Callable[[], T], name: str, section: str, parse: Parser, doc: str, *,
+                     shown_default: str | None = None) -> T:
+    """Like :func:`env_setting` for a default that is built on each use (a mapping, a path from the environment)."""
+    variable = EnvVar(name, section, parse, doc, shown_default)
+    return field(default_factory=factory, metadata={ENV_VARIABLE_METADATA: variable})
+
+
+# --- parsers: the variable's name and its non-blank text → the value ------------------------------------------
+
+
+def _text(_name: str, text: str) -> str:
+    return text
+
+
+def _path(_name: str, text: str) -> Path:
+    return Path(text).expanduser()
+
+
+def _id_list(_name: str, text: str) -> tuple[str, ...]:
+    """``"U1, U2,S3"`` → ``("U1", "U2", "S3")``; also accepts ``<@U1>`` and ``<!subteam^S3>`` as pasted from Slack."""
+    ids: list[str] = []
+    for part in text.replace(";", ",").replace(" ", ",").split(","):
+        part = part.strip().strip("<>@").removeprefix("!subteam^").split("|")[0]
+        if part and part not in ids:
+            ids.append(part)
+    return tuple(ids)
+
+
+def _channel_prompts(name: str, text: str) -> Mapping[str, str]:
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{name} is not valid JSON ({exc.msg} at character {exc.pos}): "
+            'set it to an object such as {"C0123456789": "You answer billing questions."}'
+        ) from None
+    if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
+        raise ConfigError(f'{name} must be a JSON object of channel ID → prompt text, e.g. {{"C0123456789": "…"}}')
+    return MappingProxyType(dict(parsed))
+
+
+def _api_url(_name: str, text: str) -> str:
+    return text if text.endswith("/") else text + "/"  # slack_sdk joins method names onto base_url
+
+
+def _port(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a number: set {name} to the HTTP port, e.g. 3000") from None
+
+
+def _whole_number(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {text!r}") from None
+
+
+def _number(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {text!r}") from None
+
+
+def _throughput(name: str, text: str) -> float:
+    return _number(name, text) or DEFAULT_LOCAL_TOKENS_PER_S  # 0 would divide by zero: it means "the default"
+
+
+def _positive(default: float, *, allow_zero: bool = False) -> Parser:
+    def parse(name: str, text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if value < 0 or (value == 0 and not allow_zero) or value != value:
+            raise ConfigError(f"{name}={text!r} is not a positive number: set it to e.g. {default:g}, or unset it")
+        return value
+
+    return parse
+
+
+def _launcher(name: str, text: str) -> str:
+    launcher = text.lower()
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"{name} must be 'python' or 'accelerate', got {launcher!r}")
+    return launcher
+
+
+# --- where ftbot keeps its state -----------------------------------------------------------------------------------
+
+
+def _value(environ: Mapping[str, str], name: str) -> str | None:
+    """A variable's text without surrounding blanks; None when it is unset or blank (blank means unset)."""
+    value = environ.get(name)
+    return value.strip() if value and value.strip() else None
+
+
+def ftbot_home(environ: Mapping[str, str] | None = None) -> Path:
+    """Where ftbot keeps its state: ``$FTBOT_HOME``, else ``$XDG_DATA_HOME/ftbot``, else ``~/.local/share/ftbot``."""
+    env = os.environ if environ is None else environ
+    configured = _value(env, HOME_VARIABLE)
+    if configured:
+        return _path(HOME_VARIABLE, configured)
+    xdg = _value(env, "XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "ftbot"
+
+
+def default_database_url(environ: Mapping[str, str] | None = None) -> str:
+    """``$FTBOT_DATABASE_URL``, else SQLite in ftbot's home."""
+    env = os.environ if environ is None else environ
+    return _value(env, DATABASE_URL_VARIABLE) or f"sqlite:///{ftbot_home(env) / 'ftbot.sqlite3'}"
+
+
+# --- the settings --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """ftbot's configuration. Entry points build it with ``Settings.from_env()``; tests pass fields directly."""
+
+    # Slack app. The console's and the tests' fake Slack take Web API calls at "http://127.0.0.1:PORT/api/".
+    slack_bot_token: str | None = env_setting(
+        None, "SLACK_BOT_TOKEN", SLACK, _text, "Bot token (`xoxb-…`) from *OAuth & Permissions*. Never logged.", secret=True)
+    slack_app_token: str | None = env_setting(
+        None, "SLACK_APP_TOKEN", SLACK, _text, "App-level token (`xapp-…`, `connections:write`): turns on Socket Mode.",
+        secret=True)
+    slack_signing_secret: str | None = env_setting(
+        None, "SLACK_SIGNING_SECRET", SLACK, _text, "Signing secret from *Basic Information*: needed for `--http`.", secret=True)
+    http_port: int = env_setting(3000, "PORT", SLACK, _port, "HTTP port when `--port` is not given.")
+    slack_api_url: str | None = env_setting(
+        None, "FTBOT_SLACK_API_URL", SLACK, _api_url,
+        "Send Web API calls to another base URL (a proxy or a fake Slack), e.g. `http://127.0.0.1:8080/api/`.",
+        shown_default="Slack's Web API")
+    # Roles: Slack user IDs (U…/W…) or user-group IDs (S…). Empty everywhere = no role configuration.
+    agents: tuple[str, ...] = env_setting(
+        (), "FTBOT_AGENTS", SLACK, _id_list,
+        "Support agents (capture replies): comma-separated user IDs (`U…`) or user-group IDs (`S…`, read with "
+        "`usergroups:read`). With no role variable set, everyone may do everything.", shown_default="unset")
+    reviewers: tuple[str, ...] = env_setting(
+        (), "FTBOT_REVIEWERS", SLACK, _id_list, "Reviewers (approve or reject captures), as for `FTBOT_AGENTS`.",
+        shown_default="unset")
+    trainers: tuple[str, ...] = env_setting(
+        (), "FTBOT_TRAINERS", SLACK, _id_list, "Trainers (train, evaluate, choose the model in use), as for `FTBOT_AGENTS`.",
+        shown_default="unset")
+    admins: tuple[str, ...] = env_setting(
+        (), "FTBOT_ADMINS", SLACK, _id_list, "Admins (every role, and jobs above the budget cap), as for `FTBOT_AGENTS`.",
+        shown_default="unset")
+    voters: tuple[str, ...] = env_setting(
+        (), "FTBOT_VOTERS", SLACK, _id_list, "Who may vote on blind comparisons, as for `FTBOT_AGENTS`; everyone when unset.",
+        shown_default="unset")
+    system_prompt: str = env_setting(
+        DEFAULT_SYSTEM_PROMPT, "FTBOT_SYSTEM_PROMPT", SLACK, _text, "The system turn of captured examples.",
+        shown_default="a generic support-agent prompt")
+    channel_prompts: Mapping[str, str] = env_setting_from(
+        lambda: MappingProxyType({}), "FTBOT_CHANNEL_PROMPTS", SLACK, _channel_prompts,
+        'Per-channel system prompts as JSON, e.g. `{"C0123456789": "You answer billing questions."}`; '
+        "`/ft prompt set …` in a channel overrides it (stored in the database).", shown_default="unset")
+
+    # Storage. The home is resolved from the environment even for Settings built by hand: it is where this
+    # process and the workers it starts keep their files.
+    home: Path = env_setting_from(
+        ftbot_home, HOME_VARIABLE, STORAGE, _path,
+        "Where ftbot keeps its state: the SQLite database, training jobs' files and models, console files.",
+        shown_default="`$XDG_DATA_HOME/ftbot`, else `~/.local/share/ftbot`")
+    database_url: str | None = env_setting(
+        None, DATABASE_URL_VARIABLE, STORAGE, _text,
+        "SQLAlchemy URL of the database, e.g. `postgresql+psycopg://USER:PASSWORD@HOST:5432/ftbot`.",
+        shown_default="SQLite at `$FTBOT_HOME/ftbot.sqlite3`")
+
+    # Data checks.
+    prices_file: Path | None = env_setting(
+        None, "FTBOT_PRICES_FILE", DATA, _path, "The dated price table (TOML) that costs and context limits come from.",
+        shown_default="the bundled `trainers/data/prices.toml`")
+    max_line_bytes: int = env_setting(
+        DEFAULT_MAX_LINE_BYTES, "FTBOT_MAX_LINE_BYTES", DATA, _whole_number,
+        "A JSONL line longer than this is reported as `line_too_long` without being read into memory.",
+        shown_default="16 MiB")
+
+    # Training.
+    openai_model: str = env_setting(
+        DEFAULT_OPENAI_MODEL, "FTBOT_OPENAI_MODEL", TRAINING, _text,
+        "OpenAI base model to fine-tune, price and validate for (`/ft price`, `/ft validate`, `ftbot validate/price`). "
+        "The deprecated `FTBOT_BASE_MODEL` is read as this one (never as the on-prem base), with a one-line warning.",
+        deprecated_name="FTBOT_BASE_MODEL")
+    # None: the back end's default (the console trains the offline tiny model instead).
+    local_base_model: str | None = env_setting(
+        None, "FTBOT_LOCAL_BASE_MODEL", TRAINING, _text,
+        "On-prem base model: a Hugging Face id or a directory (the console uses `ftbot:tiny`, the offline tiny model).",
+        shown_default=f"`{DEFAULT_LOCAL_BASE_MODEL}`")
+    budget_usd: float | None = env_setting(
+        None, "FTBOT_BUDGET_USD", TRAINING, _number, "Budget cap per job; above it only an admin may start.",
+        shown_default="no cap")
+    gpu_hour_usd: float = env_setting(
+        DEFAULT_GPU_HOUR_USD, "FTBOT_GPU_HOUR_USD", TRAINING, _number, "On-prem estimate: price of a GPU-hour (USD).",
+        shown_default="2.00")
+    local_tokens_per_s: float = env_setting(
+        DEFAULT_LOCAL_TOKENS_PER_S, "FTBOT_LOCAL_TOKENS_PER_S", TRAINING, _throughput,
+        "On-prem estimate: training throughput (the HF QLoRA 7B/A100 figure; measure yours with `bench/gpu_qlora.py`).",
+        shown_default="2,400 tokens/s")
+    launcher: str = env_setting(
+        "python", "FTBOT_LAUNCHER", TRAINING, _launcher, "`accelerate` runs local training under `accelerate launch`.")
+    num_processes: int = env_setting(
+        1, "FTBOT_NUM_PROCESSES", TRAINING, _whole_number, "Training processes (GPUs) when a job does not set its own.")
+    accelerate_config: str | None = env_setting(
+        None, "FTBOT_ACCELERATE_CONFIG", TRAINING, _text,
+        "An `accelerate config` file (FSDP, DeepSpeed, …) that replaces `--multi_gpu`.")
+    openai_max_retries: int = env_setting(
+        DEFAULT_OPENAI_MAX_RETRIES, "FTBOT_OPENAI_MAX_RETRIES", TRAINING, _whole_number,
+        "OpenAI client retries on 429/5xx answers (training, generation, the judge).")
+    training_poll_seconds: float = env_setting(
+        10.0, "FTBOT_TRAINING_POLL_SECONDS", TRAINING, _number,
+        "How often the bot polls OpenAI / relays a worker's progress, in seconds.")
+
+    # Evaluation: the baseline ("base" = the candidate's base model, "openai:<model>", a registered model or a local
+    # base model), how long voting stays open, and the pause between posted comparisons (Slack: ~1 message/s/channel).
+    eval_baseline: str | None = env_setting(
+        None, "FTBOT_EVAL_BASELINE", EVALUATION, _text,
+        "The baseline: `base` (the candidate's base model), `openai:<model>`, a registered model, or a local base model.",
+        shown_default="`base`")
+    eval_hours: float = env_setting(
+        24.0, "FTBOT_EVAL_HOURS", EVALUATION, _positive(24.0),
+        "How long voting stays open, in hours (a scheduler job and the next vote or command close it).")
+    eval_post_interval: float = env_setting(
+        1.1, "FTBOT_EVAL_POST_INTERVAL", EVALUATION, _positive(1.1, allow_zero=True),
+        "Seconds between posted comparisons.")
+    eval_max_tokens: int = env_setting(
+        512, "FTBOT_EVAL_MAX_TOKENS", EVALUATION, _whole_number, "Generation: the longest answer, in tokens.")
+    eval_temperature: float = env_setting(
+        0.0, "FTBOT_EVAL_TEMPERATURE", EVALUATION, _number, "Generation: sampling temperature (0 = greedy).")
+    eval_batch_size: int = env_setting(
+        8, "FTBOT_EVAL_BATCH_SIZE", EVALUATION, _whole_number, "Generation: prompts per batch on a local model.")
+    judge_model: str = env_setting(
+        DEFAULT_JUDGE_MODEL, "FTBOT_JUDGE_MODEL", EVALUATION, _text, "The LLM judge for `/ft judge`.")
+
+    # Not an environment variable: the local console sets it, so a bot with no base model configured trains the
+    # offline tiny model there (no accounts, no downloads).
+    demo_mode: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every variable of ``ENV_VARIABLES`` (blank counts as unset); ConfigError says what to fix."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {"home": ftbot_home(env)}
+        for variable in ENV_VARIABLES:
+            text = _read(env, variable)
+            if text is not None:
+                values[variable.field] = variable.parse(variable.name, text)
+        return cls(**values)
+
+    @property
+    def has_slack_credentials(self) -> bool:
+        return bool(self.slack_bot_token and (self.slack_app_token or self.slack_signing_secret))
+
+    def require_socket_mode(self) -> None:
+        """Raise ``ConfigError`` unless Socket Mode can start."""
+        missing = [n for n, v in (("SLACK_BOT_TOKEN", self.slack_bot_token), ("SLACK_APP_TOKEN", self.slack_app_token)) if not v]
+        if missing:
+            raise ConfigError(
+                f"Socket Mode needs {' and '.join(missing)}: copy the bot token (xoxb-…) from OAuth & Permissions and an "
+                "app-level token with connections:write (xapp-…) from Basic Information of your Slack app"
+            )
+        if not (self.slack_app_token or "").startswith("xapp-"):
+            raise ConfigError("SLACK_APP_TOKEN must be an app-level token starting with xapp- (Basic Information → App-Level Tokens)")
+
+    def require_http(self) -> None:
+        """Raise ``ConfigError`` unless HTTP mode can start."""
+        missing = [
+            n for n, v in (("SLACK_BOT_TOKEN", self.slack_bot_token), ("SLACK_SIGNING_SECRET", self.slack_signing_secret)) if not v
+        ]
+        if missing:
+            raise ConfigError(
+                f"HTTP mode needs {' and '.join(missing)}: copy the bot token (xoxb-…) from OAuth & Permissions and the "
+                "signing secret from Basic Information of your Slack app"
+            )
+
+    def channel_prompt(self, channel_id: str | None) -> str:
+        """The configured system prompt for a channel (the database-stored one is looked up by ``bot.capture``)."""
+        if channel_id and channel_id in self.channel_prompts:
+            return self.channel_prompts[channel_id]
+        return self.system_prompt
+
+
+def _env_variables() -> tuple[EnvVar, ...]:
+    variables = []
+    for settings_field in fields(Settings):
+        variable = settings_field.metadata.get(ENV_VARIABLE_METADATA)
+        if variable is not None:
+            variables.append(replace(variable, field=settings_field.name))
+    return tuple(variables)
+
+
+# The settings table: every variable ftbot reads, in the order of the fields that declare them.
+ENV_VARIABLES: tuple[EnvVar, ...] = _env_variables()
+
+
+def _read(environ: Mapping[str, str], variable: EnvVar) -> str | None:
+    """The variable's text, or its deprecated name's (with a one-line warning per process)."""
+    global _warned_deprecated
+    text = _value(environ, variable.name)
+    if variable.deprecated_name is None:
+        return text
+    old = _value(environ, variable.deprecated_name)
+    if old and not _warned_deprecated:
+        _warned_deprecated = True
+        what = f"ignored because {variable.name} is set" if text else f"read as {variable.name}"
+        log.warning(
+            "%s is deprecated and %s (the OpenAI base model); rename it to %s, and set FTBOT_LOCAL_BASE_MODEL "
+            "for the on-prem base model", variable.deprecated_name, what, variable.name,
+        )
+    return text or old
+
+
+def variable_names() -> set[str]:
+    """Every ftbot variable name, deprecated ones included."""
+    names = {variable.name for variable in ENV_VARIABLES}
+    return names | {variable.deprecated_name for variable in ENV_VARIABLES if variable.deprecated_name}
+
+
+# --- the README table ----------------------------------------------------------------------------------------------
+
+
+def _shown_default(variable: EnvVar) -> str:
+    if variable.shown_default is not None:
+        return variable.shown_default
+    value = next(f.default for f in fields(Settings) if f.name == variable.field)
+    if value is None:
+        return "unset"
+    if isinstance(value, str):
+        return f"`{value}`"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def markdown_table() -> str:
+    """The README's configuration table: every variable by section, then those that libraries read themselves."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for section in SECTIONS:
+        lines.append(f"| **{section}** | | |")
+        for variable in (v for v in ENV_VARIABLES if v.section == section):
+            lines.append(f"| `{variable.name}` | {_shown_default(variable)} | {variable.doc} |")
+    lines.append(f"| **{LIBRARIES}** | | |")
+    lines.extend(f"| `{name}` | | {doc} |" for name, doc in LIBRARY_VARIABLES)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

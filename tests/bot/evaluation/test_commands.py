@@ -1,0 +1,83 @@
+"""``/ft eval`` and ``/ft results``: clear errors, resuming after a restart, and no ML stack in the bot process."""
+
+from __future__ import annotations
+
+from storage import evals
+from storage.evals import RoundStatus
+from tests.bot.evaluation.helpers import BASE, CANDIDATE, CHANNEL, comparison_posts, seed_model
+from tests.fixtures.paths import REPO
+
+
+def test_eval_errors_are_clear(harness):
+    h = harness
+    h.command("eval", user_id="U_AGENT")
+    h.wait()
+    assert "no trained model" in h.fake.responses[-1]["text"]
+    h.command("eval --n 0", user_id="U_AGENT")
+    h.wait()
+    assert "--n" in h.fake.responses[-1]["text"]
+    h.command("results", user_id="U_AGENT")
+    h.wait()
+    assert "no evaluation round yet" in h.fake.responses[-1]["text"]
+
+
+def test_evaluation_commands_do_not_import_the_ml_stack(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, io, tempfile\n"
+        "from storage.config import Settings\nfrom storage.db import Database\nfrom bot.console.shell import Console\n"
+        "import trainers.evaluation.results, trainers.evaluation.charts, trainers.evaluation.generation, trainers.evaluation.inference, trainers.evaluation.judge, bot.cli.evaluation\n"
+        "db = Database.open('sqlite:///' + tempfile.mkdtemp() + '/x.db')\n"
+        "c = Console(Settings(), db, out=io.StringIO())\n"
+        "c.handle('/ft eval add How do I export?'); c.handle('/ft eval'); c.handle('/ft results'); c.close()\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets', 'bitsandbytes') if m in sys.modules))\n"
+    )
+    env = {**__import__("os").environ, "FTBOT_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_resume_after_a_restart_posts_only_what_is_missing(harness, openai_api):
+    h = harness
+    seed_model(h.db)
+    baseline = f"openai:{BASE}"
+    prompts = [[{"role": "user", "content": f"Interrupted question {i}?"}] for i in range(4)]
+    # A round whose process died mid-generation: two candidate answers already stored.
+    round_ = evals.create_round(h.db, candidate_model=CANDIDATE, baseline_model=baseline, prompts=prompts,
+                                channel=CHANNEL, status=RoundStatus.GENERATING).example
+    comparisons = evals.round_comparisons(h.db, round_.id)
+    evals.set_answers(h.db, round_.id, CANDIDATE, {c.id: "stored before the restart" for c in comparisons[:2]})
+
+    h.command("eval", user_id="U_AGENT")
+    h.wait()
+    assert f"/ft eval resume {round_.id}" in h.fake.responses[-1]["text"]
+
+    h.command(f"eval resume {round_.id}", user_id="U_AGENT")
+    h.wait(timeout=30)
+    assert len([c for c in openai_api.calls if "chat/completions" in c.path]) == 6  # 2 candidate + 4 baseline
+    assert evals.get_round(h.db, round_.id).status == RoundStatus.OPEN
+    assert len(comparison_posts(h)) == 4
+
+    # A round interrupted while posting: two comparisons were posted, two were not.
+    second = evals.create_round(h.db, candidate_model=CANDIDATE, baseline_model=baseline, prompts=prompts,
+                                channel=CHANNEL, status=RoundStatus.POSTING).example
+    rows = evals.round_comparisons(h.db, second.id)
+    evals.set_answers(h.db, second.id, CANDIDATE, {c.id: "a" for c in rows})
+    evals.set_answers(h.db, second.id, baseline, {c.id: "b" for c in rows})
+    for c in rows[:2]:
+        posted = h.fake.post_message(CHANNEL, None, "Blind comparison (before restart)", bot=True)
+        evals.set_comparison_message(h.db, c.id, channel=CHANNEL, message_ts=posted["ts"])
+    h.fake.reset_calls()
+    h.command(f"eval resume {second.id}", user_id="U_AGENT")
+    h.wait(timeout=30)
+    assert len(comparison_posts(h)) == 2
+    assert evals.get_round(h.db, second.id).status == RoundStatus.OPEN
+    assert len({c.message_ts for c in evals.round_comparisons(h.db, second.id)}) == 4
+
+    h.command(f"eval resume {second.id}", user_id="U_AGENT")
+    h.wait()
+    assert "nothing to resume" in h.fake.responses[-1]["text"]
