@@ -37,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def bench_generation(prompts_n: int, new_tokens: int, batch_size: int, repeats: int) -> list[tuple[str, float, str]]:
-    from storage.evals import split_prompt
+    from storage.eval_prompts import split_prompt
     from trainers.evaluation.inference import GenerationSettings, LocalGenerator
     from trainers.tiny_model import build_tiny_model, sample_conversations
 
@@ -60,7 +60,8 @@ def bench_generation(prompts_n: int, new_tokens: int, batch_size: int, repeats: 
     same = [g.text for g in single] == [g.text for g in batched]
     tokens = sum(g.completion_tokens for g in batched)
     return [
-        ("generation: one prompt at a time (baseline)", single_s, f"{prompts_n / single_s:.1f} prompts/s, {tokens / single_s:.0f} tokens/s"),
+        ("generation: one prompt at a time (baseline)", single_s,
+         f"{prompts_n / single_s:.1f} prompts/s, {tokens / single_s:.0f} tokens/s"),
         (f"generation: batches of {batch_size} (ftbot)", batched_s,
          f"{prompts_n / batched_s:.1f} prompts/s, {tokens / batched_s:.0f} tokens/s; "
          f"{single_s / batched_s:.2f}x; identical answers: {same}"),

@@ -51,7 +51,7 @@ def _fake_slack(conn: Any) -> None:
                               thread_ts=parent["ts"])
     conn.send({"base_url": fake.base_url, "permalink": fake.permalink("C_SUPPORT", reply["ts"], parent["ts"]),
                "response_url": fake.response_url("bench")})
-    while (message := conn.recv()) != "stop":
+    while conn.recv() != "stop":
         conn.send({method: len(fake.calls_to(method)) for method in ("views.publish", "views.open", "views.update",
                                                                      "response_url")})
     fake.stop()

@@ -21,7 +21,6 @@ database; it is skipped with a note when unreachable.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import secrets
@@ -39,9 +38,9 @@ from sqlalchemy import create_engine, select, text  # noqa: E402
 from storage.db import Database  # noqa: E402
 from storage.examples import example_record, import_records, iter_records  # noqa: E402
 from storage.exports import write_jsonl  # noqa: E402
-from trainers.data.imports import import_file  # noqa: E402
 from storage.models import Example, ExampleStatus, utcnow  # noqa: E402
 from storage.records import content_hash, sft_record  # noqa: E402
+from trainers.data.imports import import_file  # noqa: E402
 
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TOPICS = ["password reset", "refund", "invoice", "shipping delay", "API key", "SSO login", "plan upgrade", "data export"]
@@ -58,7 +57,8 @@ def make_records(count: int, seed: int = 7) -> list[dict[str, Any]]:
             for _ in range(rng.randint(6, 14))
         )
         answer = f"Thanks for reaching out about your {topic}. " + " ".join(
-            rng.choice(["Please open Settings", "then Billing", "and click Retry", "I have reset it for you", "it can take 5 minutes", "let me know if it persists"])
+            rng.choice(["Please open Settings", "then Billing", "and click Retry", "I have reset it for you", "it can take 5 minutes",
+                        "let me know if it persists"])
             for _ in range(rng.randint(8, 20))
         )
         records.append({"messages": [

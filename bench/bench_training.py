@@ -71,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
 
+    from trainers.tiny_model import build_tiny_model, sample_conversations
     from trainers.training.local.config import LocalTrainConfig
     from trainers.training.local.train import train
-    from trainers.tiny_model import build_tiny_model, sample_conversations
 
     workdir = Path(tempfile.mkdtemp(prefix="ftbot-bench-"))
     # Hidden 256 (~2M parameters) by default: at hidden 64 the step time is dominated by attention over the

@@ -56,7 +56,12 @@ STEPS = [
     "Your plan renews on {day}; cancelling now keeps access until then and you will not be charged again.",
     "Please restart the device, hold the reset button for ten seconds, and reconnect it to the 2.4 GHz network.",
 ]
-CLOSERS = ["Let me know if there is anything else I can help with.", "Have a great day!", "If this does not solve it, reply here and I will escalate it to our engineers.", ""]
+CLOSERS = [
+    "Let me know if there is anything else I can help with.",
+    "Have a great day!",
+    "If this does not solve it, reply here and I will escalate it to our engineers.",
+    "",
+]
 NAMES = ["Anna", "Ben", "Chen", "Dara", "Emil", "Fatima", "Gus", "Hana", "Ivan", "Jo", "Kofi", "Lena", "Mateo", "Nia"]
 DAYS = ["Monday", "Tuesday", "March 3", "April 12", "June 30", "the 15th"]
 TOOLS = [{"type": "function", "function": {"name": "lookup_order", "description": "Look up an order by id",
@@ -89,9 +94,12 @@ def conversation(index: int, rng: random.Random) -> dict:
         order = str(rng.randint(100000, 999999))
         messages.append({"role": "user", "content": f"Where is my order {order}? Ticket {index}."})
         messages.append({"role": "assistant", "content": None, "tool_calls": [
-            {"id": f"call_{index}", "type": "function", "function": {"name": "lookup_order", "arguments": json.dumps({"order_id": order})}}]})
-        messages.append({"role": "tool", "tool_call_id": f"call_{index}", "content": json.dumps({"status": "in_transit", "eta": rng.choice(DAYS)})})
-        messages.append({"role": "assistant", "content": f"{_fill(rng.choice(OPENERS), rng)} Your order {order} is in transit and should arrive {rng.choice(DAYS)}."})
+            {"id": f"call_{index}", "type": "function",
+             "function": {"name": "lookup_order", "arguments": json.dumps({"order_id": order})}}]})
+        messages.append({"role": "tool", "tool_call_id": f"call_{index}",
+                         "content": json.dumps({"status": "in_transit", "eta": rng.choice(DAYS)})})
+        reply = f"{_fill(rng.choice(OPENERS), rng)} Your order {order} is in transit and should arrive {rng.choice(DAYS)}."
+        messages.append({"role": "assistant", "content": reply})
         record["tools"] = TOOLS
         return record
     turns = 1 if rng.random() < 0.8 else 2
@@ -157,7 +165,7 @@ def run_baseline(path: Path) -> dict:
 
     encoding = encoding_for_model(MODEL)  # loaded before timing, as for the ceiling
     started, cpu = time.perf_counter(), time.process_time()
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         dataset = [json.loads(line) for line in f]
     format_errors: dict[str, int] = defaultdict(int)
     for ex in dataset:
@@ -217,8 +225,8 @@ def run_baseline(path: Path) -> dict:
              for name, v in (("messages", n_messages), ("tokens", convo_lens), ("assistant", assistant_message_lens))}
     n_epochs = 3
     n_billing = sum(min(65536, length) for length in convo_lens) * n_epochs
-    return {"seconds": time.perf_counter() - started, "timed_cpu": time.process_time() - cpu, "tokens_counted": sum(convo_lens), "billed": n_billing,
-            "too_long": n_too_long, "errors": dict(format_errors), "stats": stats}
+    return {"seconds": time.perf_counter() - started, "timed_cpu": time.process_time() - cpu, "tokens_counted": sum(convo_lens),
+            "billed": n_billing, "too_long": n_too_long, "errors": dict(format_errors), "stats": stats}
 
 
 def run_ftbot(path: Path, workers: int | None) -> dict:
@@ -290,7 +298,8 @@ def main() -> None:
             (f"ftbot build_report, {workers} workers", ftbot, min(workers, cores)),
         ]
         print(f"\nfile tokens (ceiling's count): {tokens:,}; ftbot's counted total incl. per-message overhead: {ftbot['tokens_counted']:,}")
-        print(f"baseline counted {baseline['tokens_counted']:,}, billed {baseline['billed']:,}; ftbot billed {ftbot['billed']:,} (epochs auto), cost ${ftbot['cost']}")
+        print(f"baseline counted {baseline['tokens_counted']:,}, billed {baseline['billed']:,}; "
+              f"ftbot billed {ftbot['billed']:,} (epochs auto), cost ${ftbot['cost']}")
         print(f"ftbot warnings: {ftbot['warning_counts']}; errors: {ftbot['error_counts']}\n")
         header = (f"{'method':38} {'wall s':>7} {'CPU s':>6} {'Mtok/s':>7} {'x ceiling/core':>15} {'x ceiling/CPU-s':>16} "
                   f"{'x baseline':>11} {'RSS MB main/workers':>20}")
@@ -303,7 +312,8 @@ def main() -> None:
             rate = tokens / result["seconds"]
             cpu_rate = tokens / result["timed_cpu"]
             print(f"{name:38} {result['seconds']:7.2f} {result['timed_cpu']:6.2f} {rate / 1e6:7.2f} {rate / used / ceiling_rate:15.2f} "
-                  f"{cpu_rate / ceiling_cpu_rate:16.2f} {rate / baseline_rate:11.2f} {result['rss_self_mb']:9.0f} / {result['rss_children_mb']:<8.0f}")
+                  f"{cpu_rate / ceiling_cpu_rate:16.2f} {rate / baseline_rate:11.2f} "
+                  f"{result['rss_self_mb']:9.0f} / {result['rss_children_mb']:<8.0f}")
         load = os.getloadavg()
         print(f"(load average during the run: {load[0]:.2f}, {load[1]:.2f}; x ceiling/core = rate / processes used / ceiling rate; "
               "x ceiling/CPU-s uses CPU time, robust to other load)")
@@ -313,8 +323,9 @@ def main() -> None:
             big_size = generate(big, big_count, seed=11)
             result = measure("ftbot", big)
             print(f"\nbig file: {big_count:,} conversations, {big_size / 1e6:.0f} MB: ftbot {result['seconds']:.1f} s, "
-                  f"{result['valid']:,} valid, peak RSS main {result['rss_self_mb']:.0f} MB, largest worker {result['rss_children_mb']:.0f} MB")
-        print(f"\ngoals: >= 0.8x ceiling per core using all cores, >= 3x baseline, peak RSS <= 300 MB")
+                  f"{result['valid']:,} valid, peak RSS main {result['rss_self_mb']:.0f} MB, "
+                  f"largest worker {result['rss_children_mb']:.0f} MB")
+        print("\ngoals: >= 0.8x ceiling per core using all cores, >= 3x baseline, peak RSS <= 300 MB")
 
 
 if __name__ == "__main__":

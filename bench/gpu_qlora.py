@@ -130,10 +130,10 @@ def _sync() -> None:
 def run_variant(name: str, model_dir: Path, rows: list[dict], *, quantize: bool, packing: bool, steps: int, warmup: int,
                 batch: int, length: int, tiny: bool) -> dict:
     import torch
+    from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
-    from datasets import Dataset
 
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
@@ -174,9 +174,10 @@ def run_variant(name: str, model_dir: Path, rows: list[dict], *, quantize: bool,
     del trainer, model
     if cuda:
         torch.cuda.empty_cache()
-    return {"variant": name, "tokens": tokens, "seconds": round(elapsed, 2), "tokens_per_s": round(tokens / elapsed, 1) if elapsed else None,
-            "peak_gib": round(peak, 2) if peak is not None else None, "attention": attention, "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None}
+    return {"variant": name, "tokens": tokens, "seconds": round(elapsed, 2),
+            "tokens_per_s": round(tokens / elapsed, 1) if elapsed else None,
+            "peak_gib": round(peak, 2) if peak is not None else None, "attention": attention,
+            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
 
 
 def main() -> int:

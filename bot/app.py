@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from openai import OpenAI
@@ -19,6 +19,7 @@ from slack_bolt import App, BoltResponse
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
+from bot import capture, checks, commands, evaluation, home, review, training
 from bot.commands import Router
 from bot.executor import TrackingExecutor
 from bot.roles import Roles
@@ -29,6 +30,11 @@ from storage.events import claim_event, release_event
 log = logging.getLogger(__name__)
 
 SLACK_API_DEFAULT = "https://slack.com/api/"
+
+P = ParamSpec("P")
+T = TypeVar("T")
+# A global Bolt middleware: the request body and Bolt's ``next``; a response ends the request there.
+Middleware = Callable[[dict[str, Any], Callable[[], None]], BoltResponse | None]
 
 
 @dataclass
@@ -51,7 +57,7 @@ class BotContext:
     # Evaluation rounds this process is generating or posting now (the database status guards other processes).
     rounds_in_flight: set[int] = field(default_factory=set)
 
-    def defer(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+    def defer(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Run ``fn`` after the ack on the work pool, not on Bolt's listener pool.
 
         Bolt runs slash-command and interaction listeners on its listener pool and waits there for ``ack()``.
@@ -59,7 +65,7 @@ class BotContext:
         every ack fast under load. Errors are logged (the user is told by the function itself).
         """
 
-        def run() -> Any:
+        def run() -> T:
             try:
                 return fn(*args, **kwargs)
             except Exception:
@@ -88,10 +94,10 @@ def build_client(settings: Settings, *, rate_limit_retries: int = 2) -> WebClien
     return client
 
 
-def _claim_events(db: Database):
+def _claim_events(db: Database) -> Middleware:
     """Global middleware: only the first delivery of an ``event_id`` reaches the listeners."""
 
-    def once_per_event(body: dict[str, Any], next) -> BoltResponse | None:  # noqa: A002 - Bolt's argument name
+    def once_per_event(body: dict[str, Any], next: Callable[[], None]) -> BoltResponse | None:  # noqa: A002 - Bolt's argument name
         if body.get("type") == "event_callback" and body.get("event_id"):
             if not claim_event(db, body["event_id"]):
                 log.info("event %s already handled; ignoring this delivery", body["event_id"])
@@ -134,8 +140,6 @@ def build_app(
                 release_event(db, body["event_id"])
             except Exception:  # the original error matters more
                 log.exception("could not release event %s", body.get("event_id"))
-
-    from bot import capture, checks, commands, evaluation, home, review, training
 
     commands.register(app, bot)
     for feature in (capture, review, checks, home, training, evaluation):

@@ -32,7 +32,7 @@ MAX_MESSAGE_CHARS = 11000
 Block = dict[str, Any]
 
 
-def escape(text: Any) -> str:
+def escape(text: object) -> str:
     """Escape Slack's control characters so user text is shown literally (no mentions, links or broadcasts)."""
     return str(text if text is not None else "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 

@@ -23,7 +23,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import blocks as bk
-from bot.commands import CommandContext
+from bot.commands import CommandContext, Handler
 from bot.review import confirmation_blocks
 from bot.threads import (
     SlackMessage,
@@ -39,9 +39,16 @@ from bot.threads import (
     ts_order,
     without_user_mentions,
 )
+from storage.capture_drafts import delete_capture_draft, load_capture_draft, save_capture_draft
 from storage.errors import FtbotError
+from storage.events import claim_event
+from storage.examples import example_by_source_key, save_capture
+from storage.records import sft_record
+from storage.workspace_settings import delete_setting, get_setting, set_setting
+from trainers.data.pii import PiiFinding, find_pii, redact
+from trainers.data.validate import check_record
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
 
 log = logging.getLogger(__name__)
@@ -77,14 +84,10 @@ class Draft:
     rev: int = 0
 
     def record(self) -> dict[str, Any]:
-        from storage.records import sft_record
-
         return sft_record([{"role": t["role"], "content": t["content"]} for t in self.turns])
 
 
-def channel_system_prompt(bot: "BotContext", channel: str) -> str:
-    from storage.workspace_settings import get_setting
-
+def channel_system_prompt(bot: BotContext, channel: str) -> str:
     stored = get_setting(bot.db, PROMPT_PREFIX + channel)
     return stored if isinstance(stored, str) and stored.strip() else bot.settings.channel_prompt(channel)
 
@@ -93,7 +96,7 @@ def _is_capture_mention(message: SlackMessage, bot_user_id: str | None) -> bool:
     return bool(bot_user_id) and f"<@{bot_user_id}>" in (message.get("text") or "")
 
 
-def build_turns(bot: "BotContext", client: WebClient, channel: str, ts: str, thread_ts: str | None,
+def build_turns(bot: BotContext, client: WebClient, channel: str, ts: str, thread_ts: str | None,
                 *, bot_user_id: str | None) -> tuple[list[Turn], str]:
     """The conversation up to and including the chosen reply, with the channel's system prompt first,
     and the thread's root ts."""
@@ -139,9 +142,7 @@ def _turn_block_id(index: int, rev: int) -> str:
     return f"turn_{index}_r{rev}"
 
 
-def _pii_findings(turns: list[dict[str, str]]) -> list[tuple[int, Any]]:
-    from trainers.data.pii import find_pii
-
+def _pii_findings(turns: list[dict[str, str]]) -> list[tuple[int, PiiFinding]]:
     return [(i, finding) for i, turn in enumerate(turns) for finding in find_pii(turn["content"])]
 
 
@@ -187,17 +188,13 @@ def editable_turns(draft: Draft) -> set[int]:
             if (i == 0 or i >= first_editable) and len(turn["content"]) <= bk.MAX_INPUT_VALUE}
 
 
-def _save_draft(bot: "BotContext", draft: Draft) -> str:
-    from storage.capture_drafts import save_capture_draft
-
+def _save_draft(bot: BotContext, draft: Draft) -> str:
     key = f"{DRAFT_PREFIX}{draft.source_key}:{draft.captured_by}"
     save_capture_draft(bot.db, key, asdict(draft))
     return key
 
 
-def _load_draft(bot: "BotContext", key: str) -> Draft | None:
-    from storage.capture_drafts import load_capture_draft
-
+def _load_draft(bot: BotContext, key: str) -> Draft | None:
     if not key.startswith(DRAFT_PREFIX):
         return None
     raw = load_capture_draft(bot.db, key)
@@ -215,7 +212,7 @@ def _apply_edits(draft: Draft, values: dict[str, dict[str, Any]]) -> None:
         draft.tags = [t.strip().lower() for t in re.split(r"[,\n]", tags_raw) if t.strip()][:20]
 
 
-def open_capture(bot: "BotContext", client: WebClient, *, trigger_id: str, channel: str, ts: str, thread_ts: str | None,
+def open_capture(bot: BotContext, client: WebClient, *, trigger_id: str, channel: str, ts: str, thread_ts: str | None,
                  user: str, bot_user_id: str | None) -> None:
     """Open the modal at once, then read the thread and fill it in."""
     try:
@@ -248,17 +245,13 @@ def open_capture(bot: "BotContext", client: WebClient, *, trigger_id: str, chann
         client.views_update(view_id=view["id"], view=_error_view(bk.escape(str(exc))))
 
 
-def _existing_tags(bot: "BotContext", source_key: str) -> list[str]:
-    from storage.examples import example_by_source_key
-
+def _existing_tags(bot: BotContext, source_key: str) -> list[str]:
     example = example_by_source_key(bot.db, source_key)
     return list(example.tags) if example else []
 
 
 def submission_errors(draft: Draft) -> dict[str, str]:
     """Field errors for ``response_action: errors``, from the data core's per-line checks."""
-    from trainers.data.validate import check_record
-
     checked = check_record(draft.record(), 1, kind="sft", pii=False)
     errors: dict[str, str] = {}
     # Errors can only be attached to blocks the modal shows.
@@ -274,14 +267,14 @@ def submission_errors(draft: Draft) -> dict[str, str]:
 
 
 # ---- listeners ------------------------------------------------------------------------------------------------------
-def register(app: App, bot: "BotContext") -> None:
+def register(app: App, bot: BotContext) -> None:
     @app.shortcut(SHORTCUT_ID)
     def on_shortcut(ack: Ack, shortcut: dict[str, Any], client: WebClient, context: BoltContext) -> None:
         ack()
         message = shortcut.get("message") or {}
         bot.defer(open_capture, bot, client, trigger_id=shortcut["trigger_id"], channel=shortcut["channel"]["id"],
-                     ts=message.get("ts") or shortcut.get("message_ts"), thread_ts=message.get("thread_ts"),
-                     user=shortcut["user"]["id"], bot_user_id=context.bot_user_id)
+                  ts=message.get("ts") or shortcut["message_ts"], thread_ts=message.get("thread_ts"),
+                  user=shortcut["user"]["id"], bot_user_id=context.bot_user_id)
 
     def ft_add(ctx: CommandContext) -> None:
         if not ctx.args:
@@ -299,7 +292,8 @@ def register(app: App, bot: "BotContext") -> None:
 
     @app.event("app_mention")
     def on_mention(event: dict[str, Any], client: WebClient, context: BoltContext) -> None:
-        user, channel = event.get("user"), event.get("channel")
+        # Slack's app_mention event always names who mentioned the bot and where.
+        user, channel = event["user"], event["channel"]
         text = slack_to_plain(without_user_mentions(event.get("text") or ""))
         words = text.split()
         thread_ts = event.get("thread_ts")
@@ -340,7 +334,7 @@ def register(app: App, bot: "BotContext") -> None:
         ack()
         target = json.loads(action.get("value") or "{}")
         bot.defer(open_capture, bot, client, trigger_id=body["trigger_id"], channel=target["channel"], ts=target["ts"],
-                     thread_ts=target.get("thread_ts"), user=body["user"]["id"], bot_user_id=context.bot_user_id)
+                  thread_ts=target.get("thread_ts"), user=body["user"]["id"], bot_user_id=context.bot_user_id)
 
     @app.action(REDACT_ACTION)
     def on_redact(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
@@ -366,7 +360,7 @@ def register(app: App, bot: "BotContext") -> None:
                    summary="This channel's system prompt for new captures", handler=_ft_prompt(bot))
 
 
-def _reply_before(bot: "BotContext", thread: list[SlackMessage], mention_ts: str, bot_user_id: str | None,
+def _reply_before(bot: BotContext, thread: list[SlackMessage], mention_ts: str, bot_user_id: str | None,
                   mentioner: str | None) -> SlackMessage | None:
     """The message `@ftbot add` refers to: the latest team reply above the mention (with roles configured),
     else the mentioner's own latest message (agents mention the bot under their reply), else the latest human reply."""
@@ -379,13 +373,9 @@ def _reply_before(bot: "BotContext", thread: list[SlackMessage], mention_ts: str
     return own or (replies[-1] if replies else None)
 
 
-def save_draft_as_example(bot: "BotContext", client: WebClient, draft: Draft, draft_key: str, *, user: str,
+def save_draft_as_example(bot: BotContext, client: WebClient, draft: Draft, draft_key: str, *, user: str,
                           view_id: str) -> None:
     """Store the submitted example once, then confirm (in the thread for review, or privately when approved)."""
-    from storage.capture_drafts import delete_capture_draft
-    from storage.events import claim_event
-    from storage.examples import save_capture
-
     # A double-clicked Save sends the same view twice: only the first stores and confirms.
     if not claim_event(bot.db, f"view_submission:{view_id}:{draft.source_key}"):
         return
@@ -421,10 +411,8 @@ def _attach_full_text_if_long(client: WebClient, draft: Draft, thread_ts: str | 
         log.warning("could not attach the full conversation: %s", exc.response.get("error"))
 
 
-def redact_view(bot: "BotContext", client: WebClient, view: dict[str, Any]) -> None:
+def redact_view(bot: BotContext, client: WebClient, view: dict[str, Any]) -> None:
     """Redact personal data in every turn (keeping the user's unsaved edits) and redraw the form."""
-    from trainers.data.pii import redact
-
     meta = json.loads(view.get("private_metadata") or "{}")
     draft = _load_draft(bot, meta.get("draft", ""))
     if draft is None:
@@ -439,10 +427,8 @@ def redact_view(bot: "BotContext", client: WebClient, view: dict[str, Any]) -> N
                         view=capture_view(draft, key, notice=":white_check_mark: Personal data redacted."))
 
 
-def _ft_prompt(bot: "BotContext"):
+def _ft_prompt(bot: BotContext) -> Handler:
     def ft_prompt(ctx: CommandContext) -> None:
-        from storage.workspace_settings import delete_setting, set_setting
-
         action = ctx.args[0].lower() if ctx.args else "show"
         key = PROMPT_PREFIX + ctx.channel_id
         if action in ("set", "reset") and not bot.roles.may_review(ctx.user_id):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt import App
@@ -18,8 +18,12 @@ from slack_sdk.errors import SlackApiError
 from bot import blocks as bk
 from bot.commands import CommandContext
 from storage.errors import FtbotError
+from storage.examples import approved_records, count_by_status
+from storage.records import canonical_json
+from trainers.data.pricing import load_price_table
+from trainers.data.report import build_report
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
 
 log = logging.getLogger(__name__)
@@ -28,7 +32,7 @@ SHOWN_ISSUES = 5
 
 
 def _stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
 def _upload(ctx: CommandContext, *, content: str, filename: str, title: str, comment: str) -> bool:
@@ -49,7 +53,7 @@ def _upload(ctx: CommandContext, *, content: str, filename: str, title: str, com
         return False
 
 
-def _money(value: Any) -> str:
+def _money(value: object) -> str:
     if not isinstance(value, (int, float)):
         return "–"
     return f"${value:,.4f}" if 0 < value < 1 else f"${value:,.2f}"
@@ -86,11 +90,7 @@ def report_blocks(report: dict[str, Any], *, title: str) -> tuple[str, list[dict
     return text, bk.fit_blocks(out)
 
 
-def run_report(bot: "BotContext", model: str | None) -> dict[str, Any]:
-    from storage.examples import approved_records, count_by_status
-    from trainers.data.pricing import load_price_table
-    from trainers.data.report import build_report
-
+def run_report(bot: BotContext, model: str | None) -> dict[str, Any]:
     if count_by_status(bot.db).get("approved", 0) == 0:
         raise FtbotError("There are no approved examples yet: capture replies (shortcut *Add to ftbot*) and approve them "
                          "with `/ft review` first")
@@ -100,7 +100,7 @@ def run_report(bot: "BotContext", model: str | None) -> dict[str, Any]:
                         prices=prices).to_json()
 
 
-def register(app: App, bot: "BotContext") -> None:
+def register(app: App, bot: BotContext) -> None:
     def respond_report(ctx: CommandContext, *, title: str, model: str | None, name: str) -> None:
         ctx.respond(f":hourglass_flowing_sand: Building the {name} report…")
         report = run_report(bot, model)
@@ -117,9 +117,6 @@ def register(app: App, bot: "BotContext") -> None:
         respond_report(ctx, title="Training price estimate", model=model, name="price")
 
     def ft_export(ctx: CommandContext) -> None:
-        from storage.examples import approved_records
-        from storage.records import canonical_json
-
         lines = [canonical_json(record) for _id, record in approved_records(bot.db)]
         if not lines:
             raise FtbotError("There are no approved examples to export yet; approve some with `/ft review`")

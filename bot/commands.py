@@ -2,7 +2,8 @@
 
 Feature modules add subcommands with ``bot.router.add(name, usage=..., summary=..., handler=fn)``.
 The router acks at once (Slack wants an answer within 3 s), then runs ``handler(ctx)`` after the ack
-on the bot's work pool (``BotContext.defer``), so slow handlers never delay other requests' acks. Replies are ephemeral (``ctx.respond``) unless a handler posts elsewhere.
+on the bot's work pool (``BotContext.defer``), so slow handlers never delay other requests' acks.
+Replies are ephemeral (``ctx.respond``) unless a handler posts elsewhere.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from slack_sdk import WebClient
 from bot.blocks import context, escape, fallback, section
 from storage.errors import FtbotError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class CommandContext:
     channel_id: str
     command: dict[str, Any]
     client: WebClient
-    bot: "BotContext"
+    bot: BotContext
     _respond: Respond = field(repr=False)
 
     def respond(self, text: str = "", *, blocks: list[dict[str, Any]] | None = None, in_channel: bool = False,
@@ -140,7 +141,7 @@ def split_args(text: str) -> list[str]:
         return (text or "").split()
 
 
-def register(app: App, bot: "BotContext") -> None:
+def register(app: App, bot: BotContext) -> None:
     """Listen for ``/ft`` and route it."""
 
     @app.command(COMMAND)

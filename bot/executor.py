@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class TrackingExecutor(ThreadPoolExecutor):
@@ -19,7 +23,7 @@ class TrackingExecutor(ThreadPoolExecutor):
         self._pending = 0
         self._cond = threading.Condition()
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         with self._cond:
             self._pending += 1
         try:
@@ -30,7 +34,7 @@ class TrackingExecutor(ThreadPoolExecutor):
         future.add_done_callback(self._done)
         return future
 
-    def _done(self, _future: Future | None) -> None:
+    def _done(self, _future: object) -> None:
         with self._cond:
             self._pending -= 1
             self._cond.notify_all()

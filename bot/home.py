@@ -9,8 +9,13 @@ from slack_bolt import App
 from slack_sdk import WebClient
 
 from bot import blocks as bk
+from storage.examples import count_by_status
+from storage.jobs import list_jobs
+from storage.models import Job, Snapshot
+from storage.snapshots import latest_snapshot
+from storage.workspace_settings import get_setting, set_setting
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
 
 log = logging.getLogger(__name__)
@@ -18,17 +23,12 @@ log = logging.getLogger(__name__)
 SEEN_PREFIX = "home_seen:"
 
 
-def _latest(bot: "BotContext") -> tuple[Any, Any]:
+def _latest(bot: BotContext) -> tuple[Snapshot | None, Job | None]:
     """The newest snapshot and job, or None (their tables may be empty)."""
-    from storage.jobs import list_jobs
-    from storage.snapshots import latest_snapshot
-
     return latest_snapshot(bot.db), next(iter(list_jobs(bot.db, limit=1)), None)
 
 
-def home_view(bot: "BotContext", user: str, *, first_visit: bool) -> dict[str, Any]:
-    from storage.examples import count_by_status
-
+def home_view(bot: BotContext, user: str, *, first_visit: bool) -> dict[str, Any]:
     counts = count_by_status(bot.db)
     out: list[dict[str, Any]] = [bk.header("ftbot")]
     if first_visit:
@@ -61,11 +61,9 @@ def home_view(bot: "BotContext", user: str, *, first_visit: bool) -> dict[str, A
     return {"type": "home", "blocks": out[: bk.MAX_VIEW_BLOCKS]}
 
 
-def register(app: App, bot: "BotContext") -> None:
+def register(app: App, bot: BotContext) -> None:
     @app.event("app_home_opened")
     def on_home_opened(event: dict[str, Any], client: WebClient) -> None:
-        from storage.workspace_settings import get_setting, set_setting
-
         if event.get("tab", "home") != "home":
             return
         user = event["user"]

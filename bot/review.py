@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
 from bot import blocks as bk
-from bot.commands import CommandContext
+from bot.commands import CommandContext, Handler
 from storage.errors import FtbotError
+from storage.examples import count_by_status, dataset_stats, list_examples, recent_examples, set_status
+from storage.models import Example
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ PAGE_ACTION = "ft_review_page"
 REVIEW_PAGE_SIZE = 5
 
 
-def example_summary(example: Any, *, limit: int = 600) -> str:
+def example_summary(example: Example, *, limit: int = 600) -> str:
     """Last customer turn and the reply, escaped, for confirmations and the review list."""
     messages = example.messages or []
     question = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "") or ""
@@ -42,7 +45,7 @@ def example_summary(example: Any, *, limit: int = 600) -> str:
 STATUS_EMOJI = {"pending": ":hourglass:", "approved": ":white_check_mark:", "rejected": ":no_entry_sign:"}
 
 
-def confirmation_blocks(example: Any, *, created: bool) -> tuple[str, list[dict[str, Any]]]:
+def confirmation_blocks(example: Example, *, created: bool) -> tuple[str, list[dict[str, Any]]]:
     verb = "Captured" if created else "Updated"
     status = example.status
     head = (f"{STATUS_EMOJI.get(status, '')} {verb} example *#{example.id}* by <@{example.captured_by}> "
@@ -60,9 +63,7 @@ def confirmation_blocks(example: Any, *, created: bool) -> tuple[str, list[dict[
     return text, out
 
 
-def review_page(bot: "BotContext", page: int) -> tuple[str, list[dict[str, Any]]]:
-    from storage.examples import count_by_status, list_examples
-
+def review_page(bot: BotContext, page: int) -> tuple[str, list[dict[str, Any]]]:
     pending_total = count_by_status(bot.db).get("pending", 0)
     pages = max(1, -(-pending_total // REVIEW_PAGE_SIZE))
     page = min(max(page, 1), pages)
@@ -87,7 +88,7 @@ def review_page(bot: "BotContext", page: int) -> tuple[str, list[dict[str, Any]]
     return f"{pending_total} example(s) waiting for review", bk.fit_blocks(out)
 
 
-def register(app: App, bot: "BotContext") -> None:
+def register(app: App, bot: BotContext) -> None:
     for action_id in (APPROVE_ACTION, REJECT_ACTION):
         app.action(action_id)(_review_listener(bot))
     app.action(re.compile(f"^{PAGE_ACTION}_"))(_page_listener(bot))
@@ -105,14 +106,12 @@ def register(app: App, bot: "BotContext") -> None:
                    handler=_ft_stats(bot))
 
 
-def _review_listener(bot: "BotContext"):
+def _review_listener(bot: BotContext) -> Callable[..., None]:
     def on_review(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient, respond: Respond) -> None:
         ack()
         bot.defer(review, body, action, client, respond)
 
     def review(body: dict[str, Any], action: dict[str, Any], client: WebClient, respond: Respond) -> None:
-        from storage.examples import set_status
-
         user = body["user"]["id"]
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
         if not bot.roles.may_review(user):
@@ -134,7 +133,7 @@ def _review_listener(bot: "BotContext"):
         text, confirm = confirmation_blocks(example, created=True)
         verdict = f"{STATUS_EMOJI[status]} *{status.capitalize()}* by <@{user}>"
         confirm = [b for b in confirm if b.get("type") != "actions"] + [bk.context(verdict)]
-        if container.get("is_ephemeral") or not container.get("message_ts"):
+        if container.get("is_ephemeral") or not container.get("message_ts") or not channel:
             respond(text=text, blocks=confirm, replace_original=True)
         else:
             client.chat_update(channel=channel, ts=container["message_ts"], text=f"{text}: {status} by {user}", blocks=confirm)
@@ -142,7 +141,7 @@ def _review_listener(bot: "BotContext"):
     return on_review
 
 
-def _page_listener(bot: "BotContext"):
+def _page_listener(bot: BotContext) -> Callable[..., None]:
     def on_page(ack: Ack, action: dict[str, Any], respond: Respond, body: dict[str, Any]) -> None:
         ack()
         if not bot.roles.may_review(body["user"]["id"]):
@@ -153,10 +152,8 @@ def _page_listener(bot: "BotContext"):
     return on_page
 
 
-def _ft_list(bot: "BotContext"):
+def _ft_list(bot: BotContext) -> Handler:
     def ft_list(ctx: CommandContext) -> None:
-        from storage.examples import count_by_status, recent_examples
-
         counts = count_by_status(bot.db)
         recent = recent_examples(bot.db, limit=10)
         head = " · ".join(f"{STATUS_EMOJI.get(s, '')} {counts.get(s, 0)} {s}" for s in ("approved", "pending", "rejected"))
@@ -174,10 +171,8 @@ def _ft_list(bot: "BotContext"):
     return ft_list
 
 
-def _ft_stats(bot: "BotContext"):
+def _ft_stats(bot: BotContext) -> Handler:
     def ft_stats(ctx: CommandContext) -> None:
-        from storage.examples import count_by_status, dataset_stats
-
         counts = count_by_status(bot.db)
         stats = dataset_stats(bot.db)
         tags, capturers, total = stats.tags, stats.capturers, stats.total

@@ -2,9 +2,10 @@
 
 Training uses it to poll OpenAI and relay local workers' progress to Slack every few seconds; other features may
 add their own jobs (:func:`schedule_every`). Every started scheduler also keeps the daily housekeeping job that
-forgets old Slack event claims (:func:`forget_old_event_claims`); ``ftbot run`` starts the scheduler at once. Stored jobs keep only a textual function reference and plain
-arguments; the function finds the live ``BotContext`` with :func:`context_for` using the database URL as the key,
-so a new bot process on the same database picks up every stored job where the old one stopped.
+forgets old Slack event claims (:func:`forget_old_event_claims`); ``ftbot run`` starts the scheduler at once.
+Stored jobs keep only a textual function reference and plain arguments; the function finds the live ``BotContext``
+with :func:`context_for` using the database URL as the key, so a new bot process on the same database picks up
+every stored job where the old one stopped.
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ import atexit
 import logging
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
-if TYPE_CHECKING:
+from storage.events import forget_events_before
+from storage.models import utcnow
+
+if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
 
 log = logging.getLogger(__name__)
@@ -30,20 +36,20 @@ FORGET_EVENTS_JOB = "forget-old-event-claims"
 # Slack retries an event within about 5 minutes; a week of claims is far more than retries can need.
 EVENT_CLAIM_DAYS = 7
 
-_contexts: dict[str, "BotContext"] = {}
+_contexts: dict[str, BotContext] = {}
 _lock = threading.Lock()
 
 
-def context_key(bot: "BotContext") -> str:
+def context_key(bot: BotContext) -> str:
     """The key stored with scheduled jobs: the database URL (password hidden), stable across restarts."""
     return bot.db.url
 
 
-def context_for(key: str) -> "BotContext | None":
+def context_for(key: str) -> BotContext | None:
     return _contexts.get(key)
 
 
-def build_scheduler(bot: "BotContext", *, max_workers: int = 2) -> BackgroundScheduler:
+def build_scheduler(bot: BotContext, *, max_workers: int = 2) -> BackgroundScheduler:
     """A scheduler whose jobs live in the bot's database (same engine, so SQLite's settings apply)."""
     # "skipped: maximum number of running instances reached" is expected when a poll outlasts its interval.
     logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
@@ -56,7 +62,7 @@ def build_scheduler(bot: "BotContext", *, max_workers: int = 2) -> BackgroundSch
     )
 
 
-def start_scheduler(bot: "BotContext") -> BackgroundScheduler:
+def start_scheduler(bot: BotContext) -> BackgroundScheduler:
     """Register ``bot`` for scheduled jobs and start its scheduler (once); stored jobs resume now."""
     with _lock:
         _contexts[context_key(bot)] = bot
@@ -70,7 +76,7 @@ def start_scheduler(bot: "BotContext") -> BackgroundScheduler:
         return scheduler
 
 
-def _schedule_housekeeping(bot: "BotContext", scheduler: BackgroundScheduler) -> None:
+def _schedule_housekeeping(bot: BotContext, scheduler: BackgroundScheduler) -> None:
     # A fixed time of day (not "every 24 h from now") so frequent restarts cannot keep postponing it.
     scheduler.add_job(
         f"{__name__}:forget_old_event_claims", "cron", hour=3, minute=17, id=FORGET_EVENTS_JOB,
@@ -80,11 +86,6 @@ def _schedule_housekeeping(bot: "BotContext", scheduler: BackgroundScheduler) ->
 
 def forget_old_event_claims(key: str, *, days: int = EVENT_CLAIM_DAYS) -> int:
     """Scheduled daily: delete Slack event claims older than ``days`` (the retry window is minutes); returns how many."""
-    from datetime import timedelta
-
-    from storage.events import forget_events_before
-    from storage.models import utcnow
-
     bot = context_for(key)
     if bot is None:
         return 0
@@ -93,7 +94,7 @@ def forget_old_event_claims(key: str, *, days: int = EVENT_CLAIM_DAYS) -> int:
     return deleted
 
 
-def stop_scheduler(bot: "BotContext", *, wait: bool = True) -> None:
+def stop_scheduler(bot: BotContext, *, wait: bool = True) -> None:
     """Stop this bot's scheduler; its stored jobs stay in the database for the next process."""
     with _lock:
         scheduler, bot.scheduler = bot.scheduler, None
@@ -112,7 +113,7 @@ def _shutdown_quietly(scheduler: BackgroundScheduler, wait: bool = False) -> Non
 
 
 def schedule_every(
-    bot: "BotContext",
+    bot: BotContext,
     job_id: str,
     func: str | Callable[..., Any],
     *,
@@ -124,18 +125,14 @@ def schedule_every(
 
     ``func`` should be a module-level function (stored as ``"module:function"``) with picklable ``args``.
     """
-    from datetime import datetime, timezone
-
     scheduler = start_scheduler(bot)
     kwargs: dict[str, Any] = {}
     if run_now:
-        kwargs["next_run_time"] = datetime.now(timezone.utc)
+        kwargs["next_run_time"] = datetime.now(UTC)
     scheduler.add_job(func, "interval", seconds=seconds, id=job_id, args=list(args), replace_existing=True, **kwargs)
 
 
-def unschedule(bot: "BotContext", job_id: str) -> None:
-    from apscheduler.jobstores.base import JobLookupError
-
+def unschedule(bot: BotContext, job_id: str) -> None:
     scheduler = bot.scheduler
     if scheduler is None:
         return

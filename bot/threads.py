@@ -19,7 +19,7 @@ from slack_sdk.errors import SlackApiError
 
 from storage.errors import FtbotError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
 
 # A message as the Web API returns it, and a chat turn ({"role", "content"}).
@@ -117,7 +117,7 @@ def is_bot_message(message: SlackMessage, bot_user_id: str | None) -> bool:
                 or (bot_user_id and message.get("user") == bot_user_id))
 
 
-def resolve_bot_user_id(client: WebClient, bot: "BotContext") -> str | None:
+def resolve_bot_user_id(client: WebClient, bot: BotContext) -> str | None:
     """ftbot's own user ID (auth.test, asked once per process), to recognise its messages and reactions."""
     if bot.bot_user_id is None:
         try:

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import blocks as bk
+from bot.commands import CommandContext, Handler
 from bot.scheduler import JOBS_TABLE, context_for, context_key, schedule_every, start_scheduler, unschedule
 from storage.config import DEFAULT_LOCAL_BASE_MODEL
 from storage.errors import FtbotError
@@ -35,15 +37,14 @@ from storage.jobs import (
     update_job,
     use_model,
 )
-from storage.models import Job, JobStatus
+from storage.models import Job, JobStatus, stored_id
 from trainers.plots import loss_curve_png
 from trainers.training.jobs import cancel_job, progress_line, quote_job, refresh_job, start_job
 from trainers.training.local.config import TINY_BASE_MODEL
 from trainers.training.quote import Quote, quote_lines
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
-    from bot.commands import CommandContext
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,13 @@ _last_posted: dict[int, str] = {}
 # slow poll that read an older state can never overwrite a newer one (a cancel) in Slack.
 _progress_locks: dict[int, threading.Lock] = {}
 
+# The progress message's icon by job status (still running: the hourglass).
+STATUS_ICONS: dict[str, str] = {
+    JobStatus.SUCCEEDED: ":white_check_mark:",
+    JobStatus.FAILED: ":x:",
+    JobStatus.CANCELLED: ":no_entry_sign:",
+}
+
 
 def _schedule_id(job_id: int) -> str:
     return f"training-job-{job_id}"
@@ -69,10 +77,20 @@ def _schedule_id(job_id: int) -> str:
 USAGE = "/ft train [openai|local] [model] [--method sft|dpo] [--from <model>|base] [--epochs N]"
 
 
-def parse_train_args(args: list[str]) -> dict[str, Any]:
+class TrainOptions(TypedDict):
+    """What ``/ft train`` was asked for (``parse_train_args``)."""
+
+    backend: str
+    model: str | None
+    method: str
+    epochs: int | None
+    parent: str | None
+
+
+def parse_train_args(args: list[str]) -> TrainOptions:
     """``[openai|local] [model] [--method sft|dpo] [--from <model>|base] [--epochs N]`` → options; FtbotError on
     anything else. ``--from``: the registered model DPO continues (default: the model in use), or ``base``."""
-    options: dict[str, Any] = {"backend": "local", "model": None, "method": "sft", "epochs": None, "parent": None}
+    options: TrainOptions = {"backend": "local", "model": None, "method": "sft", "epochs": None, "parent": None}
     positional: list[str] = []
     items = list(args)
     while items:
@@ -104,14 +122,15 @@ def parse_train_args(args: list[str]) -> dict[str, Any]:
     return options
 
 
-def _local_fallback(bot: "BotContext") -> str:
+def _local_fallback(bot: BotContext) -> str:
     """The base model when none is configured: the documented default, or in a demo (``Settings.demo_mode``: no
     accounts, no downloads) the tiny model built offline, so the whole loop works there."""
     demo = bot.settings.demo_mode or not bot.settings.has_slack_credentials
     return TINY_BASE_MODEL if demo else DEFAULT_LOCAL_BASE_MODEL
 
 
-def quote_blocks(job: Job, quote: Quote) -> tuple[str, list[dict[str, Any]]]:
+def training_quote_blocks(job: Job, quote: Quote) -> tuple[str, list[dict[str, Any]]]:
+    """(fallback text, blocks) of a training quote: the cost lines, what blocks the start, and the start buttons."""
     lines = quote_lines(quote)
     text = f"Training quote for job #{job.id}: " + "; ".join(lines[:4])
     out = [bk.header(f"Training quote · job #{job.id}"), bk.section("\n".join(bk.escape(line) for line in lines[:4]))]
@@ -144,19 +163,20 @@ def quote_blocks(job: Job, quote: Quote) -> tuple[str, list[dict[str, Any]]]:
     return text, bk.fit_blocks(out)
 
 
-def _ft_train(bot: "BotContext"):
-    def handler(ctx: "CommandContext") -> None:
+def _ft_train(bot: BotContext) -> Handler:
+    def handler(ctx: CommandContext) -> None:
         if not bot.roles.may_train(ctx.user_id):
             ctx.respond("Only members of the trainers role (FTBOT_TRAINERS) can train models. Ask an ftbot admin.")
             return
         options = parse_train_args(ctx.args)
+        trigger_id = ctx.command.get("trigger_id")
         quoted = quote_job(
             bot.db, backend=options["backend"], method=options["method"], model=options["model"],
             parent=options["parent"], default_local_base=_local_fallback(bot), epochs=options["epochs"],
-            created_by=ctx.user_id, idempotency_key=f"slack:{ctx.command.get('trigger_id') or ''}:train" if ctx.command.get("trigger_id") else None,
+            created_by=ctx.user_id, idempotency_key=f"slack:{trigger_id}:train" if trigger_id else None,
             slack_channel=ctx.channel_id, settings=bot.settings,
         )
-        text, quote_view = quote_blocks(quoted.job, quoted.quote)
+        text, quote_view = training_quote_blocks(quoted.job, quoted.quote)
         ctx.respond(text, blocks=quote_view)
 
     return handler
@@ -169,7 +189,8 @@ def _job_from_action(body: dict[str, Any]) -> int:
     return int(body["actions"][0]["value"])
 
 
-def _start_listener(bot: "BotContext", *, allow_pii: bool = False, redact_pii: bool = False, over_budget: bool = False):
+def _start_listener(bot: BotContext, *, allow_pii: bool = False, redact_pii: bool = False,
+                    over_budget: bool = False) -> Callable[..., None]:
     def listener(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
         ack()
         user = body["user"]["id"]
@@ -189,7 +210,7 @@ def _start_listener(bot: "BotContext", *, allow_pii: bool = False, redact_pii: b
     return listener
 
 
-def start_from_slack(bot: "BotContext", client: WebClient, respond: Respond, job_id: int, *, user: str,
+def start_from_slack(bot: BotContext, client: WebClient, respond: Respond, job_id: int, *, user: str,
                      channel: str | None, allow_pii: bool, admin_confirmed: bool, redact_pii: bool = False) -> None:
     try:
         result = start_job(bot.db, job_id, allow_pii=allow_pii, redact_pii=redact_pii, admin_confirmed=admin_confirmed,
@@ -212,7 +233,7 @@ def start_from_slack(bot: "BotContext", client: WebClient, respond: Respond, job
                    args=(context_key(bot), job_id))
 
 
-def _discard_listener(bot: "BotContext"):
+def _discard_listener(bot: BotContext) -> Callable[..., None]:
     def listener(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         ack()
         job_id = _job_from_action(body)
@@ -229,9 +250,9 @@ def _discard_listener(bot: "BotContext"):
 # --- the progress message ----------------------------------------------------------------------------------------
 
 
-def progress_blocks(bot: "BotContext", job: Job, *, started_by: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+def progress_blocks(bot: BotContext, job: Job, *, started_by: str | None = None) -> tuple[str, list[dict[str, Any]]]:
     line = progress_line(bot.db, job)
-    icon = {JobStatus.SUCCEEDED: ":white_check_mark:", JobStatus.FAILED: ":x:", JobStatus.CANCELLED: ":no_entry_sign:"}.get(job.status, ":hourglass_flowing_sand:")
+    icon = STATUS_ICONS.get(job.status, ":hourglass_flowing_sand:")
     parent = (job.config or {}).get("parent_model")
     origin = f"continuing *{bk.escape(parent)}*" if parent else f"on `{bk.escape(job.base_model)}`"
     out = [bk.section(f"{icon} *Training job #{job.id}* — {bk.escape(job.backend)} {bk.escape(job.method)} {origin}\n{bk.escape(line)}")]
@@ -239,7 +260,7 @@ def progress_blocks(bot: "BotContext", job: Job, *, started_by: str | None = Non
     if redacted:
         out.append(bk.context(f":lock: {bk.escape(redacted)}"))
     if job.status == JobStatus.SUCCEEDED:
-        model = model_for_job(bot.db, job.id)
+        model = model_for_job(bot.db, stored_id(job))
         name = model.name if model else job.result_model
         tokens = ""
         if job.trained_tokens is not None:
@@ -267,19 +288,20 @@ def _redacted_note(job: Job) -> str | None:
     return f"Personal data redacted before upload in {count} example(s); the snapshot itself is unchanged."
 
 
-def _post_progress(bot: "BotContext", client: WebClient, job: Job, channel: str | None, *, started_by: str | None = None) -> None:
+def _post_progress(bot: BotContext, client: WebClient, job: Job, channel: str | None, *, started_by: str | None = None) -> None:
     if not channel:
         return
+    job_id = stored_id(job)
     if job.slack_ts:
-        _edit_progress(bot, job.id, client=client, started_by=started_by, strict=True)
+        _edit_progress(bot, job_id, client=client, started_by=started_by, strict=True)
         return
     text, view = progress_blocks(bot, job, started_by=started_by)
     posted = client.chat_postMessage(channel=channel, text=text, blocks=view)
-    _last_posted[job.id] = text
-    update_job(bot.db, job.id, slack_channel=posted["channel"], slack_ts=posted["ts"])
+    _last_posted[job_id] = text
+    update_job(bot.db, job_id, slack_channel=posted["channel"], slack_ts=posted["ts"])
 
 
-def _edit_progress(bot: "BotContext", job_id: int, *, client: WebClient | None = None, started_by: str | None = None,
+def _edit_progress(bot: BotContext, job_id: int, *, client: WebClient | None = None, started_by: str | None = None,
                    strict: bool = False) -> Job:
     """Edit the job's one progress message to what the database says now (no edit when the text is unchanged).
 
@@ -323,27 +345,28 @@ def relay_training_job(key: str, job_id: int) -> None:
     if not update.finished:
         return
     if job.status == JobStatus.SUCCEEDED and job.slack_channel and not progress.get("plot_posted"):
-        _post_plot(bot, job)
+        _post_plot(bot, job, job.slack_channel)
     unschedule(bot, _schedule_id(job_id))
 
 
-def _post_plot(bot: "BotContext", job: Job) -> None:
-    points = metric_points(bot.db, job.id)
+def _post_plot(bot: BotContext, job: Job, channel: str) -> None:
+    job_id = stored_id(job)
+    points = metric_points(bot.db, job_id)
     try:
-        png = loss_curve_png(points, title=f"Job #{job.id}: {job.result_model}")
+        png = loss_curve_png(points, title=f"Job #{job_id}: {job.result_model}")
     except ValueError:
         return  # no metrics recorded
-    bk.upload_file(bot.client, job.slack_channel, content=png, filename=f"ftbot-job{job.id}-loss.png",
-                   title=f"Loss curve · job #{job.id}", thread_ts=job.slack_ts,
-                   initial_comment=f"Loss curve of training job #{job.id}")
-    update_job(bot.db, job.id, progress={**(get_job(bot.db, job.id).progress or {}), "plot_posted": True})
+    bk.upload_file(bot.client, channel, content=png, filename=f"ftbot-job{job_id}-loss.png",
+                   title=f"Loss curve · job #{job_id}", thread_ts=job.slack_ts,
+                   initial_comment=f"Loss curve of training job #{job_id}")
+    update_job(bot.db, job_id, progress={**(get_job(bot.db, job_id).progress or {}), "plot_posted": True})
 
 
 # --- /ft cancel, /ft jobs, /ft models, /ft use ------------------------------------------------------------------
 
 
-def _ft_cancel(bot: "BotContext"):
-    def handler(ctx: "CommandContext") -> None:
+def _ft_cancel(bot: BotContext) -> Handler:
+    def handler(ctx: CommandContext) -> None:
         if not bot.roles.may_train(ctx.user_id):
             ctx.respond("Only members of the trainers role (FTBOT_TRAINERS) can cancel training.")
             return
@@ -351,15 +374,16 @@ def _ft_cancel(bot: "BotContext"):
             ctx.respond("Usage: `/ft cancel <job id>` (`/ft jobs` lists them).")
             return
         job = cancel_job(bot.db, int(ctx.args[0].lstrip("#")), openai_client=bot.openai_client, settings=bot.settings)
-        _edit_progress(bot, job.id, strict=True)
-        unschedule(bot, _schedule_id(job.id))
+        job_id = stored_id(job)
+        _edit_progress(bot, job_id, strict=True)
+        unschedule(bot, _schedule_id(job_id))
         ctx.respond(f"Job #{job.id} is {job.status}.")
 
     return handler
 
 
-def _ft_jobs(bot: "BotContext"):
-    def handler(ctx: "CommandContext") -> None:
+def _ft_jobs(bot: BotContext) -> Handler:
+    def handler(ctx: CommandContext) -> None:
         jobs = list_jobs(bot.db, limit=15)
         if not jobs:
             ctx.respond("No training jobs yet. Start one with `/ft train`.")
@@ -373,8 +397,8 @@ def _ft_jobs(bot: "BotContext"):
     return handler
 
 
-def _ft_models(bot: "BotContext"):
-    def handler(ctx: "CommandContext") -> None:
+def _ft_models(bot: BotContext) -> Handler:
+    def handler(ctx: CommandContext) -> None:
         models = list_models(bot.db)
         if not models:
             ctx.respond("No models registered yet: a finished training job registers its model.")
@@ -398,8 +422,8 @@ def _ft_models(bot: "BotContext"):
     return handler
 
 
-def _ft_use(bot: "BotContext"):
-    def handler(ctx: "CommandContext") -> None:
+def _ft_use(bot: BotContext) -> Handler:
+    def handler(ctx: CommandContext) -> None:
         if not bot.roles.may_train(ctx.user_id):
             ctx.respond("Only members of the trainers role (FTBOT_TRAINERS) can choose the model in use.")
             return
@@ -412,7 +436,7 @@ def _ft_use(bot: "BotContext"):
     return handler
 
 
-def register(app: App, bot: "BotContext") -> None:
+def register(app: App, bot: BotContext) -> None:
     """Add this feature's listeners to the Bolt `app` and its /ft subcommands to `bot.router`."""
     bot.router.add("train", usage=USAGE, summary="Quote a training run on the approved examples, then start it",
                    handler=_ft_train(bot))
@@ -431,7 +455,7 @@ def register(app: App, bot: "BotContext") -> None:
         start_scheduler(bot)
 
 
-def _has_stored_schedules(bot: "BotContext") -> bool:
+def _has_stored_schedules(bot: BotContext) -> bool:
     try:
         return has_scheduled_jobs(bot.db, JOBS_TABLE)
     except Exception:  # never block the bot's start on this check

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 
 from storage.db import Database
 from storage.models import CaptureDraft, utcnow
@@ -43,4 +44,4 @@ def load_capture_draft(db: Database, key: str) -> dict[str, Any] | None:
 def delete_capture_draft(db: Database, key: str) -> bool:
     """Forget the draft under ``key``; True if there was one."""
     with db.session() as session:
-        return session.execute(delete(CaptureDraft).where(CaptureDraft.key == key)).rowcount > 0
+        return session.exec(delete(CaptureDraft).where(col(CaptureDraft.key) == key)).rowcount > 0

@@ -5,19 +5,28 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar, cast
 
 from sqlalchemy import event, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, create_engine
+from sqlalchemy.orm import InstrumentedAttribute, Mapped
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlmodel import Session, SQLModel, create_engine
 
 from storage.config import default_database_url
 
 T = TypeVar("T")
+K = TypeVar("K")
+
+# An INSERT that can take an ON CONFLICT clause: the dialects that have one.
+UpsertInsert = Callable[[type[SQLModel]], sqlite.Insert | postgresql.Insert]
+_UPSERT_INSERTS: dict[str, UpsertInsert] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     # WAL lets the bot read while the training worker writes; foreign keys are off by default in SQLite.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -42,7 +51,7 @@ class Database:
         return self.engine.dialect.name == "sqlite"
 
     @classmethod
-    def open(cls, url: str | None = None, *, migrate: bool = True) -> "Database":
+    def open(cls, url: str | None = None, *, migrate: bool = True) -> Database:
         """The database at ``url`` (``Settings.database_url``); None: the configured one (``FTBOT_DATABASE_URL``,
         else SQLite in ftbot's home)."""
         url = url or default_database_url()
@@ -56,6 +65,7 @@ class Database:
             engine = create_engine(url, pool_pre_ping=True)
         database = cls(engine)
         if migrate:
+            # Local: storage.migrate imports this module (an import cycle), and Alembic loads only when a database opens.
             from storage.migrate import upgrade
 
             upgrade(database)
@@ -72,14 +82,19 @@ class Database:
                 session.rollback()
                 raise
 
-    def get_or_insert(self, key_column: Any, key: Any, build: Callable[[Session], T]) -> tuple[T, bool]:
+    def upsert_insert(self) -> UpsertInsert | None:
+        """This database's INSERT with ``on_conflict_do_*`` clauses, or None when the dialect has none."""
+        return _UPSERT_INSERTS.get(self.engine.dialect.name)
+
+    def get_or_insert(self, key_column: Mapped[K], key: K, build: Callable[[Session], T]) -> tuple[T, bool]:
         """The row whose unique ``key_column`` equals ``key`` (``False``), else the row ``build(session)`` returns,
         stored in the same transaction (``True``). ``key=None`` always inserts.
 
         This is how retries and double clicks stay single: when a concurrent writer stores the same key between
         the lookup and the insert, the unique constraint refuses ours and the second attempt returns theirs.
         """
-        table = key_column.class_
+        # ``sqlmodel.col`` types a model's column as ``Mapped``; at runtime it is the class's InstrumentedAttribute.
+        table = cast(InstrumentedAttribute[K], key_column).class_
         for attempt in range(2):
             try:
                 with self.session() as session:

@@ -4,6 +4,7 @@ The one exceptions module for all layers (storage, trainers, bot), so each layer
 
 from __future__ import annotations
 
+
 class FtbotError(Exception):
     """Base of every error ftbot reports to a user without a traceback."""
 

@@ -1,4 +1,4 @@
-"""Blind side-by-side evaluation rounds: prompts, comparisons, votes, judge verdicts, and the DPO pairs they yield.
+"""Blind side-by-side evaluation rounds: comparisons, votes, judge verdicts, and the DPO pairs they yield.
 
 Data access only (no Slack, no statistics). The invariants that Slack's at-least-once delivery and
 impatient users would otherwise break live here:
@@ -8,9 +8,9 @@ impatient users would otherwise break live here:
 - each vote remembers the time of the reaction event that set it, so a late, out-of-order delivery of an
   older event never overwrites a newer choice;
 - a round is created once per idempotency key and moves between statuses with compare-and-set updates, so a
-  double-clicked button or a retried command cannot post or close a round twice;
-- a prompt the candidate model was trained on is never asked about (its hash is in the train split of its snapshot
-  or of the snapshot of any model it continued).
+  double-clicked button or a retried command cannot post or close a round twice.
+
+The questions a round asks (held-out prompts, never one the candidate trained on) are ``storage.eval_prompts``.
 """
 
 from __future__ import annotations
@@ -19,32 +19,27 @@ import random
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum, nonmember
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import Session
+from sqlalchemy import Select, delete, func, select, update
+from sqlmodel import Session, col
 
 from storage.db import Database
 from storage.errors import FtbotError, ValidationFailed
+from storage.eval_prompts import prompt_hash
 from storage.examples import SaveResult
-from storage.jobs import model_lineage
-from storage.models import Comparison, EvalPrompt, EvalRound, JudgeVerdict, RegisteredModel, Vote, utcnow
+from storage.models import Comparison, EvalRound, JudgeVerdict, PairSource, PreferencePair, Vote, stored_id, utcnow
 from storage.pairs import add_pair
-from storage.records import content_hash, dpo_record
-from storage.snapshots import TRAIN, VALIDATION, snapshot_records
+from storage.records import dpo_record
 from storage.votes import JUDGE_CHOICES, SIDES, VOTE_CHOICES, VoteChoice, decided_side, preferred_and_rejected
 
 __all__ = [
-    "RoundStatus", "QuestionSource", "VoteAction", "EvalRoundNotFound", "EvalItem", "VoteChange", "prompt_hash", "split_prompt",
-    "add_eval_prompt", "list_eval_prompts", "eval_items", "create_round", "get_round", "latest_round",
-    "round_comparisons", "set_answers", "set_comparison_message", "comparison_for_message", "move_round",
-    "close_round", "due_rounds", "cast_vote", "get_vote", "retract_vote", "round_votes", "pairs_from_round",
-    "save_verdict", "round_verdicts", "remove_eval_prompt", "trained_prompt_hashes",
-    "model_trained_prompt_hashes",
+    "RoundStatus", "VoteAction", "EvalRoundNotFound", "VoteChange", "create_round", "get_round", "latest_round",
+    "list_rounds", "round_comparisons", "set_answers", "set_comparison_message", "comparison_for_message", "move_round",
+    "close_round", "due_rounds", "is_voting_over", "cast_vote", "get_vote", "retract_vote", "round_votes",
+    "votes_by_comparison", "pairs_from_round", "all_votes", "save_verdict", "round_verdicts", "count_votes",
 ]
 
 
@@ -62,13 +57,6 @@ class RoundStatus(StrEnum):
     WITH_RESULTS = nonmember((POSTING, OPEN, CLOSED))
 
 
-class QuestionSource(StrEnum):
-    """Where a held-out question comes from."""
-
-    VALIDATION = "validation"  # the candidate's snapshot's validation split
-    ADDED = "added"  # ``/ft eval add``
-
-
 class VoteAction(StrEnum):
     """What a reaction did to a vote."""
 
@@ -83,132 +71,11 @@ class EvalRoundNotFound(FtbotError):
 
 
 @dataclass(frozen=True)
-class EvalItem:
-    """One held-out question: the conversation up to the customer's question, and the team's reference reply."""
-
-    prompt: list[dict[str, Any]]
-    reference: str | None
-    source: QuestionSource
-
-    @property
-    def prompt_hash(self) -> str:
-        return prompt_hash(self.prompt)
-
-
-@dataclass(frozen=True)
 class VoteChange:
     """What a reaction did, and the vote it left."""
 
     action: VoteAction
     vote: Vote | None
-
-
-def prompt_hash(messages: Sequence[dict[str, Any]]) -> str:
-    """The hash of prompt messages, the same definition as ``storage.snapshots.prompt_hashes``."""
-    return content_hash(list(messages))
-
-
-def split_prompt(messages: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
-    """(messages before the last assistant turn, that turn's text): a training line as a question + reference."""
-    last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
-    if last_assistant is None:
-        return list(messages), None
-    reply = messages[last_assistant].get("content")
-    return list(messages[:last_assistant]), reply if isinstance(reply, str) else None
-
-
-def _upsert_insert(db: Database):
-    return {"sqlite": sqlite_insert, "postgresql": pg_insert}.get(db.engine.dialect.name)
-
-
-# --- eval prompts ------------------------------------------------------------------------------------------------
-
-
-def add_eval_prompt(
-    db: Database, messages: Sequence[dict[str, Any]], *, source_key: str | None = None, added_by: str | None = None
-) -> SaveResult[EvalPrompt]:
-    """Store a held-out question (``/ft eval add``); the same conversation added twice is stored once."""
-    messages = [dict(m) for m in messages]
-    if not messages or messages[-1].get("role") != "user" or not str(messages[-1].get("content") or "").strip():
-        raise ValidationFailed("an evaluation question must end with a customer (user) message that has text")
-    digest = prompt_hash(messages)
-    return SaveResult(*db.get_or_insert(EvalPrompt.content_hash, digest, lambda _session: EvalPrompt(
-        content_hash=digest, messages=messages, source_key=source_key, added_by=added_by,
-    )))
-
-
-def list_eval_prompts(db: Database) -> list[EvalPrompt]:
-    with db.session() as session:
-        return list(session.scalars(select(EvalPrompt).order_by(EvalPrompt.id)))
-
-
-def remove_eval_prompt(db: Database, prompt_id: int) -> bool:
-    with db.session() as session:
-        return session.execute(delete(EvalPrompt).where(EvalPrompt.id == prompt_id)).rowcount == 1
-
-
-def trained_prompt_hashes(db: Database, snapshot_id: int) -> set[str]:
-    """Hashes of every prompt a model trained on this snapshot learned to answer.
-
-    In a multi-turn SFT example every assistant turn is trained, so each conversation prefix that ends right before
-    an assistant turn counts, not only the last one (``storage.snapshots.prompt_hashes`` covers the last one).
-    """
-    hashes: set[str] = set()
-    for record in snapshot_records(db, snapshot_id, TRAIN):
-        messages = record["input"]["messages"] if "input" in record else record["messages"]
-        if "input" in record:
-            hashes.add(prompt_hash(messages))
-        for index, message in enumerate(messages):
-            if message.get("role") == "assistant" and index > 0:
-                hashes.add(prompt_hash(messages[:index]))
-    return hashes
-
-
-def model_trained_prompt_hashes(db: Database, model: RegisteredModel) -> set[str]:
-    """Hashes of every prompt `model` learned to answer, its ancestors' training included.
-
-    A DPO model continues its parent's weights (``storage.jobs.model_lineage``), so a question the parent SFT model
-    trained on was trained on by the child too.
-    """
-    hashes: set[str] = set()
-    for snapshot_id in dict.fromkeys(m.snapshot_id for m in model_lineage(db, model) if m.snapshot_id is not None):
-        hashes |= trained_prompt_hashes(db, snapshot_id)
-    return hashes
-
-
-def eval_items(db: Database, candidate: RegisteredModel | None, *, limit: int | None = None, seed: int | None = None) -> list[EvalItem]:
-    """The held-out questions for `candidate`: its snapshot's validation split, then questions added by hand.
-
-    A question whose prompt hash is in the train split of the candidate or of any model it continued (a DPO
-    model's SFT parent) is dropped: it would measure memorisation.
-    Duplicates are dropped. With `limit`, a random sample (reproducible with `seed`) keeps the mix of sources.
-    """
-    trained_on: set[str] = set()
-    items: list[EvalItem] = []
-    if candidate is not None:
-        trained_on = model_trained_prompt_hashes(db, candidate)
-    if candidate is not None and candidate.snapshot_id is not None:
-        for record in snapshot_records(db, candidate.snapshot_id, VALIDATION):
-            if "input" in record:  # a DPO snapshot: the prompt and the preferred reply
-                preferred = record.get("preferred_output") or [{}]
-                prompt, reference = list(record["input"]["messages"]), preferred[-1].get("content")
-            else:
-                prompt, reference = split_prompt(record["messages"])
-            if prompt and prompt[-1].get("role") == "user":
-                items.append(EvalItem(prompt, reference, QuestionSource.VALIDATION))
-    items += [EvalItem(list(p.messages), None, QuestionSource.ADDED) for p in list_eval_prompts(db)]
-
-    seen: set[str] = set()
-    usable = []
-    for item in items:
-        digest = item.prompt_hash
-        if digest in trained_on or digest in seen:
-            continue
-        seen.add(digest)
-        usable.append(item)
-    if limit is not None and len(usable) > limit:
-        usable = random.Random(seed).sample(usable, limit)
-    return usable
 
 
 # --- rounds and comparisons --------------------------------------------------------------------------------------
@@ -245,16 +112,16 @@ def create_round(
         )
         session.add(round_)
         session.flush()
-        for prompt, side in zip(prompts, sides):
+        for prompt, side in zip(prompts, sides, strict=True):
             prompt = [dict(m) for m in prompt]
             model_a, model_b = (candidate_model, baseline_model) if side == VoteChoice.A else (baseline_model, candidate_model)
             session.add(Comparison(
-                round_id=round_.id, prompt_hash=prompt_hash(prompt), prompt=prompt, model_a=model_a,
+                round_id=stored_id(round_), prompt_hash=prompt_hash(prompt), prompt=prompt, model_a=model_a,
                 model_b=model_b, answer_a="", answer_b="", candidate_side=side, channel=channel,
             ))
         return round_
 
-    return SaveResult(*db.get_or_insert(EvalRound.idempotency_key, idempotency_key, build))
+    return SaveResult(*db.get_or_insert(col(EvalRound.idempotency_key), idempotency_key, build))
 
 
 def get_round(db: Database, round_id: int) -> EvalRound:
@@ -266,36 +133,39 @@ def get_round(db: Database, round_id: int) -> EvalRound:
 
 
 def latest_round(db: Database, *, channel: str | None = None, statuses: Iterable[str] = RoundStatus.WITH_RESULTS) -> EvalRound | None:
-    query = select(EvalRound).where(EvalRound.status.in_(list(statuses))).order_by(EvalRound.id.desc()).limit(1)
+    query = (
+        select(EvalRound).where(col(EvalRound.status).in_(list(statuses))).order_by(col(EvalRound.id).desc()).limit(1)
+    )
     if channel is not None:
-        query = query.where(EvalRound.channel == channel)
+        query = query.where(col(EvalRound.channel) == channel)
     with db.session() as session:
         return session.scalar(query)
 
 
 def list_rounds(db: Database, *, statuses: Iterable[str] | None = None) -> list[EvalRound]:
-    query = select(EvalRound).order_by(EvalRound.id)
+    query = select(EvalRound).order_by(col(EvalRound.id))
     if statuses is not None:
-        query = query.where(EvalRound.status.in_(list(statuses)))
+        query = query.where(col(EvalRound.status).in_(list(statuses)))
     with db.session() as session:
         return list(session.scalars(query))
 
 
 def round_comparisons(db: Database, round_id: int) -> list[Comparison]:
     with db.session() as session:
-        return list(session.scalars(select(Comparison).where(Comparison.round_id == round_id).order_by(Comparison.id)))
+        query = select(Comparison).where(col(Comparison.round_id) == round_id).order_by(col(Comparison.id))
+        return list(session.scalars(query))
 
 
 def set_answers(db: Database, round_id: int, model: str, answers: dict[int, str]) -> None:
     """Store `model`'s answer for each comparison id, on whichever side that model was placed."""
     with db.session() as session:
-        for comparison in session.scalars(select(Comparison).where(Comparison.id.in_(list(answers)))):
+        for comparison in session.scalars(select(Comparison).where(col(Comparison.id).in_(list(answers)))):
             if comparison.round_id != round_id:
                 raise ValueError(f"comparison {comparison.id} is not in round {round_id}")
             if comparison.model_a == model:
-                comparison.answer_a = answers[comparison.id]
+                comparison.answer_a = answers[stored_id(comparison)]
             elif comparison.model_b == model:
-                comparison.answer_b = answers[comparison.id]
+                comparison.answer_b = answers[stored_id(comparison)]
             else:
                 raise ValueError(f"model {model!r} is not in comparison {comparison.id}")
             session.add(comparison)
@@ -304,7 +174,7 @@ def set_answers(db: Database, round_id: int, model: str, answers: dict[int, str]
 def set_comparison_message(db: Database, comparison_id: int, *, channel: str, message_ts: str) -> None:
     with db.session() as session:
         session.execute(
-            update(Comparison).where(Comparison.id == comparison_id).values(channel=channel, message_ts=message_ts)
+            update(Comparison).where(col(Comparison.id) == comparison_id).values(channel=channel, message_ts=message_ts)
         )
 
 
@@ -312,7 +182,7 @@ def comparison_for_message(db: Database, channel: str, message_ts: str) -> Compa
     """The comparison posted as this Slack message, if any (reactions on other messages are not votes)."""
     with db.session() as session:
         return session.scalar(
-            select(Comparison).where(Comparison.message_ts == message_ts, Comparison.channel == channel)
+            select(Comparison).where(col(Comparison.message_ts) == message_ts, col(Comparison.channel) == channel)
         )
 
 
@@ -324,12 +194,12 @@ def move_round(db: Database, round_id: int, to_status: RoundStatus, *, from_stat
         values["closes_at"] = closes_at
     if to_status == RoundStatus.CLOSED:
         values["closed_at"] = utcnow()
-    query = update(EvalRound).where(EvalRound.id == round_id)
+    query = update(EvalRound).where(col(EvalRound.id) == round_id)
     if from_status is not None:
         allowed = [from_status] if isinstance(from_status, str) else list(from_status)
-        query = query.where(EvalRound.status.in_(allowed))
+        query = query.where(col(EvalRound.status).in_(allowed))
     with db.session() as session:
-        return session.execute(query.values(**values)).rowcount == 1
+        return session.exec(query.values(**values)).rowcount == 1
 
 
 def close_round(db: Database, round_id: int) -> bool:
@@ -342,14 +212,14 @@ def due_rounds(db: Database, now: datetime | None = None) -> list[EvalRound]:
     now = now or utcnow()
     with db.session() as session:
         rounds = list(session.scalars(select(EvalRound).where(
-            EvalRound.status.in_(list(RoundStatus.VOTABLE)), EvalRound.closes_at.is_not(None)
+            col(EvalRound.status).in_(list(RoundStatus.VOTABLE)), col(EvalRound.closes_at).is_not(None)
         )))
-    return [r for r in rounds if _aware(r.closes_at) <= now]
+    return [r for r in rounds if r.closes_at is not None and _aware(r.closes_at) <= now]
 
 
 def _aware(value: datetime) -> datetime:
     # SQLite hands back naive datetimes even for timezone-aware columns; they were stored as UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def is_voting_over(round_: EvalRound, now: datetime | None = None) -> bool:
@@ -373,9 +243,9 @@ def cast_vote(
         raise ValueError(f"unknown vote choice {choice!r}")
     at = at or utcnow()
     with db.session() as session:
-        before = session.scalar(select(Vote).where(Vote.comparison_id == comparison_id, Vote.voter == voter))
+        before = session.scalar(_vote_of(comparison_id, voter))
         before_state = None if before is None else (before.choice, before.reaction, _aware(before.updated_at))
-    insert = _upsert_insert(db)
+    insert = db.upsert_insert()
     if insert is None:  # another database: read-then-write, good enough without concurrent voters
         return _cast_vote_portable(db, comparison_id, voter, choice, reaction, at)
     statement = insert(Vote).values(
@@ -385,11 +255,11 @@ def cast_vote(
         index_elements=["comparison_id", "voter"],
         set_={"choice": statement.excluded.choice, "reaction": statement.excluded.reaction,
               "updated_at": statement.excluded.updated_at},
-        where=Vote.updated_at <= statement.excluded.updated_at,
+        where=col(Vote.updated_at) <= statement.excluded.updated_at,
     )
     with db.session() as session:
         session.execute(statement)
-        after = session.scalar(select(Vote).where(Vote.comparison_id == comparison_id, Vote.voter == voter))
+        after = session.scalar(_vote_of(comparison_id, voter))
     if before_state is None:
         return VoteChange(VoteAction.CREATED, after)
     if after is not None and (after.choice, after.reaction) == before_state[:2]:
@@ -399,7 +269,7 @@ def cast_vote(
 
 def _cast_vote_portable(db: Database, comparison_id: int, voter: str, choice: str, reaction: str, at: datetime) -> VoteChange:
     with db.session() as session:
-        vote = session.scalar(select(Vote).where(Vote.comparison_id == comparison_id, Vote.voter == voter))
+        vote = session.scalar(_vote_of(comparison_id, voter))
         if vote is None:
             vote = Vote(comparison_id=comparison_id, voter=voter, choice=choice, reaction=reaction, created_at=at, updated_at=at)
             session.add(vote)
@@ -412,9 +282,13 @@ def _cast_vote_portable(db: Database, comparison_id: int, voter: str, choice: st
         return VoteChange(action, vote)
 
 
+def _vote_of(comparison_id: int, voter: str) -> Select[Vote]:
+    return select(Vote).where(col(Vote.comparison_id) == comparison_id, col(Vote.voter) == voter)
+
+
 def get_vote(db: Database, comparison_id: int, voter: str) -> Vote | None:
     with db.session() as session:
-        return session.scalar(select(Vote).where(Vote.comparison_id == comparison_id, Vote.voter == voter))
+        return session.scalar(_vote_of(comparison_id, voter))
 
 
 def retract_vote(db: Database, comparison_id: int, voter: str, *, reaction: str, at: datetime | None = None,
@@ -428,14 +302,14 @@ def retract_vote(db: Database, comparison_id: int, voter: str, *, reaction: str,
     at = at or utcnow()
     if fallback is not None and fallback[0] not in VOTE_CHOICES:
         raise ValueError(f"unknown vote choice {fallback[0]!r}")
-    cast_by_this = (Vote.comparison_id == comparison_id, Vote.voter == voter, Vote.reaction == reaction,
-                    Vote.updated_at <= at)
+    cast_by_this = (col(Vote.comparison_id) == comparison_id, col(Vote.voter) == voter, col(Vote.reaction) == reaction,
+                    col(Vote.updated_at) <= at)
     with db.session() as session:
         if fallback is None:
-            result = session.execute(delete(Vote).where(*cast_by_this))
+            result = session.exec(delete(Vote).where(*cast_by_this))
         else:
             choice, kept_reaction = fallback
-            result = session.execute(update(Vote).where(*cast_by_this).values(
+            result = session.exec(update(Vote).where(*cast_by_this).values(
                 choice=choice, reaction=kept_reaction, updated_at=at))
         return result.rowcount == 1
 
@@ -443,20 +317,20 @@ def retract_vote(db: Database, comparison_id: int, voter: str, *, reaction: str,
 def round_votes(db: Database, round_id: int) -> list[tuple[Comparison, Vote]]:
     with db.session() as session:
         rows = session.execute(
-            select(Comparison, Vote).join(Vote, Vote.comparison_id == Comparison.id)
-            .where(Comparison.round_id == round_id).order_by(Comparison.id, Vote.id)
+            select(Comparison, Vote).join(Vote, col(Vote.comparison_id) == col(Comparison.id))
+            .where(col(Comparison.round_id) == round_id).order_by(col(Comparison.id), col(Vote.id))
         )
         return [(comparison, vote) for comparison, vote in rows]
 
 
 def votes_by_comparison(db: Database, round_id: int) -> dict[int, list[Vote]]:
-    grouped: dict[int, list[Vote]] = {c.id: [] for c in round_comparisons(db, round_id)}
+    grouped: dict[int, list[Vote]] = {stored_id(c): [] for c in round_comparisons(db, round_id)}
     for comparison, vote in round_votes(db, round_id):
-        grouped[comparison.id].append(vote)
+        grouped[stored_id(comparison)].append(vote)
     return grouped
 
 
-def pairs_from_round(db: Database, round_id: int) -> list[SaveResult]:
+def pairs_from_round(db: Database, round_id: int) -> list[SaveResult[PreferencePair]]:
     """Turn each decided comparison of a round into a DPO pair (prompt, chosen, rejected); idempotent."""
     results = []
     for comparison_id, votes in votes_by_comparison(db, round_id).items():
@@ -464,13 +338,15 @@ def pairs_from_round(db: Database, round_id: int) -> list[SaveResult]:
         if side is None:
             continue
         with db.session() as session:
-            comparison = session.get(Comparison, comparison_id)
+            comparison = session.get_one(Comparison, comparison_id)
         pair = preferred_and_rejected(side, comparison.answer_a, comparison.answer_b)
         if pair is None:
             continue
         chosen, rejected = pair
-        record = dpo_record(comparison.prompt, {"role": "assistant", "content": chosen}, {"role": "assistant", "content": rejected})
-        results.append(add_pair(db, record, source_kind="vote", comparison_id=comparison.id))
+        record = dpo_record(
+            comparison.prompt, {"role": "assistant", "content": chosen}, {"role": "assistant", "content": rejected}
+        )
+        results.append(add_pair(db, record, source_kind=PairSource.VOTE, comparison_id=comparison.id))
     return results
 
 
@@ -478,9 +354,9 @@ def all_votes(db: Database, *, statuses: Iterable[str] = RoundStatus.WITH_RESULT
     """Votes of every round with results (for Bradley–Terry across rounds and models)."""
     with db.session() as session:
         rows = session.execute(
-            select(Comparison, Vote).join(Vote, Vote.comparison_id == Comparison.id)
-            .join(EvalRound, EvalRound.id == Comparison.round_id)
-            .where(EvalRound.status.in_(list(statuses))).order_by(Comparison.id, Vote.id)
+            select(Comparison, Vote).join(Vote, col(Vote.comparison_id) == col(Comparison.id))
+            .join(EvalRound, col(EvalRound.id) == col(Comparison.round_id))
+            .where(col(EvalRound.status).in_(list(statuses))).order_by(col(Comparison.id), col(Vote.id))
         )
         return [(comparison, vote) for comparison, vote in rows]
 
@@ -488,13 +364,15 @@ def all_votes(db: Database, *, statuses: Iterable[str] = RoundStatus.WITH_RESULT
 # --- LLM judge ---------------------------------------------------------------------------------------------------
 
 
-def save_verdict(db: Database, comparison_id: int, judge_model: str, choice: str, detail: dict[str, Any] | None = None) -> JudgeVerdict:
+def save_verdict(
+    db: Database, comparison_id: int, judge_model: str, choice: str, detail: dict[str, Any] | None = None
+) -> JudgeVerdict:
     """Store (or replace) a judge's verdict on one comparison."""
     if choice not in JUDGE_CHOICES:
         raise ValueError(f"unknown judge choice {choice!r}")
     with db.session() as session:
         verdict = session.scalar(select(JudgeVerdict).where(
-            JudgeVerdict.comparison_id == comparison_id, JudgeVerdict.judge_model == judge_model
+            col(JudgeVerdict.comparison_id) == comparison_id, col(JudgeVerdict.judge_model) == judge_model
         ))
         if verdict is None:
             verdict = JudgeVerdict(comparison_id=comparison_id, judge_model=judge_model, choice=choice, detail=detail)
@@ -506,18 +384,18 @@ def save_verdict(db: Database, comparison_id: int, judge_model: str, choice: str
 
 def round_verdicts(db: Database, round_id: int, judge_model: str | None = None) -> list[JudgeVerdict]:
     query = (
-        select(JudgeVerdict).join(Comparison, Comparison.id == JudgeVerdict.comparison_id)
-        .where(Comparison.round_id == round_id)
+        select(JudgeVerdict).join(Comparison, col(Comparison.id) == col(JudgeVerdict.comparison_id))
+        .where(col(Comparison.round_id) == round_id)
     )
     if judge_model is not None:
-        query = query.where(JudgeVerdict.judge_model == judge_model)
+        query = query.where(col(JudgeVerdict.judge_model) == judge_model)
     with db.session() as session:
-        return list(session.scalars(query.order_by(JudgeVerdict.id)))
+        return list(session.scalars(query.order_by(col(JudgeVerdict.id))))
 
 
 def count_votes(db: Database, round_id: int) -> int:
     with db.session() as session:
         return session.scalar(
-            select(func.count()).select_from(Vote).join(Comparison, Comparison.id == Vote.comparison_id)
-            .where(Comparison.round_id == round_id)
+            select(func.count()).select_from(Vote).join(Comparison, col(Comparison.id) == col(Vote.comparison_id))
+            .where(col(Comparison.round_id) == round_id)
         ) or 0

@@ -13,11 +13,11 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from storage.db import Database
 from storage.errors import DuplicateExample, ExampleNotFound, ValidationFailed
-from storage.models import Example, ExampleSource, ExampleStatus, utcnow
+from storage.models import Example, ExampleSource, ExampleStatus, PreferencePair, utcnow
 from storage.records import content_hash, sft_record
 
 T = TypeVar("T")
@@ -71,7 +71,7 @@ def _check_status(status: str) -> ExampleStatus:
 
 
 def _id_with_hash(session: Session, digest: str) -> int | None:
-    return session.scalar(select(Example.id).where(Example.content_hash == digest))
+    return session.scalar(select(col(Example.id)).where(col(Example.content_hash) == digest))
 
 
 def _apply_record(example: Example, record: dict[str, Any], digest: str) -> None:
@@ -125,7 +125,7 @@ def save_capture(
                 # One statement, so both facts come from one snapshot (separate SELECTs can straddle
                 # another writer's commit and report this very message as a duplicate of itself).
                 matches = session.scalars(
-                    select(Example).where(or_(Example.source_key == source_key, Example.content_hash == digest))
+                    select(Example).where(or_(col(Example.source_key) == source_key, col(Example.content_hash) == digest))
                 ).all()
                 example = next((row for row in matches if row.source_key == source_key), None)
                 other = next((row.id for row in matches if row.content_hash == digest and row is not example), None)
@@ -202,7 +202,9 @@ def import_records(
     return insert_new_rows(session, Example, rows())
 
 
-def insert_new_rows(session: Session, table: Any, rows: Iterable[tuple[str, dict[str, Any]]]) -> ImportResult:
+def insert_new_rows(
+    session: Session, table: type[Example | PreferencePair], rows: Iterable[tuple[str, dict[str, Any]]]
+) -> ImportResult:
     """Bulk-insert ``(content hash, row)`` pairs into ``table``, skipping hashes already stored or repeated.
 
     Works in batches of ``BATCH_SIZE``: one ``IN (...)`` lookup and one executemany (Core insert, no ORM
@@ -218,7 +220,8 @@ def insert_new_rows(session: Session, table: Any, rows: Iterable[tuple[str, dict
                 unchanged += 1
             else:
                 fresh[digest] = row
-        stored = set(session.scalars(select(table.content_hash).where(table.content_hash.in_(list(fresh)))))
+        hashes = col(table.content_hash)
+        stored = set(session.scalars(select(hashes).where(hashes.in_(list(fresh)))))
         new_rows = [row for digest, row in fresh.items() if digest not in stored]
         unchanged += len(fresh) - len(new_rows)
         if new_rows:
@@ -301,9 +304,9 @@ def list_examples(
     db: Database, *, status: str | None = None, limit: int | None = None, offset: int = 0
 ) -> list[Example]:
     """Examples in id order, optionally of one status."""
-    query = select(Example).order_by(Example.id).offset(offset)
+    query = select(Example).order_by(col(Example.id)).offset(offset)
     if status is not None:
-        query = query.where(Example.status == _check_status(status))
+        query = query.where(col(Example.status) == _check_status(status))
     if limit is not None:
         query = query.limit(limit)
     with db.session() as session:
@@ -313,13 +316,13 @@ def list_examples(
 def recent_examples(db: Database, *, limit: int = 10) -> list[Example]:
     """The newest examples first (any status)."""
     with db.session() as session:
-        return list(session.scalars(select(Example).order_by(Example.id.desc()).limit(limit)))
+        return list(session.scalars(select(Example).order_by(col(Example.id).desc()).limit(limit)))
 
 
 def example_by_source_key(db: Database, source_key: str) -> Example | None:
     """The example captured from one Slack message (``slack:<channel>:<ts>``), or None."""
     with db.session() as session:
-        return session.scalar(select(Example).where(Example.source_key == source_key))
+        return session.scalar(select(Example).where(col(Example.source_key) == source_key))
 
 
 @dataclass(frozen=True)
@@ -342,7 +345,7 @@ def dataset_stats(db: Database) -> DatasetStats:
     tags: Counter[str] = Counter()
     capturers: Counter[str] = Counter()
     total = turns = 0
-    query = select(Example.tags, Example.captured_by, Example.messages, Example.source_kind)
+    query = select(col(Example.tags), col(Example.captured_by), col(Example.messages), col(Example.source_kind))
     with db.session() as session:
         for example_tags, captured_by, messages, source_kind in session.execute(
                 query.execution_options(yield_per=BATCH_SIZE)):
@@ -353,29 +356,35 @@ def dataset_stats(db: Database) -> DatasetStats:
     return DatasetStats(total=total, turns=turns, tags=tags, capturers=capturers)
 
 
-def pii_allowed_ids(db: Database, example_ids: Iterable[int]) -> set[int]:
-    """The ids among ``example_ids`` whose personal data a reviewer chose to keep (``Example.pii_allowed``)."""
+def pii_allowed_ids(db: Database, example_ids: Iterable[int | None]) -> set[int]:
+    """The ids among ``example_ids`` whose personal data a reviewer chose to keep (``Example.pii_allowed``).
+
+    None (a snapshot member that is a preference pair, not an example) is skipped."""
     ids = [example_id for example_id in example_ids if example_id is not None]
     if not ids:
         return set()
     with db.session() as session:
-        return set(session.scalars(select(Example.id).where(Example.id.in_(ids), Example.pii_allowed.is_(True))))
+        query = select(col(Example.id)).where(col(Example.id).in_(ids), col(Example.pii_allowed).is_(True))
+        return {example_id for example_id in session.scalars(query) if example_id is not None}
 
 
 def count_by_status(db: Database) -> dict[str, int]:
     """{"pending": n, "approved": n, "rejected": n} (zeros included)."""
     counts: dict[str, int] = dict.fromkeys(ExampleStatus, 0)
     with db.session() as session:
-        for status, count in session.execute(select(Example.status, func.count()).group_by(Example.status)):
+        for status, count in session.execute(select(col(Example.status), func.count()).group_by(col(Example.status))):
             counts[status] = count
     return counts
 
 
 def iter_records(db: Database, *, status: str | None = ExampleStatus.APPROVED) -> Iterator[tuple[int, dict[str, Any]]]:
     """(example id, SFT line) in id order, streamed from the database (constant memory)."""
-    query = select(Example.id, Example.messages, Example.tools, Example.parallel_tool_calls).order_by(Example.id)
+    query = (
+        select(col(Example.id), col(Example.messages), col(Example.tools), col(Example.parallel_tool_calls))
+        .order_by(col(Example.id))
+    )
     if status is not None:
-        query = query.where(Example.status == _check_status(status))
+        query = query.where(col(Example.status) == _check_status(status))
     with db.session() as session:
         for example_id, messages, tools, parallel in session.execute(query.execution_options(yield_per=BATCH_SIZE)):
             yield example_id, sft_record(messages, tools, parallel)

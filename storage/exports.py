@@ -88,7 +88,7 @@ def save_hf_dataset(db: Database, out: str | os.PathLike[str], *, status: str | 
     if (sum(counts.values()) if status is None else counts.get(status, 0)) == 0:
         raise DataFileError(f"nothing to export: no {status or ''} examples stored".replace("  ", " "))
 
-    from datasets import Dataset  # heavy (~2 s): only on this path
+    from datasets import Dataset  # Local: heavy ML library (~2 s to import), needed only for this export format.
 
     url = db.engine.url.render_as_string(hide_password=False)
     with tempfile.TemporaryDirectory(prefix="ftbot-hf-") as cache_dir:

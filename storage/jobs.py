@@ -14,10 +14,11 @@ from typing import Any
 
 from sqlalchemy import inspect, literal, select, table, update
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 
 from storage.db import Database
 from storage.errors import FtbotError
-from storage.models import Job, JobMetric, JobStatus, RegisteredModel, TrainingMethod, utcnow
+from storage.models import Job, JobMetric, JobStatus, RegisteredModel, TrainingMethod, stored_id, utcnow
 
 
 class JobNotFound(FtbotError):
@@ -52,7 +53,7 @@ def create_job(
     status: str = JobStatus.QUOTED,
 ) -> JobResult:
     """Create a job; with an ``idempotency_key`` already used, return that job instead (``created=False``)."""
-    job, created = db.get_or_insert(Job.idempotency_key, idempotency_key, lambda _session: Job(
+    job, created = db.get_or_insert(col(Job.idempotency_key), idempotency_key, lambda _session: Job(
         idempotency_key=idempotency_key, backend=backend, method=method, status=status,
         snapshot_id=snapshot_id, base_model=base_model, config=config or {}, quote=quote,
         estimated_tokens=estimated_tokens, estimated_cost_usd=estimated_cost_usd,
@@ -69,7 +70,7 @@ def get_job(db: Database, job_id: int) -> Job:
     return job
 
 
-def update_job(db: Database, job_id: int, **fields: Any) -> Job:
+def update_job(db: Database, job_id: int, **fields: object) -> Job:
     """Set fields on a job (``updated_at`` too) and return it."""
     with db.session() as session:
         job = session.get(Job, job_id)
@@ -84,15 +85,15 @@ def update_job(db: Database, job_id: int, **fields: Any) -> Job:
     return job
 
 
-def update_unfinished_job(db: Database, job_id: int, **fields: Any) -> bool:
+def update_unfinished_job(db: Database, job_id: int, **fields: object) -> bool:
     """Set fields only while the job is not finished; False if it already was.
 
     A poll that read "running" must not overwrite a cancel or a failure recorded a moment later.
     """
     with db.session() as session:
-        result = session.execute(
+        result = session.exec(
             update(Job)
-            .where(Job.id == job_id, Job.status.not_in(JobStatus.FINISHED))
+            .where(col(Job.id) == job_id, col(Job.status).not_in(JobStatus.FINISHED))
             .values(**fields, updated_at=utcnow())
         )
         return result.rowcount == 1
@@ -104,9 +105,9 @@ def claim_job(db: Database, job_id: int, *, from_status: str = JobStatus.QUOTED,
     A double-clicked Start button sends two requests: only one of them gets True and starts training.
     """
     with db.session() as session:
-        result = session.execute(
+        result = session.exec(
             update(Job)
-            .where(Job.id == job_id, Job.status == from_status)
+            .where(col(Job.id) == job_id, col(Job.status) == from_status)
             .values(status=to_status, updated_at=utcnow())
         )
         return result.rowcount == 1
@@ -115,9 +116,9 @@ def claim_job(db: Database, job_id: int, *, from_status: str = JobStatus.QUOTED,
 def discard_quote(db: Database, job_id: int, *, reason: str) -> bool:
     """Close a quoted job that will not be started; False if it was started (or closed) meanwhile."""
     with db.session() as session:
-        result = session.execute(
+        result = session.exec(
             update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.QUOTED)
+            .where(col(Job.id) == job_id, col(Job.status) == JobStatus.QUOTED)
             .values(status=JobStatus.CANCELLED, error=reason, finished_at=utcnow(), updated_at=utcnow())
         )
         return result.rowcount == 1
@@ -141,16 +142,16 @@ def finish_job(
         if value is not None:
             values[name] = value
     with db.session() as session:
-        result = session.execute(
-            update(Job).where(Job.id == job_id, Job.status.not_in(JobStatus.FINISHED)).values(**values)
+        result = session.exec(
+            update(Job).where(col(Job.id) == job_id, col(Job.status).not_in(JobStatus.FINISHED)).values(**values)
         )
         return result.rowcount == 1
 
 
 def list_jobs(db: Database, *, status: str | None = None, limit: int | None = 20) -> list[Job]:
-    query = select(Job).order_by(Job.id.desc())
+    query = select(Job).order_by(col(Job.id).desc())
     if status is not None:
-        query = query.where(Job.status == status)
+        query = query.where(col(Job.status) == status)
     if limit is not None:
         query = query.limit(limit)
     with db.session() as session:
@@ -159,9 +160,9 @@ def list_jobs(db: Database, *, status: str | None = None, limit: int | None = 20
 
 def active_jobs(db: Database, *, backend: str | None = None) -> list[Job]:
     """Jobs that were started and have not finished (what the relay watches)."""
-    query = select(Job).where(Job.status.not_in((*JobStatus.FINISHED, JobStatus.QUOTED))).order_by(Job.id)
+    query = select(Job).where(col(Job.status).not_in((*JobStatus.FINISHED, JobStatus.QUOTED))).order_by(col(Job.id))
     if backend is not None:
-        query = query.where(Job.backend == backend)
+        query = query.where(col(Job.backend) == backend)
     with db.session() as session:
         return list(session.scalars(query))
 
@@ -194,7 +195,9 @@ def record_metric(
     for _attempt in range(2):
         try:
             with db.session() as session:
-                row = session.scalar(select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step == step))
+                row = session.scalar(
+                    select(JobMetric).where(col(JobMetric.job_id) == job_id, col(JobMetric.step) == step)
+                )
                 if row is None:
                     session.add(JobMetric(job_id=job_id, step=step, train_loss=train_loss, valid_loss=valid_loss, extra=extra))
                     return
@@ -212,7 +215,8 @@ def record_metric(
 
 def job_metrics(db: Database, job_id: int) -> list[JobMetric]:
     with db.session() as session:
-        return list(session.scalars(select(JobMetric).where(JobMetric.job_id == job_id).order_by(JobMetric.step)))
+        query = select(JobMetric).where(col(JobMetric.job_id) == job_id).order_by(col(JobMetric.step))
+        return list(session.scalars(query))
 
 
 def metric_points(db: Database, job_id: int) -> list[dict[str, Any]]:
@@ -241,7 +245,7 @@ def job_record(db: Database, job: Job) -> dict[str, Any]:
         "external_id": job.external_id, "estimated_tokens": job.estimated_tokens, "trained_tokens": job.trained_tokens,
         "estimated_cost_usd": job.estimated_cost_usd, "error": job.error, "progress": job.progress,
         "created_by": job.created_by, "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at), "metrics": metric_points(db, job.id),
+        "finished_at": _iso(job.finished_at), "metrics": metric_points(db, stored_id(job)),
     }
 
 
@@ -263,7 +267,7 @@ def register_model(
     """Register a model; a job registers at most one (a second call returns it with ``False``)."""
     with db.session() as session:
         query = select(RegisteredModel).where(
-            RegisteredModel.job_id == job_id if job_id is not None else RegisteredModel.name == name
+            col(RegisteredModel.job_id) == job_id if job_id is not None else col(RegisteredModel.name) == name
         )
         existing = session.scalar(query)
         if existing is not None:
@@ -278,7 +282,7 @@ def register_model(
 
 def list_models(db: Database) -> list[RegisteredModel]:
     with db.session() as session:
-        return list(session.scalars(select(RegisteredModel).order_by(RegisteredModel.id.desc())))
+        return list(session.scalars(select(RegisteredModel).order_by(col(RegisteredModel.id).desc())))
 
 
 def get_model(db: Database, name_or_id: str | int) -> RegisteredModel:
@@ -287,7 +291,7 @@ def get_model(db: Database, name_or_id: str | int) -> RegisteredModel:
         if isinstance(name_or_id, int) or str(name_or_id).isdigit():
             model = session.get(RegisteredModel, int(name_or_id))
         if model is None:
-            model = session.scalar(select(RegisteredModel).where(RegisteredModel.name == str(name_or_id)))
+            model = session.scalar(select(RegisteredModel).where(col(RegisteredModel.name) == str(name_or_id)))
     if model is None:
         raise ModelNotFound(f"no registered model named {name_or_id!r}; `ftbot models` (or /ft models) lists them.")
     return model
@@ -297,20 +301,20 @@ def use_model(db: Database, name_or_id: str | int) -> RegisteredModel:
     """Mark one model active (the one evaluations and drafts use); every other model becomes inactive."""
     chosen = get_model(db, name_or_id)
     with db.session() as session:
-        session.execute(update(RegisteredModel).where(RegisteredModel.id != chosen.id).values(active=False))
-        session.execute(update(RegisteredModel).where(RegisteredModel.id == chosen.id).values(active=True))
+        session.exec(update(RegisteredModel).where(col(RegisteredModel.id) != chosen.id).values(active=False))
+        session.exec(update(RegisteredModel).where(col(RegisteredModel.id) == chosen.id).values(active=True))
     chosen.active = True
     return chosen
 
 
 def active_model(db: Database) -> RegisteredModel | None:
     with db.session() as session:
-        return session.scalar(select(RegisteredModel).where(RegisteredModel.active.is_(True)))
+        return session.scalar(select(RegisteredModel).where(col(RegisteredModel.active).is_(True)))
 
 
 def model_for_job(db: Database, job_id: int) -> RegisteredModel | None:
     with db.session() as session:
-        return session.scalar(select(RegisteredModel).where(RegisteredModel.job_id == job_id))
+        return session.scalar(select(RegisteredModel).where(col(RegisteredModel.job_id) == job_id))
 
 
 def model_lineage(db: Database, model: RegisteredModel) -> list[RegisteredModel]:
@@ -331,7 +335,7 @@ def model_lineage(db: Database, model: RegisteredModel) -> list[RegisteredModel]
         if not parent_name:
             return chain
         with db.session() as session:
-            parent = session.scalar(select(RegisteredModel).where(RegisteredModel.name == str(parent_name)))
+            parent = session.scalar(select(RegisteredModel).where(col(RegisteredModel.name) == str(parent_name)))
         if parent is None or parent.id in seen:
             return chain
         chain.append(parent)

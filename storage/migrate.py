@@ -25,21 +25,18 @@ import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from storage.db import Database
 from storage.errors import MigrationError
-
-if TYPE_CHECKING:
-    from storage.db import Database
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSIONS_DIR = MIGRATIONS_DIR / "versions"
@@ -76,13 +73,13 @@ def head_revision() -> str:
     return heads[0]
 
 
-def current_revision(db: "Database") -> str | None:
+def current_revision(db: Database) -> str | None:
     """The revision the database is at (None for an empty database)."""
     with db.engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade(db: "Database", revision: str = "head") -> None:
+def upgrade(db: Database, revision: str = "head") -> None:
     """Bring the database schema up to ``revision`` (default: the newest).
 
     Cheap when already current (one read). Safe when the bot and a training worker open the same
@@ -132,16 +129,14 @@ def upgrade(db: "Database", revision: str = "head") -> None:
                 connection.invalidate()
 
 
-def downgrade(db: "Database", revision: str) -> None:
+def downgrade(db: Database, revision: str) -> None:
     """Move the schema back to ``revision`` (used by tests; users upgrade only)."""
     with db.engine.connect() as connection:
         command.downgrade(alembic_config(connection), revision)
         connection.commit()
 
 
-def _scratch_database() -> "Database":
-    from storage.db import Database
-
+def _scratch_database() -> Database:
     scratch = Path(tempfile.mkdtemp(prefix="ftbot-migrate-")) / "scratch.sqlite3"
     return Database.open(f"sqlite:///{scratch}", migrate=False)
 
@@ -156,7 +151,14 @@ def make_revision(message: str) -> Path:
         script = command.revision(alembic_config(connection), message=message, autogenerate=True, rev_id=next_id)
     scratch.close()
     head_revision.cache_clear()
-    return Path(script.path)  # type: ignore[union-attr]
+    return _written(script)
+
+
+def _written(script: Script | list[Script | None] | None) -> Path:
+    """The file of the one revision ``command.revision`` wrote (a list or None would mean branches or none)."""
+    if not isinstance(script, Script):
+        raise MigrationError(f"alembic did not write exactly one revision: {script!r}")
+    return Path(script.path)
 
 
 def regenerate_initial() -> Path:
@@ -173,7 +175,7 @@ def regenerate_initial() -> Path:
             alembic_config(connection), message="initial schema", autogenerate=True, rev_id="0001"
         )
     scratch.close()
-    return Path(script.path)  # type: ignore[union-attr]
+    return _written(script)
 
 
 def main(argv: list[str]) -> int:
@@ -187,8 +189,6 @@ def main(argv: list[str]) -> int:
     elif action == "regenerate-initial" and not rest:
         print(f"wrote {regenerate_initial()}: review it, then run tests/storage/test_migrations.py")
     elif action in ("current", "upgrade") and len(rest) <= 1:
-        from storage.db import Database
-
         db = Database.open(rest[0] if rest else None, migrate=action == "upgrade")
         print(f"{db.url}: revision {current_revision(db) or '(empty)'}, code head {head_revision()}")
     else:

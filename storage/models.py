@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum, nonmember
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import JSON, Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -18,6 +18,22 @@ from storage.types import UTCDateTime
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class _Stored(Protocol):
+    @property
+    def id(self) -> int | None: ...
+
+
+def stored_id(row: _Stored) -> int:
+    """The primary key of a row read from (or flushed to) the database.
+
+    The models type ``id`` as ``int | None`` because a row built in Python has none until it is flushed; every row
+    a query returns has one. Raises ``ValueError`` for a row that was never stored.
+    """
+    if row.id is None:
+        raise ValueError(f"this {type(row).__name__} has no id: it was never stored")
+    return row.id
 
 
 def _created() -> Any:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from storage.db import Database
 from storage.errors import ValidationFailed
@@ -50,7 +50,7 @@ def add_pair(
     """Store one pair; an identical pair already stored is returned with ``created=False``."""
     normalized = normalize_pair(record)
     digest = content_hash(normalized)
-    return SaveResult(*db.get_or_insert(PreferencePair.content_hash, digest, lambda _session: PreferencePair(
+    return SaveResult(*db.get_or_insert(col(PreferencePair.content_hash), digest, lambda _session: PreferencePair(
         content_hash=digest, record=normalized, source_kind=source_kind, comparison_id=comparison_id,
         source_file=source_file, source_line=source_line,
     )))
@@ -86,7 +86,7 @@ def import_pairs(
 
 
 def list_pairs(db: Database, *, limit: int | None = None, offset: int = 0) -> list[PreferencePair]:
-    query = select(PreferencePair).order_by(PreferencePair.id).offset(offset)
+    query = select(PreferencePair).order_by(col(PreferencePair.id)).offset(offset)
     if limit is not None:
         query = query.limit(limit)
     with db.session() as session:
@@ -100,7 +100,7 @@ def count_pairs(db: Database) -> int:
 
 def pair_records(db: Database) -> Iterator[tuple[int, dict[str, Any]]]:
     """(pair id, OpenAI preference line) in id order, streamed."""
-    query = select(PreferencePair.id, PreferencePair.record).order_by(PreferencePair.id)
+    query = select(col(PreferencePair.id), col(PreferencePair.record)).order_by(col(PreferencePair.id))
     with db.session() as session:
         rows = session.execute(query.execution_options(yield_per=BATCH_SIZE))
         yield from ((pair_id, record) for pair_id, record in rows)

@@ -14,12 +14,12 @@ from typing import Any
 __all__ = ["canonical_json", "content_hash", "sft_record", "dpo_record"]
 
 
-def canonical_json(obj: Any) -> str:
+def canonical_json(obj: object) -> str:
     """Sorted keys, no whitespace, non-ASCII kept as is: one text per logical value."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def content_hash(obj: Any) -> str:
+def content_hash(obj: object) -> str:
     """sha256 hex digest of ``canonical_json(obj)`` (UTF-8)."""
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
 

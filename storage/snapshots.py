@@ -20,10 +20,20 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 
 from storage.db import Database
 from storage.errors import FtbotError, ValidationFailed
-from storage.models import Example, ExampleStatus, PreferencePair, Snapshot, SnapshotMember, Split, TrainingMethod
+from storage.models import (
+    Example,
+    ExampleStatus,
+    PreferencePair,
+    Snapshot,
+    SnapshotMember,
+    Split,
+    TrainingMethod,
+    stored_id,
+)
 from storage.records import canonical_json, content_hash, sft_record
 
 # Short names for the two splits, as trainers and evaluation import them.
@@ -59,16 +69,21 @@ def _candidates(db: Database, kind: TrainingMethod) -> list[_Candidate]:
     with db.session() as session:
         if kind == TrainingMethod.SFT:
             rows = session.execute(
-                select(Example.id, Example.messages, Example.tools, Example.parallel_tool_calls, Example.split)
-                .where(Example.status == ExampleStatus.APPROVED)
-                .order_by(Example.id)
+                select(
+                    col(Example.id), col(Example.messages), col(Example.tools), col(Example.parallel_tool_calls),
+                    col(Example.split),
+                )
+                .where(col(Example.status) == ExampleStatus.APPROVED)
+                .order_by(col(Example.id))
             )
             out = []
             for example_id, messages, tools, parallel, pin in rows:
                 record = sft_record(messages, tools, parallel)
                 out.append(_Candidate(example_id, None, record, content_hash(record), _pin(pin)))
             return out
-        rows = session.execute(select(PreferencePair.id, PreferencePair.record).order_by(PreferencePair.id))
+        rows = session.execute(
+            select(col(PreferencePair.id), col(PreferencePair.record)).order_by(col(PreferencePair.id))
+        )
         return [_Candidate(None, pair_id, record, content_hash(record), None) for pair_id, record in rows]
 
 
@@ -140,7 +155,7 @@ def create_snapshot(
                 session.flush()
                 session.add_all(
                     SnapshotMember(
-                        snapshot_id=snapshot.id, example_id=c.example_id, pair_id=c.pair_id, split=split,
+                        snapshot_id=stored_id(snapshot), example_id=c.example_id, pair_id=c.pair_id, split=split,
                         position=position, content_hash=c.digest, record=c.record,
                     )
                     for position, (split, c) in enumerate(members)
@@ -155,13 +170,13 @@ def create_snapshot(
 
 def find_snapshot(db: Database, digest: str) -> Snapshot | None:
     with db.session() as session:
-        return session.scalar(select(Snapshot).where(Snapshot.content_hash == digest))
+        return session.scalar(select(Snapshot).where(col(Snapshot.content_hash) == digest))
 
 
 def latest_snapshot(db: Database) -> Snapshot | None:
     """The most recently created snapshot, or None when there is none yet."""
     with db.session() as session:
-        return session.scalar(select(Snapshot).order_by(Snapshot.id.desc()).limit(1))
+        return session.scalar(select(Snapshot).order_by(col(Snapshot.id).desc()).limit(1))
 
 
 def get_snapshot(db: Database, snapshot_id: int) -> Snapshot:
@@ -173,9 +188,11 @@ def get_snapshot(db: Database, snapshot_id: int) -> Snapshot:
 
 
 def snapshot_members(db: Database, snapshot_id: int, split: str | None = None) -> list[SnapshotMember]:
-    query = select(SnapshotMember).where(SnapshotMember.snapshot_id == snapshot_id).order_by(SnapshotMember.position)
+    query = (
+        select(SnapshotMember).where(col(SnapshotMember.snapshot_id) == snapshot_id).order_by(col(SnapshotMember.position))
+    )
     if split is not None:
-        query = query.where(SnapshotMember.split == split)
+        query = query.where(col(SnapshotMember.split) == split)
     with db.session() as session:
         return list(session.scalars(query))
 

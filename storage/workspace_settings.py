@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 
 from storage.db import Database
 from storage.models import Setting, utcnow
@@ -38,4 +39,4 @@ def set_setting(db: Database, key: str, value: Any) -> None:
 
 def delete_setting(db: Database, key: str) -> bool:
     with db.session() as session:
-        return session.execute(delete(Setting).where(Setting.key == key)).rowcount > 0
+        return session.exec(delete(Setting).where(col(Setting.key) == key)).rowcount > 0

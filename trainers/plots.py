@@ -8,7 +8,10 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def loss_curve_png(points: Sequence[dict[str, Any]], *, title: str = "Training loss", path: str | Path | None = None) -> bytes:
@@ -23,9 +26,9 @@ def loss_curve_png(points: Sequence[dict[str, Any]], *, title: str = "Training l
     figure = new_figure(figsize=(6.4, 3.6), dpi=100)
     axes = figure.add_subplot()
     if train:
-        axes.plot(*zip(*train), label="train loss", color="#1f77b4", linewidth=1.6)
+        axes.plot(*zip(*train, strict=True), label="train loss", color="#1f77b4", linewidth=1.6)
     if valid:
-        axes.plot(*zip(*valid), label="validation loss", color="#d62728", marker="o", markersize=3.5, linewidth=1.2)
+        axes.plot(*zip(*valid, strict=True), label="validation loss", color="#d62728", marker="o", markersize=3.5, linewidth=1.2)
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.set_title(title)
@@ -34,21 +37,21 @@ def loss_curve_png(points: Sequence[dict[str, Any]], *, title: str = "Training l
     return figure_png(figure, path)
 
 
-def new_figure(*, figsize: tuple[float, float], dpi: int) -> Any:
+def new_figure(*, figsize: tuple[float, float], dpi: int) -> Figure:
     """A matplotlib ``Figure`` on the Agg backend.
 
     The object API, not pyplot: no global figure state shared between the bot's threads. matplotlib is
     imported here, not at module import, so the bot pays for it only when it draws.
     """
-    import matplotlib
+    import matplotlib  # Local: heavy (see the docstring).
 
     matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # Local: heavy, like matplotlib above.
 
     return Figure(figsize=figsize, dpi=dpi)
 
 
-def figure_png(figure: Any, path: str | Path | None = None) -> bytes:
+def figure_png(figure: Figure, path: str | Path | None = None) -> bytes:
     """Lay out ``figure`` and return it as PNG bytes (also written to ``path`` if given)."""
     figure.tight_layout()
     buffer = io.BytesIO()

@@ -10,6 +10,7 @@ Heavy imports (tokenizers, transformers, torch) happen inside :func:`build_tiny_
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 # ChatML with ``{% generation %}`` markers around each assistant turn *including* its end-of-turn token,
@@ -55,6 +56,7 @@ def build_tiny_model(
     Deterministic for a given seed. The directory loads with ``AutoModelForCausalLM`` and
     ``AutoTokenizer`` (a Llama config: with a Qwen2 config, transformers' ``AutoTokenizer`` swaps in ``Qwen2Tokenizer`` and the ids change).
     """
+    # Local: the ML stack stays out of processes that only import this module (see the module docstring).
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -118,7 +120,8 @@ def is_tiny_model(path: str | Path) -> bool:
 _QUESTIONS = [
     ("How do I reset my password?", "Go to Settings, then Security, and click Reset password. You will get an email with a link."),
     ("My invoice shows the wrong amount.", "I am sorry about that. I have refunded the difference; it shows on your card in 3 to 5 days."),
-    ("The app crashes when I upload a file.", "Please update to the latest version and try again. If it still crashes, send us the file name."),
+    ("The app crashes when I upload a file.",
+     "Please update to the latest version and try again. If it still crashes, send us the file name."),
     ("Can I export my data to CSV?", "Yes: open Reports, choose Export, and pick CSV."),
     ("How do I add a teammate?", "Open Admin, then Members, and click Invite. They get an email to join."),
     ("Where can I find the API key?", "It is under Settings, Developer, API keys. Keep it secret."),
@@ -133,8 +136,6 @@ def sample_conversations(n: int, *, seed: int = 0, min_turns: int = 1, max_turns
     For tests, the console demo and the packing benchmark: 1 to ``max_turns`` question/answer turns with
     answers of varied length, so padding wastes a lot of a batch and packing has something to win.
     """
-    import random
-
     rng = random.Random(seed)
     records = []
     for index in range(n):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -24,7 +23,9 @@ class FtbotGroup(TyperGroup):
     ``bot.cli.common.cli_settings``.
     """
 
-    def invoke(self, ctx: click.Context) -> Any:
+    # typer 0.29 declares ``invoke`` with the Context of its bundled, private click copy (``typer._click``) and has no
+    # public name for that class; ``typer.Context`` is its public subclass.
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         try:
             with invocation():
                 return super().invoke(ctx)

@@ -12,15 +12,23 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from bot.cli.common import cli_settings
+from storage.db import Database
 from storage.errors import FtbotError
+from storage.examples import approved_records
+from trainers.data.issues import Issue
+from trainers.data.pricing import inference_cost, load_price_table, on_prem_estimate, roi_estimate
+
+if TYPE_CHECKING:  # the report engine imports numpy (about 0.1 s): the commands import it when they run
+    from trainers.data.report import DatasetReport
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -34,7 +42,7 @@ def _default_model() -> str:
     return cli_settings().openai_model
 
 
-def _emit_json(value: Any) -> None:
+def _emit_json(value: object) -> None:
     sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
 
 
@@ -64,10 +72,9 @@ def _user_errors(as_json: bool) -> Iterator[None]:
         )
 
 
-def _run_report(file: Path | None, *, model: str, epochs: int | None, kind: str, pii: bool, as_json: bool):
+def _run_report(file: Path | None, *, model: str, epochs: int | None, kind: str, pii: bool, as_json: bool) -> DatasetReport:
     """build_report over FILE (with a progress bar on big files) or over the approved examples."""
-    from trainers.data.pricing import load_price_table
-    from trainers.data.report import build_report
+    from trainers.data.report import build_report  # numpy: only when a report is built, so `ftbot --help` stays fast
 
     if file is None:
         return _database_report(model=model, epochs=epochs, kind=kind, pii=pii)
@@ -77,8 +84,6 @@ def _run_report(file: Path | None, *, model: str, epochs: int | None, kind: str,
     progress_wanted = not as_json and err_console.is_terminal and file.is_file() and file.stat().st_size >= PROGRESS_MIN_BYTES
     if not progress_wanted:
         return build_report(file, model=model, epochs=epochs, kind=kind, pii=pii, prices=prices, max_line_bytes=max_line_bytes)
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
     columns = (TextColumn("checking"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task("check", total=file.stat().st_size)
@@ -87,11 +92,8 @@ def _run_report(file: Path | None, *, model: str, epochs: int | None, kind: str,
                             max_line_bytes=max_line_bytes)
 
 
-def _database_report(*, model: str, epochs: int | None, kind: str, pii: bool):
-    from storage.db import Database
-    from storage.examples import approved_records
-    from trainers.data.pricing import load_price_table
-    from trainers.data.report import build_report
+def _database_report(*, model: str, epochs: int | None, kind: str, pii: bool) -> DatasetReport:
+    from trainers.data.report import build_report  # numpy: only when a report is built, so `ftbot --help` stays fast
 
     settings = cli_settings()
     database = Database.open(settings.database_url)
@@ -99,9 +101,7 @@ def _database_report(*, model: str, epochs: int | None, kind: str, pii: bool):
         return build_report(approved_records(database), model=model, epochs=epochs, kind=kind, pii=pii, unit="example",
                             label=DATABASE_LABEL, prices=load_price_table(settings.prices_file))
     finally:
-        close = getattr(database, "close", None)
-        if close:
-            close()
+        database.close()
 
 
 # --- human output ----------------------------------------------------------------------------------
@@ -113,19 +113,23 @@ def _money(value: float | None) -> str:
     return f"${value:,.2f}" if value >= 0.01 or value == 0 else f"${value:,.4f}"
 
 
-def _print_summary(report: Any) -> None:
+def _print_summary(report: DatasetReport) -> None:
     data = report.to_json()
     tokens = data["tokens"]
     table = Table(title=f"{escape(data['source'])} · {escape(data['model'])} ({data['encoding']})", show_header=False, title_justify="left")
     table.add_column("", style="bold")
     table.add_column("")
     kind = {"sft": "chat (SFT)", "dpo": "preference (DPO)"}.get(data["kind"] or "", "-")
-    table.add_row("examples", f"{data['examples']:,} read, {data['valid_examples']:,} valid, {data['invalid_examples']:,} with errors · {kind}")
+    table.add_row(
+        "examples",
+        f"{data['examples']:,} read, {data['valid_examples']:,} valid, {data['invalid_examples']:,} with errors · {kind}",
+    )
     if data["blank_lines"]:
         table.add_row("blank lines", f"{data['blank_lines']:,} (skipped)")
     table.add_row(
         "tokens / example",
-        f"min {tokens['min']:,} · median {tokens['median']:,} · p90 {tokens['p90']:,} · max {tokens['max']:,} (limit {data['context_limit']:,})",
+        f"min {tokens['min']:,} · median {tokens['median']:,} · p90 {tokens['p90']:,} · max {tokens['max']:,} "
+        f"(limit {data['context_limit']:,})",
     )
     assistant = tokens["assistant"]
     table.add_row("assistant tokens", f"median {assistant['median']:,} · p90 {assistant['p90']:,} · total {assistant['total']:,}")
@@ -143,7 +147,7 @@ def _print_summary(report: Any) -> None:
         console.print(f"note: {escape(note)}", soft_wrap=True)
 
 
-def _print_issues(title: str, issues: list[Any], counts: dict[str, int], style: str) -> None:
+def _print_issues(title: str, issues: list[Issue], counts: dict[str, int], style: str) -> None:
     if not counts:
         return
     total = sum(counts.values())
@@ -164,7 +168,7 @@ def _print_issues(title: str, issues: list[Any], counts: dict[str, int], style: 
         console.print(f"… {total - min(len(issues), ISSUES_SHOWN):,} more; use --json for the full list (capped at 100 per code)")
 
 
-def _print_report(report: Any) -> None:
+def _print_report(report: DatasetReport) -> None:
     _print_summary(report)
     _print_issues("errors", report.errors, report.error_counts, "red")
     _print_issues("warnings", report.warnings, report.warning_counts, "yellow")
@@ -177,10 +181,14 @@ def _print_report(report: Any) -> None:
 # --- commands --------------------------------------------------------------------------------------
 
 FileArgument = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Argument(help="OpenAI fine-tuning JSONL (SFT chat or DPO lines). Without it: the approved examples in the database."),
 ]
-ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="OpenAI base model to count and price for (default: $FTBOT_OPENAI_MODEL, else gpt-4o-mini-2024-07-18).")]
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="OpenAI base model to count and price for "
+                 "(default: $FTBOT_OPENAI_MODEL, else gpt-4o-mini-2024-07-18)."),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the report as JSON (same facts).")]
 KindOption = Annotated[str, typer.Option("--kind", help="auto, sft or dpo.")]
 PiiOption = Annotated[bool, typer.Option("--pii/--no-pii", help="Scan for personal data (emails, phones, cards, IBANs, SSNs).")]
@@ -214,30 +222,33 @@ def price_command(
     file: FileArgument = None,
     model: ModelOption = None,
     all_models: Annotated[bool, typer.Option("--all-models", help="Quote every fine-tunable model in the price table.")] = False,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, max=50, help="Epochs (default: OpenAI's automatic rule).")] = None,
-    daily_requests: Annotated[Optional[int], typer.Option("--daily-requests", min=0, help="Requests per day, for ROI.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, max=50, help="Epochs (default: OpenAI's automatic rule).")] = None,
+    daily_requests: Annotated[int | None, typer.Option("--daily-requests", min=0, help="Requests per day, for ROI.")] = None,
     prompt_tokens_saved: Annotated[
-        Optional[int], typer.Option("--prompt-tokens-saved", min=0, help="Prompt tokens per request the fine-tune makes unnecessary (long system prompt, few-shot).")
+        int | None,
+        typer.Option("--prompt-tokens-saved", min=0,
+                     help="Prompt tokens per request the fine-tune makes unnecessary (long system prompt, few-shot)."),
     ] = None,
     prompt_tokens: Annotated[
-        Optional[int], typer.Option("--prompt-tokens", min=0, help="Prompt tokens per request today (default: the dataset's mean prompt + saved).")
+        int | None,
+        typer.Option("--prompt-tokens", min=0, help="Prompt tokens per request today (default: the dataset's mean prompt + saved)."),
     ] = None,
     completion_tokens: Annotated[
-        Optional[int], typer.Option("--completion-tokens", min=0, help="Completion tokens per request (default: the dataset's mean reply).")
+        int | None, typer.Option("--completion-tokens", min=0, help="Completion tokens per request (default: the dataset's mean reply).")
     ] = None,
     baseline_model: Annotated[
-        Optional[str], typer.Option("--baseline-model", help="The model the team uses today (default: the fine-tune's base model).")
+        str | None, typer.Option("--baseline-model", help="The model the team uses today (default: the fine-tune's base model).")
     ] = None,
-    gpu_hour_price: Annotated[Optional[float], typer.Option("--gpu-hour-price", min=0, help="On-prem: price of one GPU-hour (USD).")] = None,
-    tokens_per_second: Annotated[Optional[float], typer.Option("--tokens-per-second", min=0, help="On-prem: training throughput (tokens/s).")] = None,
+    gpu_hour_price: Annotated[float | None, typer.Option("--gpu-hour-price", min=0, help="On-prem: price of one GPU-hour (USD).")] = None,
+    tokens_per_second: Annotated[
+        float | None, typer.Option("--tokens-per-second", min=0, help="On-prem: training throughput (tokens/s).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Price a fine-tune of the dataset: training cost, fine-tuned inference, ROI and an on-prem estimate.
 
     Exit code 0: priced; 1: the data has errors (the quote counts only the valid examples) or cannot be read.
     """
-    from trainers.data.pricing import load_price_table, on_prem_estimate, roi_estimate
-
     if all_models and model:
         raise typer.BadParameter("use either --model or --all-models")
     if (gpu_hour_price is None) != (tokens_per_second is None):
@@ -248,7 +259,7 @@ def price_command(
         table = load_price_table(cli_settings().prices_file)
         table.get(chosen) if not all_models else None  # unknown model: clear error before reading anything
         if all_models:
-            from trainers.data.report import quote_models
+            from trainers.data.report import quote_models  # numpy: only when a report is built (see _run_report)
 
             primary = table.get(chosen).name
             # The chosen model first: its encoding's pass is the report shown above the quotes.
@@ -275,8 +286,6 @@ def price_command(
         saved = prompt_tokens_saved or 0
         per_request_in = prompt_tokens if prompt_tokens is not None else round(mean_prompt) + saved
         per_request_out = completion_tokens if completion_tokens is not None else round(mean_reply)
-        from trainers.data.pricing import inference_cost
-
         per_request = inference_cost(entry, input_tokens=per_request_in - saved, output_tokens=per_request_out)
         result["inference"] = {
             "model": entry.name,
@@ -311,20 +320,15 @@ def price_command(
         raise typer.Exit(1)
 
 
-def _approved_items():
+def _approved_items() -> Iterator[tuple[int, dict[str, Any]]]:
     """Approved examples from the database, for a second pass (--all-models with another encoding)."""
-    from storage.db import Database
-    from storage.examples import approved_records
-
     database = Database.open(cli_settings().database_url)
 
-    def items():
+    def items() -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             yield from approved_records(database)
         finally:
-            close = getattr(database, "close", None)
-            if close:
-                close()
+            database.close()
 
     return items()
 
@@ -335,7 +339,8 @@ def _print_price_extras(result: dict[str, Any]) -> None:
         for column in ("model", "epochs", "billed tokens", "$ / 1M", "cost"):
             table.add_column(column, justify="left" if column == "model" else "right")
         for quote in sorted(result["quotes"], key=lambda quote: quote["cost_usd"] or 0):
-            table.add_row(quote["model"], str(quote["epochs"]), f"{quote['billed_tokens']:,}", f"{quote['price_per_1m']:g}", _money(quote["cost_usd"]))
+            table.add_row(quote["model"], str(quote["epochs"]), f"{quote['billed_tokens']:,}", f"{quote['price_per_1m']:g}",
+                          _money(quote["cost_usd"]))
         console.print(table)
     inference = result["inference"]
     console.print(
@@ -347,8 +352,10 @@ def _print_price_extras(result: dict[str, Any]) -> None:
         table = Table(title="Return on investment", show_header=False, title_justify="left")
         table.add_column("", style="bold")
         table.add_column("")
-        table.add_row("today", f"{roi['baseline_model']}: {_money(roi['daily_cost_today_usd'])}/day ({roi['prompt_tokens_today']:,.0f} prompt tokens/request)")
-        table.add_row("fine-tuned", f"{roi['fine_tuned_model']}: {_money(roi['daily_cost_fine_tuned_usd'])}/day ({roi['prompt_tokens_fine_tuned']:,.0f} prompt tokens/request)")
+        table.add_row("today", f"{roi['baseline_model']}: {_money(roi['daily_cost_today_usd'])}/day "
+                      f"({roi['prompt_tokens_today']:,.0f} prompt tokens/request)")
+        table.add_row("fine-tuned", f"{roi['fine_tuned_model']}: {_money(roi['daily_cost_fine_tuned_usd'])}/day "
+                      f"({roi['prompt_tokens_fine_tuned']:,.0f} prompt tokens/request)")
         table.add_row("savings", f"{_money(roi['daily_savings_usd'])}/day, {_money(roi['monthly_savings_usd'])}/month")
         days = roi["break_even_days"]
         if days is None:

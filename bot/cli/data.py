@@ -8,30 +8,36 @@ from __future__ import annotations
 
 import getpass
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, TypedDict
 
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from bot.cli.common import cli_settings, console, database_errors, err_console, open_database, print_json
+from storage import exports
 from storage.errors import FtbotError
+from storage.examples import count_by_status, example_record, iter_records, list_examples
+from storage.models import Example
+from storage.pairs import count_pairs, pair_records
+from trainers.data.imports import count_lines, import_file
 
 # Files with more lines than this get a progress bar (when stderr is a terminal).
 PROGRESS_MIN_LINES = 5000
 MAX_ERRORS_SHOWN = 20
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     openai = "openai"
     dpo = "dpo"
     trl_dpo = "trl-dpo"
     hf = "hf"
 
 
-class StatusChoice(str, Enum):
+class StatusChoice(StrEnum):
     approved = "approved"
     pending = "pending"
     rejected = "rejected"
@@ -43,21 +49,17 @@ class StatusChoice(str, Enum):
 
 def import_command(
     file: Annotated[Path, typer.Argument(help="OpenAI fine-tuning JSONL: SFT chat lines and/or DPO preference lines.")],
-    by: Annotated[Optional[str], typer.Option("--by", help="Who approves the imported examples (default: your OS user).")] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who approves the imported examples (default: your OS user).")] = None,
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Store the valid lines even if other lines have errors.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Validate FILE and store its valid lines as approved examples (all or nothing unless --skip-invalid)."""
-    from trainers.data.imports import count_lines, import_file
-
     approved_by = by or _os_user()
     with database_errors(), open_database() as db:
         total = count_lines(file) if file.is_file() and not as_json and err_console.is_terminal else 0
         if total >= PROGRESS_MIN_LINES:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
             columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
             with Progress(*columns, console=err_console, transient=True) as progress:
                 task = progress.add_task("import", total=total)
@@ -136,15 +138,11 @@ def export_command(
             "hf: a Hugging Face dataset directory (load_from_disk) with a messages column.",
         ),
     ] = ExportFormat.openai,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file (directory for hf). Default: stdout.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (directory for hf). Default: stdout.")] = None,
     status: Annotated[StatusChoice, typer.Option("--status", help="Which examples to export (openai, hf).")] = StatusChoice.approved,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing hf dataset directory.")] = False,
 ) -> None:
     """Write stored examples (or preference pairs) in a training format."""
-    from storage import exports
-    from storage.examples import iter_records
-    from storage.pairs import pair_records
-
     wanted = None if status is StatusChoice.all else status.value
     with database_errors(), open_database() as db:
         if format is ExportFormat.openai:
@@ -153,7 +151,7 @@ def export_command(
         elif format is ExportFormat.hf:
             if out is None:
                 raise FtbotError("--format hf writes a dataset directory: give it with --out DIR")
-            import datasets
+            import datasets  # heavy ML library (imports pyarrow, pandas...): kept out of every other command
 
             datasets.disable_progress_bars()  # our own one-line summary follows
             count = exports.save_hf_dataset(db, out, status=wanted, overwrite=force)
@@ -180,7 +178,7 @@ def export_command(
 # --- examples list -----------------------------------------------------------------------------
 
 
-def _source(example) -> str:
+def _source(example: Example) -> str:
     if example.source_kind == "import" and example.source_file:
         return f"{Path(example.source_file).name}:{example.source_line}"
     if example.source_channel:
@@ -197,14 +195,12 @@ def _first(messages: list[dict[str, Any]], role: str) -> str:
 
 
 def list_command(
-    status: Annotated[Optional[StatusChoice], typer.Option("--status", help="Only examples with this status.")] = None,
+    status: Annotated[StatusChoice | None, typer.Option("--status", help="Only examples with this status.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="At most N examples (0: all).")] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip the first N.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (records included).")] = False,
 ) -> None:
     """List stored examples, oldest first."""
-    from storage.examples import count_by_status, example_record, list_examples
-
     wanted = None if status in (None, StatusChoice.all) else status.value
     with database_errors(), open_database() as db:
         examples = list_examples(db, status=wanted, limit=limit or None, offset=offset)
@@ -270,14 +266,22 @@ def list_command(
 # --- db ----------------------------------------------------------------------------------------
 
 
+class DatabaseInfo(TypedDict):
+    """What ``ftbot db info`` shows (the object ``--json`` prints)."""
+
+    url: str
+    revision: str | None
+    head: str
+    examples: dict[str, int]
+    preference_pairs: int
+
+
 def db_info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show which database ftbot uses, its schema revision and what it holds."""
-    from storage.examples import count_by_status
-    from storage.migrate import current_revision, head_revision
-    from storage.pairs import count_pairs
+    from storage.migrate import current_revision, head_revision  # Alembic (about 0.1 s): only for the db commands
 
     with database_errors(), open_database() as db:
-        info = {
+        info: DatabaseInfo = {
             "url": db.url,
             "revision": current_revision(db),
             "head": head_revision(),
@@ -298,7 +302,7 @@ def db_info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 def db_upgrade() -> None:
     """Create or upgrade the database schema (ftbot also does this whenever it opens the database)."""
-    from storage.migrate import current_revision
+    from storage.migrate import current_revision  # Alembic (about 0.1 s): only for the db commands
 
     with database_errors(), open_database() as db:
         console.print(f"{escape(db.url)} is at schema revision {current_revision(db)}.", highlight=False)

@@ -9,31 +9,47 @@ from __future__ import annotations
 
 import getpass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, TypedDict
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from bot.cli.common import cli_settings, console, database_errors, open_database, print_json
+from storage import evals
+from storage.errors import DataFileError, FtbotError, ValidationFailed
+from storage.eval_prompts import add_eval_prompt, list_eval_prompts, remove_eval_prompt, split_prompt
+from storage.evals import (
+    EvalRoundNotFound,
+    RoundStatus,
+    close_round,
+    count_votes,
+    get_round,
+    latest_round,
+    pairs_from_round,
+    round_comparisons,
+)
+from storage.models import stored_id
+from trainers.data.jsonl import read_jsonl
+from trainers.evaluation.generation import display_name
 
 
 def results(
-    round_id: Annotated[Optional[int], typer.Argument(help="The round (default: the latest one with posted comparisons).")] = None,
+    round_id: Annotated[int | None, typer.Argument(help="The round (default: the latest one with posted comparisons).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
-    chart: Annotated[Optional[Path], typer.Option("--chart", help="Also write the chart PNG to this file.")] = None,
+    chart: Annotated[Path | None, typer.Option("--chart", help="Also write the chart PNG to this file.")] = None,
 ) -> None:
     """Win rate with its 95% interval, sign test, ties, position check and votes per voter of an evaluation round."""
+    # The statistics import scipy (about 0.7 s): imported when a command needs them, so `ftbot --help` stays fast.
     from trainers.evaluation.results import round_report
 
     with database_errors(), open_database() as db:
         report = round_report(db, round_id)
         if chart is not None:
-            from trainers.evaluation.charts import results_png
+            from trainers.evaluation.charts import results_png  # scipy and matplotlib: only when a chart is asked for
 
-            results_png(report.summary, candidate=report.candidate, baseline=report.baseline,
-                        leaderboard=report.leaderboard, title=f"Round #{report.round.id}: {report.candidate} vs {report.baseline}",
-                        path=chart)
+            results_png(report.summary, candidate=report.candidate, baseline=report.baseline, leaderboard=report.leaderboard,
+                        title=f"Round #{report.round.id}: {report.candidate} vs {report.baseline}", path=chart)
         if as_json:
             print_json(report.to_json())
             return
@@ -44,19 +60,21 @@ def results(
 
 
 def add(
-    question: Annotated[Optional[str], typer.Argument(help="A customer question (one user turn).")] = None,
-    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="JSONL of conversations ({\"messages\": [...]}) ending with the customer's question, or SFT lines (the last assistant turn is dropped).")] = None,
-    system: Annotated[Optional[str], typer.Option("--system", help="System prompt for a question given as text (default: $FTBOT_SYSTEM_PROMPT).")] = None,
+    question: Annotated[str | None, typer.Argument(help="A customer question (one user turn).")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="JSONL of conversations ({\"messages\": [...]}) ending with the customer's question, "
+                     "or SFT lines (the last assistant turn is dropped)."),
+    ] = None,
+    system: Annotated[
+        str | None, typer.Option("--system", help="System prompt for a question given as text (default: $FTBOT_SYSTEM_PROMPT).")
+    ] = None,
 ) -> None:
     """Add held-out questions to the evaluation set (the twin of ``/ft eval add``)."""
-    from storage.errors import DataFileError, ValidationFailed
-    from storage.evals import add_eval_prompt, split_prompt
-    from trainers.data.jsonl import read_jsonl
-
     if (question is None) == (file is None):
         raise ValidationFailed("give a question or --file (one of them)")
     with database_errors(), open_database() as db:
-        conversations: list[tuple[int | None, list[dict]]] = []
+        conversations: list[tuple[int | None, list[dict[str, Any]]]] = []
         if question is not None:
             prompt = system or cli_settings().system_prompt
             conversations.append((None, [{"role": "system", "content": prompt}, {"role": "user", "content": question}]))
@@ -70,11 +88,11 @@ def add(
                 messages, _reference = split_prompt(value["messages"])
                 conversations.append((line, messages))
         added = known = 0
-        for line, messages in conversations:
+        for source_line, messages in conversations:
             try:
                 result = add_eval_prompt(db, messages, added_by=getpass.getuser())
             except ValidationFailed as error:
-                where = f"{file}:{line}: " if line is not None else ""
+                where = f"{file}:{source_line}: " if source_line is not None else ""
                 raise ValidationFailed(f"{where}{error} (questions before this line were added)") from None
             added += result.created
             known += not result.created
@@ -83,8 +101,6 @@ def add(
 
 def questions(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """The questions added by hand (`/ft eval add`, `ftbot eval add`); rounds also use each model's validation split."""
-    from storage.evals import list_eval_prompts
-
     with database_errors(), open_database() as db:
         rows = [{"id": p.id, "question": p.messages[-1]["content"], "turns": len(p.messages), "source": p.source_key,
                  "added_by": p.added_by} for p in list_eval_prompts(db)]
@@ -103,29 +119,37 @@ def questions(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
 
 def remove(question_id: Annotated[int, typer.Argument(help="The question's id (`ftbot eval questions`).")]) -> None:
     """Remove a question added by hand (rounds already posted keep their copy)."""
-    from storage.errors import FtbotError
-    from storage.evals import remove_eval_prompt
-
     with database_errors(), open_database() as db:
         if not remove_eval_prompt(db, question_id):
             raise FtbotError(f"there is no added question #{question_id}; `ftbot eval questions` lists them.")
         console.print(f"Removed question #{question_id}.", highlight=False)
 
 
+class RoundRow(TypedDict):
+    """One round as ``ftbot eval list`` shows it (and prints with --json); the models stay hidden while it is active."""
+
+    id: int
+    status: str
+    channel: str | None
+    candidate: str | None
+    baseline: str | None
+    questions: int
+    votes: int
+    created_at: str | None
+    closes_at: str | None
+
+
 def list_rounds(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Evaluation rounds: status, models (hidden while voting is open), questions and votes."""
-    from storage.evals import RoundStatus, count_votes, round_comparisons
-    from storage.evals import list_rounds as rounds
-    from trainers.evaluation.generation import display_name
-
     with database_errors(), open_database() as db:
-        rows = []
-        for r in rounds(db):
+        rows: list[RoundRow] = []
+        for r in evals.list_rounds(db):
+            round_id = stored_id(r)
             revealed = r.status not in RoundStatus.ACTIVE
             rows.append({
-                "id": r.id, "status": r.status, "channel": r.channel,
+                "id": round_id, "status": r.status, "channel": r.channel,
                 "candidate": r.candidate_model if revealed else None, "baseline": r.baseline_model if revealed else None,
-                "questions": len(round_comparisons(db, r.id)), "votes": count_votes(db, r.id),
+                "questions": len(round_comparisons(db, round_id)), "votes": count_votes(db, round_id),
                 "created_at": r.created_at.isoformat() if r.created_at else None,
                 "closes_at": r.closes_at.isoformat() if r.closes_at else None,
             })
@@ -138,28 +162,29 @@ def list_rounds(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
         table = Table("round", "status", "candidate", "baseline", "questions", "votes")
         for row in rows:
             hidden = "(hidden until closed)"
-            table.add_row(str(row["id"]), row["status"], escape(display_name(row["candidate"]) if row["candidate"] else hidden),
-                          escape(display_name(row["baseline"]) if row["baseline"] else hidden), str(row["questions"]), str(row["votes"]))
+            candidate = display_name(row["candidate"]) if row["candidate"] else hidden
+            baseline = display_name(row["baseline"]) if row["baseline"] else hidden
+            table.add_row(str(row["id"]), row["status"], escape(candidate), escape(baseline), str(row["questions"]), str(row["votes"]))
         console.print(table)
 
 
 def close(
-    round_id: Annotated[Optional[int], typer.Argument(help="The round (default: the latest open one).")] = None,
+    round_id: Annotated[int | None, typer.Argument(help="The round (default: the latest open one).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Close voting on a round and store its decided comparisons as DPO pairs (nothing is posted to Slack)."""
-    from storage.errors import FtbotError
-    from storage.evals import EvalRoundNotFound, RoundStatus, close_round, get_round, latest_round, pairs_from_round
+    # scipy (about 0.7 s): imported when the command runs, so `ftbot --help` stays fast.
     from trainers.evaluation.results import round_report
 
     with database_errors(), open_database() as db:
         round_ = get_round(db, round_id) if round_id is not None else latest_round(db, statuses=RoundStatus.VOTABLE)
         if round_ is None:
             raise EvalRoundNotFound("no evaluation round is open for voting.")
-        if not close_round(db, round_.id):
-            raise FtbotError(f"round #{round_.id} is {round_.status}, not open for voting.")
-        created = sum(result.created for result in pairs_from_round(db, round_.id))
-        report = round_report(db, round_.id)
+        closing = stored_id(round_)
+        if not close_round(db, closing):
+            raise FtbotError(f"round #{closing} is {round_.status}, not open for voting.")
+        created = sum(result.created for result in pairs_from_round(db, closing))
+        report = round_report(db, closing)
         if as_json:
             print_json({**report.to_json(), "pairs_added": created})
             return

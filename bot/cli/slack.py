@@ -1,4 +1,8 @@
-"""CLI commands: ``ftbot run [--http --port N]`` and ``ftbot shell``."""
+"""CLI commands: ``ftbot run [--http --port N]`` and ``ftbot shell``.
+
+The bot itself (Bolt, slack_sdk, OpenAI's client, every feature: about 1 s to import) is imported inside the
+commands that run it, so the other commands and ``ftbot --help`` start fast.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from storage.config import Settings
 from storage.db import Database
 from storage.errors import ConfigError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for the annotation only: Bolt is imported when the bot runs
     from slack_bolt import App
 
 CONNECT_HINT = (
@@ -40,7 +44,7 @@ def _open_db(settings: Settings) -> Database:
 
 
 def _console(settings: Settings) -> None:
-    from bot.console.shell import run_console
+    from bot.console.shell import run_console  # the whole bot: imported only to run it (see the module docstring)
 
     db = _open_db(settings)
     try:
@@ -51,6 +55,7 @@ def _console(settings: Settings) -> None:
 
 def _serving_app(settings: Settings) -> App:
     """The bot app for a long-running process, its scheduler started (job relays, daily housekeeping)."""
+    # The whole bot: imported only to run it (see the module docstring).
     from bot.app import bot_context, build_app
     from bot.scheduler import start_scheduler
 
@@ -59,11 +64,22 @@ def _serving_app(settings: Settings) -> App:
     return app
 
 
+def _socket_mode_token(settings: Settings) -> str:
+    """The app-level token Socket Mode connects with; exits with the reason when Socket Mode cannot start."""
+    try:
+        settings.require_socket_mode()
+    except ConfigError as exc:
+        _fail(f"{exc}. (For HTTP mode instead, set SLACK_SIGNING_SECRET and run `ftbot run --http`.)")
+    token = settings.slack_app_token
+    assert token is not None, "require_socket_mode() checked that the app token is set"
+    return token
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
         http: bool = typer.Option(False, "--http", help="Serve Slack's HTTP requests at /slack/events (needs SLACK_SIGNING_SECRET)."),
-        port: int = typer.Option(None, "--port", help="HTTP port (default $PORT or 3000)."),
+        port: int | None = typer.Option(None, "--port", help="HTTP port (default $PORT or 3000)."),
         host: str = typer.Option("0.0.0.0", "--host", help="HTTP interface to listen on."),
     ) -> None:
         """Run the Slack bot: Socket Mode with SLACK_APP_TOKEN, HTTP with --http, else the local console."""
@@ -77,18 +93,15 @@ def register(app: typer.Typer) -> None:
                 settings.require_http()
             except ConfigError as exc:
                 _fail(str(exc))
-            from bot.http import serve
+            from bot.http import serve  # uvicorn and Starlette: only for HTTP mode
 
             serve(_serving_app(settings), host=host, port=port or settings.http_port)
             return
         if settings.slack_app_token or settings.slack_bot_token:
-            try:
-                settings.require_socket_mode()
-            except ConfigError as exc:
-                _fail(f"{exc}. (For HTTP mode instead, set SLACK_SIGNING_SECRET and run `ftbot run --http`.)")
-            from bot.socket import serve as serve_socket
+            app_token = _socket_mode_token(settings)
+            from bot.socket import serve as serve_socket  # the Socket Mode client: only for Socket Mode
 
-            serve_socket(_serving_app(settings), settings.slack_app_token)
+            serve_socket(_serving_app(settings), app_token)
             return
         typer.echo(CONNECT_HINT, err=not sys.stdout.isatty())
         _console(settings)

@@ -9,39 +9,60 @@ from __future__ import annotations
 
 import getpass
 import json
-from enum import Enum
-from typing import Annotated, Optional
+from enum import StrEnum
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from bot.cli.common import cli_settings, console, database_errors, err_console, open_database
+from storage.jobs import discard_quote, get_job, job_record, list_jobs, list_models, model_record, use_model
+from storage.models import JobStatus, stored_id
+from trainers.training.jobs import JobUpdate, cancel_job, progress_line, quote_job, refresh_job, start_job, wait_for_job
+from trainers.training.quote import quote_lines
 
 
-class Backend(str, Enum):
+class Backend(StrEnum):
     local = "local"
     openai = "openai"
 
 
-class Method(str, Enum):
+class Method(StrEnum):
     sft = "sft"
     dpo = "dpo"
 
 
 def train(
     backend: Annotated[Backend, typer.Option("--backend", "-b", help="Where to train: on-prem (local) or OpenAI.")] = Backend.local,
-    base_model: Annotated[Optional[str], typer.Option("--base-model", help="Local: HF id or directory (default $FTBOT_LOCAL_BASE_MODEL, else Qwen/Qwen2.5-0.5B-Instruct; 'ftbot:tiny' = offline tiny model).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="OpenAI: the base model to fine-tune (default $FTBOT_OPENAI_MODEL).")] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option("--base-model", help="Local: HF id or directory (default $FTBOT_LOCAL_BASE_MODEL, "
+                     "else Qwen/Qwen2.5-0.5B-Instruct; 'ftbot:tiny' = offline tiny model)."),
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="OpenAI: the base model to fine-tune (default $FTBOT_OPENAI_MODEL).")] = None,
     method: Annotated[Method, typer.Option("--method", help="sft on approved examples, dpo on preference pairs.")] = Method.sft,
-    from_model: Annotated[Optional[str], typer.Option("--from", help="DPO: the registered model to continue (default: the one in use, else the newest of this back end); 'base' = the plain base model.")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs (OpenAI default: its auto rule; local: 3).")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Local: stop after this many optimizer steps.")] = None,
+    from_model: Annotated[
+        str | None,
+        typer.Option("--from", help="DPO: the registered model to continue (default: the one in use, "
+                     "else the newest of this back end); 'base' = the plain base model."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs (OpenAI default: its auto rule; local: 3).")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Local: stop after this many optimizer steps.")] = None,
     validation_fraction: Annotated[float, typer.Option("--validation-fraction", help="Share of examples held out for validation.")] = 0.1,
-    load_in_4bit: Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="Local: 4-bit NF4 base (default: on with CUDA, off on CPU).")] = None,
+    load_in_4bit: Annotated[
+        bool | None,
+        typer.Option("--load-in-4bit/--no-load-in-4bit", help="Local: 4-bit NF4 base (default: on with CUDA, off on CPU)."),
+    ] = None,
     merge: Annotated[bool, typer.Option("--merge", help="Local: also export a merged full model.")] = False,
-    num_processes: Annotated[Optional[int], typer.Option("--num-processes", min=1, help="Local: GPUs to train on (runs under `accelerate launch`).")] = None,
-    redact_pii: Annotated[bool, typer.Option("--redact-pii", help="OpenAI: upload with personal data redacted ([EMAIL], [PHONE], ...); the snapshot stays unchanged.")] = False,
+    num_processes: Annotated[
+        int | None, typer.Option("--num-processes", min=1, help="Local: GPUs to train on (runs under `accelerate launch`).")
+    ] = None,
+    redact_pii: Annotated[
+        bool,
+        typer.Option("--redact-pii", help="OpenAI: upload with personal data redacted ([EMAIL], [PHONE], ...); "
+                     "the snapshot stays unchanged."),
+    ] = False,
     allow_pii: Annotated[bool, typer.Option("--allow-pii", help="OpenAI: upload examples with unredacted personal data anyway.")] = False,
     over_budget: Annotated[bool, typer.Option("--over-budget", help="As an admin: start even above FTBOT_BUDGET_USD.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Start without asking.")] = False,
@@ -49,14 +70,9 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the job record as JSON on stdout.")] = False,
 ) -> None:
     """Quote a training run on the approved examples (or pairs), then start it."""
-    from storage.jobs import discard_quote, get_job, job_record
-    from storage.models import JobStatus
-    from trainers.training.jobs import progress_line, quote_job, start_job, wait_for_job
-    from trainers.training.quote import quote_lines
-
     out = err_console if as_json else console
     with database_errors(), open_database() as db:
-        local_options: dict = {}
+        local_options: dict[str, Any] = {}
         if max_steps:
             local_options["max_steps"] = max_steps
         if load_in_4bit is not None:
@@ -72,21 +88,22 @@ def train(
             validation_fraction=validation_fraction, local_options=local_options, settings=cli_settings(),
         )
         job, quote = quoted.job, quoted.quote
-        out.print(f"[bold]Training quote · job #{job.id}[/bold]")
+        job_id = stored_id(job)
+        out.print(f"[bold]Training quote · job #{job_id}[/bold]")
         for line in quote_lines(quote):
             out.print(escape(line), soft_wrap=True)
         redact_pii = redact_pii and backend == Backend.openai
         blockers = quote.blockers(admin_confirmed=over_budget, allow_pii=allow_pii, redact_pii=redact_pii)
         if blockers:
-            discard_quote(db, job.id, reason="blocked: " + "; ".join(blockers))
+            discard_quote(db, job_id, reason="blocked: " + "; ".join(blockers))
             for reason in blockers:
                 err_console.print(f"[red]blocked:[/red] {escape(reason)}", soft_wrap=True)
             raise typer.Exit(1)
         if not yes and not typer.confirm("Start training?", default=False, err=as_json):
-            discard_quote(db, job.id, reason="declined at the CLI prompt")
-            out.print(f"Not started; quote #{job.id} discarded.")
+            discard_quote(db, job_id, reason="declined at the CLI prompt")
+            out.print(f"Not started; quote #{job_id} discarded.")
             raise typer.Exit(0)
-        started = start_job(db, job.id, admin_confirmed=over_budget, allow_pii=allow_pii, redact_pii=redact_pii,
+        started = start_job(db, job_id, admin_confirmed=over_budget, allow_pii=allow_pii, redact_pii=redact_pii,
                             settings=cli_settings()).job
         parent = (started.config or {}).get("parent_model")
         origin = f"continuing {escape(parent)}" if parent else f"base {escape(started.base_model)}"
@@ -101,18 +118,18 @@ def train(
             return
         last = [""]
 
-        def show(update) -> None:
+        def show(update: JobUpdate) -> None:
             line = progress_line(db, update.job)
             if line != last[0]:
                 out.print(escape(line))
                 last[0] = line
 
-        update = wait_for_job(db, job.id, interval=1.0, on_update=show, settings=cli_settings())
-        final = get_job(db, job.id)
+        update = wait_for_job(db, job_id, interval=1.0, on_update=show, settings=cli_settings())
+        final = get_job(db, job_id)
         if as_json:
             print(json.dumps(job_record(db, final), indent=2))
         if final.status == JobStatus.SUCCEEDED:
-            name = update.model.name if update.model else final.result_model
+            name = update.model.name if update.model else final.result_model or ""
             out.print(f"[green]Succeeded.[/green] Model [bold]{escape(name)}[/bold] registered ({escape(final.result_model or '')}).")
             out.print(f"Use it with `ftbot use {escape(name)}`.")
             return
@@ -125,14 +142,11 @@ def train(
 def jobs(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
          limit: Annotated[int, typer.Option("--limit", min=1)] = 20) -> None:
     """Recent training jobs with status, step and losses (refreshes running ones first)."""
-    from storage.jobs import job_record, list_jobs
-    from trainers.training.jobs import refresh_job
-
     with database_errors(), open_database() as db:
         records = []
         for job in list_jobs(db, limit=limit):
             try:
-                job = refresh_job(db, job.id, settings=cli_settings()).job
+                job = refresh_job(db, stored_id(job), settings=cli_settings()).job
             except Exception as error:  # noqa: BLE001 - listing must work even when OpenAI is unreachable
                 err_console.print(f"[yellow]warning:[/yellow] cannot refresh job #{job.id}: {escape(str(error))}")
             records.append(job_record(db, job))
@@ -157,8 +171,6 @@ def jobs(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
 
 def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Registered models; the one marked * is in use."""
-    from storage.jobs import list_models, model_record
-
     with database_errors(), open_database() as db:
         records = [model_record(m) for m in list_models(db)]
         if as_json:
@@ -183,8 +195,6 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 
 def use(name: Annotated[str, typer.Argument(help="Model name (or id) from `ftbot models`.")]) -> None:
     """Mark a registered model as the one evaluations and drafts use."""
-    from storage.jobs import use_model
-
     with database_errors(), open_database() as db:
         model = use_model(db, name)
         console.print(f"Now using [bold]{escape(model.name)}[/bold] ({model.backend}, {escape(model.location)}).")
@@ -192,8 +202,6 @@ def use(name: Annotated[str, typer.Argument(help="Model name (or id) from `ftbot
 
 def cancel(job_id: Annotated[int, typer.Argument(help="Job id from `ftbot jobs`.")]) -> None:
     """Stop a training job (OpenAI or local)."""
-    from trainers.training.jobs import cancel_job
-
     with database_errors(), open_database() as db:
         job = cancel_job(db, job_id, settings=cli_settings())
         console.print(f"Job #{job.id} is {job.status}.")

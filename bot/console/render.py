@@ -39,7 +39,7 @@ def mrkdwn_to_text(text: str, name_of: Callable[[str], str] = lambda u: u) -> st
     return out.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
-def _text(obj: Any, name_of: Callable[[str], str]) -> str:
+def _text(obj: object, name_of: Callable[[str], str]) -> str:
     if not isinstance(obj, dict):
         return ""
     text = obj.get("text") or ""

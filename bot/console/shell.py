@@ -19,18 +19,22 @@ import shlex
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 from urllib.parse import urlencode
 
-from slack_bolt import BoltRequest
+from slack_bolt import BoltRequest, BoltResponse
 from slack_sdk.signature import SignatureVerifier
 
+from bot.app import bot_context, build_app
 from bot.console.fake_slack import Call, FakeSlack
 from bot.console.render import Button, file_lines, is_binary, mrkdwn_to_text, render_blocks
 from bot.executor import TrackingExecutor, wait_all_idle
 from storage.config import Settings
+from storage.db import Database
+from trainers.data.imports import import_file
 
 CHANNEL = "C0SUPPORT"
 PEOPLE = {"customer": "U0CUSTOMER", "agent": "U0AGENT", "lead": "U0LEAD"}
@@ -55,7 +59,7 @@ Type a message to post it in #support as the current person (start with @ftbot t
 class Console:
     """The console session: a fake workspace, the real app, and a line-oriented REPL."""
 
-    def __init__(self, settings: Settings, db: Any, *, out: TextIO = sys.stdout, files_dir: Path | None = None):
+    def __init__(self, settings: Settings, db: Database, *, out: TextIO = sys.stdout, files_dir: Path | None = None):
         self.out = out
         # Binary uploads (loss curves, evaluation charts) are saved here and named in the output.
         self.files_dir = files_dir or settings.home / "console-files"
@@ -74,9 +78,8 @@ class Console:
                                             **demo_roles)
         self._verifier = SignatureVerifier(secret)
         self.executor = TrackingExecutor(max_workers=4)
-        from bot.app import build_app
-
         self.app = build_app(self.settings, db, listener_executor=self.executor)
+        self.bot = bot_context(self.app)
         self.user = PEOPLE["customer"]
         self.thread_ts: str | None = None
         self.numbers: dict[str, int] = {}  # message ts -> number shown
@@ -142,9 +145,9 @@ class Console:
             self.say("== App Home ==", *render_blocks(view.get("blocks") or [], name_of=self.name_of, buttons=self.buttons,
                                                       where=("view", view["id"], "")))
         elif call.method in ("reactions.add", "reactions.remove"):
-            n = self.numbers.get(args.get("timestamp", ""), "?")
+            number = self.numbers.get(args.get("timestamp", ""))
             verb = "reacted" if call.method == "reactions.add" else "removed its reaction"
-            self.say(f"  (ftbot {verb} :{args.get('name')}: on #{n})")
+            self.say(f"  (ftbot {verb} :{args.get('name')}: on #{number or '?'})")
         elif call.method == "files.completeUploadExternal":
             for f in response.get("files") or []:
                 content = (self.fake.files.get(f["id"]) or {}).get("content") or b""
@@ -182,15 +185,17 @@ class Console:
         self.say(f"┌ modal: {title}{actions} · :cancel to close", *lines, "└")
 
     # ---- requests to the app ----------------------------------------------------------------------------------------
-    def _dispatch(self, body: str, content_type: str) -> Any:
+    def _dispatch(self, body: str, content_type: str) -> BoltResponse:
         timestamp = str(int(time.time()))
-        headers = {"Content-Type": content_type, "X-Slack-Request-Timestamp": timestamp,
-                   "X-Slack-Signature": self._verifier.generate_signature(timestamp=timestamp, body=body)}
+        # slack_sdk types the signature as optional; it is None only when the timestamp or the body is.
+        signature = cast(str, self._verifier.generate_signature(timestamp=timestamp, body=body))
+        headers: dict[str, str | Sequence[str]] = {"Content-Type": content_type, "X-Slack-Request-Timestamp": timestamp,
+                                                   "X-Slack-Signature": signature}
         response = self.app.dispatch(BoltRequest(body=body, headers=headers))
-        wait_all_idle(self.executor, self.app.ftbot.work, timeout=60)
+        wait_all_idle(self.executor, self.bot.work, timeout=60)
         return response
 
-    def _interactive(self, payload: dict[str, Any]) -> Any:
+    def _interactive(self, payload: dict[str, Any]) -> BoltResponse:
         base = {"team": {"id": self.fake.team_id, "domain": self.fake.team_domain},
                 "user": {"id": self.user, "name": self.name_of(self.user), "team_id": self.fake.team_id},
                 "api_app_id": "A0FTBOT", "token": "console", "trigger_id": self.fake.new_trigger_id()}
@@ -269,7 +274,8 @@ class Console:
         kind, place, ts = button.where
         payload: dict[str, Any] = {"type": "block_actions", "actions": [action]}
         if kind == "view":
-            view = self.view if self.view and self.view["id"] == place else self.fake.views.get(place) or self.fake.home_views.get(self.user)
+            view = self.view if self.view and self.view["id"] == place else None
+            view = view or self.fake.views.get(place) or self.fake.home_views.get(self.user)
             payload["container"] = {"type": "view", "view_id": place}
             payload["view"] = {**(view or {}), "state": {"values": self._state_values()}}
         else:
@@ -310,12 +316,8 @@ class Console:
         self.say("  (form closed)")
 
     def load_sample(self) -> None:
-        from importlib.resources import as_file, files
-
-        from trainers.data.imports import import_file
-
         with as_file(files("bot") / "data" / "sample.jsonl") as path:
-            result = import_file(self.app.ftbot.db, path, approved_by="console", max_line_bytes=self.app.ftbot.settings.max_line_bytes)
+            result = import_file(self.bot.db, path, approved_by="console", max_line_bytes=self.bot.settings.max_line_bytes)
         self.say(f"  (sample dataset: {result.added} examples added, {result.unchanged} already there;"
                  " try /ft validate, /ft price or /ft train local)")
 
@@ -414,13 +416,13 @@ class Console:
                 break
 
     def close(self) -> None:
-        wait_all_idle(self.executor, self.app.ftbot.work, timeout=30)
+        wait_all_idle(self.executor, self.bot.work, timeout=30)
         self.executor.shutdown(wait=True)
-        self.app.ftbot.work.shutdown(wait=True)
+        self.bot.work.shutdown(wait=True)
         self.fake.stop()
 
 
-def run_console(settings: Settings, db: Any, *, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
+def run_console(settings: Settings, db: Database, *, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
     console = Console(settings, db, out=out)
     try:
         console.run(None if stdin.isatty() else stdin)

@@ -41,7 +41,7 @@ from bot.evaluation import commands, judge, quotes, votes
 # a bot restarted on such a database must still find it here.
 from bot.evaluation.rounds import close_due_rounds_job
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 __all__ = ["register", "close_due_rounds_job"]
 
 
-def register(app: App, bot: "BotContext") -> None:
+def register(app: App, bot: BotContext) -> None:
     """``/ft eval``, ``/ft results``, ``/ft judge``, the Post/Cancel and Judge/Cancel buttons and the reaction listeners."""
     bot.router.add(
         "eval", usage="/ft eval [model] [--n 20] · /ft eval add <link|question> · /ft eval close|resume|cancel [round]",

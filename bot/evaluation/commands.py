@@ -18,15 +18,15 @@ from bot.evaluation.quotes import generation_cost, generation_quote
 from bot.evaluation.rounds import close_and_report, close_due_rounds, is_in_flight, post_results, post_round, run_round
 from bot.evaluation.views import results_blocks
 from bot.threads import UserNames
-from storage import evals
+from storage import eval_prompts, evals
 from storage.errors import FtbotError
 from storage.evals import RoundStatus
 from storage.jobs import ModelNotFound, active_model, get_model, list_models
-from storage.models import EvalRound, RegisteredModel, TrainingBackend
+from storage.models import EvalRound, RegisteredModel, TrainingBackend, stored_id
 from trainers.evaluation.generation import BASE, baseline_name, display_name, model_spec, registered_spec
 from trainers.evaluation.results import resolve_round, round_report
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
 
 DEFAULT_N = 20
@@ -34,7 +34,7 @@ MAX_N = 200
 _start_lock = threading.Lock()
 
 
-def eval_command(bot: "BotContext", ctx: CommandContext) -> None:
+def eval_command(bot: BotContext, ctx: CommandContext) -> None:
     """``/ft eval``: start a round, or the subcommand named first."""
     sub = ctx.args[0].lower() if ctx.args else ""
     if sub == "add":
@@ -87,7 +87,7 @@ def parse_round_arg(args: list[str]) -> int | None:
 # --- starting a round -----------------------------------------------------------------------------------------------
 
 
-def _candidate(bot: "BotContext", name: str | None) -> RegisteredModel:
+def _candidate(bot: BotContext, name: str | None) -> RegisteredModel:
     if name:
         return get_model(bot.db, name)
     model = active_model(bot.db)
@@ -99,7 +99,7 @@ def _candidate(bot: "BotContext", name: str | None) -> RegisteredModel:
     return model
 
 
-def choose_baseline(bot: "BotContext", candidate: RegisteredModel) -> str:
+def choose_baseline(bot: BotContext, candidate: RegisteredModel) -> str:
     """``FTBOT_EVAL_BASELINE``; by default (``base``) the model the candidate started from: for a DPO model that
     continued a fine-tuned one, that parent — the votes must say whether DPO improved on it — else its base model."""
     configured = bot.settings.eval_baseline
@@ -112,21 +112,21 @@ def choose_baseline(bot: "BotContext", candidate: RegisteredModel) -> str:
     return baseline_name(bot.db, candidate, configured)
 
 
-def _refuse_if_preparing(bot: "BotContext", channel: str) -> None:
+def _refuse_if_preparing(bot: BotContext, channel: str) -> None:
     """One round in preparation per channel: say which, and how to finish or drop it."""
     preparing = (RoundStatus.QUOTED, RoundStatus.GENERATING, RoundStatus.POSTING)
     busy = [r for r in evals.list_rounds(bot.db, statuses=preparing) if r.channel == channel]
     if not busy:
         return
     last = busy[-1]
-    if last.status != RoundStatus.QUOTED and not is_in_flight(bot, last.id):
+    if last.status != RoundStatus.QUOTED and not is_in_flight(bot, stored_id(last)):
         raise FtbotError(f"round #{last.id} stopped while {last.status} (was ftbot restarted?): "
                          f"`/ft eval resume {last.id}` finishes it, `/ft eval cancel {last.id}` drops it.")
     raise FtbotError(f"round #{last.id} is still being prepared in this channel ({last.status}); "
                      f"wait for it to be posted, or `/ft eval cancel {last.id}`.")
 
 
-def start_round(bot: "BotContext", ctx: CommandContext, model_name: str | None, n: int) -> EvalRound:
+def start_round(bot: BotContext, ctx: CommandContext, model_name: str | None, n: int) -> EvalRound:
     """Create the round and either ask to confirm the OpenAI cost or start generating."""
     if not bot.roles.may_train(ctx.user_id):
         raise FtbotError("only trainers can start an evaluation round (FTBOT_TRAINERS); ask an ftbot admin.")
@@ -134,7 +134,7 @@ def start_round(bot: "BotContext", ctx: CommandContext, model_name: str | None, 
     _refuse_if_preparing(bot, ctx.channel_id)
     candidate = _candidate(bot, model_name)
     baseline = choose_baseline(bot, candidate)
-    items = evals.eval_items(bot.db, candidate, limit=n)
+    items = eval_prompts.eval_items(bot.db, candidate, limit=n)
     if not items:
         raise FtbotError(
             f"there are no held-out questions for {candidate.name}: its snapshot has no validation questions it did not "
@@ -150,15 +150,16 @@ def start_round(bot: "BotContext", ctx: CommandContext, model_name: str | None, 
             bot.db, candidate_model=candidate.name, baseline_model=baseline, prompts=[item.prompt for item in items],
             channel=ctx.channel_id, created_by=ctx.user_id, status=RoundStatus.QUOTED if paid else RoundStatus.GENERATING,
         ).example
+    round_id = stored_id(round_)
     who = f"*{len(items)}* questions, {bk.escape(display_name(candidate.name))} vs {bk.escape(display_name(baseline))}"
     if not paid:
-        ctx.respond(f"Round #{round_.id}: {len(items)} questions. Generating answers locally; the blind comparisons "
-                    "will be posted in this channel.", blocks=[bk.section(f":hourglass_flowing_sand: Round #{round_.id}: {who}. "
+        ctx.respond(f"Round #{round_id}: {len(items)} questions. Generating answers locally; the blind comparisons "
+                    "will be posted in this channel.", blocks=[bk.section(f":hourglass_flowing_sand: Round #{round_id}: {who}. "
                     "Generating answers locally; the blind comparisons will be posted here.")])
-        bot.defer(run_round, bot, round_.id, started_by=ctx.user_id)
+        bot.defer(run_round, bot, round_id, started_by=ctx.user_id)
         return round_
 
-    text, blocks = generation_quote(round_.id, len(items), who, quote_lines, quote_total, bot.settings)
+    text, blocks = generation_quote(round_id, len(items), who, quote_lines, quote_total, bot.settings)
     ctx.respond(text, blocks=blocks)
     return round_
 
@@ -166,7 +167,7 @@ def start_round(bot: "BotContext", ctx: CommandContext, model_name: str | None, 
 # --- close, resume, cancel, results ---------------------------------------------------------------------------------
 
 
-def _votable_round(bot: "BotContext", channel: str, round_id: int | None) -> EvalRound:
+def _votable_round(bot: BotContext, channel: str, round_id: int | None) -> EvalRound:
     if round_id is not None:
         return evals.get_round(bot.db, round_id)
     round_ = evals.latest_round(bot.db, channel=channel, statuses=RoundStatus.VOTABLE) or evals.latest_round(
@@ -176,16 +177,16 @@ def _votable_round(bot: "BotContext", channel: str, round_id: int | None) -> Eva
     return round_
 
 
-def close_command(bot: "BotContext", ctx: CommandContext) -> None:
+def close_command(bot: BotContext, ctx: CommandContext) -> None:
     if not bot.roles.may_train(ctx.user_id):
         raise FtbotError("only trainers can close an evaluation round (FTBOT_TRAINERS).")
     round_ = _votable_round(bot, ctx.channel_id, parse_round_arg(ctx.args[1:]))
-    if not close_and_report(bot, round_.id, closed_by=ctx.user_id):
+    if not close_and_report(bot, stored_id(round_), closed_by=ctx.user_id):
         raise FtbotError(f"round #{round_.id} is {round_.status}, not open for voting; `/ft results {round_.id}` shows it.")
     ctx.respond(f"Closed round #{round_.id}; the results are posted in the channel.")
 
 
-def resume_command(bot: "BotContext", ctx: CommandContext) -> None:
+def resume_command(bot: BotContext, ctx: CommandContext) -> None:
     """Finish a round a restart interrupted: generation is resumable, posting skips what is already posted."""
     if not bot.roles.may_train(ctx.user_id):
         raise FtbotError("only trainers can resume an evaluation round (FTBOT_TRAINERS).")
@@ -209,7 +210,7 @@ def resume_command(bot: "BotContext", ctx: CommandContext) -> None:
         raise FtbotError(f"round #{round_id} is {round_.status}: there is nothing to resume.")
 
 
-def cancel_command(bot: "BotContext", ctx: CommandContext) -> None:
+def cancel_command(bot: BotContext, ctx: CommandContext) -> None:
     if not bot.roles.may_train(ctx.user_id):
         raise FtbotError("only trainers can cancel an evaluation round (FTBOT_TRAINERS).")
     round_id = parse_round_arg(ctx.args[1:])
@@ -224,12 +225,12 @@ def cancel_command(bot: "BotContext", ctx: CommandContext) -> None:
     ctx.respond(f"Round #{round_id} cancelled.")
 
 
-def results_command(bot: "BotContext", ctx: CommandContext) -> None:
+def results_command(bot: BotContext, ctx: CommandContext) -> None:
     """``/ft results [round]``: posted in the channel once voting closed, else an interim tally to the asker only."""
     close_due_rounds(bot)
     round_ = resolve_round(bot.db, parse_round_arg(ctx.args), channel=ctx.channel_id)
     if round_.status == RoundStatus.CLOSED:
-        post_results(bot, round_.id, channel=ctx.channel_id)
+        post_results(bot, stored_id(round_), channel=ctx.channel_id)
         ctx.respond(f"Posted the results of round #{round_.id}.")
         return
     # Still open: interim numbers to the asker only, model names hidden, so the tally does not sway the voters.

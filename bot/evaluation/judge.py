@@ -16,10 +16,11 @@ from slack_bolt import Respond
 from bot import blocks as bk
 from bot.commands import CommandContext
 from bot.evaluation.commands import parse_round_arg
-from bot.evaluation.quotes import estimate_line, quote_blocks
+from bot.evaluation.quotes import estimate_line, evaluation_quote_blocks
 from storage.errors import FtbotError
 from storage.evals import RoundStatus
 from storage.events import claim_event
+from storage.models import stored_id
 from trainers.data.pricing import load_price_table
 from trainers.evaluation.judge import (
     JUDGE_MAX_TOKENS,
@@ -28,14 +29,14 @@ from trainers.evaluation.judge import (
 )
 from trainers.evaluation.results import resolve_round, round_report
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
 
 JUDGE_ACTION = "ft_judge_run"
 JUDGE_CANCEL_ACTION = "ft_judge_cancel"
 
 
-def judge_command(bot: "BotContext", ctx: CommandContext) -> None:
+def judge_command(bot: BotContext, ctx: CommandContext) -> None:
     """Quote what judging a round costs (OpenAI), with Judge / Cancel; nothing is spent before Judge."""
     if not bot.roles.may_train(ctx.user_id):
         raise FtbotError("only trainers can run the LLM judge (it calls OpenAI); ask an ftbot admin.")
@@ -50,7 +51,7 @@ def judge_command(bot: "BotContext", ctx: CommandContext) -> None:
     round_ = resolve_round(bot.db, parse_round_arg(args), channel=ctx.channel_id)
     if round_.status not in RoundStatus.WITH_RESULTS:
         raise FtbotError(f"round #{round_.id} is {round_.status}: there are no posted answers to judge.")
-    estimate = estimate_judge_cost(bot.db, round_.id, model, prices=load_price_table(bot.settings.prices_file))
+    estimate = estimate_judge_cost(bot.db, stored_id(round_), model, prices=load_price_table(bot.settings.prices_file))
     if not estimate.prompts:
         raise FtbotError(f"round #{round_.id} has no question with both answers to judge.")
     questions = estimate.prompts // 2
@@ -60,7 +61,7 @@ def judge_command(bot: "BotContext", ctx: CommandContext) -> None:
     value = json.dumps({"round": round_.id, "model": model, "quote": uuid.uuid4().hex}, separators=(",", ":"))
     text = (f"Judging round #{round_.id} with {model}: {questions} questions, each judged twice (answers swapped), "
             f"costs {cost}. Judge or cancel?")
-    blocks = quote_blocks(
+    blocks = evaluation_quote_blocks(
         f"Round #{round_.id}: judging *{questions}* questions twice (answers swapped) with `{bk.escape(model)}` "
         f"costs {f'at most *${estimate.max_usd:.4f}*' if priced else '*an unknown amount*'}:\n"
         + estimate_line(estimate),
@@ -77,11 +78,11 @@ def _judge_button(action: dict[str, Any]) -> tuple[int, str, str]:
     return int(value["round"]), str(value["model"]), str(value["quote"])
 
 
-def _claim_judge_quote(bot: "BotContext", quote: str) -> bool:
+def _claim_judge_quote(bot: BotContext, quote: str) -> bool:
     return claim_event(bot.db, f"judge_quote:{quote}")
 
 
-def accept_judge_quote(bot: "BotContext", body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+def accept_judge_quote(bot: BotContext, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
     """The Judge button: judge the round (once) in the background and replace the quote with the result."""
     user = (body.get("user") or {}).get("id")
     if not bot.roles.may_train(user):
@@ -101,7 +102,7 @@ def accept_judge_quote(bot: "BotContext", body: dict[str, Any], action: dict[str
     bot.defer(run_judge, bot, round_id, model, say)
 
 
-def cancel_judge_quote(bot: "BotContext", action: dict[str, Any], respond: Respond) -> None:
+def cancel_judge_quote(bot: BotContext, action: dict[str, Any], respond: Respond) -> None:
     """The Cancel button of a judge quote: nothing was spent."""
     round_id, _, quote = _judge_button(action)
     if _claim_judge_quote(bot, quote):
@@ -111,7 +112,7 @@ def cancel_judge_quote(bot: "BotContext", action: dict[str, Any], respond: Respo
                 response_type="ephemeral", replace_original=False)
 
 
-def run_judge(bot: "BotContext", round_id: int, model: str, say: Callable[[str, list[bk.Block] | None], None]) -> None:
+def run_judge(bot: BotContext, round_id: int, model: str, say: Callable[[str, list[bk.Block] | None], None]) -> None:
     """Judge the round (the slow part: two OpenAI calls per question) and tell the result through `say`."""
     try:
         run = judge_round(bot.db, round_id, model=model, client=bot.openai_client, max_retries=bot.settings.openai_max_retries)

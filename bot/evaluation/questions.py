@@ -24,15 +24,15 @@ from bot.threads import (
     parse_permalink,
     resolve_bot_user_id,
 )
-from storage import evals
+from storage import eval_prompts
 from storage.errors import FtbotError
 from storage.jobs import list_models
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
 
 
-def question_turns(bot: "BotContext", client: WebClient, channel: str, ts: str, thread_ts: str | None,
+def question_turns(bot: BotContext, client: WebClient, channel: str, ts: str, thread_ts: str | None,
                    *, bot_user_id: str | None) -> list[Turn]:
     """The conversation up to the customer's question the link points at (a link to a team reply: the question before it)."""
     thread = fetch_thread(client, channel, thread_ts or ts)
@@ -55,7 +55,7 @@ def question_turns(bot: "BotContext", client: WebClient, channel: str, ts: str, 
     return [{"role": "system", "content": channel_system_prompt(bot, channel)}, *turns]
 
 
-def add_question(bot: "BotContext", ctx: CommandContext) -> None:
+def add_question(bot: BotContext, ctx: CommandContext) -> None:
     """``/ft eval add <message link|question text>``."""
     if not bot.roles.may_capture(ctx.user_id):
         raise FtbotError("only the support team can add evaluation questions (FTBOT_AGENTS/REVIEWERS/TRAINERS).")
@@ -72,8 +72,8 @@ def add_question(bot: "BotContext", ctx: CommandContext) -> None:
         messages = [{"role": "system", "content": channel_system_prompt(bot, ctx.channel_id)},
                     {"role": "user", "content": rest.strip()}]
         source = None
-    result = evals.add_eval_prompt(bot.db, messages, source_key=source, added_by=ctx.user_id)
-    count = len(evals.list_eval_prompts(bot.db))
+    result = eval_prompts.add_eval_prompt(bot.db, messages, source_key=source, added_by=ctx.user_id)
+    count = len(eval_prompts.list_eval_prompts(bot.db))
     question = bk.truncate(messages[-1]["content"], 300)
     if not result.created:
         ctx.respond(f"That question is already in the evaluation set (#{result.example.id}).")
@@ -81,16 +81,17 @@ def add_question(bot: "BotContext", ctx: CommandContext) -> None:
     warning = ""
     trained = _trained_by(bot, result.example.content_hash)
     if trained:
-        warning = f"\n:warning: {bk.escape(', '.join(trained))} trained on this exact question, so it is skipped when evaluating that model."
+        warning = (f"\n:warning: {bk.escape(', '.join(trained))} trained on this exact question, "
+                   "so it is skipped when evaluating that model.")
     ctx.respond(f"Added evaluation question #{result.example.id} ({count} added by hand so far).",
                 blocks=[bk.section(f":white_check_mark: Added evaluation question #{result.example.id}:\n{blockquote(question)}"
                                    f"\n{count} question(s) added by hand; each round also uses the model's validation split.{warning}")])
 
 
-def _trained_by(bot: "BotContext", digest: str) -> list[str]:
+def _trained_by(bot: BotContext, digest: str) -> list[str]:
     """The newest models (ten at most) that trained on the question with this hash."""
     names = []
     for model in list_models(bot.db)[:10]:
-        if digest in evals.model_trained_prompt_hashes(bot.db, model):  # its SFT parent's training counts too
+        if digest in eval_prompts.model_trained_prompt_hashes(bot.db, model):  # its SFT parent's training counts too
             names.append(model.name)
     return names

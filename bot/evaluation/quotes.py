@@ -15,7 +15,8 @@ from bot import blocks as bk
 from bot.evaluation.rounds import run_round
 from storage import evals
 from storage.config import Settings
-from storage.evals import EvalItem, RoundStatus
+from storage.eval_prompts import EvalItem
+from storage.evals import RoundStatus
 from trainers.data.pricing import load_price_table
 from trainers.evaluation.inference import (
     CostEstimate,
@@ -25,7 +26,7 @@ from trainers.evaluation.inference import (
     mean_answer_tokens,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
 
 POST_ACTION = "ft_eval_post"
@@ -69,9 +70,10 @@ def generation_cost(paid: list[ModelSpec], items: list[EvalItem], settings: Sett
     return lines, total
 
 
-def quote_blocks(summary: str, footnote: str, *, confirm: tuple[str, str], cancel_action: str, value: str,
-                 block_id: str, settings: Settings) -> list[bk.Block]:
-    """The ephemeral cost quote: what it costs, where the prices come from, and confirm / Cancel buttons."""
+def evaluation_quote_blocks(summary: str, footnote: str, *, confirm: tuple[str, str], cancel_action: str, value: str,
+                            block_id: str, settings: Settings) -> list[bk.Block]:
+    """The ephemeral cost quote of OpenAI calls an evaluation makes (generating a round's answers, judging a round):
+    what it costs, where the prices come from, and confirm / Cancel buttons."""
     label, action_id = confirm
     return [
         bk.section(f":moneybag: {summary}"),
@@ -84,11 +86,12 @@ def quote_blocks(summary: str, footnote: str, *, confirm: tuple[str, str], cance
     ]
 
 
-def generation_quote(round_id: int, questions: int, who: str, lines: list[str], total: str, settings: Settings) -> tuple[str, list[bk.Block]]:
+def generation_quote(round_id: int, questions: int, who: str, lines: list[str], total: str,
+                     settings: Settings) -> tuple[str, list[bk.Block]]:
     """(fallback text, blocks) asking to confirm what generating the round's answers with OpenAI costs."""
     text = (f"Round #{round_id}: generating {questions} answers per model with OpenAI costs "
             f"{total.replace('*', '')}. Post or cancel?")
-    blocks = quote_blocks(
+    blocks = evaluation_quote_blocks(
         f"Round #{round_id}: {who}.\nOpenAI generation costs {total}:\n" + "\n".join(lines),
         "output length is estimated from the team's reference replies.",
         confirm=("Post", POST_ACTION), cancel_action=CANCEL_ACTION, value=str(round_id), block_id=f"eval_quote_{round_id}",
@@ -97,7 +100,7 @@ def generation_quote(round_id: int, questions: int, who: str, lines: list[str], 
     return text, blocks
 
 
-def post_quoted_round(bot: "BotContext", body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+def post_quoted_round(bot: BotContext, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
     """The Post button: start generating (once) the round the quote was for."""
     user = (body.get("user") or {}).get("id")
     round_id = int(action.get("value") or 0)
@@ -114,7 +117,7 @@ def post_quoted_round(bot: "BotContext", body: dict[str, Any], action: dict[str,
     bot.defer(run_round, bot, round_id, started_by=user)
 
 
-def cancel_quoted_round(bot: "BotContext", action: dict[str, Any], respond: Respond) -> None:
+def cancel_quoted_round(bot: BotContext, action: dict[str, Any], respond: Respond) -> None:
     """The Cancel button: drop the quoted round; nothing was generated."""
     round_id = int(action.get("value") or 0)
     if evals.move_round(bot.db, round_id, RoundStatus.CANCELLED, from_status=RoundStatus.QUOTED):

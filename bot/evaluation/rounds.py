@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from slack_sdk.errors import SlackApiError
+from slack_sdk.web import SlackResponse
 
 from bot import blocks as bk
 from bot.evaluation.views import comparison_message, full_comparison_text, results_blocks
@@ -25,13 +26,13 @@ from bot.threads import UserNames
 from storage import evals
 from storage.errors import FtbotError
 from storage.evals import RoundStatus
-from storage.models import EvalRound, utcnow
+from storage.models import EvalRound, stored_id, utcnow
 from trainers.evaluation.charts import results_png
-from trainers.evaluation.inference import GenerationSettings
 from trainers.evaluation.generation import generate_round, read_log_tail, round_needs_worker, spawn_generation
+from trainers.evaluation.inference import GenerationSettings
 from trainers.evaluation.results import round_report
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ PROGRESS_EVERY_SECONDS = 3.0
 _in_flight_lock = threading.Lock()
 
 
-def call_slack(method: Callable[..., Any], /, *, attempts: int = 5, **kwargs: Any) -> Any:
+def call_slack(method: Callable[..., SlackResponse], /, *, attempts: int = 5, **kwargs: Any) -> SlackResponse:
     """Call a Web API method, waiting out 429s (Retry-After) beyond the client's own retries."""
     for attempt in range(attempts):
         try:
@@ -54,7 +55,8 @@ def call_slack(method: Callable[..., Any], /, *, attempts: int = 5, **kwargs: An
             limited = response.status_code == 429 or response.get("error") == "ratelimited"
             if not limited or attempt == attempts - 1:
                 raise
-            retry_after = float((response.headers or {}).get("Retry-After") or (response.headers or {}).get("retry-after") or 1)
+            headers = response.headers or {}
+            retry_after = float(headers.get("Retry-After") or headers.get("retry-after") or 1)
             time.sleep(min(max(retry_after, 0.1), 30.0))
     raise AssertionError("unreachable")
 
@@ -62,7 +64,7 @@ def call_slack(method: Callable[..., Any], /, *, attempts: int = 5, **kwargs: An
 class _ProgressMessage:
     """The one channel message that shows a round's progress (posted once, then updated)."""
 
-    def __init__(self, bot: "BotContext", round_: EvalRound):
+    def __init__(self, bot: BotContext, round_: EvalRound):
         self.bot = bot
         self.round = round_
         self.ts: str | None = None
@@ -89,13 +91,13 @@ class _ProgressMessage:
 # --- one thread per round in this process -------------------------------------------------------------------------
 
 
-def is_in_flight(bot: "BotContext", round_id: int) -> bool:
+def is_in_flight(bot: BotContext, round_id: int) -> bool:
     """Whether a thread of this process is generating or posting the round right now."""
     with _in_flight_lock:
         return round_id in bot.rounds_in_flight
 
 
-def _claim_in_process(bot: "BotContext", round_id: int) -> bool:
+def _claim_in_process(bot: BotContext, round_id: int) -> bool:
     """One thread per round in this process (the database status guards against other processes)."""
     with _in_flight_lock:
         rounds = bot.rounds_in_flight
@@ -105,7 +107,7 @@ def _claim_in_process(bot: "BotContext", round_id: int) -> bool:
         return True
 
 
-def _release_in_process(bot: "BotContext", round_id: int) -> None:
+def _release_in_process(bot: BotContext, round_id: int) -> None:
     with _in_flight_lock:
         bot.rounds_in_flight.discard(round_id)
 
@@ -113,7 +115,7 @@ def _release_in_process(bot: "BotContext", round_id: int) -> None:
 # --- generating -----------------------------------------------------------------------------------------------------
 
 
-def run_round(bot: "BotContext", round_id: int, *, started_by: str | None = None,
+def run_round(bot: BotContext, round_id: int, *, started_by: str | None = None,
               poll_seconds: float = 1.0) -> None:
     """Generate the round's answers (worker process for local models, this thread for OpenAI), then post them."""
     if not _claim_in_process(bot, round_id):
@@ -124,7 +126,7 @@ def run_round(bot: "BotContext", round_id: int, *, started_by: str | None = None
         _release_in_process(bot, round_id)
 
 
-def _run_round(bot: "BotContext", round_id: int, *, started_by: str | None, poll_seconds: float) -> None:
+def _run_round(bot: BotContext, round_id: int, *, started_by: str | None, poll_seconds: float) -> None:
     round_ = evals.get_round(bot.db, round_id)
     progress = _ProgressMessage(bot, round_)
     total = len(evals.round_comparisons(bot.db, round_id))
@@ -164,7 +166,7 @@ def _run_round(bot: "BotContext", round_id: int, *, started_by: str | None, poll
         _posting_stopped(round_id, progress, error)
 
 
-def _wait_for_worker(bot: "BotContext", process: subprocess.Popen, round_id: int, total: int,
+def _wait_for_worker(bot: BotContext, process: subprocess.Popen, round_id: int, total: int,
                      progress: _ProgressMessage, poll_seconds: float) -> int:
     while True:
         code = process.poll()
@@ -185,7 +187,7 @@ def _posting_stopped(round_id: int, progress: _ProgressMessage, error: SlackApiE
     progress.show(f"posting stopped: Slack said {reason}.{hint} `/ft eval resume {round_id}` posts the rest.")
 
 
-def post_round(bot: "BotContext", round_id: int, *, started_by: str | None = None, resume: bool = False) -> bool:
+def post_round(bot: BotContext, round_id: int, *, started_by: str | None = None, resume: bool = False) -> bool:
     """Post every comparison of a generated round not posted yet, then open voting (False: another caller does it)."""
     if not _claim_in_process(bot, round_id):
         return False
@@ -200,7 +202,7 @@ def post_round(bot: "BotContext", round_id: int, *, started_by: str | None = Non
         _release_in_process(bot, round_id)
 
 
-def _post_round(bot: "BotContext", round_id: int, *, progress: _ProgressMessage | None = None,
+def _post_round(bot: BotContext, round_id: int, *, progress: _ProgressMessage | None = None,
                 started_by: str | None = None, resume: bool = False) -> bool:
     claimed = evals.move_round(bot.db, round_id, RoundStatus.POSTING, from_status=RoundStatus.GENERATING)
     if not claimed and not (resume and evals.get_round(bot.db, round_id).status == RoundStatus.POSTING):
@@ -219,7 +221,7 @@ def _post_round(bot: "BotContext", round_id: int, *, progress: _ProgressMessage 
         text, view, truncated = comparison_message(comparison, index, total)
         posted = call_slack(client.chat_postMessage, channel=channel, text=text, blocks=view, unfurl_links=False,
                             unfurl_media=False)
-        evals.set_comparison_message(bot.db, comparison.id, channel=posted["channel"], message_ts=posted["ts"])
+        evals.set_comparison_message(bot.db, stored_id(comparison), channel=posted["channel"], message_ts=posted["ts"])
         for name in SEED_REACTIONS:
             try:
                 call_slack(client.reactions_add, channel=posted["channel"], timestamp=posted["ts"], name=name)
@@ -257,7 +259,7 @@ def _post_round(bot: "BotContext", round_id: int, *, progress: _ProgressMessage 
 # --- closing and results --------------------------------------------------------------------------------------------
 
 
-def close_and_report(bot: "BotContext", round_id: int, *, closed_by: str | None = None) -> bool:
+def close_and_report(bot: BotContext, round_id: int, *, closed_by: str | None = None) -> bool:
     """Close voting (once), store the preference pairs and post the revealed results with the chart."""
     if not evals.close_round(bot.db, round_id):
         return False
@@ -271,7 +273,7 @@ def close_and_report(bot: "BotContext", round_id: int, *, closed_by: str | None 
     return True
 
 
-def post_results(bot: "BotContext", round_id: int, *, channel: str, note: str | None = None) -> dict[str, Any]:
+def post_results(bot: BotContext, round_id: int, *, channel: str, note: str | None = None) -> SlackResponse:
     """Post the results (revealed once closed) and upload the chart PNG to the channel."""
     report = round_report(bot.db, round_id)
     text, view = results_blocks(report, note=note, name_of=UserNames(bot.client))
@@ -288,12 +290,12 @@ def post_results(bot: "BotContext", round_id: int, *, channel: str, note: str | 
     return posted
 
 
-def close_due_rounds(bot: "BotContext") -> int:
+def close_due_rounds(bot: BotContext) -> int:
     """Close every round whose voting time is over (the scheduler calls this; commands and events too)."""
     closed = 0
     for round_ in evals.due_rounds(bot.db):
         try:
-            closed += close_and_report(bot, round_.id)
+            closed += close_and_report(bot, stored_id(round_))
         except Exception:
             log.exception("closing round %s failed", round_.id)
     return closed
@@ -309,7 +311,7 @@ def close_due_rounds_job(key: str) -> None:
         unschedule(bot, CLOSE_JOB_ID)
 
 
-def _schedule_close_check(bot: "BotContext") -> None:
+def _schedule_close_check(bot: BotContext) -> None:
     try:
         schedule_every(bot, CLOSE_JOB_ID, close_due_rounds_job, seconds=CLOSE_CHECK_SECONDS,
                        args=(context_key(bot),), run_now=False)

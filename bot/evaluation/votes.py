@@ -9,7 +9,7 @@ vote keeps the time of the event that set it). What each reaction means is ``sto
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from slack_sdk import WebClient
@@ -18,10 +18,10 @@ from slack_sdk.errors import SlackApiError
 from bot.evaluation.rounds import call_slack, close_and_report
 from storage import evals
 from storage.evals import RoundStatus
-from storage.models import utcnow
+from storage.models import stored_id, utcnow
 from storage.votes import VoteChoice, choice_for_reaction, normalize_reaction
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,12 @@ log = logging.getLogger(__name__)
 
 def _event_time(event: dict[str, Any]) -> datetime:
     try:
-        return datetime.fromtimestamp(float(event.get("event_ts") or 0), tz=timezone.utc) if event.get("event_ts") else utcnow()
+        return datetime.fromtimestamp(float(event.get("event_ts") or 0), tz=UTC) if event.get("event_ts") else utcnow()
     except (TypeError, ValueError):
         return utcnow()
 
 
-def handle_reaction(bot: "BotContext", client: WebClient, event: dict[str, Any], *, added: bool,
+def handle_reaction(bot: BotContext, client: WebClient, event: dict[str, Any], *, added: bool,
                     bot_user_id: str | None) -> str:
     """Count, move or withdraw a vote; returns what happened (for logs and tests)."""
     item = event.get("item") or {}
@@ -49,11 +49,12 @@ def handle_reaction(bot: "BotContext", client: WebClient, event: dict[str, Any],
     comparison = evals.comparison_for_message(bot.db, item.get("channel") or "", item.get("ts") or "")
     if comparison is None:
         return "ignored: not a comparison message"
+    comparison_id = stored_id(comparison)
     round_ = evals.get_round(bot.db, comparison.round_id)
     reaction = normalize_reaction(event.get("reaction"))
     if evals.is_voting_over(round_):
         if round_.status in RoundStatus.VOTABLE:
-            bot.defer(close_and_report, bot, round_.id)  # posts the results: not on the event's listener thread
+            bot.defer(close_and_report, bot, stored_id(round_))  # posts the results: not on the event's listener thread
         if added:
             _tell(client, item.get("channel"), voter, f"Voting on round #{round_.id} has closed; that reaction was not counted.")
         return "ignored: voting closed"
@@ -64,13 +65,13 @@ def handle_reaction(bot: "BotContext", client: WebClient, event: dict[str, Any],
         return "ignored: not a voter"
     at = _event_time(event)
     if added:
-        change = evals.cast_vote(bot.db, comparison.id, voter, choice, reaction=reaction, at=at)
+        change = evals.cast_vote(bot.db, comparison_id, voter, choice, reaction=reaction, at=at)
         return f"vote {change.action}"
-    vote = evals.get_vote(bot.db, comparison.id, voter)
+    vote = evals.get_vote(bot.db, comparison_id, voter)
     if vote is None or vote.reaction != reaction:
         return "no vote to withdraw"  # that reaction no longer casts the vote: nothing to ask Slack
     fallback = _remaining_vote_reaction(client, item.get("channel") or "", item.get("ts") or "", voter, removed=reaction)
-    if not evals.retract_vote(bot.db, comparison.id, voter, reaction=reaction, at=at, fallback=fallback):
+    if not evals.retract_vote(bot.db, comparison_id, voter, reaction=reaction, at=at, fallback=fallback):
         return "no vote to withdraw"
     return f"vote moved to {fallback[0]}" if fallback else "vote withdrawn"
 

@@ -5,17 +5,20 @@
 
 from __future__ import annotations
 
-from alembic import context
+from typing import Literal
 
-import storage.models  # noqa: F401  (registers every table on SQLModel.metadata)
+from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlmodel import SQLModel
 
+import storage.models  # noqa: F401  (registers every table on SQLModel.metadata)
 from storage.migrate import include_object
 from storage.types import UTCDateTime
 
 target_metadata = SQLModel.metadata
 
-def render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
+
+def render_item(type_: str, obj: object, autogen_context: AutogenContext) -> str | Literal[False]:
     # Revisions must not import storage.types: render the database type it stands for.
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"

@@ -12,7 +12,6 @@ from tests.fixtures.slack_api import (
     app_mention,
     block_actions,
     form_values,
-    interactive_body,
     message_action,
     view_submission,
 )

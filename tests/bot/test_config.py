@@ -12,7 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+import storage.config
+from bot.app import build_client
+from bot.cli import app
 from bot.roles import Roles
 from storage.config import Settings
 from tests.fixtures.paths import REPO
@@ -37,8 +41,6 @@ def test_roles_without_configuration_allow_everyone_and_approve():
 
 
 def test_roles_with_user_ids_and_groups(fake_slack):
-    from bot.app import build_client
-
     fake_slack.add_usergroup("S_TRAIN", ["U_T1", "U_T2"])
     settings = Settings(slack_bot_token=BOT_TOKEN, slack_api_url=fake_slack.base_url, agents=("U_A",), reviewers=("U_R",),
                         trainers=("S_TRAIN",), admins=("U_ADMIN",), voters=("U_V",))
@@ -54,8 +56,6 @@ def test_roles_with_user_ids_and_groups(fake_slack):
 
 
 def test_unreadable_user_group_grants_nothing(fake_slack):
-    from bot.app import build_client
-
     settings = Settings(slack_bot_token=BOT_TOKEN, slack_api_url=fake_slack.base_url, reviewers=("S_GONE",))
     assert not Roles(settings, build_client(settings)).may_review("U_ANY")
 
@@ -146,16 +146,10 @@ def test_bot_start_and_slash_path_do_not_import_training_libraries(tmp_path):
 @pytest.fixture
 def fresh_model_warning(monkeypatch):
     """The deprecation warning is once per process: let each test see it."""
-    import storage.config
-
     monkeypatch.setattr(storage.config, "_warned_deprecated", False)
 
 
 def test_ftbot_price_defaults_to_the_openai_model_setting(tmp_path, monkeypatch, fresh_model_warning):
-    from typer.testing import CliRunner
-
-    from bot.cli import app
-
     data = tmp_path / "ten.jsonl"
     data.write_text("".join(
         json.dumps({"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}) + "\n"

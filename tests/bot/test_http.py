@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 from storage.examples import list_examples
@@ -10,8 +11,11 @@ from tests.fixtures.slack_api import (
     SlackHarness,
     event_callback,
     form_values,
+    interactive_body,
+    message_action,
     signed_headers,
     slash_command_body,
+    view_submission,
 )
 
 
@@ -91,8 +95,6 @@ def test_failed_event_is_released_so_a_retry_can_succeed(slack_bot: SlackHarness
 
 def test_shortcut_flow_over_http(slack_bot: SlackHarness):
     """The capture flow end to end through uvicorn: shortcut → modal → submission stored."""
-    from tests.fixtures.slack_api import interactive_body, message_action, view_submission
-
     h = slack_bot
     parent = h.fake.post_message("C_SUPPORT", "U_CUSTOMER", "How do I reset my password?")
     reply = h.fake.post_message("C_SUPPORT", "U_AGENT", "Click 'Forgot password' on the sign-in page and follow the email.",
@@ -112,8 +114,6 @@ def test_shortcut_flow_over_http(slack_bot: SlackHarness):
 
 def test_concurrent_duplicate_deliveries_act_once_on_both_databases(db, fake_slack):
     """Four deliveries of one event racing in parallel threads (SQLite and PostgreSQL): one App Home publish."""
-    import threading
-
     h = SlackHarness.create(db, fake_slack)
     try:
         body = json.dumps(event_callback({"type": "app_home_opened", "user": "U_AGENT", "channel": "D1", "tab": "home",

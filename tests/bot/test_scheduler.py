@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
@@ -28,7 +28,7 @@ def test_the_daily_claim_cleanup_is_scheduled_once_across_restarts(db, fake_slac
             assert job.func_ref == "bot.scheduler:forget_old_event_claims" and job.args == (context_key(harness.bot),)
             # A fixed time of day: restarting the bot does not push the next run further away.
             assert (job.next_run_time.hour, job.next_run_time.minute) == (3, 17)
-            assert job.next_run_time - datetime.now(timezone.utc) <= timedelta(days=1)
+            assert job.next_run_time - datetime.now(UTC) <= timedelta(days=1)
         finally:
             stop_scheduler(harness.bot)
             harness.close()

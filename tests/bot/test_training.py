@@ -14,11 +14,12 @@ import pytest
 from bot.scheduler import stop_scheduler
 from bot.training import DISCARD_ACTION, START_ACTION, START_OVER_BUDGET_ACTION, START_PII_ACTION, START_REDACTED_ACTION
 from storage.examples import import_records
-from storage.jobs import get_job, list_jobs, list_models
+from storage.jobs import get_job, list_jobs, list_models, register_model
 from storage.models import JobStatus
 from tests.fixtures.concurrency import wait_until
+from tests.fixtures.db import database_url
 from tests.fixtures.paths import REPO
-from tests.fixtures.slack_api import SlackHarness, block_actions, slash_command_body
+from tests.fixtures.slack_api import BOT_TOKEN, SIGNING_SECRET, SlackHarness, block_actions, slash_command_body
 from trainers.tiny_model import sample_conversations
 
 MODEL = "gpt-4o-mini-2024-07-18"
@@ -225,8 +226,6 @@ def test_cancel_discard_jobs_models_and_use(harnesses, openai_api):
     assert f"job #{job_id} cancelled" in jobs["text"]
     assert "No models registered yet" in _quote(bot, "models")["text"]
 
-    from storage.jobs import register_model
-
     register_model(bot.db, name="ft:gpt-4o-mini:acme::a1", backend="openai", base_model=MODEL, location="ft:gpt-4o-mini:acme::a1")
     register_model(bot.db, name="tiny-sft-job9", backend="local", base_model="ftbot:tiny", location="/x/adapter")
     assert "Now using *tiny-sft-job9*" in _quote(bot, "use tiny-sft-job9")["text"]
@@ -260,7 +259,8 @@ def test_the_bot_never_imports_the_ml_stack(tmp_path):
         "import sys\n"
         "from bot.app import build_app\n"
         "from storage.config import Settings\n"
-        "import bot.training, bot.cli, trainers.training.jobs, trainers.training.openai_backend, trainers.training.quote, trainers.training.launch, trainers.data.report\n"
+        "import bot.training, bot.cli, trainers.training.jobs, trainers.training.openai_backend, trainers.training.quote, "
+        "trainers.training.launch, trainers.data.report\n"
         "from storage.db import Database\n"
         "app = build_app(Settings(slack_bot_token='xoxb-x', slack_signing_secret='s'), Database.open(sys.argv[1]))\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets', 'bitsandbytes') if m in sys.modules)\n"
@@ -273,9 +273,6 @@ def test_the_bot_never_imports_the_ml_stack(tmp_path):
 
 
 def test_a_new_bot_process_resumes_polling_from_the_database(harnesses, openai_api, fake_slack, sqlite_db):
-    from tests.fixtures.db import database_url
-    from tests.fixtures.slack_api import BOT_TOKEN, SIGNING_SECRET
-
     openai_api.steps = 40
     first = harnesses()
     _approve(first.db, 20)

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import random
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from storage import evals
+from storage import eval_prompts, evals
+from storage.errors import ValidationFailed
 from storage.evals import RoundStatus
 from storage.examples import save_capture
 from storage.jobs import create_job, model_lineage, register_model
+from storage.models import Comparison
 from storage.pairs import add_pair, list_pairs, pair_records
-from storage.snapshots import create_snapshot, snapshot_records
-from storage.errors import ValidationFailed
 from storage.records import dpo_record
+from storage.snapshots import create_snapshot, snapshot_records
+from tests.fixtures.concurrency import at_once
 
-T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 def _prompt(i: int) -> list[dict]:
@@ -40,7 +42,7 @@ def test_round_sides_are_balanced_and_models_follow_the_side(db):
     for c in comparisons:
         assert (c.model_a if c.candidate_side == "A" else c.model_b) == "cand"
         assert {c.model_a, c.model_b} == {"cand", "base"}
-        assert c.prompt_hash == evals.prompt_hash(c.prompt)
+        assert c.prompt_hash == eval_prompts.prompt_hash(c.prompt)
     # Answers land on the right side whatever the shuffle was.
     evals.set_answers(db, round_.id, "cand", {c.id: f"cand says {c.id}" for c in comparisons})
     evals.set_answers(db, round_.id, "base", {c.id: f"base says {c.id}" for c in comparisons})
@@ -127,8 +129,6 @@ def test_concurrent_votes_from_one_voter_leave_one_row(db):
 
 
 def _round_id_of(db, comparison_id):
-    from storage.models import Comparison
-
     with db.session() as session:
         return session.get(Comparison, comparison_id).round_id
 
@@ -194,21 +194,21 @@ def test_eval_items_use_validation_split_and_added_questions_but_never_training_
     model, _ = register_model(db, name="ft-1", backend="openai", base_model="gpt-4o-mini", location="ft:x", snapshot_id=snapshot.id)
     train = snapshot_records(db, snapshot.id, "train")
     # A hand-added question equal to a training prompt must be refused; a new one is used.
-    evals.add_eval_prompt(db, train[0]["messages"][:1], added_by="U1")
-    added = evals.add_eval_prompt(db, [{"role": "user", "content": "Brand new question?"}], added_by="U1")
-    assert added.created and not evals.add_eval_prompt(db, [{"role": "user", "content": "Brand new question?"}]).created
+    eval_prompts.add_eval_prompt(db, train[0]["messages"][:1], added_by="U1")
+    added = eval_prompts.add_eval_prompt(db, [{"role": "user", "content": "Brand new question?"}], added_by="U1")
+    assert added.created and not eval_prompts.add_eval_prompt(db, [{"role": "user", "content": "Brand new question?"}]).created
 
-    items = evals.eval_items(db, model)
-    train_prompts = {evals.prompt_hash(r["messages"][:1]) for r in train}
+    items = eval_prompts.eval_items(db, model)
+    train_prompts = {eval_prompts.prompt_hash(r["messages"][:1]) for r in train}
     assert len(items) == 4 + 1
     assert all(item.prompt_hash not in train_prompts for item in items)
     assert {item.source for item in items} == {"validation", "added"}
     assert all(item.reference for item in items if item.source == "validation")
-    sample = evals.eval_items(db, model, limit=3, seed=5)
-    assert len(sample) == 3 and sample == evals.eval_items(db, model, limit=3, seed=5)
+    sample = eval_prompts.eval_items(db, model, limit=3, seed=5)
+    assert len(sample) == 3 and sample == eval_prompts.eval_items(db, model, limit=3, seed=5)
 
     with pytest.raises(ValidationFailed):
-        evals.add_eval_prompt(db, [{"role": "assistant", "content": "no question"}])
+        eval_prompts.add_eval_prompt(db, [{"role": "assistant", "content": "no question"}])
 
 
 def test_every_trained_turn_of_a_multi_turn_example_is_excluded(db):
@@ -222,12 +222,12 @@ def test_every_trained_turn_of_a_multi_turn_example_is_excluded(db):
     snapshot = create_snapshot(db, validation_fraction=0.1).snapshot
     # The split is deterministic: with these records the multi-turn example lands in the train split.
     assert record["messages"] in [r["messages"] for r in snapshot_records(db, snapshot.id, "train")]
-    hashes = evals.trained_prompt_hashes(db, snapshot.id)
-    assert evals.prompt_hash(first_turn) in hashes  # the first answer was trained too
-    assert evals.prompt_hash(record["messages"][:3]) in hashes
+    hashes = eval_prompts.trained_prompt_hashes(db, snapshot.id)
+    assert eval_prompts.prompt_hash(first_turn) in hashes  # the first answer was trained too
+    assert eval_prompts.prompt_hash(record["messages"][:3]) in hashes
     model, _ = register_model(db, name="m", backend="openai", base_model="gpt-4o-mini", location="ft:m", snapshot_id=snapshot.id)
-    evals.add_eval_prompt(db, first_turn)
-    assert all(item.prompt != first_turn for item in evals.eval_items(db, model))
+    eval_prompts.add_eval_prompt(db, first_turn)
+    assert all(item.prompt != first_turn for item in eval_prompts.eval_items(db, model))
 
 
 def test_a_dpo_model_is_never_asked_what_its_sft_parent_trained_on(db):
@@ -253,28 +253,26 @@ def test_a_dpo_model_is_never_asked_what_its_sft_parent_trained_on(db):
     job = create_job(db, backend="openai", method="dpo", base_model="ft:dpo-child", config={"parent_model": child.name}).job
     grandchild, _ = register_model(db, name="ft:dpo-grandchild", backend="openai", base_model="ft:dpo-child",
                                    location="ft:dpo-grandchild", job_id=job.id, snapshot_id=child_snapshot.id)
-    evals.add_eval_prompt(db, question, added_by="U1")  # Q added by hand as well
-    fresh = evals.add_eval_prompt(db, [{"role": "user", "content": "A question nobody trained on?"}]).example
+    eval_prompts.add_eval_prompt(db, question, added_by="U1")  # Q added by hand as well
+    fresh = eval_prompts.add_eval_prompt(db, [{"role": "user", "content": "A question nobody trained on?"}]).example
 
-    q_hash = evals.prompt_hash(question)
-    assert q_hash not in evals.trained_prompt_hashes(db, child_snapshot.id)  # the child's own split does not see it
+    q_hash = eval_prompts.prompt_hash(question)
+    assert q_hash not in eval_prompts.trained_prompt_hashes(db, child_snapshot.id)  # the child's own split does not see it
     for model in (child, grandchild):
-        items = evals.eval_items(db, model)
+        items = eval_prompts.eval_items(db, model)
         assert q_hash not in {item.prompt_hash for item in items}
         assert [item.prompt for item in items] == [fresh.messages]  # the other questions still count
     assert [m.name for m in model_lineage(db, grandchild)] == [
         "ft:dpo-grandchild", "ft:dpo-child", "ft:sft-parent"]
     # The parent itself is evaluated on its own held-out data and the hand-added questions, Q excluded.
-    assert q_hash not in {item.prompt_hash for item in evals.eval_items(db, parent)}
+    assert q_hash not in {item.prompt_hash for item in eval_prompts.eval_items(db, parent)}
 
 
 def test_the_same_question_or_pair_stored_at_once_from_many_threads_is_stored_once(db):
-    from tests.fixtures.concurrency import at_once
-
     question = [{"role": "user", "content": "Can I change my plan mid-month?"}]
-    prompts = at_once(lambda _index: evals.add_eval_prompt(db, question, added_by="U1"), 6)
+    prompts = at_once(lambda _index: eval_prompts.add_eval_prompt(db, question, added_by="U1"), 6)
     assert sum(r.created for r in prompts) == 1 and len({r.example.id for r in prompts}) == 1
-    assert len(evals.list_eval_prompts(db)) == 1
+    assert len(eval_prompts.list_eval_prompts(db)) == 1
     record = dpo_record(question, {"role": "assistant", "content": "Yes."}, {"role": "assistant", "content": "No."})
     pairs = at_once(lambda _index: add_pair(db, record, source_kind="import"), 6)
     assert sum(r.created for r in pairs) == 1 and len({r.pair.id for r in pairs}) == 1 and len(list_pairs(db)) == 1

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 from xxhash import xxh3_64_intdigest
 
@@ -46,8 +47,8 @@ class AnalyzedBlock:
     digests: list[int]
     system_digests: list[int]
     signature_rows: list[int]  # indices into ``lines`` of replies with a MinHash signature
-    signatures: Any
-    keys: Any  # numpy uint64, one row of BANDS band keys per signature
+    signatures: np.ndarray  # uint64 MinHash signatures, one row per reply in ``signature_rows``
+    keys: np.ndarray  # uint64, one row of BANDS band keys per signature
     sketches: list[bytes]
     failure: DataFileError | None  # invalid UTF-8: stops the report at that line
 
@@ -211,7 +212,9 @@ class LineAnalyzer:
         system_digest = self._system_digest(system_text) if system_text is not None else 0
         return (line, "sft", (), warnings, total, assistant, False, digest, system_digest)
 
-    def block(self, rows: list[AnalyzedRow], flat: list[int], lengths: list[int], blank: int, failure: DataFileError | None) -> AnalyzedBlock:
+    def block(
+        self, rows: list[AnalyzedRow], flat: list[int], lengths: list[int], blank: int, failure: DataFileError | None
+    ) -> AnalyzedBlock:
         """Columns for the parent, and the per-line token limit check (which needs no other line)."""
         limit = self.context_limit
         issues: list[tuple[int, tuple[Issue, ...], tuple[Issue, ...]]] = []
@@ -222,7 +225,7 @@ class LineAnalyzer:
         digests: list[int] = []
         system_digests: list[int] = []
         tools_estimated = 0
-        for (line, kind, errors, warnings, total, trained, tools, digest, system_digest), length in zip(rows, lengths):
+        for line, kind, errors, warnings, total, trained, tools, digest, system_digest in rows:
             if not errors and total > limit:
                 warnings = warnings + (
                     Issue(line, "too_long", f"line {line}: {total:,} tokens, over the {limit:,}-token limit of this model; "

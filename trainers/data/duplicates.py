@@ -120,7 +120,7 @@ def reply_sketches(flat_tokens: Sequence[int], lengths: Sequence[int]) -> tuple[
     values = (keys & np.uint64((1 << 48) - 1)).tobytes()
     first_of = np.searchsorted(owners, rows)
     ends = np.minimum(np.append(first_of[1:], len(owners)), first_of + SKETCH_SIZE)
-    sketches = [values[start:end] for start, end in zip((first_of * 8).tolist(), (ends * 8).tolist())]
+    sketches = [values[start:end] for start, end in zip((first_of * 8).tolist(), (ends * 8).tolist(), strict=True)]
     return rows.astype(np.int64), signatures, sketches
 
 
@@ -217,11 +217,11 @@ class ExactDuplicates:
             hits = np.flatnonzero(self._keys[slots] == wanted)
             if len(hits):
                 archived = [-1] * len(digests)
-                for index, slot in zip(hits.tolist(), slots[hits].tolist()):
+                for index, slot in zip(hits.tolist(), slots[hits].tolist(), strict=True):
                     archived[index] = int(self._lines[slot])
         recent = self._recent
         room = self.capacity - len(self)
-        for index, (digest, line) in enumerate(zip(digests, lines)):
+        for index, (digest, line) in enumerate(zip(digests, lines, strict=True)):
             earlier = archived[index] if archived is not None else -1
             if earlier < 0:
                 earlier = recent.get(digest, -1)
@@ -304,8 +304,10 @@ class NearDuplicateIndex:
             agreement = np.count_nonzero(self._matrix[pair_slots] == signatures[pair_rows], axis=1)
             strong = agreement >= minimum
             strong_rows, strong_slots = pair_rows[strong].tolist(), pair_slots[strong].tolist()
-            similarities = pair_similarities([sketches[row] for row in strong_rows], [self._sketch_of[slot] for slot in strong_slots]).tolist()
-            for row, rep_slot, value in zip(strong_rows, strong_slots, similarities):
+            similarities = pair_similarities(
+                [sketches[row] for row in strong_rows], [self._sketch_of[slot] for slot in strong_slots]
+            ).tolist()
+            for row, rep_slot, value in zip(strong_rows, strong_slots, similarities, strict=True):
                 nominated.setdefault(row, []).append((rep_slot, value))
         # 2. Representatives added by earlier replies of this call. For a key of this reply, that is the
         #    latest earlier reply with the same key that became a representative: walk back through the
@@ -325,8 +327,8 @@ class NearDuplicateIndex:
         needs_walk[entry_rows[(entry_agreement >= minimum) | (entry_previous_rows == entry_rows)]] = True
         close = np.flatnonzero((entry_agreement >= minimum) & (entry_previous_rows != entry_rows))
         close_rows, close_earlier = entry_rows[close].tolist(), entry_previous_rows[close].tolist()
-        in_call_similarity = dict(zip(zip(close_rows, close_earlier), pair_similarities(
-            [sketches[row] for row in close_rows], [sketches[row] for row in close_earlier]).tolist()))
+        in_call_similarity = dict(zip(zip(close_rows, close_earlier, strict=True), pair_similarities(
+            [sketches[row] for row in close_rows], [sketches[row] for row in close_earlier]).tolist(), strict=True))
         # Entries are in row order: a row's entries are one slice, turned into tuples only for the rows that
         # need them (close to an earlier reply, or whose earlier reply turned out not to be a representative).
         entry_bounds = np.searchsorted(entry_rows, np.arange(count + 1)).tolist()
@@ -342,7 +344,7 @@ class NearDuplicateIndex:
             if row in walk_rows:
                 chosen: list[int] = []
                 lo, hi = entry_bounds[row], entry_bounds[row + 1]
-                for position, earlier_row, agreement in zip(*(column[lo:hi] for column in entry_columns)):
+                for position, earlier_row, agreement in zip(*(column[lo:hi] for column in entry_columns), strict=True):
                     if earlier_row not in slot_of_row:
                         # Not a representative: the latest earlier occurrence that is one, if any.
                         walk = int(previous[position])
@@ -397,7 +399,7 @@ class NearDuplicateIndex:
         slots = [slot_of_row[row] for row in new_rows]
         self._matrix[slots] = signatures[new_rows]
         # Later rows overwrite earlier ones for the same key, as one-by-one updates would.
-        self._bands.update(zip(key_matrix[new_rows].ravel().tolist(), np.repeat(slots, BANDS).tolist()))
+        self._bands.update(zip(key_matrix[new_rows].ravel().tolist(), np.repeat(slots, BANDS).tolist(), strict=True))
 
     def _evict(self) -> None:
         # Lossy counting: drop representatives nothing has matched; halve everyone's count so old

@@ -16,17 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from storage.config import DEFAULT_MAX_LINE_BYTES
-from storage.db import Database
-from storage.examples import BATCH_SIZE, ImportResult, import_records
-from storage.pairs import import_pairs
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from storage.config import DEFAULT_MAX_LINE_BYTES
+from storage.db import Database
 from storage.errors import DataFileError, FtbotError
+from storage.examples import BATCH_SIZE, ImportResult, import_records
+from storage.pairs import import_pairs
 from trainers.data.issues import Issue
 from trainers.data.jsonl import read_jsonl
-from trainers.data.validate import check_record
+from trainers.data.validate import CheckedLine, check_record
 
 # Errors kept in memory for the report; the count is always exact.
 MAX_REPORTED_ERRORS = 1000
@@ -89,17 +89,16 @@ def import_file(
             writer = _BatchWriter(db, session, source_file=str(file_path.resolve()), approved_by=approved_by)
             for line, value, read_error in read_jsonl(file_path, max_line_bytes=max_line_bytes):
                 result.lines += 1
-                checked = None if read_error is not None else check_record(value, line, kind)
-                errors = [read_error] if checked is None else checked.errors
-                if errors:
+                checked = _check_line(line, value, read_error, kind)
+                if checked.record is None:  # the line has errors
                     result.invalid_lines += 1
-                    result.errors.extend(errors[: max(MAX_REPORTED_ERRORS - len(result.errors), 0)])
+                    result.errors.extend(checked.errors[: max(MAX_REPORTED_ERRORS - len(result.errors), 0)])
                     if not skip_invalid:
                         writer.stop()  # nothing will be stored; keep reading to report every error
                 else:
                     result.valid_lines += 1
                     result.warning_counts.update(warning.code for warning in checked.warnings)
-                    writer.add(checked.kind, line, value)
+                    writer.add(checked.kind, line, checked.record)
                 if on_line is not None:
                     on_line(line)
             if result.lines == 0:
@@ -117,6 +116,13 @@ def import_file(
             "so nothing was imported; run the import again (it adds only what is missing)"
         ) from error
     return result
+
+
+def _check_line(line: int, value: object, read_error: Issue | None, kind: str) -> CheckedLine:
+    """``check_record``'s verdict on a parsed line, or a line that could not be read as a failed check."""
+    if read_error is not None:
+        return CheckedLine(line, kind, None, [read_error])
+    return check_record(value, line, kind)
 
 
 class _BatchWriter:

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from storage.config import DEFAULT_MAX_LINE_BYTES
 from storage.errors import DataFileError
 from trainers.data.issues import Issue
-from storage.config import DEFAULT_MAX_LINE_BYTES
 
 __all__ = [
     "LineTooLong",
@@ -54,7 +54,7 @@ class LineTooLong(_LineError):
     code = "line_too_long"
 
     @classmethod
-    def at(cls, path: str, line: int, limit: int) -> "LineTooLong":
+    def at(cls, path: str, line: int, limit: int) -> LineTooLong:
         return cls(
             f"{path}: line {line} is longer than {limit // (1024 * 1024)} MiB (line_too_long); "
             "each example must be one JSON object on one line: check that the file is JSONL, not one big JSON array",
@@ -68,7 +68,7 @@ class InvalidUtf8(_LineError):
     code = "invalid_utf8"
 
     @classmethod
-    def at(cls, path: str, line: int, error: UnicodeDecodeError) -> "InvalidUtf8":
+    def at(cls, path: str, line: int, error: UnicodeDecodeError) -> InvalidUtf8:
         bad = error.object[error.start : error.start + 1].hex()
         return cls(
             f"{path}: line {line} is not valid UTF-8 (byte 0x{bad} at byte {error.start + 1} of the line); re-save the file as UTF-8",

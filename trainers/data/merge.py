@@ -114,25 +114,30 @@ class BlockMerger:
         label = self._label
         for index, earlier in duplicates.items():
             line = lines[index]
-            self.warnings.add(Issue(line, "duplicate_example", f"line {line}: exact duplicate of {label(earlier)}; remove the copy (duplicates overweight one reply)"))
+            self.warnings.add(Issue(
+                line, "duplicate_example",
+                f"line {line}: exact duplicate of {label(earlier)}; remove the copy (duplicates overweight one reply)",
+            ))
         positions = [position for position, index in enumerate(block.signature_rows) if index not in duplicates]
         if positions:
             checked_lines = [lines[block.signature_rows[position]] for position in positions]
             signatures = block.signatures[positions] if len(positions) != len(block.signature_rows) else block.signatures
             keys = block.keys[positions] if len(positions) != len(block.signature_rows) else block.keys
             sketches = [block.sketches[position] for position in positions]
-            for line, match in zip(checked_lines, self.near.check_many(checked_lines, signatures, keys, sketches)):
+            matches = self.near.check_many(checked_lines, signatures, keys, sketches)
+            for line, match in zip(checked_lines, matches, strict=True):
                 if match is not None:
-                    self.warnings.add(
-                        Issue(line, "near_duplicate", f"line {line}: the assistant reply is ~{match.similarity:.0%} similar to {label(match.line)}'s "
-                              "(a canned macro?); keep a few varied examples of it, not many copies")
-                    )
+                    self.warnings.add(Issue(
+                        line, "near_duplicate",
+                        f"line {line}: the assistant reply is ~{match.similarity:.0%} similar to {label(match.line)}'s "
+                        "(a canned macro?); keep a few varied examples of it, not many copies",
+                    ))
         self._track_system_prompts(block.system_digests, lines)
 
     def _drop_other_kind(self, block: AnalyzedBlock, locked: str) -> AnalyzedBlock:
         names = {"s": "a chat (SFT) line", "d": "a preference (DPO) line"}
         keep = [kind == locked for kind in block.kinds]
-        for line, kind in zip(block.lines, block.kinds):
+        for line, kind in zip(block.lines, block.kinds, strict=True):
             if kind != locked:
                 self.errors.add(Issue(line, "data_type", f"line {line}: is {names[kind]} but the file's first valid example is "
                                       f"{names[locked]}; one file holds one kind: split it"))
@@ -143,14 +148,16 @@ class BlockMerger:
         rows = [(position_of[index], position) for position, index in enumerate(block.signature_rows) if index in position_of]
 
         def pick(values: list[Any]) -> list[Any]:
-            return [value for value, kept in zip(values, keep) if kept]
+            return [value for value, kept in zip(values, keep, strict=True) if kept]
 
         return AnalyzedBlock(
             examples=block.examples, blank_lines=0, issues=[], lines=pick(block.lines), kinds=locked * len(position_of),
             totals=pick(block.totals), assistant=pick(block.assistant), tools_estimated=block.tools_estimated,
             digests=pick(block.digests), system_digests=pick(block.system_digests),
-            signature_rows=[new for new, _ in rows], signatures=block.signatures[[old for _, old in rows]] if rows else block.signatures[:0],
-            keys=block.keys[[old for _, old in rows]] if rows else block.keys[:0], sketches=[block.sketches[old] for _, old in rows], failure=None,
+            signature_rows=[new for new, _ in rows],
+            signatures=block.signatures[[old for _, old in rows]] if rows else block.signatures[:0],
+            keys=block.keys[[old for _, old in rows]] if rows else block.keys[:0],
+            sketches=[block.sketches[old] for _, old in rows], failure=None,
         )
 
     def _track_system_prompts(self, digests: list[int], lines: list[int]) -> None:
@@ -166,11 +173,14 @@ class BlockMerger:
                     continue  # bounded: the report names at most 1000 variants
                 known = samples[digest] = []
             if len(known) < 5:
-                known.extend(line for line, value in zip(lines, digests) if value == digest)
+                known.extend(line for line, value in zip(lines, digests, strict=True) if value == digest)
                 del known[5:]
 
     def finish_system_prompts(self) -> None:
-        variants = [(count, self.system_samples[digest]) for digest, count in self.system_counts.items() if digest and digest in self.system_samples]
+        variants = [
+            (count, self.system_samples[digest])
+            for digest, count in self.system_counts.items() if digest and digest in self.system_samples
+        ]
         if len(variants) < 2:
             return
         ranked = sorted(variants, key=lambda entry: (-entry[0], entry[1][0]))
@@ -181,6 +191,7 @@ class BlockMerger:
             others = f" (also {', '.join(str(line) for line in samples[1:])}{', ...' if count > len(samples) else ''})" if count > 1 else ""
             self.warnings.add(
                 Issue(first_line, "inconsistent_system_prompt",
-                      f"{self._label(first_line)}: uses a different system prompt than {main_count} of {total} examples (first at {self._label(main_samples[0])}); "
-                      f"{count} example(s) use this one{others}. Train with the prompt you will send in production, or ignore if it differs on purpose")
+                      f"{self._label(first_line)}: uses a different system prompt than {main_count} of {total} examples "
+                      f"(first at {self._label(main_samples[0])}); {count} example(s) use this one{others}. "
+                      "Train with the prompt you will send in production, or ignore if it differs on purpose")
             )

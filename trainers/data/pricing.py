@@ -62,7 +62,7 @@ class PriceTable:
     models: dict[str, ModelPrice] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None) -> "PriceTable":
+    def load(cls, path: str | os.PathLike[str] | None = None) -> PriceTable:
         """Read the table from ``path``, else the bundled file."""
         chosen = Path(path or DEFAULT_PRICES_FILE).expanduser()
         try:

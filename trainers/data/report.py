@@ -144,12 +144,11 @@ def build_report(
     context_limit = entry.context_limit if entry else table.context_limit(model)
     encoding_name = encoding_name_for_model(model)
     ensure_encoding_cache(encoding_name)  # seed the offline cache once, before any worker starts
-    is_path = isinstance(source, (str, os.PathLike))
     merger = BlockMerger(context_limit=context_limit, unit=unit or "line", near_threshold=near_duplicate_threshold)
     notes: list[str] = []
     used_workers = 1
-    if is_path:
-        path = Path(source)  # type: ignore[arg-type]
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
         label = label or str(path)
         used_workers = analyze_file(path, model, kind, pii, workers, merger, progress, context_limit, max_line_bytes)
         if merger.examples == 0 and merger.blank == 0:
@@ -158,7 +157,7 @@ def build_report(
             raise DataFileError(f"{label}: the file has only blank lines; add one JSON example per line")
     else:
         label = label or "items"
-        analyze_items(source, model, kind, pii, merger, progress, context_limit)  # type: ignore[arg-type]
+        analyze_items(source, model, kind, pii, merger, progress, context_limit)
     merger.finish_system_prompts()
     if entry is None:
         notes.append(f"{model!r} is not in the price table ({table.path}); no cost, context limit assumed {context_limit:,}")
@@ -166,7 +165,8 @@ def build_report(
         notes.append("exact-duplicate tracking stopped remembering new examples after 1,000,000")
     if merger.valid < MIN_EXAMPLES:
         merger.errors.add(
-            Issue(None, "too_few_examples", f"only {merger.valid} valid example(s); OpenAI needs at least {MIN_EXAMPLES} (50-100 recommended): add more examples or fix the lines with errors")
+            Issue(None, "too_few_examples", f"only {merger.valid} valid example(s); OpenAI needs at least {MIN_EXAMPLES} "
+                  "(50-100 recommended): add more examples or fix the lines with errors")
         )
     chosen_epochs = epochs if epochs is not None else (default_epochs(merger.valid) if merger.valid else None)
     billed = (chosen_epochs or 0) * merger.tokens.capped_total(context_limit)
@@ -228,5 +228,4 @@ def quote_models(
 
 def iter_items(values: Iterable[Any]) -> Iterator[tuple[int, Any]]:
     """Number plain values 1, 2, ... as ``(line, value)`` items."""
-    for index, value in enumerate(values, start=1):
-        yield index, value
+    yield from enumerate(values, start=1)

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -132,7 +132,7 @@ def ensure_encoding_cache(name: str) -> Path | None:
     return target
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_encoding(name: str) -> tiktoken.Encoding:
     """``tiktoken.get_encoding(name)``, seeding the offline cache first."""
     ensure_encoding_cache(name)
@@ -157,7 +157,7 @@ class RecordTokens:
     tools_estimated: bool
 
 
-def _json_text(value: Any) -> str:
+def _json_text(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 

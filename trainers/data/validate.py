@@ -58,14 +58,14 @@ _DPO_REJECTED = ("non_preferred_output", "non_preferred_completion")
 _DPO_KEYS = frozenset({"input", *_DPO_PREFERRED, *_DPO_REJECTED})
 
 
-def detect_kind(value: Any) -> str:
+def detect_kind(value: object) -> str:
     """"dpo" for a preference line (``input`` / ``preferred_output``), else "sft"."""
     if isinstance(value, dict) and ("input" in value or any(key in value for key in _DPO_PREFERRED)):
         return "dpo"
     return "sft"
 
 
-def _type_name(value: Any) -> str:
+def _type_name(value: object) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -201,7 +201,10 @@ class RecordChecker:
         for index, tool in enumerate(tools):
             where = f"tools[{index}]"
             if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
-                self.error("invalid_tool_call", f"{where} must be {{\"type\": \"function\", \"function\": {{\"name\": ..., \"parameters\": {{...}}}}}}")
+                self.error(
+                    "invalid_tool_call",
+                    f"{where} must be {{\"type\": \"function\", \"function\": {{\"name\": ..., \"parameters\": {{...}}}}}}",
+                )
                 continue
             function = tool["function"]
             name = function.get("name")
@@ -332,10 +335,13 @@ class RecordChecker:
         if text is not None and len(text.split()) < SHORT_REPLY_WORDS:
             self.warn(
                 "short_assistant_reply",
-                f"{where} is only {len(text.split())} word(s) ({text.strip()[:40]!r}); short replies teach terse answers: expand it or set weight 0",
+                f"{where} is only {len(text.split())} word(s) ({text.strip()[:40]!r}); "
+                "short replies teach terse answers: expand it or set weight 0",
             )
 
-    def check_messages(self, messages: Any, where: str, tool_names: set[str] | None, *, need_assistant: bool) -> tuple[list[str], list[str | None]]:
+    def check_messages(
+        self, messages: Any, where: str, tool_names: set[str] | None, *, need_assistant: bool
+    ) -> tuple[list[str], list[str | None]]:
         if not isinstance(messages, list) or not messages:
             what = "missing" if messages is None else ("an empty list" if messages == [] else _type_name(messages))
             self.error("missing_messages_list", f"{where} is {what}; give a non-empty list of messages")
@@ -416,10 +422,14 @@ def _check_sft(value: dict[str, Any], checker: RecordChecker) -> None:
 def _check_dpo(value: dict[str, Any], checker: RecordChecker) -> None:
     for top_key in value:
         if top_key not in _DPO_KEYS:
-            checker.error("data_type", f"unrecognized top-level key {top_key!r}; a preference line takes input, preferred_output, non_preferred_output")
+            checker.error(
+                "data_type",
+                f"unrecognized top-level key {top_key!r}; a preference line takes input, preferred_output, non_preferred_output",
+            )
     prompt = value.get("input")
     if not isinstance(prompt, dict):
-        checker.error("missing_messages_list", f"\"input\" is {'missing' if prompt is None else _type_name(prompt)}; give {{\"messages\": [...]}}")
+        got = "missing" if prompt is None else _type_name(prompt)
+        checker.error("missing_messages_list", f"\"input\" is {got}; give {{\"messages\": [...]}}")
         roles: list[str] = []
     else:
         roles = _check_prompt_object(prompt, checker, allowed=_SFT_KEYS, need_assistant=False)

@@ -19,15 +19,18 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from storage.config import DATABASE_URL_VARIABLE, DEFAULT_OPENAI_MAX_RETRIES, Settings, ftbot_home
 from storage.db import Database
 from storage.errors import ConfigError
 from storage.evals import RoundStatus, get_round, move_round, round_comparisons, set_answers
 from storage.jobs import ModelNotFound, get_model
-from storage.models import RegisteredModel
-from trainers.evaluation.inference import GenerationSettings, ModelSpec
+from storage.models import RegisteredModel, stored_id
+from trainers.evaluation.inference import GenerationSettings, LocalGenerator, ModelSpec, generate_openai
+
+if TYPE_CHECKING:
+    from openai import OpenAI
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +104,15 @@ def generate_round(
     round_id: int,
     *,
     settings: GenerationSettings | None = None,
-    openai_client: Any | None = None,
+    openai_client: OpenAI | None = None,
     openai_max_retries: int = DEFAULT_OPENAI_MAX_RETRIES,
     progress: Callable[[str, int, int], None] | None = None,
-    local_generators: dict[str, Any] | None = None,
+    local_generators: dict[str, LocalGenerator] | None = None,
 ) -> RoundGeneration:
     """Answer every comparison of the round that still lacks a model's answer, for both models.
 
     ``settings``: ``GenerationSettings.from_settings(...)`` (None: the defaults); ``openai_client``: the client to
     use, else one that retries ``openai_max_retries`` times."""
-    from trainers.evaluation.inference import LocalGenerator, generate_openai
-
     settings = settings or GenerationSettings()
     round_ = get_round(db, round_id)
     answered: dict[str, int] = {}
@@ -147,7 +148,8 @@ def generate_round(
             generator = (local_generators or {}).get(name) or LocalGenerator(spec.model, spec.adapter)
             generations = generator.generate(prompts, settings, on_batch=report)
         # An empty answer would look "missing" forever and confuse voters: say so explicitly.
-        set_answers(db, round_id, name, {c.id: g.text or "(no answer)" for c, g in zip(missing, generations)})
+        answers = {stored_id(c): g.text or "(no answer)" for c, g in zip(missing, generations, strict=True)}
+        set_answers(db, round_id, name, answers)
         answered[name] = len(missing)
         prompt_tokens[name] = sum(g.prompt_tokens for g in generations)
         completion_tokens[name] = sum(g.completion_tokens for g in generations)

@@ -13,19 +13,28 @@ No Slack, no database here (``trainers.evaluation.generation`` connects this to 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from storage.config import DEFAULT_OPENAI_MAX_RETRIES, Settings, ftbot_home
 from storage.errors import ConfigError, FtbotError
+from trainers.data.pii import redact_record
+from trainers.data.pricing import PriceTable, inference_cost, load_price_table
+from trainers.data.tokens import count_record_tokens, encoding_for_model
+from trainers.training.local.data import hf_chat_message
+from trainers.training.local.train import embedding_rows, resolve_base_model
+from trainers.training.openai_backend import make_client
 
 if TYPE_CHECKING:
-    from trainers.data.pricing import PriceTable
+    from openai import OpenAI
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
-Messages = Sequence[dict[str, Any]]
+# A conversation: OpenAI chat messages (JSON objects, or the SDK's message TypedDicts).
+Messages = Sequence[Mapping[str, Any]]
 
 
 class GenerationError(FtbotError):
@@ -83,8 +92,6 @@ def _openai_messages(messages: Messages) -> list[dict[str, Any]]:
     # Only what chat completions accepts: training-only keys such as ``weight`` would be rejected.
     # Prompts come from customers' threads: personal data is redacted before it leaves the premises.
     keep = ("role", "content", "name", "tool_calls", "tool_call_id")
-    from trainers.data.pii import redact_record
-
     kept = [{k: m[k] for k in keep if k in m and m[k] is not None} for m in messages]
     return redact_record({"messages": kept})[0]["messages"]
 
@@ -94,7 +101,7 @@ def generate_openai(
     prompts: Sequence[Messages],
     settings: GenerationSettings = GenerationSettings(),
     *,
-    client: Any | None = None,
+    client: OpenAI | None = None,
     max_retries: int = DEFAULT_OPENAI_MAX_RETRIES,
     concurrency: int = 4,
     on_done: Callable[[int], None] | None = None,
@@ -102,9 +109,7 @@ def generate_openai(
     """Answer every prompt with one chat completion each, a few in flight; answers in prompt order.
 
     ``client``: the OpenAI client to use; None: one that retries 429/5xx ``max_retries`` times."""
-    from trainers.training.openai_backend import make_client
-
-    client = make_client(client, max_retries=max_retries)
+    openai_client = make_client(client, max_retries=max_retries)
 
     def one(index_and_prompt: tuple[int, Messages]) -> Generation:
         index, prompt = index_and_prompt
@@ -118,7 +123,7 @@ def generate_openai(
         if settings.top_p != 1.0:
             kwargs["top_p"] = settings.top_p
         try:
-            response = client.chat.completions.create(**kwargs)
+            response = openai_client.chat.completions.create(**kwargs)
         except Exception as error:  # the openai package's APIError family and connection errors
             message = getattr(error, "message", None) or str(error)
             status = getattr(error, "status_code", None)
@@ -169,9 +174,6 @@ def estimate_openai_cost(
     of the team's reference replies), else half the token limit; the maximum uses the full limit. `prices`: the
     price table (``load_price_table(settings.prices_file)``; None: the bundled one).
     """
-    from trainers.data.pricing import inference_cost, load_price_table
-    from trainers.data.tokens import count_record_tokens, encoding_for_model
-
     encoding = encoding_for_model(model)
     input_tokens = sum(count_record_tokens({"messages": _openai_messages(p)}, encoding).total for p in prompts)
     per_answer = expected_answer_tokens if expected_answer_tokens is not None else settings.max_new_tokens / 2
@@ -189,8 +191,6 @@ def estimate_openai_cost(
 
 def mean_answer_tokens(answers: Sequence[str], model: str) -> float | None:
     """Mean token count of reference answers (for the cost estimate); None without any."""
-    from trainers.data.tokens import encoding_for_model
-
     texts = [a for a in answers if a]
     if not texts:
         return None
@@ -210,10 +210,9 @@ class LocalGenerator:
 
     def __init__(self, base_model: str, adapter: str | None = None, *, cache_dir: str | Path | None = None,
                  device: str | None = None):
+        # Local: torch and transformers load only in the process that generates (the worker, tests, benchmarks).
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from trainers.training.local.train import resolve_base_model
 
         cache = Path(cache_dir) if cache_dir is not None else _models_dir()
         resolved = resolve_base_model(base_model, cache)
@@ -223,40 +222,42 @@ class LocalGenerator:
         tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else resolved
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-            model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype)
+            base = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype)
         except OSError as error:
             raise ConfigError(
                 f"cannot load model {base_model!r}: {error}. Point the model at a local directory or a cached Hugging Face id."
             ) from error
-        if len(self.tokenizer) > model.get_input_embeddings().weight.shape[0]:
-            model.resize_token_embeddings(len(self.tokenizer))
+        if len(self.tokenizer) > embedding_rows(base):
+            base.resize_token_embeddings(len(self.tokenizer))
+        model: PreTrainedModel | PeftModel = base
         if adapter:
-            from peft import PeftModel
+            from peft import PeftModel  # Local: heavy, like torch above.
 
             if not Path(adapter).is_dir():
                 raise ConfigError(f"adapter directory {adapter} does not exist; was the model's job directory removed?")
-            model = PeftModel.from_pretrained(model, adapter)
+            model = PeftModel.from_pretrained(base, adapter)
         if self.tokenizer.pad_token is None:
             # Generation needs *a* pad id for batching; unlike training, pad = eos is harmless here.
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"  # decoder-only: new tokens follow the prompt, padding goes before it
-        self.model = model.to(self.device).eval()
+        # PreTrainedModel.to is wrapped with functools.wraps(nn.Module.to), which mypy cannot bind as a method.
+        self.model = model.to(self.device).eval()  # type: ignore[arg-type]
 
     def _prompt_text(self, messages: Messages) -> str:
-        from trainers.training.local.data import hf_chat_message
-
         if not self.tokenizer.chat_template:
             raise ConfigError(
                 "this model's tokenizer has no chat template, so it cannot answer chat prompts; "
                 "evaluate an instruct/chat model (or one fine-tuned by ftbot, which saves its template)."
             )
-        return self.tokenizer.apply_chat_template(
+        text = self.tokenizer.apply_chat_template(
             [hf_chat_message(m) for m in messages], tokenize=False, add_generation_prompt=True
         )
+        # transformers types every shape the method can return; with tokenize=False it is the rendered text.
+        return cast(str, text)
 
     def generate(self, prompts: Sequence[Messages], settings: GenerationSettings = GenerationSettings(),
                  *, batch_size: int | None = None, on_batch: Callable[[int], None] | None = None) -> list[Generation]:
-        import torch
+        import torch  # Local: see __init__.
 
         size = max(1, batch_size or settings.batch_size)
         texts = [self._prompt_text(p) for p in prompts]
@@ -286,8 +287,10 @@ class LocalGenerator:
             for row, index in enumerate(batch):
                 tokens = new_tokens[row].tolist()
                 tokens = _cut_at_stop(tokens, eos_ids, self.tokenizer.pad_token_id)
+                # One sequence of ids decodes to one string (transformers types the batch form too).
+                text = cast(str, self.tokenizer.decode(tokens, skip_special_tokens=True))
                 results[index] = Generation(
-                    text=self.tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                    text=text.strip(),
                     prompt_tokens=lengths[index],
                     completion_tokens=len(tokens),
                 )
@@ -318,12 +321,13 @@ def _models_dir() -> Path:
 
 
 def generate_local(spec: ModelSpec, prompts: Sequence[Messages], settings: GenerationSettings = GenerationSettings(),
-                   **kwargs: Any) -> list[Generation]:
-    return LocalGenerator(spec.model, spec.adapter).generate(prompts, settings, **kwargs)
+                   *, batch_size: int | None = None, on_batch: Callable[[int], None] | None = None) -> list[Generation]:
+    generator = LocalGenerator(spec.model, spec.adapter)
+    return generator.generate(prompts, settings, batch_size=batch_size, on_batch=on_batch)
 
 
 def generate(spec: ModelSpec, prompts: Sequence[Messages], settings: GenerationSettings = GenerationSettings(),
-             *, openai_client: Any | None = None) -> list[Generation]:
+             *, openai_client: OpenAI | None = None) -> list[Generation]:
     """Answer `prompts` with the model `spec` describes."""
     if spec.backend == "openai":
         return generate_openai(spec.model, prompts, settings, client=openai_client)

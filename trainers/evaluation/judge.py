@@ -11,17 +11,21 @@ import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storage.config import DEFAULT_OPENAI_MAX_RETRIES
 from storage.db import Database
 from storage.evals import round_comparisons, save_verdict
-from storage.models import Comparison
+from storage.models import Comparison, stored_id
 from storage.votes import VoteChoice
 from trainers.data.pii import redact
 from trainers.data.pricing import PriceTable
 from trainers.evaluation.inference import CostEstimate, GenerationError, GenerationSettings, estimate_openai_cost
 from trainers.training.openai_backend import make_client
+
+if TYPE_CHECKING:
+    from openai import OpenAI
+    from openai.types.chat import ChatCompletionMessageParam
 
 JUDGE_MAX_TOKENS = 400  # per judgement: a short explanation and the [[…]] marker
 
@@ -61,7 +65,7 @@ def parse_verdict(text: str) -> str | None:
     return found[-1].lower() if found else None
 
 
-def judge_messages(prompt: list[dict[str, Any]], first: str, second: str) -> list[dict[str, Any]]:
+def judge_messages(prompt: list[dict[str, Any]], first: str, second: str) -> list[ChatCompletionMessageParam]:
     """The chat messages of one judgement (what is sent, and what the cost estimate counts)."""
     # Conversations and answers may quote customers: personal data is redacted before it leaves the premises.
     user = redact(
@@ -71,7 +75,7 @@ def judge_messages(prompt: list[dict[str, Any]], first: str, second: str) -> lis
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-def _ask(client: Any, model: str, prompt: list[dict[str, Any]], first: str, second: str) -> tuple[str | None, str]:
+def _ask(client: OpenAI, model: str, prompt: list[dict[str, Any]], first: str, second: str) -> tuple[str | None, str]:
     try:
         response = client.chat.completions.create(
             model=model, temperature=0, seed=0, max_completion_tokens=JUDGE_MAX_TOKENS,
@@ -79,12 +83,14 @@ def _ask(client: Any, model: str, prompt: list[dict[str, Any]], first: str, seco
         )
     except Exception as error:
         message = getattr(error, "message", None) or str(error)
-        raise GenerationError(f"the judge model {model} could not answer: {message}. Check OPENAI_API_KEY and the model name (FTBOT_JUDGE_MODEL).") from error
+        raise GenerationError(
+            f"the judge model {model} could not answer: {message}. Check OPENAI_API_KEY and the model name (FTBOT_JUDGE_MODEL)."
+        ) from error
     text = response.choices[0].message.content or ""
     return parse_verdict(text), text
 
 
-def judge_comparison(client: Any, model: str, comparison: Comparison) -> tuple[VoteChoice, dict[str, Any]]:
+def judge_comparison(client: OpenAI, model: str, comparison: Comparison) -> tuple[VoteChoice, dict[str, Any]]:
     """(A, B or tie, detail) from two judgements with the answers swapped."""
     forward, forward_text = _ask(client, model, comparison.prompt, comparison.answer_a, comparison.answer_b)
     backward, backward_text = _ask(client, model, comparison.prompt, comparison.answer_b, comparison.answer_a)
@@ -120,24 +126,25 @@ def judge_round(
     round_id: int,
     *,
     model: str,
-    client: Any | None = None,
+    client: OpenAI | None = None,
     concurrency: int = 4,
     progress: Callable[[int, int], None] | None = None,
     max_retries: int = DEFAULT_OPENAI_MAX_RETRIES,
 ) -> JudgeRun:
     """Judge every answered comparison of a round and store the verdicts."""
-    client = make_client(client, max_retries=max_retries)
+    openai_client = make_client(client, max_retries=max_retries)
     comparisons = judgeable_comparisons(db, round_id)
     done = 0
 
     def one(comparison: Comparison) -> tuple[int, VoteChoice, dict[str, Any]]:
         nonlocal done
-        choice, detail = judge_comparison(client, model, comparison)
-        save_verdict(db, comparison.id, model, choice, detail)
+        comparison_id = stored_id(comparison)
+        choice, detail = judge_comparison(openai_client, model, comparison)
+        save_verdict(db, comparison_id, model, choice, detail)
         done += 1
         if progress is not None:
             progress(done, len(comparisons))
-        return comparison.id, choice, detail
+        return comparison_id, choice, detail
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="ftbot-judge") as pool:
         results = list(pool.map(one, comparisons))

@@ -23,7 +23,7 @@ from storage.evals import (
     round_verdicts,
     votes_by_comparison,
 )
-from storage.models import Comparison, EvalRound, JudgeVerdict, Vote
+from storage.models import Comparison, EvalRound, JudgeVerdict, Vote, stored_id
 from storage.votes import SIDES, Outcome, VoteChoice, candidate_outcome, decided_side, score_for_a
 from trainers.evaluation.generation import display_name
 from trainers.evaluation.stats import ABSummary, ABVote, Leaderboard, ab_summary, bradley_terry, sign_test_p, wins_needed
@@ -143,9 +143,8 @@ class RoundReport:
             if s.tie_inclusive_rate is not None:
                 out.append(f"Counting ties and both-bad as half a win: {s.tie_inclusive_rate:.1%}.")
             if s.prompt_bootstrap_ci is not None and s.comparisons_voted > 1:
-                out.append(
-                    f"Bootstrap over questions (votes cluster by question): {s.prompt_bootstrap_ci.low:.1%}–{s.prompt_bootstrap_ci.high:.1%}."
-                )
+                ci = s.prompt_bootstrap_ci
+                out.append(f"Bootstrap over questions (votes cluster by question): {ci.low:.1%}–{ci.high:.1%}.")
             needed = wins_needed(s.decisive)
             if needed is not None and not s.significant:
                 out.append(f"Significance at {s.decisive} decisive votes needs {needed} of them for one side.")
@@ -205,16 +204,16 @@ def resolve_round(db: Database, round_id: int | None = None, *, channel: str | N
 def round_report(db: Database, round_id: int | None = None, *, channel: str | None = None,
                  bootstrap_rounds: int = 1000) -> RoundReport:
     round_ = resolve_round(db, round_id, channel=channel)
-    grouped = votes_by_comparison(db, round_.id)
-    comparisons = round_comparisons(db, round_.id)
+    grouped = votes_by_comparison(db, stored_id(round_))
+    comparisons = round_comparisons(db, stored_id(round_))
     ab_votes = [
-        ABVote(c.id, vote.voter, vote.choice, c.candidate_side)
-        for c in comparisons for vote in grouped.get(c.id, [])
+        ABVote(stored_id(c), vote.voter, vote.choice, c.candidate_side)
+        for c in comparisons for vote in grouped.get(stored_id(c), [])
     ]
     summary = ab_summary(ab_votes, bootstrap_rounds=bootstrap_rounds)
     rows = []
     for c in comparisons:
-        votes = grouped.get(c.id, [])
+        votes = grouped.get(stored_id(c), [])
         rows.append({
             "id": c.id,
             "message_ts": c.message_ts,
@@ -234,7 +233,7 @@ def _length_bias(comparisons: list[Comparison], grouped: dict[int, list[Vote]]) 
         if len_a == len_b:
             continue
         longer_side = VoteChoice.A if len_a > len_b else VoteChoice.B
-        for vote in grouped.get(comparison.id, []):
+        for vote in grouped.get(stored_id(comparison), []):
             if vote.choice in SIDES:
                 longer += vote.choice == longer_side
                 shorter += vote.choice != longer_side
@@ -251,7 +250,7 @@ def _leaderboard(db: Database, bootstrap_rounds: int) -> Leaderboard | None:
 
 def _judges(db: Database, round_: EvalRound, comparisons: list[Comparison],
             grouped: dict[int, list[Vote]]) -> list[JudgeAgreement]:
-    verdicts = round_verdicts(db, round_.id)
+    verdicts = round_verdicts(db, stored_id(round_))
     if not verdicts:
         return []
     by_id = {c.id: c for c in comparisons}
@@ -270,7 +269,7 @@ def _judges(db: Database, round_: EvalRound, comparisons: list[Comparison],
                 wins += 1
             else:
                 losses += 1
-            human = decided_side(v.choice for v in grouped.get(comparison.id, []))
+            human = decided_side(v.choice for v in grouped.get(stored_id(comparison), []))
             if human is not None:
                 compared += 1
                 agreed += verdict.choice == human

@@ -18,7 +18,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from scipy.stats import binom, binomtest, norm
@@ -80,6 +80,10 @@ def wins_needed(trials: int, alpha: float = 0.05) -> int | None:
     return int(significant[0]) if significant.size else None
 
 
+@overload
+def power(trials: int, true_rate: float, alpha: float = 0.05) -> float: ...
+@overload
+def power(trials: np.ndarray, true_rate: float, alpha: float = 0.05) -> np.ndarray: ...
 def power(trials: int | np.ndarray, true_rate: float, alpha: float = 0.05) -> np.ndarray | float:
     """Exact power of the two-sided sign test: P(p <= alpha) when the true win rate is `true_rate`.
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storage.config import DEFAULT_LOCAL_BASE_MODEL, Settings
 from storage.db import Database
@@ -36,12 +36,16 @@ from storage.jobs import (
     register_model,
     update_job,
 )
-from storage.models import Job, JobStatus, RegisteredModel
+from storage.models import Job, JobStatus, RegisteredModel, stored_id
 from storage.snapshots import create_snapshot
+from trainers.data.pricing import load_price_table, training_cost
 from trainers.training.launch import read_log_tail, spawn_worker, stop_worker, worker_exit_code
 from trainers.training.local.config import TINY_BASE_MODEL, LocalTrainConfig, configured_base_model
 from trainers.training.openai_backend import OpenAIBackend
 from trainers.training.quote import Quote, build_quote
+
+if TYPE_CHECKING:
+    from openai import OpenAI
 
 BACKENDS = ("openai", "local")
 METHODS = ("sft", "dpo")
@@ -208,7 +212,7 @@ def start_job(
     admin_confirmed: bool = False,
     allow_pii: bool = False,
     redact_pii: bool = False,
-    openai_client: Any | None = None,
+    openai_client: OpenAI | None = None,
     database_url: str | None = None,
     settings: Settings | None = None,
 ) -> StartResult:
@@ -226,7 +230,7 @@ def start_job(
     redact_pii = redact_pii and job.backend == "openai"  # on-prem data never leaves: nothing to redact
     blockers = quote.blockers(admin_confirmed=admin_confirmed, allow_pii=allow_pii, redact_pii=redact_pii)
     if blockers:
-        raise ValidationFailed("cannot start job #%d: %s" % (job_id, "; ".join(blockers)))
+        raise ValidationFailed(f"cannot start job #{job_id}: {'; '.join(blockers)}")
     if not claim_job(db, job_id):
         return StartResult(get_job(db, job_id), False)  # someone else started it a moment ago
     # Who overrode which gate is part of the job's record.
@@ -253,7 +257,7 @@ def start_job(
     return StartResult(update_job(db, job_id, worker_pid=pid), True)
 
 
-def _openai(client: Any | None, settings: Settings | None) -> OpenAIBackend:
+def _openai(client: OpenAI | None, settings: Settings | None) -> OpenAIBackend:
     """The OpenAI back end on ``client``, or on a client built with the configured retries."""
     return OpenAIBackend(client, max_retries=(settings or Settings()).openai_max_retries)
 
@@ -261,11 +265,13 @@ def _openai(client: Any | None, settings: Settings | None) -> OpenAIBackend:
 def _register(db: Database, job: Job, settings: Settings | None) -> RegisteredModel | None:
     if job.status != JobStatus.SUCCEEDED or not job.result_model:
         return None
-    existing = model_for_job(db, job.id)
+    job_id = stored_id(job)
+    existing = model_for_job(db, job_id)
     if existing is not None:
         return existing
-    step, train_loss, valid_loss = last_losses(db, job.id)
-    metrics = {
+    step, train_loss, valid_loss = last_losses(db, job_id)
+    # RegisteredModel.metrics (JSON): loss figures, plus the parent and root base model names where they apply.
+    metrics: dict[str, Any] = {
         "steps": step, "final_train_loss": train_loss, "final_valid_loss": valid_loss,
         "trained_tokens": job.trained_tokens, "estimated_tokens": job.estimated_tokens,
     }
@@ -286,7 +292,7 @@ def _register(db: Database, job: Job, settings: Settings | None) -> RegisteredMo
             # The adapter was trained on the merged parent: that is what evaluation must load it onto.
             base_model, metrics["root_base_model"] = adapter_base, job.base_model
     model, _created = register_model(
-        db, name=name, backend=job.backend, base_model=base_model, location=job.result_model, job_id=job.id,
+        db, name=name, backend=job.backend, base_model=base_model, location=job.result_model, job_id=job_id,
         snapshot_id=job.snapshot_id, metrics=metrics, cost_usd=cost,
     )
     return model
@@ -295,13 +301,11 @@ def _register(db: Database, job: Job, settings: Settings | None) -> RegisteredMo
 def _openai_cost(job: Job, settings: Settings | None) -> float | None:
     if job.trained_tokens is None:
         return job.estimated_cost_usd
-    from trainers.data.pricing import load_price_table, training_cost
-
     entry = load_price_table((settings or Settings()).prices_file).find(job.base_model)
     return training_cost(entry, job.trained_tokens) if entry is not None else job.estimated_cost_usd
 
 
-def refresh_job(db: Database, job_id: int, *, openai_client: Any | None = None, settings: Settings | None = None) -> JobUpdate:
+def refresh_job(db: Database, job_id: int, *, openai_client: OpenAI | None = None, settings: Settings | None = None) -> JobUpdate:
     """Bring one job's record up to date and register its model when it succeeded."""
     job = get_job(db, job_id)
     changed = False
@@ -324,20 +328,21 @@ def _check_worker(db: Database, job: Job) -> bool:
     if code is None:
         return False
     time.sleep(0.05)
-    fresh = get_job(db, job.id)
+    job_id = stored_id(job)
+    fresh = get_job(db, job_id)
     if fresh.status in JobStatus.FINISHED:
         return True  # the worker recorded its own result before exiting
     how = f"was killed by signal {-code}" if code < -1 else ("is gone" if code == -1 else f"exited with code {code}")
     finish_job(
-        db, job.id, JobStatus.FAILED,
+        db, job_id, JobStatus.FAILED,
         error=f"The training worker (pid {job.worker_pid}) {how} before finishing. The log tail is below; "
         f"fix the cause and start a new job (`/ft train local`).",
-        log_tail=read_log_tail(job.id),
+        log_tail=read_log_tail(job_id),
     )
     return True
 
 
-def cancel_job(db: Database, job_id: int, *, openai_client: Any | None = None, settings: Settings | None = None) -> Job:
+def cancel_job(db: Database, job_id: int, *, openai_client: OpenAI | None = None, settings: Settings | None = None) -> Job:
     job = get_job(db, job_id)
     if job.status in JobStatus.FINISHED:
         return job
@@ -355,7 +360,7 @@ def wait_for_job(
     *,
     interval: float = 2.0,
     timeout: float | None = None,
-    openai_client: Any | None = None,
+    openai_client: OpenAI | None = None,
     on_update: Callable[[JobUpdate], None] | None = None,
     settings: Settings | None = None,
 ) -> JobUpdate:
@@ -374,7 +379,7 @@ def wait_for_job(
 
 def progress_line(db: Database, job: Job) -> str:
     """One line: status, step and losses (the Slack progress message and the CLI's --wait print it)."""
-    step, train_loss, valid_loss = last_losses(db, job.id)
+    step, train_loss, valid_loss = last_losses(db, stored_id(job))
     progress = job.progress or {}
     parts = [f"job #{job.id} {job.status}"]
     if step is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from collections import deque
@@ -138,8 +139,6 @@ def _is_zombie(pid: int) -> bool:
 
 def stop_worker(pid: int) -> None:
     """Ask a worker to stop (SIGTERM to its process group, so accelerate's ranks stop too)."""
-    import signal
-
     try:
         os.killpg(os.getpgid(pid), signal.SIGTERM)
     except (ProcessLookupError, PermissionError):

@@ -14,15 +14,28 @@ import csv
 import io
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storage.config import DEFAULT_OPENAI_MAX_RETRIES
 from storage.db import Database
 from storage.errors import ConfigError, TrainingError
 from storage.examples import pii_allowed_ids
 from storage.jobs import finish_job, get_job, record_metric, update_job, update_unfinished_job
-from storage.models import Job, JobStatus, utcnow
+from storage.models import Job, JobStatus, stored_id, utcnow
+from storage.records import canonical_json
 from storage.snapshots import TRAIN, VALIDATION, jsonl_bytes, snapshot_members
+from trainers.data.pii import redact_record
+
+if TYPE_CHECKING:
+    from openai import OpenAI
+    from openai.types.fine_tuning import (
+        DpoHyperparametersParam,
+        FineTuningJob,
+        FineTuningJobEvent,
+        SupervisedHyperparametersParam,
+    )
+    from openai.types.fine_tuning.fine_tuning_job import Error as FineTuningJobError
+    from openai.types.fine_tuning.job_create_params import Method
 
 # OpenAI statuses that end a job; anything else (including statuses added later, e.g. "paused") is "not yet".
 FINISHED = {"succeeded": JobStatus.SUCCEEDED, "failed": JobStatus.FAILED, "cancelled": JobStatus.CANCELLED}
@@ -32,12 +45,11 @@ WIND_DOWN_HINT = (
 )
 
 
-def make_client(client: Any | None = None, *, max_retries: int = DEFAULT_OPENAI_MAX_RETRIES):
-    """``client``, else an OpenAI client that retries 429/5xx ``max_retries`` times (lazy import: the openai
-    package is only needed for this back end)."""
+def make_client(client: OpenAI | None = None, *, max_retries: int = DEFAULT_OPENAI_MAX_RETRIES) -> OpenAI:
+    """``client``, else an OpenAI client that retries 429/5xx ``max_retries`` times."""
     if client is not None:
         return client
-    import openai
+    import openai  # Local: ~0.3 s to import, and CLI commands that load this module rarely call OpenAI.
 
     # The openai client reads its key itself; checking first turns its long error into what to do.
     if not os.environ.get("OPENAI_API_KEY"):
@@ -52,11 +64,11 @@ def upload_files(db: Database, job: Job) -> dict[str, bytes]:
     Redaction happens on the copy being uploaded only; the snapshot stays what it is. The number of redacted
     examples is stored in the job's config (``redacted_examples``) for the progress message and ``ftbot jobs``.
     """
+    job_id = stored_id(job)
+    if job.snapshot_id is None:
+        raise TrainingError(f"job {job_id} has no snapshot")
     if not ((job.config or {}).get("gate") or {}).get("redact_pii"):
         return {split: jsonl_bytes(db, job.snapshot_id, split) for split in (TRAIN, VALIDATION)}
-    from storage.records import canonical_json
-    from trainers.data.pii import redact_record
-
     files: dict[str, bytes] = {}
     redacted = 0
     # What a reviewer explicitly kept (a public support address, say) is uploaded as approved, like the quote says.
@@ -68,7 +80,7 @@ def upload_files(db: Database, job: Job) -> dict[str, bytes]:
             redacted += changed
             lines.append(canonical_json(clean) + "\n")
         files[split] = "".join(lines).encode("utf-8")
-    update_job(db, job.id, config={**get_job(db, job.id).config, "redacted_examples": redacted})
+    update_job(db, job_id, config={**get_job(db, job_id).config, "redacted_examples": redacted})
     return files
 
 
@@ -84,14 +96,18 @@ def _suffix(job: Job) -> str:
     return suffix[:64]
 
 
-def _method(job: Job) -> dict[str, Any]:
-    hyper: dict[str, Any] = {}
-    if job.config.get("n_epochs"):
-        hyper["n_epochs"] = int(job.config["n_epochs"])
+def _method(job: Job) -> Method:
+    n_epochs = int(job.config["n_epochs"]) if job.config.get("n_epochs") else None
     if job.method == "dpo":
-        hyper["beta"] = job.config.get("beta", "auto")
-        return {"type": "dpo", "dpo": {"hyperparameters": hyper}}
-    return {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+        dpo: DpoHyperparametersParam = {}
+        if n_epochs is not None:
+            dpo["n_epochs"] = n_epochs
+        dpo["beta"] = job.config.get("beta", "auto")
+        return {"type": "dpo", "dpo": {"hyperparameters": dpo}}
+    supervised: SupervisedHyperparametersParam = {}
+    if n_epochs is not None:
+        supervised["n_epochs"] = n_epochs
+    return {"type": "supervised", "supervised": {"hyperparameters": supervised}}
 
 
 def _api_error_text(error: Exception) -> str:
@@ -101,12 +117,12 @@ def _api_error_text(error: Exception) -> str:
 
 
 class OpenAIBackend:
-    def __init__(self, client: Any | None = None, *, max_retries: int = DEFAULT_OPENAI_MAX_RETRIES):
+    def __init__(self, client: OpenAI | None = None, *, max_retries: int = DEFAULT_OPENAI_MAX_RETRIES):
         self._client = client
         self._max_retries = max_retries
 
     @property
-    def client(self):
+    def client(self) -> OpenAI:
         if self._client is None:
             self._client = make_client(max_retries=self._max_retries)
         return self._client
@@ -115,7 +131,7 @@ class OpenAIBackend:
 
     def submit(self, db: Database, job_id: int) -> Job:
         """Upload the snapshot's splits and create the fine-tuning job; store the external ids."""
-        import openai
+        import openai  # Local: see make_client.
 
         job = get_job(db, job_id)
         if job.external_id:
@@ -123,22 +139,23 @@ class OpenAIBackend:
         if job.snapshot_id is None:
             raise TrainingError(f"job {job_id} has no snapshot")
         try:
-            if not job.training_file_id or not job.validation_file_id:
+            training_file, validation_file = job.training_file_id, job.validation_file_id
+            if not training_file or not validation_file:
                 files = upload_files(db, job)
-            if not job.training_file_id:
-                uploaded = self.client.files.create(
+            if not training_file:
+                training_file = self.client.files.create(
                     file=(f"ftbot-job{job.id}-train.jsonl", files[TRAIN]), purpose="fine-tune"
-                )
-                job = update_job(db, job_id, training_file_id=uploaded.id)
-            if not job.validation_file_id:
-                uploaded = self.client.files.create(
+                ).id
+                job = update_job(db, job_id, training_file_id=training_file)
+            if not validation_file:
+                validation_file = self.client.files.create(
                     file=(f"ftbot-job{job.id}-validation.jsonl", files[VALIDATION]), purpose="fine-tune",
-                )
-                job = update_job(db, job_id, validation_file_id=uploaded.id)
+                ).id
+                job = update_job(db, job_id, validation_file_id=validation_file)
             remote = self._existing_remote_job(job) or self.client.fine_tuning.jobs.create(
                 model=job.base_model,
-                training_file=job.training_file_id,
-                validation_file=job.validation_file_id,
+                training_file=training_file,
+                validation_file=validation_file,
                 suffix=_suffix(job),
                 seed=int(job.config.get("seed", 42)),
                 method=_method(job),
@@ -162,7 +179,7 @@ class OpenAIBackend:
             progress={"remote_status": remote.status},
         )
 
-    def _existing_remote_job(self, job: Job):
+    def _existing_remote_job(self, job: Job) -> FineTuningJob | None:
         """A job this ftbot job already created (the process died before storing its id), if any."""
         for remote in self.client.fine_tuning.jobs.list(limit=20).data:
             if (remote.metadata or {}).get("ftbot_job") == str(job.id) and remote.training_file == job.training_file_id:
@@ -182,18 +199,19 @@ class OpenAIBackend:
         job = get_job(db, job_id)
         if job.status in JobStatus.FINISHED:
             return PollResult(job, True, False)
-        if not job.external_id:
+        external_id = job.external_id
+        if not external_id:
             raise TrainingError(f"job {job_id} was never submitted to OpenAI")
-        remote = self.client.fine_tuning.jobs.retrieve(job.external_id)
+        remote = self.client.fine_tuning.jobs.retrieve(external_id)
         progress = dict(job.progress or {})
         before = (job.status, progress.get("step"), progress.get("message"))
-        self._read_events(db, job, progress)
+        self._read_events(db, job_id, external_id, progress)
         progress["remote_status"] = remote.status
         if remote.estimated_finish:
             progress["estimated_finish"] = remote.estimated_finish
         status = self._local_status(remote.status)
         if remote.status == "succeeded":
-            self._read_result_files(db, job, remote)
+            self._read_result_files(db, job_id, remote)
             update_job(db, job_id, progress=progress)
             finish_job(db, job_id, JobStatus.SUCCEEDED, result_model=remote.fine_tuned_model, trained_tokens=remote.trained_tokens)
         elif remote.status == "failed":
@@ -208,13 +226,15 @@ class OpenAIBackend:
         after = (job.status, (job.progress or {}).get("step"), (job.progress or {}).get("message"))
         return PollResult(job, job.status in JobStatus.FINISHED, after != before)
 
-    def _read_events(self, db: Database, job: Job, progress: dict[str, Any]) -> None:
+    def _read_events(self, db: Database, job_id: int, external_id: str, progress: dict[str, Any]) -> None:
         """Page newest-first through events down to the last one seen; metrics events become job_metrics rows."""
         seen = progress.get("last_event_id")
-        fresh: list[Any] = []
+        fresh: list[FineTuningJobEvent] = []
         after = None
+        events = self.client.fine_tuning.jobs
         for _page in range(20):
-            page = self.client.fine_tuning.jobs.list_events(job.external_id, limit=100, **({"after": after} if after else {}))
+            page = (events.list_events(external_id, limit=100, after=after) if after
+                    else events.list_events(external_id, limit=100))
             stop = False
             for event in page.data:
                 if event.id == seen:
@@ -225,12 +245,13 @@ class OpenAIBackend:
                 break
             after = page.data[-1].id
         for event in reversed(fresh):  # oldest first
-            data = dict(event.data or {}) if getattr(event, "data", None) else {}
-            if getattr(event, "type", None) == "metrics" and "step" in data:
+            # ``data`` is a JSON object (metrics events) or absent.
+            data: dict[str, Any] = dict(event.data) if isinstance(event.data, dict) else {}
+            if event.type == "metrics" and "step" in data:
                 step = int(data["step"])
                 valid = data.get("full_valid_loss", data.get("valid_loss"))
                 extra = {k: v for k, v in data.items() if k not in ("step", "train_loss") and isinstance(v, (int, float))}
-                record_metric(db, job.id, step, train_loss=data.get("train_loss"), valid_loss=valid, extra=extra or None)
+                record_metric(db, job_id, step, train_loss=data.get("train_loss"), valid_loss=valid, extra=extra or None)
                 progress["step"] = step
                 if data.get("total_steps"):
                     progress["total_steps"] = int(data["total_steps"])
@@ -239,17 +260,17 @@ class OpenAIBackend:
         if fresh:
             progress["last_event_id"] = fresh[0].id
 
-    def _read_result_files(self, db: Database, job: Job, remote: Any) -> None:
+    def _read_result_files(self, db: Database, job_id: int, remote: FineTuningJob) -> None:
         for file_id in remote.result_files or []:
             raw = self.client.files.content(file_id).read()
             for row in parse_metrics_csv(raw):
-                record_metric(db, job.id, row["step"], train_loss=row["train_loss"], valid_loss=row["valid_loss"],
+                record_metric(db, job_id, row["step"], train_loss=row["train_loss"], valid_loss=row["valid_loss"],
                               extra=row["extra"] or None)
 
     # --- cancel -------------------------------------------------------------------------------------------------
 
     def cancel(self, db: Database, job_id: int) -> Job:
-        import openai
+        import openai  # Local: see make_client.
 
         job = get_job(db, job_id)
         if job.external_id and job.status not in JobStatus.FINISHED:
@@ -261,7 +282,7 @@ class OpenAIBackend:
         return get_job(db, job_id)
 
 
-def failure_text(error: Any) -> str:
+def failure_text(error: FineTuningJobError | None) -> str:
     """OpenAI's error verbatim, plus what to do next."""
     code = getattr(error, "code", None) if error is not None else None
     message = getattr(error, "message", None) if error is not None else None

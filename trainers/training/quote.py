@@ -15,8 +15,10 @@ from storage.config import DEFAULT_OPENAI_MODEL, Settings
 from storage.db import Database
 from storage.errors import ConfigError
 from storage.examples import pii_allowed_ids
-from storage.models import Snapshot
-from storage.snapshots import describe, snapshot_members
+from storage.models import Snapshot, stored_id
+from storage.snapshots import describe, iter_snapshot_items, snapshot_members
+from trainers.data.pii import find_pii
+from trainers.data.pricing import load_price_table, on_prem_estimate
 
 DEFAULT_LOCAL_EPOCHS = 3
 # Token counting for the local back end uses an OpenAI encoding: an estimate, the base model's tokenizer differs.
@@ -93,7 +95,7 @@ class Quote:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Quote":
+    def from_json(cls, data: dict[str, Any]) -> Quote:
         data = {k: v for k, v in data.items() if k not in ("over_budget", "pii_blocks")}
         data["pii"] = [PiiHit(**hit) for hit in data.get("pii", [])]
         return cls(**data)
@@ -117,8 +119,6 @@ def _texts(record: dict[str, Any]) -> list[str]:
 
 def find_snapshot_pii(db: Database, snapshot_id: int) -> list[PiiHit]:
     """Members with personal data that no reviewer allowed (``Example.pii_allowed``)."""
-    from trainers.data.pii import find_pii
-
     members = snapshot_members(db, snapshot_id)
     allowed = pii_allowed_ids(db, (m.example_id for m in members))
     hits = []
@@ -147,8 +147,8 @@ def build_quote(
 
     ``settings``: the price table, budget cap and on-prem throughput and price (None: the defaults).
     ``parent_model`` / ``start_note``: for DPO, the fine-tuned model the job continues from and a line saying so."""
-    from storage.snapshots import iter_snapshot_items
-    from trainers.data.pricing import load_price_table, on_prem_estimate
+    # Local: the report engine loads numpy and multiprocessing (~0.15 s), which `ftbot jobs` and other CLI
+    # commands that import this module through trainers.training.jobs never need.
     from trainers.data.report import build_report
 
     settings = settings or Settings()
@@ -157,7 +157,7 @@ def build_quote(
     counting_model = model if backend == "openai" else LOCAL_COUNTING_MODEL
     kind = "dpo" if method == "dpo" else "sft"
     report = build_report(
-        iter_snapshot_items(db, snapshot.id, "train"), model=counting_model, epochs=epochs if backend == "openai" else None,
+        iter_snapshot_items(db, stored_id(snapshot), "train"), model=counting_model, epochs=epochs if backend == "openai" else None,
         kind=kind, workers=1, unit="example", prices=load_price_table(settings.prices_file),
     )
     errors = [issue.to_json() for issue in report.errors]
@@ -190,7 +190,7 @@ def build_quote(
         gpu_hours=gpu_hours, prices_as_of=report.prices_as_of if backend == "openai" else None,
         errors=errors[:20], warnings=warnings[:20], error_count=len(errors) if backend == "local" else sum(report.error_counts.values()),
         warning_count=sum(report.warning_counts.values()),
-        pii=find_snapshot_pii(db, snapshot.id), budget_usd=settings.budget_usd, notes=notes,
+        pii=find_snapshot_pii(db, stored_id(snapshot)), budget_usd=settings.budget_usd, notes=notes,
         parent_model=parent_model, start=start_note,
     )
 

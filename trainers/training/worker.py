@@ -22,6 +22,7 @@ from storage.errors import FtbotError
 from storage.jobs import finish_job, get_job, update_unfinished_job
 from storage.models import JobStatus, utcnow
 from trainers.training.launch import launch_plan, read_log_tail, training_command
+from trainers.training.local.entry import run
 
 log = logging.getLogger("ftbot.worker")
 
@@ -41,8 +42,6 @@ def run_worker(db: Database, job_id: int, settings: Settings | None = None) -> i
     plan = launch_plan(int(job.config.get("num_processes", 1)), settings=settings)
     try:
         if plan.launcher == "python":
-            from trainers.training.local.entry import run
-
             run(db, job_id)
         else:
             command = training_command(job_id, plan)

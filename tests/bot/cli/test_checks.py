@@ -10,6 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bot.cli import app
+from storage.db import Database
+from storage.examples import import_records
 from tests.fixtures.paths import REPO
 from tests.fixtures.records import BAD_LINES, DPO_LINE, TOOL_CALL_LINE, WEIGHTED_LINE, conversation, varied_lines, write_jsonl
 from trainers.data.issues import ERROR_CODES, WARNING_CODES
@@ -54,7 +56,8 @@ def test_validate_bundled_sample(cli) -> None:
     # The sample ships a few deliberate warnings for the docs and console.
     assert {"pii", "near_duplicate", "short_assistant_reply"} <= set(data["warning_counts"])
     assert data["tokens"]["tools_estimated_examples"] == 2
-    for key in ("examples", "valid_examples", "errors", "warnings", "tokens", "epochs", "billed_tokens", "estimated_cost_usd", "model", "encoding"):
+    for key in ("examples", "valid_examples", "errors", "warnings", "tokens", "epochs", "billed_tokens", "estimated_cost_usd", "model",
+                "encoding"):
         assert key in data
     assert data["tokens"]["total"] > 0 and data["billed_tokens"] == data["epochs"] * data["tokens"]["total"]
 
@@ -78,7 +81,8 @@ def test_validate_reports_every_error_code_and_exits_1(cli, tmp_path: Path) -> N
 
 def test_validate_reports_every_warning_code(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     prices = tmp_path / "prices.toml"
-    prices.write_text('as_of = "2026-11-01"\n[models."gpt-4o-mini-2024-07-18"]\ntraining = 3\ninput = 0.3\noutput = 1.2\ncontext_limit = 200\n')
+    prices.write_text('as_of = "2026-11-01"\n'
+                      '[models."gpt-4o-mini-2024-07-18"]\ntraining = 3\ninput = 0.3\noutput = 1.2\ncontext_limit = 200\n')
     monkeypatch.setenv("FTBOT_PRICES_FILE", str(prices))
     macro = "Thanks for reaching out! To reset your password, open acme.cloud/reset and follow the link we send you within ten minutes."
     lines = varied_lines(10) + [
@@ -197,9 +201,6 @@ def test_price_usage_errors(cli) -> None:
 
 
 def test_price_and_validate_without_file_use_approved_examples(cli) -> None:
-    from storage.db import Database
-    from storage.examples import import_records
-
     database = Database.open()
     try:
         result = import_records(database, list(enumerate(varied_lines(11) + [TOOL_CALL_LINE, WEIGHTED_LINE], start=1)),

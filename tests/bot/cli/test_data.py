@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import trainers.data.imports
 from bot.cli import app
 from storage.db import Database
-from storage.examples import count_by_status, list_examples
+from storage.examples import count_by_status, list_examples, set_status
+from storage.migrate import head_revision
 from storage.pairs import list_pairs
 from tests.fixtures.db import database_url
 from tests.fixtures.paths import REPO
-
+from trainers.data.imports import import_file
 
 
 def sft(i: int, answer: str | None = None) -> dict:
@@ -147,7 +149,9 @@ def test_skip_invalid_stores_only_the_valid_lines(db: Database, cli, tmp_path: P
     [
         (lambda tmp: tmp / "missing.jsonl", "no such file"),
         (lambda tmp: tmp, "is a directory"),
-        (lambda tmp: _write_bytes(tmp / "latin1.jsonl", json.dumps(sft(1)).encode() + b"\n" + '{"messages": "café"}'.encode("latin-1") + b"\n"), "not valid UTF-8"),
+        (lambda tmp: _write_bytes(tmp / "latin1.jsonl",
+                                  json.dumps(sft(1)).encode() + b"\n" + '{"messages": "café"}'.encode("latin-1") + b"\n"),
+         "not valid UTF-8"),
         (lambda tmp: _write_bytes(tmp / "empty.jsonl", b""), "empty"),
         (lambda tmp: _write_bytes(tmp / "blank.jsonl", b"\n  \r\n\n"), "empty"),
     ],
@@ -199,8 +203,6 @@ def test_named_errors_of_every_command_are_one_line_and_exit_1(sqlite_db: Databa
 
 def test_ctrl_c_exits_130_without_a_traceback_and_stores_nothing(sqlite_db: Database, cli, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import trainers.data.imports
-
     # Interrupted after the first batch of 1000 lines was already written inside the import's transaction.
     big = write_jsonl(tmp_path / "big.jsonl", [sft(i) for i in range(1, 1501)])
     real_check = trainers.data.imports.check_record
@@ -257,8 +259,6 @@ def test_export_round_trip_gives_identical_lines(db: Database, cli, tmp_path: Pa
 
 
 def test_export_by_status(db: Database, cli, good_file: Path) -> None:
-    from storage.examples import set_status
-
     assert cli(db, "import", str(good_file)).exit_code == 0
     first = list_examples(db)[0]
     set_status(db, first.id, "rejected", by="lead")
@@ -270,7 +270,11 @@ def test_export_by_status(db: Database, cli, good_file: Path) -> None:
 
 
 def test_dpo_exports_openai_and_trl_rows(db: Database, cli, tmp_path: Path) -> None:
-    legacy = {"input": PAIR_LINE["input"], "preferred_completion": PAIR_LINE["preferred_output"], "non_preferred_completion": [{"role": "assistant", "content": "Maybe."}]}
+    legacy = {
+        "input": PAIR_LINE["input"],
+        "preferred_completion": PAIR_LINE["preferred_output"],
+        "non_preferred_completion": [{"role": "assistant", "content": "Maybe."}],
+    }
     source = write_jsonl(tmp_path / "prefs.jsonl", [PAIR_LINE])
     assert cli(db, "import", str(source)).exit_code == 0
     assert cli(db, "import", str(write_jsonl(tmp_path / "legacy.jsonl", [legacy]))).exit_code == 0
@@ -294,7 +298,7 @@ def test_hf_export_loads_with_load_from_disk(db: Database, cli, tmp_path: Path) 
     result = cli(db, "export", "--format", "hf", "--out", str(out))
     assert result.exit_code == 0, result.output
 
-    from datasets import load_from_disk
+    from datasets import load_from_disk  # deferred: the Hugging Face datasets library is heavy and only this test reads it
 
     dataset = load_from_disk(str(out))
     assert len(dataset) == 12 and "messages" in dataset.column_names
@@ -334,8 +338,6 @@ def test_examples_list_on_an_empty_database(sqlite_db: Database, cli) -> None:
 
 
 def test_db_info_reports_revision_and_counts(db: Database, cli, good_file: Path) -> None:
-    from storage.migrate import head_revision
-
     cli(db, "import", str(good_file))
     info = json.loads(cli(db, "db", "info", "--json").stdout)
     assert info["revision"] == info["head"] == head_revision()
@@ -344,8 +346,6 @@ def test_db_info_reports_revision_and_counts(db: Database, cli, good_file: Path)
 
 
 def test_import_reports_progress_line_by_line(sqlite_db: Database, good_file: Path) -> None:
-    from trainers.data.imports import import_file
-
     seen: list[int] = []
     import_file(sqlite_db, good_file, approved_by="u", on_line=seen.append)
     assert seen == list(range(1, 13))

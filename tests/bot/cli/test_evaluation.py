@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bot.cli import app
-from storage import evals
+from storage import eval_prompts, evals
 from storage.evals import RoundStatus
 from storage.pairs import pair_records
 from tests.fixtures.db import database_url
@@ -102,7 +102,7 @@ def test_eval_add_text_and_file_with_clear_errors(db, cli, tmp_path):
     result = cli("eval", "add", "--file", str(path))
     assert result.exit_code == 1
     assert "questions.jsonl:2" in result.output and "Traceback" not in result.output
-    prompts = evals.list_eval_prompts(db)
+    prompts = eval_prompts.list_eval_prompts(db)
     assert [p.messages[-1]["content"] for p in prompts] == ["How do I reset my password?", "Where is my order?"]
     neither = cli("eval", "add")
     assert neither.exit_code == 1 and "give a question or --file" in neither.stderr and neither.stdout == ""
@@ -110,7 +110,7 @@ def test_eval_add_text_and_file_with_clear_errors(db, cli, tmp_path):
     listed = json.loads(cli("eval", "questions", "--json").stdout)
     assert [row["question"] for row in listed] == ["How do I reset my password?", "Where is my order?"]
     assert cli("eval", "remove", str(listed[0]["id"])).exit_code == 0
-    assert [p.messages[-1]["content"] for p in evals.list_eval_prompts(db)] == ["Where is my order?"]
+    assert [p.messages[-1]["content"] for p in eval_prompts.list_eval_prompts(db)] == ["Where is my order?"]
     missing = cli("eval", "remove", str(listed[0]["id"]))
     assert missing.exit_code == 1 and "no added question" in missing.output
 

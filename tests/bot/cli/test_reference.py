@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bot.cli.reference import HELP_ENVIRONMENT, REFERENCE_FILE, command_paths, help_text, render
-from bot.cli import app
 import typer
 
+from bot.cli import app
+from bot.cli.reference import HELP_ENVIRONMENT, REFERENCE_FILE, command_paths, help_text, render
 from tests.fixtures.paths import REPO
 
 

@@ -14,8 +14,8 @@ from storage.examples import import_records
 from storage.jobs import get_job, list_jobs, register_model
 from storage.models import JobStatus
 from tests.fixtures.db import database_url
-from trainers.tiny_model import sample_conversations
 from tests.fixtures.paths import REPO
+from trainers.tiny_model import sample_conversations
 
 FTBOT = str(Path(sys.executable).with_name("ftbot"))
 

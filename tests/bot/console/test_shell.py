@@ -10,8 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.console.shell import Console
+from bot.blocks import upload_file
+from bot.console.render import file_kind, human_size, is_binary
+from bot.console.shell import CHANNEL, Console
 from storage.config import Settings
+from storage.db import Database
+from storage.examples import list_examples
+from trainers.plots import loss_curve_png
 
 FTBOT = str(Path(sys.executable).with_name("ftbot"))
 
@@ -64,9 +69,6 @@ def test_newcomer_captures_reviews_and_gets_reports_through_ftbot_run(tmp_path):
     assert "I don't know `/ft nonsense`" in out
     assert "Traceback" not in out + result.stderr
     # the example is in the same database the real bot uses
-    from storage.db import Database
-    from storage.examples import list_examples
-
     db = Database.open(f"sqlite:///{tmp_path / 'home' / 'ftbot.sqlite3'}")
     try:
         [example] = list_examples(db)
@@ -124,10 +126,6 @@ def test_console_help_lists_commands(tmp_path, command):
 
 
 def test_binary_uploads_are_saved_and_named_text_uploads_previewed(sqlite_db, tmp_path):
-    from bot.blocks import upload_file
-    from bot.console.shell import CHANNEL
-    from trainers.plots import loss_curve_png
-
     png = loss_curve_png([{"step": s, "train_loss": 1.0 / s} for s in range(1, 30)])
     console = Console(Settings(), sqlite_db, out=io.StringIO(), files_dir=tmp_path / "console-files")
     try:
@@ -148,8 +146,6 @@ def test_binary_uploads_are_saved_and_named_text_uploads_previewed(sqlite_db, tm
 
 
 def test_file_kinds_and_binary_detection():
-    from bot.console.render import file_kind, human_size, is_binary
-
     assert not is_binary("Größe: 3 × 4 — ok\n".encode())
     assert not is_binary(("é" * 5000).encode())  # a character cut at the 8 KiB boundary is still text
     assert is_binary(b"\x89PNG\r\n\x1a\n\0\0") and is_binary(b"\xff\xfe\xfa text")

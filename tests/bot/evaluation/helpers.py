@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from bot.evaluation import quotes
+from bot.scheduler import stop_scheduler
 from storage.examples import save_capture
 from storage.jobs import register_model, use_model
 from storage.snapshots import create_snapshot
@@ -39,8 +40,6 @@ def answer_by_model(request: dict) -> str:
 
 def stop_harness_scheduler(h: SlackHarness) -> None:
     # Opening a round schedules the close check; stop its thread with the test's database.
-    from bot.scheduler import stop_scheduler
-
     stop_scheduler(h.bot, wait=True)
 
 

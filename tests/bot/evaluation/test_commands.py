@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from storage import evals
 from storage.evals import RoundStatus
 from tests.bot.evaluation.helpers import BASE, CANDIDATE, CHANNEL, comparison_posts, seed_model
@@ -22,19 +26,17 @@ def test_eval_errors_are_clear(harness):
 
 
 def test_evaluation_commands_do_not_import_the_ml_stack(tmp_path):
-    import subprocess
-    import sys
-
     code = (
         "import sys, io, tempfile\n"
         "from storage.config import Settings\nfrom storage.db import Database\nfrom bot.console.shell import Console\n"
-        "import trainers.evaluation.results, trainers.evaluation.charts, trainers.evaluation.generation, trainers.evaluation.inference, trainers.evaluation.judge, bot.cli.evaluation\n"
+        "import trainers.evaluation.results, trainers.evaluation.charts, trainers.evaluation.generation, trainers.evaluation.inference, "
+        "trainers.evaluation.judge, bot.cli.evaluation\n"
         "db = Database.open('sqlite:///' + tempfile.mkdtemp() + '/x.db')\n"
         "c = Console(Settings(), db, out=io.StringIO())\n"
         "c.handle('/ft eval add How do I export?'); c.handle('/ft eval'); c.handle('/ft results'); c.close()\n"
         "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets', 'bitsandbytes') if m in sys.modules))\n"
     )
-    env = {**__import__("os").environ, "FTBOT_HOME": str(tmp_path)}
+    env = {**os.environ, "FTBOT_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
                             cwd=REPO)
     assert result.returncode == 0, result.stderr

@@ -11,6 +11,9 @@ from bot.evaluation import judge
 from storage import evals
 from tests.bot.evaluation.helpers import answer_by_model, chat_calls, post_round, react, seed_model, start_round
 from tests.fixtures.slack_api import block_actions
+from trainers.data.pricing import inference_cost, load_price_table
+from trainers.data.tokens import count_record_tokens, encoding_for_model
+from trainers.evaluation.judge import JUDGE_MAX_TOKENS, estimate_judge_cost, judge_messages
 
 
 def test_judge_scores_both_orders_and_reports_agreement(harness, openai_api):
@@ -64,10 +67,6 @@ def test_judge_scores_both_orders_and_reports_agreement(harness, openai_api):
 
 
 def test_judge_quote_cancel_spends_nothing_and_prices_the_exact_prompts(trainer_harness, openai_api):
-    from trainers.data.pricing import inference_cost, load_price_table
-    from trainers.data.tokens import count_record_tokens, encoding_for_model
-    from trainers.evaluation.judge import JUDGE_MAX_TOKENS, estimate_judge_cost, judge_messages
-
     h = trainer_harness
     seed_model(h.db)
     round_id = start_round(h, "eval --n 2")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storage import evals
+from storage import eval_prompts
 from tests.bot.evaluation.helpers import CHANNEL
 
 
@@ -17,7 +17,7 @@ def test_eval_add_from_thread_link_and_text(harness):
     link = fake.permalink(CHANNEL, question["ts"], parent["ts"])
     h.command(f"eval add {link}", user_id="U_AGENT")
     h.wait()
-    prompts = evals.list_eval_prompts(h.db)
+    prompts = eval_prompts.list_eval_prompts(h.db)
     assert len(prompts) == 1
     messages = prompts[0].messages
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
@@ -30,7 +30,7 @@ def test_eval_add_from_thread_link_and_text(harness):
 
     h.command("eval add How do I export to CSV?", user_id="U_AGENT")
     h.wait()
-    assert evals.list_eval_prompts(h.db)[-1].messages[-1] == {"role": "user", "content": "How do I export to CSV?"}
+    assert eval_prompts.list_eval_prompts(h.db)[-1].messages[-1] == {"role": "user", "content": "How do I export to CSV?"}
 
     h.command("eval add", user_id="U_AGENT")
     h.wait()

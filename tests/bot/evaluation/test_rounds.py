@@ -7,7 +7,11 @@ import dataclasses
 import json
 import time
 
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web import SlackResponse
+
 from bot.evaluation import rounds
+from bot.scheduler import context_key, start_scheduler, stop_scheduler
 from storage import evals
 from storage.evals import RoundStatus
 from storage.pairs import list_pairs
@@ -140,8 +144,6 @@ def test_close_due_rounds_job_closes_expired_rounds(harness):
     round_ = evals.create_round(h.db, candidate_model="x", baseline_model="openai:y", prompts=[[{"role": "user", "content": "q"}]],
                                 channel=CHANNEL).example
     evals.move_round(h.db, round_.id, RoundStatus.OPEN, closes_at=evals.utcnow())
-    from bot.scheduler import context_key, start_scheduler, stop_scheduler
-
     start_scheduler(h.bot)
     try:
         rounds.close_due_rounds_job(context_key(h.bot))
@@ -209,9 +211,6 @@ def test_posting_stopped_by_slack_says_how_to_resume(harness, openai_api):
 
     def flaky(**kwargs):
         if "Blind comparison" in kwargs.get("text", "") and posted:
-            from slack_sdk.errors import SlackApiError
-            from slack_sdk.web import SlackResponse
-
             response = SlackResponse(client=None, http_verb="POST", api_url="", req_args={},
                                      data={"ok": False, "error": "not_in_channel"}, headers={}, status_code=200)
             raise SlackApiError("not_in_channel", response)

@@ -16,11 +16,13 @@ def test_fast_path_gives_the_same_rows_as_the_general_path() -> None:
         WEIGHTED_LINE,
         conversation("Is it fixed?", "Yes, fixed."),
         conversation("I'm dana@example.com, call +1 415 555 0134", "Thanks Dana, I will call you today at that number.", system=None),
-        {"messages": [{"role": "system", "content": "card 4111 1111 1111 1111"}, {"role": "assistant", "content": "Welcome back to Acme support, friend."}]},
+        {"messages": [{"role": "system", "content": "card 4111 1111 1111 1111"},
+                      {"role": "assistant", "content": "Welcome back to Acme support, friend."}]},
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there my friend", "weight": 0}]},
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there my friend", "weight": True}]},
         {"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "hello there my friend"}]},
-        {"messages": [{"role": "system", "content": "a"}, {"role": "system", "content": "b"}, {"role": "assistant", "content": "hello there my friend"}]},
+        {"messages": [{"role": "system", "content": "a"}, {"role": "system", "content": "b"},
+                      {"role": "assistant", "content": "hello there my friend"}]},
     ] + [value for value, _, _ in BAD_LINES]
     fast_hits = 0
     for number, line in enumerate(lines, start=1):

@@ -49,13 +49,16 @@ def test_near_duplicates_are_confirmed_by_exact_trigram_jaccard(tmp_path: Path) 
     steps = ["open Settings and choose Security.", "restart the client and wait a minute.", "check the spam folder for our email.",
              "update the app from the store.", "remove the device and add it again.", "clear the cache under Storage."]
     closers = ["Let us know if that helps.", "Have a great day!", "We are here if you need more help.", ""]
-    lines = [conversation(f"Question {index}?", f"{openers[index % 4]} {steps[(index * 7) % 6]} {steps[(index * 5) % 6]} {closers[(index * 3) % 4]}")
-             for index in range(200)]
+    lines = [
+        conversation(f"Question {index}?",
+                     f"{openers[index % 4]} {steps[(index * 7) % 6]} {steps[(index * 5) % 6]} {closers[(index * 3) % 4]}")
+        for index in range(200)
+    ]
     report = build_report(write_jsonl(tmp_path / "templated.jsonl", lines), model="gpt-4o-mini")
 
     def trigrams(line: int) -> set[tuple[int, ...]]:
         tokens = encoding.encode_ordinary(lines[line - 1]["messages"][2]["content"])
-        return set(zip(tokens, tokens[1:], tokens[2:]))
+        return set(zip(tokens, tokens[1:], tokens[2:], strict=False))  # trigrams: the shifted slices are shorter
 
     flagged = [w for w in report.warnings if w.code == "near_duplicate"]
     assert flagged
@@ -70,7 +73,8 @@ def test_sketch_jaccard_is_exact_for_short_replies() -> None:
     first = rng.integers(0, 50_000, size=60).tolist()
     second = first[:40] + rng.integers(0, 50_000, size=20).tolist()
     _, _, sketches = reply_sketches(first + second, [len(first), len(second)])
-    a, b = set(zip(first, first[1:], first[2:])), set(zip(second, second[1:], second[2:]))
+    # Trigrams: the shifted slices are shorter, so zip stops at the last full window.
+    a, b = set(zip(first, first[1:], first[2:], strict=False)), set(zip(second, second[1:], second[2:], strict=False))
     assert sketch_jaccard(sketches[0], sketches[1]) == pytest.approx(len(a & b) / len(a | b))
 
 
@@ -116,14 +120,15 @@ def _reference_near_duplicates(batches: list[tuple[list[int], np.ndarray, np.nda
                 continue
             evicted = len(reps) >= capacity
             if evicted:
-                ranked = sorted((line_ for line_, rep in reps.items() if rep[2] > 0), key=lambda l: -reps[l][2])[: capacity // 2]
-                kept = [l for l in reps if l in set(ranked)]
-                reps_new = {l: (reps[l][0], reps[l][1], reps[l][2] // 2) for l in kept}
+                matched = (line_ for line_, rep in reps.items() if rep[2] > 0)
+                ranked = sorted(matched, key=lambda rep_line: -reps[rep_line][2])[: capacity // 2]
+                kept = [rep_line for rep_line in reps if rep_line in set(ranked)]
+                reps_new = {rep_line: (reps[rep_line][0], reps[rep_line][1], reps[rep_line][2] // 2) for rep_line in kept}
                 reps.clear()
                 reps.update(reps_new)
                 bands = {}
-                for l in kept:
-                    bands.update(dict.fromkeys(band_keys(reps[l][0].reshape(1, -1))[0].tolist(), l))
+                for rep_line in kept:
+                    bands.update(dict.fromkeys(band_keys(reps[rep_line][0].reshape(1, -1))[0].tolist(), rep_line))
             reps[line] = (signatures[row], sketches[row], 0)
             mapping = dict.fromkeys(keys[row].tolist(), line)
             bands.update(mapping)

@@ -67,7 +67,8 @@ def test_cross_line_warnings(tmp_path: Path) -> None:
     lines.append(conversation("Where is the invoice?", "Open Admin, then Billing, then Invoices to download any PDF.",
                               system="You are the billing bot."))  # 14
     lines.append(conversation("Is it fixed?", "Yes, all done."))  # 15
-    lines.append({"messages": [{"role": "user", "content": "Long question " + "word " * 400}, {"role": "assistant", "content": "A long answer follows here."}]})  # 16
+    lines.append({"messages": [{"role": "user", "content": "Long question " + "word " * 400},
+                               {"role": "assistant", "content": "A long answer follows here."}]})  # 16
     path = write_jsonl(tmp_path / "warn.jsonl", lines)
     table = PriceTable.load()
     small = PriceTable(table.as_of, table.source, table.currency, table.path, dict(table.models))
@@ -162,7 +163,8 @@ def test_invalid_utf8_in_a_big_file_names_the_line(tmp_path: Path, monkeypatch: 
 
 
 def test_report_import_is_light() -> None:
-    code = "import sys, trainers.data.report, bot.cli.checks; print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets', 'bitsandbytes') if m in sys.modules))"
+    code = ("import sys, trainers.data.report, bot.cli.checks; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets', 'bitsandbytes') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -187,8 +189,10 @@ def test_lines_orjson_refuses_are_read_as_the_standard_library_reads_them(tmp_pa
     path = tmp_path / "odd.jsonl"
     path.write_text("\n".join(valid + [
         surrogate,
-        '{"messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello, how can I help you?", "weight": NaN}]}',
-        '{"messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello, how can I help you?", "weight": 100000000000000000000000}]}',
+        '{"messages": [{"role": "user", "content": "Hi there"}, '
+        '{"role": "assistant", "content": "Hello, how can I help you?", "weight": NaN}]}',
+        '{"messages": [{"role": "user", "content": "Hi there"}, '
+        '{"role": "assistant", "content": "Hello, how can I help you?", "weight": 100000000000000000000000}]}',
         "{bad",
         json.dumps({**TOOL_CALL_LINE, "tools": [{**TOOL_CALL_LINE["tools"][0], "limit": 10**23}]}),
     ]) + "\n", encoding="utf-8")

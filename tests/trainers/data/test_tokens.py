@@ -107,7 +107,8 @@ def test_weighted_example_skips_weight_and_counts_only_trained_replies_as_assist
 
 def test_tool_calling_example_counts_calls_as_json_and_flags_tools_as_estimate(o200k: tiktoken.Encoding) -> None:
     tool_calls = [{"id": "call_1", "type": "function", "function": {"name": "lookup_order", "arguments": "{\"id\": \"42\"}"}}]
-    tools = [{"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}}]
+    tools = [{"type": "function",
+              "function": {"name": "lookup_order", "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}}]
     record = {
         "messages": [
             {"role": "user", "content": "Where is order 42?"},
@@ -136,10 +137,13 @@ def test_tool_calling_example_counts_calls_as_json_and_flags_tools_as_estimate(o
 
 
 def test_cl100k_counts_differ_for_gpt_35() -> None:
-    record = {"messages": [{"role": "user", "content": "Grüße aus München! ¿Dónde está mi pedido?"}, {"role": "assistant", "content": "Está en camino."}]}
+    record = {"messages": [{"role": "user", "content": "Grüße aus München! ¿Dónde está mi pedido?"},
+                           {"role": "assistant", "content": "Está en camino."}]}
     cl100k = encoding_for_model("gpt-3.5-turbo-0125")
     o200k = encoding_for_model("gpt-4o")
-    assert count_record_tokens(record, cl100k).total == 3 + 1 + n(cl100k, record["messages"][0]["content"]) + 3 + 1 + n(cl100k, "Está en camino.") + 3
+    assert count_record_tokens(record, cl100k).total == (
+        3 + 1 + n(cl100k, record["messages"][0]["content"]) + 3 + 1 + n(cl100k, "Está en camino.") + 3
+    )
     assert count_record_tokens(record, cl100k).total != count_record_tokens(record, o200k).total
 
 

@@ -20,7 +20,9 @@ SPEC = TEST_DATA / "openai" / "training-formats-excerpt.json"
 # --- per-line checks ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("line", [conversation("Hi?", "Hello, how can I help you today?"), TOOL_CALL_LINE, WEIGHTED_LINE, PARTS_LINE, DPO_LINE])
+@pytest.mark.parametrize(
+    "line", [conversation("Hi?", "Hello, how can I help you today?"), TOOL_CALL_LINE, WEIGHTED_LINE, PARTS_LINE, DPO_LINE]
+)
 def test_valid_lines_have_no_errors(line: dict[str, Any]) -> None:
     checked = check_record(line, 7)
     assert checked.errors == []
@@ -49,13 +51,20 @@ def test_every_line_level_error_code_is_covered() -> None:
 def test_per_line_warnings() -> None:
     no_system = check_record(conversation("Hi, where is my order?", "It shipped today and arrives on Friday.", system=None), 1)
     assert [w.code for w in no_system.warnings] == ["missing_system_message"]
-    no_user = check_record({"messages": [{"role": "system", "content": SYSTEM}, {"role": "assistant", "content": "Welcome to Acme, how can I help today?"}]}, 2)
+    no_user = check_record(
+        {"messages": [{"role": "system", "content": SYSTEM}, {"role": "assistant", "content": "Welcome to Acme, how can I help today?"}]}, 2
+    )
     assert [w.code for w in no_user.warnings] == ["missing_user_message"]
     short = check_record(conversation("Is it fixed?", "Yes, fixed."), 3)
     assert [w.code for w in short.warnings] == ["short_assistant_reply"]
     assert "messages[2]" in short.warnings[0].message
-    pii = check_record(conversation("I'm dana@example.com, card 4111 1111 1111 1111", "Thanks, I will call you at +1 415 555 0134 today."), 4)
-    assert [(w.code, w.message.split(".content")[0]) for w in pii.warnings] == [("pii", "line 4: messages[1]"), ("pii", "line 4: messages[2]")]
+    pii = check_record(
+        conversation("I'm dana@example.com, card 4111 1111 1111 1111", "Thanks, I will call you at +1 415 555 0134 today."), 4
+    )
+    assert [(w.code, w.message.split(".content")[0]) for w in pii.warnings] == [
+        ("pii", "line 4: messages[1]"),
+        ("pii", "line 4: messages[2]"),
+    ]
     assert "1 email address, 1 card number" in pii.warnings[0].message
     assert "dana@example.com" not in pii.warnings[0].message  # the report does not repeat the personal data
     assert check_record(conversation("I'm dana@example.com", "Thanks, I have updated your account."), 5, pii=False).warnings == []
@@ -84,7 +93,8 @@ def _for_schema(value: Any) -> Any:
     says content may be omitted with tool_calls, so drop null contents before checking."""
     value = copy.deepcopy(value)
     if isinstance(value, dict):
-        for messages in (value.get("messages"), (value.get("input") or {}).get("messages") if isinstance(value.get("input"), dict) else None):
+        input_messages = (value.get("input") or {}).get("messages") if isinstance(value.get("input"), dict) else None
+        for messages in (value.get("messages"), input_messages):
             for message in messages or []:
                 if isinstance(message, dict) and message.get("content", 0) is None:
                     del message["content"]
@@ -105,7 +115,9 @@ def test_lines_we_accept_are_valid_under_openai_schema(schemas) -> None:
 
 def test_lines_the_schema_rejects_are_errors_for_us(schemas) -> None:
     chat, _ = schemas
-    rejected_by_schema = [value for value, _, _ in BAD_LINES if isinstance(value, dict) and "input" not in value and list(chat.iter_errors(value))]
+    rejected_by_schema = [
+        value for value, _, _ in BAD_LINES if isinstance(value, dict) and "input" not in value and list(chat.iter_errors(value))
+    ]
     assert len(rejected_by_schema) >= 8  # the schema is permissive (no additionalProperties): a subset
     for value in rejected_by_schema:
         assert check_record(value, 1).errors, value

@@ -7,16 +7,20 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from storage import evals
+from bot.scheduler import stop_scheduler
+from storage import eval_prompts, evals
 from storage.config import Settings
 from storage.evals import RoundStatus
+from storage.examples import save_capture
 from storage.jobs import register_model
+from storage.snapshots import create_snapshot
 from tests.fixtures.db import database_url
 from tests.fixtures.paths import REPO
+from tests.fixtures.slack_api import SlackHarness
+from trainers.data.tokens import count_record_tokens, encoding_for_model
 from trainers.evaluation.inference import (
     GenerationError,
     GenerationSettings,
@@ -30,7 +34,7 @@ from trainers.tiny_model import sample_conversations
 def _prompts(n: int, seed: int = 3) -> list[list[dict]]:
     prompts = []
     for record in sample_conversations(n, seed=seed):
-        prompt, _ = evals.split_prompt(record["messages"])
+        prompt, _ = eval_prompts.split_prompt(record["messages"])
         prompts.append(prompt)
     return prompts
 
@@ -43,6 +47,7 @@ def generator(tiny_model_dir):
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_model_dir, tmp_path_factory):
     """A LoRA adapter with non-zero random weights (so it changes the output), saved with its tokenizer."""
+    # Deferred: the ML stack loads only when a test needs the adapter, not when the module is collected.
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -110,10 +115,6 @@ def test_generation_worker_fills_a_round(sqlite_db, tiny_model_dir, adapter_dir,
 
 def test_local_round_through_slack_posts_without_a_cost_question(sqlite_db, fake_slack, tiny_model_dir, adapter_dir,
                                                                  tmp_path, monkeypatch):
-    from storage.examples import save_capture
-    from storage.snapshots import create_snapshot
-    from tests.fixtures.slack_api import SlackHarness
-
     monkeypatch.setenv("FTBOT_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("FTBOT_EVAL_MAX_TOKENS", "8")
@@ -134,8 +135,6 @@ def test_local_round_through_slack_posts_without_a_cost_question(sqlite_db, fake
         posts = [c for c in fake_slack.calls_to("chat.postMessage") if "Blind comparison" in (c.args.get("text") or "")]
         assert len(posts) == len(evals.round_comparisons(sqlite_db, round_.id)) == 3
     finally:
-        from bot.scheduler import stop_scheduler
-
         stop_scheduler(h.bot, wait=True)
         h.close()
 
@@ -180,8 +179,6 @@ def test_openai_failure_is_a_clear_error(openai_api, monkeypatch):
 
 
 def test_cost_estimate_uses_the_price_table():
-    from trainers.data.tokens import count_record_tokens, encoding_for_model
-
     prompts = [[{"role": "user", "content": "How do I reset my password? " * 5}]] * 10
     estimate = estimate_openai_cost("gpt-4o-mini-2024-07-18", prompts, GenerationSettings(max_new_tokens=100),
                                     expected_answer_tokens=40)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import random
-
-import pytest
 
 from storage import evals
 from storage.evals import RoundStatus
 from trainers.evaluation.charts import results_png
-from trainers.evaluation.results import round_report
 from trainers.evaluation.judge import parse_verdict
-from trainers.evaluation.stats import ab_summary, bradley_terry
+from trainers.evaluation.results import round_report
+from trainers.evaluation.stats import ABVote, ab_summary, bradley_terry
 
 
 def _round(db, candidate, outcomes, baseline="openai:gpt-4o-mini"):
@@ -21,7 +18,7 @@ def _round(db, candidate, outcomes, baseline="openai:gpt-4o-mini"):
                                 prompts=[[{"role": "user", "content": f"{candidate} {i}"}] for i in range(len(outcomes))],
                                 rng=random.Random(2)).example
     evals.move_round(db, round_.id, RoundStatus.OPEN)
-    for c, votes in zip(evals.round_comparisons(db, round_.id), outcomes):
+    for c, votes in zip(evals.round_comparisons(db, round_.id), outcomes, strict=True):
         other = "B" if c.candidate_side == "A" else "A"
         for voter, outcome in enumerate(votes):
             choice = {"win": c.candidate_side, "loss": other, "tie": "tie", "bad": "bad"}[outcome]
@@ -50,7 +47,7 @@ def test_judge_agreement_and_leaderboard(sqlite_db):
     first = _round(sqlite_db, "cand-1", [["win"], ["win"], ["loss"], ["tie"]])
     comparisons = evals.round_comparisons(sqlite_db, first.id)
     # The judge agrees on the first two decided questions, disagrees on the third, and ties the undecided one.
-    for c, choice in zip(comparisons, [c.candidate_side for c in comparisons[:2]] + [comparisons[2].candidate_side, "tie"]):
+    for c, choice in zip(comparisons, [c.candidate_side for c in comparisons[:2]] + [comparisons[2].candidate_side, "tie"], strict=True):
         evals.save_verdict(sqlite_db, c.id, "judge-x", choice)
     report = round_report(sqlite_db, first.id, bootstrap_rounds=100)
     (judge,) = report.judges
@@ -74,8 +71,6 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_chart_has_a_ratings_panel_only_with_more_than_two_models(tmp_path):
-    from trainers.evaluation.stats import ABVote
-
     summary = ab_summary([ABVote(i, "U1", "A" if i % 3 else "B", "A") for i in range(30)], bootstrap_rounds=100)
     plain = results_png(summary, candidate="cand", baseline="base")
     two = bradley_terry([("cand", "base", 1.0)] * 5 + [("cand", "base", 0.0)], bootstrap_rounds=20)

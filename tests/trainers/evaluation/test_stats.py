@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest
+from scipy.stats import binom, binomtest
 
 from trainers.evaluation.stats import (
     ABVote,
@@ -56,8 +56,6 @@ def test_wins_needed_table(trials, needed):
 
 def test_vectorised_power_agrees_with_scipy_binomtest():
     # Power by brute force: sum the probability of every outcome the exact test rejects.
-    from scipy.stats import binom
-
     for trials in (5, 20, 37, 60):
         rejecting = [k for k in range(trials + 1) if binomtest(k, trials, 0.5).pvalue <= 0.05]
         expected = sum(binom.pmf(k, trials, 0.7) for k in rejecting)
@@ -141,7 +139,7 @@ def _tournament(strengths, battles, seed, tie_share=0.1):
     p = 1 / (1 + np.exp(-(theta[a] - theta[b])))
     u = rng.random(battles)
     outcome = np.where(u < tie_share, 0.5, np.where(rng.random(battles) < p, 1.0, 0.0))
-    return names, [(names[i], names[j], float(o)) for i, j, o in zip(a, b, outcome)]
+    return names, [(names[i], names[j], float(o)) for i, j, o in zip(a, b, outcome, strict=True)]
 
 
 def test_bradley_terry_recovers_the_order_of_known_strengths():

@@ -7,13 +7,19 @@ from types import SimpleNamespace
 
 import pytest
 
+from bot.evaluation.commands import choose_baseline
+from bot.training import parse_train_args
 from storage.config import Settings
 from storage.errors import ConfigError
 from storage.examples import import_records
 from storage.jobs import create_job, job_metrics, register_model, use_model
 from storage.pairs import add_pair
+from trainers.evaluation.inference import GenerationSettings, LocalGenerator
 from trainers.tiny_model import sample_conversations, sample_preference_pairs
-from trainers.training.jobs import quote_job
+from trainers.training.jobs import quote_job, refresh_job, start_job
+from trainers.training.local.config import LocalTrainConfig
+from trainers.training.local.entry import run
+from trainers.training.local.train import train
 from trainers.training.quote import quote_lines
 
 FT_MODEL = "ft:gpt-4o-mini-2024-07-18:acme::a1"
@@ -79,8 +85,6 @@ def test_the_default_parent_is_the_model_in_use_on_the_same_back_end_else_the_ne
 
 
 def test_openai_dpo_fine_tunes_the_fine_tuned_model_and_records_it(sqlite_db, openai_api, no_model_env):
-    from trainers.training.jobs import refresh_job, start_job
-
     _add_pairs(sqlite_db)
     _registered(sqlite_db, FT_MODEL, "openai", FT_MODEL, "gpt-4o-mini-2024-07-18")
     job = start_job(sqlite_db, quote_job(sqlite_db, backend="openai", method="dpo").job.id, allow_pii=True).job
@@ -95,15 +99,11 @@ def test_openai_dpo_fine_tunes_the_fine_tuned_model_and_records_it(sqlite_db, op
 
 
 def test_the_train_command_takes_from(sqlite_db):
-    from bot.training import parse_train_args
-
     options = parse_train_args(["local", "--method", "dpo", "--from", "tiny-sft-job1"])
     assert options["parent"] == "tiny-sft-job1" and options["method"] == "dpo" and options["model"] is None
 
 
 def test_evaluating_a_dpo_model_compares_it_with_the_model_it_continued(sqlite_db):
-    from bot.evaluation.commands import choose_baseline
-
     sft = _registered(sqlite_db, "tiny-sft-job1", "local", "/m/1/adapter", "ftbot:tiny")
     job = create_job(sqlite_db, backend="local", method="dpo", base_model="ftbot:tiny", status="succeeded").job
     dpo = register_model(sqlite_db, name="tiny-dpo-job2", backend="local", base_model="/m/1/merged", location="/m/2/adapter",
@@ -123,11 +123,7 @@ FAST = dict(max_steps=6, learning_rate=3e-2, batch_size=4, max_length=256, lora_
 
 @pytest.mark.slow
 def test_dpo_after_sft_trains_on_the_merged_sft_model_which_is_its_reference(sqlite_db, tiny_model_dir, tmp_path, monkeypatch):
-    import torch
-
-    from trainers.evaluation.inference import GenerationSettings, LocalGenerator
-    from trainers.training.jobs import refresh_job
-    from trainers.training.local.entry import run
+    import torch  # deferred: the ML stack loads only when this slow test runs, not at collection
 
     monkeypatch.setenv("FTBOT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -174,9 +170,6 @@ def test_dpo_after_sft_trains_on_the_merged_sft_model_which_is_its_reference(sql
     assert second.base_model == str(tiny_model_dir)
 
     # 4-bit: the parent is merged in full precision (reused here), then the merged weights load quantized.
-    from trainers.training.local.config import LocalTrainConfig
-    from trainers.training.local.train import train
-
     config = LocalTrainConfig(base_model=str(tiny_model_dir), method="dpo", load_in_4bit=True, parent_model=sft.name,
                               parent_location=sft.location, **{**FAST, "max_steps": 2})
     pairs = sample_preference_pairs(10)

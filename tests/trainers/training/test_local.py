@@ -12,11 +12,17 @@ from storage.examples import import_records
 from storage.jobs import get_job, job_metrics, list_models
 from storage.models import JobStatus
 from tests.fixtures.concurrency import wait_until
-from trainers.training.local.config import LocalTrainConfig
 from trainers.tiny_model import CHATML_TRAINING_TEMPLATE, sample_conversations, sample_preference_pairs
+from trainers.training.jobs import quote_job, refresh_job, start_job, wait_for_job
+from trainers.training.launch import read_log_tail
+from trainers.training.local.chat_template import ensure_generation_markers
+from trainers.training.local.config import LocalTrainConfig
+from trainers.training.local.train import load_for_generation, load_model_and_tokenizer, train
 
 pytestmark = pytest.mark.slow
 
+# torch and transformers are imported inside the tests that use them: collecting this module (e.g. with
+# -m "not slow") does not load the ML stack.
 FAST = dict(max_steps=10, learning_rate=3e-2, batch_size=4, max_length=256, lora_dropout=0.0, lora_r=8, lora_alpha=16)
 
 
@@ -30,8 +36,6 @@ def _sequence_loss(model, tokenizer, record) -> float:
 
 def test_sft_loss_drops_and_the_saved_adapter_reloads_and_generates(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
-
-    from trainers.training.local.train import load_for_generation, train
 
     records = sample_conversations(24, max_turns=1)
     seen = []
@@ -60,8 +64,6 @@ def test_sft_loss_drops_and_the_saved_adapter_reloads_and_generates(tiny_model_d
 
 
 def test_4bit_qlora_runs_with_bitsandbytes_on_cpu(tiny_model_dir, tmp_path):
-    from trainers.training.local.train import load_model_and_tokenizer, train
-
     config = LocalTrainConfig(base_model=str(tiny_model_dir), load_in_4bit=True, **{**FAST, "max_steps": 4})
     model, _tokenizer, setup = load_model_and_tokenizer(str(tiny_model_dir), config)
     assert setup["load_in_4bit"] and getattr(model, "is_loaded_in_4bit", False)
@@ -75,8 +77,6 @@ def test_4bit_qlora_runs_with_bitsandbytes_on_cpu(tiny_model_dir, tmp_path):
 
 
 def test_dpo_with_lora_learns_the_preference(tiny_model_dir, tmp_path):
-    from trainers.training.local.train import train
-
     pairs = sample_preference_pairs(20)
     config = LocalTrainConfig(base_model=str(tiny_model_dir), method="dpo", **{**FAST, "learning_rate": 1e-2, "max_steps": 8})
     result = train(config, pairs[:18], pairs[18:], tmp_path / "dpo")
@@ -89,15 +89,13 @@ def test_dpo_with_lora_learns_the_preference(tiny_model_dir, tmp_path):
 def test_a_template_without_generation_markers_gets_them_with_the_end_token_inside(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from trainers.training.local.chat_template import ensure_generation_markers
-
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.chat_template = CHATML_TRAINING_TEMPLATE.replace("{%- generation -%}", "").replace("{%- endgeneration -%}", "")
     assert "{%- generation" not in tokenizer.chat_template
     assert ensure_generation_markers(tokenizer)
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]
     encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-    trained = [i for i, keep in zip(encoded["input_ids"], encoded["assistant_masks"]) if keep]
+    trained = [i for i, keep in zip(encoded["input_ids"], encoded["assistant_masks"], strict=True) if keep]
     assert tokenizer.decode(trained) == "Hello there<|im_end|>"
 
 
@@ -112,15 +110,11 @@ def local_env(monkeypatch, tmp_path, tiny_model_dir):
 
 
 def _quoted_local_job(db, base_model: Path, **options):
-    from trainers.training.jobs import quote_job
-
     import_records(db, enumerate(sample_conversations(12, max_turns=1), 1), source_file="t.jsonl", approved_by="U1")
     return quote_job(db, backend="local", model=str(base_model), local_options={**FAST, **options}).job
 
 
 def test_a_killed_worker_fails_its_job_with_the_log_tail(sqlite_db, local_env):
-    from trainers.training.jobs import refresh_job, start_job
-
     job = _quoted_local_job(sqlite_db, local_env, max_steps=100000)
     started = start_job(sqlite_db, job.id).job
     assert started.worker_pid and started.status == JobStatus.PENDING
@@ -136,8 +130,6 @@ def test_a_killed_worker_fails_its_job_with_the_log_tail(sqlite_db, local_env):
 
 
 def test_a_crashing_worker_records_its_error_and_traceback(sqlite_db, local_env, tmp_path):
-    from trainers.training.jobs import refresh_job, start_job
-
     not_a_model = tmp_path / "not-a-model"
     not_a_model.mkdir()
     job = _quoted_local_job(sqlite_db, not_a_model)
@@ -151,9 +143,6 @@ def test_a_crashing_worker_records_its_error_and_traceback(sqlite_db, local_env,
 
 
 def test_the_worker_runs_the_training_entry_point_under_accelerate_launch(sqlite_db, local_env, monkeypatch):
-    from trainers.training.launch import read_log_tail
-    from trainers.training.jobs import start_job, wait_for_job
-
     monkeypatch.setenv("FTBOT_LAUNCHER", "accelerate")
     job = _quoted_local_job(sqlite_db, local_env, max_steps=3)
     start_job(sqlite_db, job.id)
@@ -167,8 +156,6 @@ def test_the_worker_runs_the_training_entry_point_under_accelerate_launch(sqlite
 def test_merged_export_equals_base_plus_adapter(tiny_model_dir, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
-
-    from trainers.training.local.train import load_for_generation, train
 
     records = sample_conversations(8, max_turns=1)
     result = train(LocalTrainConfig(base_model=str(tiny_model_dir), merge=True, **{**FAST, "max_steps": 3}),

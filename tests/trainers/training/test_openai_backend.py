@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 
 import pytest
 
@@ -209,8 +210,6 @@ def test_the_budget_cap_needs_an_admin(approved, openai_api, monkeypatch):
 
 
 def test_an_unreachable_openai_leaves_the_job_startable(approved, openai_api, monkeypatch):
-    import socket
-
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]

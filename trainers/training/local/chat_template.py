@@ -17,7 +17,7 @@ def ensure_generation_markers(tokenizer) -> bool:
     template, which keeps ``<|im_end|>`` inside the marked span so the model learns to stop. Otherwise the caller
     trains on the whole sequence and says so in the log.
     """
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers  # Local: heavy (TRL).
 
     template = tokenizer.chat_template
     if isinstance(template, dict):

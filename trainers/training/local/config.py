@@ -56,7 +56,7 @@ class LocalTrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LocalTrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> LocalTrainConfig:
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k != "gate"}  # the start gate's record, not a training setting
         unknown = sorted(set(data) - known)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 
-def hf_chat_message(message: dict[str, Any]) -> dict[str, Any]:
+def hf_chat_message(message: Mapping[str, Any]) -> dict[str, Any]:
     """An OpenAI chat message in the shape HF chat templates expect."""
     out: dict[str, Any] = {"role": message["role"], "content": _text(message.get("content"))}
     if message.get("name"):

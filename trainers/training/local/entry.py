@@ -17,6 +17,7 @@ from storage.models import JobStatus
 from storage.snapshots import TRAIN, VALIDATION, snapshot_records
 from trainers.training.launch import model_dir
 from trainers.training.local.config import LocalTrainConfig
+from trainers.training.local.train import train
 
 
 def _is_main_process() -> bool:
@@ -41,8 +42,6 @@ def run(db: Database, job_id: int) -> None:
 
     def should_stop() -> bool:
         return get_job(db, job_id).status == JobStatus.CANCELLED
-
-    from trainers.training.local.train import train
 
     result = train(
         config, train_records, valid_records, model_dir(job_id),

@@ -8,15 +8,24 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from storage.errors import ConfigError, TrainingError
+from trainers.tiny_model import build_tiny_model, is_tiny_model
+from trainers.training.local.chat_template import ensure_generation_markers
 from trainers.training.local.config import TINY_BASE_MODEL, LocalTrainConfig
 from trainers.training.local.data import dpo_row, sft_row
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+    from trl import DPOTrainer, SFTTrainer
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +57,6 @@ class TrainResult:
 def resolve_base_model(base_model: str, cache_dir: Path) -> str:
     """A HF id or local path as given; ``ftbot:tiny`` builds the offline tiny model once under ``cache_dir``."""
     if base_model == TINY_BASE_MODEL:
-        from trainers.tiny_model import build_tiny_model, is_tiny_model
-
         target = cache_dir / "tiny-model"
         if not is_tiny_model(target):
             build_tiny_model(target)
@@ -86,14 +93,13 @@ def merged_parent(parent_location: str | Path, parent_base: str) -> str:
     except OSError:
         if not (target / "config.json").is_file():
             raise
-        import shutil
-
         shutil.rmtree(scratch, ignore_errors=True)  # another process merged it first: use theirs
     log.info("merged the parent adapter %s into %s: DPO continues from %s", location, parent_base, target)
     return str(target)
 
 
 def _device_setup(config: LocalTrainConfig) -> dict[str, Any]:
+    # Local: the ML stack, loaded only where training runs (module docstring).
     import torch
 
     cuda = torch.cuda.is_available()
@@ -104,6 +110,7 @@ def _device_setup(config: LocalTrainConfig) -> dict[str, Any]:
 
 def load_model_and_tokenizer(base_model: str, config: LocalTrainConfig):
     """The base model (4-bit NF4 when asked or on CUDA by default) and its tokenizer."""
+    # Local: the ML stack, loaded only where training runs (module docstring).
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -135,6 +142,7 @@ def load_model_and_tokenizer(base_model: str, config: LocalTrainConfig):
 
 
 def _lora_config(config: LocalTrainConfig):
+    # Local: the ML stack, loaded only where training runs (module docstring).
     from peft import LoraConfig
 
     return LoraConfig(
@@ -176,6 +184,7 @@ def _common_args(config: LocalTrainConfig, output_dir: Path, setup: dict[str, An
 
 
 def _callback(metric_sink: MetricSink | None, progress_sink: ProgressSink | None, should_stop: StopCheck | None):
+    # Local: the ML stack, loaded only where training runs (module docstring).
     from transformers import TrainerCallback
 
     class RelayCallback(TrainerCallback):
@@ -211,6 +220,7 @@ def train(
 ) -> TrainResult:
     """Train a LoRA adapter on OpenAI-format records; save adapter + tokenizer to ``output_dir/adapter``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Local: the ML stack, loaded only where training runs (module docstring).
     from datasets import Dataset
 
     output_dir = Path(output_dir)
@@ -226,15 +236,15 @@ def train(
     callbacks = [_callback(metric_sink, progress_sink, should_stop)]
     common = _common_args(config, output_dir, setup, bool(valid_records))
     assistant_only = True
+    trainer: SFTTrainer | DPOTrainer
     if config.method == "sft":
+        # Local: the ML stack, loaded only where training runs (module docstring).
         from trl import SFTConfig, SFTTrainer
-
-        from trainers.training.local.chat_template import ensure_generation_markers
 
         assistant_only = ensure_generation_markers(tokenizer)
         train_ds = Dataset.from_list([sft_row(r) for r in train_records])
         eval_ds = Dataset.from_list([sft_row(r) for r in valid_records]) if valid_records else None
-        args = SFTConfig(
+        sft_args = SFTConfig(
             **common,
             packing=config.packing,
             assistant_only_loss=assistant_only,
@@ -243,19 +253,20 @@ def train(
             eval_packing=False,
         )
         trainer = SFTTrainer(
-            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+            model=model, args=sft_args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
             peft_config=_lora_config(config), callbacks=callbacks,
         )
     else:
+        # Local: the ML stack, loaded only where training runs (module docstring).
         from trl import DPOConfig, DPOTrainer
 
         train_ds = Dataset.from_list([dpo_row(r) for r in train_records])
         eval_ds = Dataset.from_list([dpo_row(r) for r in valid_records]) if valid_records else None
-        args = DPOConfig(**common, beta=config.beta)
+        dpo_args = DPOConfig(**common, beta=config.beta)
         # ref_model=None with a peft_config: the reference is the loaded model with the adapter disabled (no second
         # copy) — the merged parent when this run continues a fine-tuned model, so DPO moves away from that policy.
         trainer = DPOTrainer(
-            model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+            model=model, ref_model=None, args=dpo_args, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=tokenizer, peft_config=_lora_config(config), callbacks=callbacks,
         )
 
@@ -270,15 +281,16 @@ def train(
     adapter_dir = output_dir / "adapter"
     merged_dir = None
     if trainer.state.is_world_process_zero:
-        trainer.model.save_pretrained(adapter_dir)
+        # With a peft_config the trainer wraps the model in a PeftModel; TRL types trainer.model as the plain model.
+        cast("PeftModel", trainer.model).save_pretrained(str(adapter_dir))
         tokenizer.save_pretrained(adapter_dir)
         if config.merge:
             merged_dir = merge_adapter(base, adapter_dir, output_dir / "merged")
     tokens = _tokens_seen(trainer)
     return TrainResult(
         adapter_dir=adapter_dir, merged_dir=merged_dir, steps=trainer.state.global_step, train_tokens=tokens,
-        train_seconds=seconds, train_cpu_seconds=cpu_seconds, log_history=list(trainer.state.log_history), assistant_only_loss=assistant_only,
-        quantized=bool(setup["load_in_4bit"]), adapter_base=base,
+        train_seconds=seconds, train_cpu_seconds=cpu_seconds, log_history=list(trainer.state.log_history),
+        assistant_only_loss=assistant_only, quantized=bool(setup["load_in_4bit"]), adapter_base=base,
     )
 
 
@@ -292,6 +304,7 @@ def _tokens_seen(trainer) -> int:
 
 def merge_adapter(base_model: str, adapter_dir: Path, merged_dir: Path) -> Path:
     """Export base + adapter as one full model: reload the base unquantized, merge, save (merging into 4-bit weights rounds them)."""
+    # Local: the ML stack, loaded only where training runs (module docstring).
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -299,7 +312,7 @@ def merge_adapter(base_model: str, adapter_dir: Path, merged_dir: Path) -> Path:
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    if len(tokenizer) != base.get_input_embeddings().weight.shape[0]:
+    if len(tokenizer) != embedding_rows(base):
         base.resize_token_embeddings(len(tokenizer))
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(merged_dir)
@@ -307,8 +320,16 @@ def merge_adapter(base_model: str, adapter_dir: Path, merged_dir: Path) -> Path:
     return merged_dir
 
 
+def embedding_rows(model: PreTrainedModel) -> int:
+    """Rows of the model's input embedding matrix (its vocabulary, added tokens included)."""
+    # transformers types get_input_embeddings() as any nn.Module; a causal LM's is an nn.Embedding.
+    embeddings = cast("torch.nn.Embedding", model.get_input_embeddings())
+    return embeddings.weight.shape[0]
+
+
 def load_for_generation(adapter_dir: str | Path, base_model: str | None = None):
     """(model, tokenizer) from a saved adapter, ready to ``generate`` (the base is read from the adapter config)."""
+    # Local: the ML stack, loaded only where training runs (module docstring).
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
 
