@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import getpass
 import json
-from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -18,30 +17,24 @@ from rich.table import Table
 
 from bot.cli.common import cli_settings, console, database_errors, err_console, open_database
 from storage.jobs import discard_quote, get_job, job_record, list_jobs, list_models, model_record, use_model
-from storage.models import JobStatus, stored_id
+from storage.models import JobStatus, TrainingBackend, TrainingMethod, stored_id
 from trainers.training.jobs import JobUpdate, cancel_job, progress_line, quote_job, refresh_job, start_job, wait_for_job
 from trainers.training.quote import quote_lines
 
 
-class Backend(StrEnum):
-    local = "local"
-    openai = "openai"
-
-
-class Method(StrEnum):
-    sft = "sft"
-    dpo = "dpo"
-
-
 def train(
-    backend: Annotated[Backend, typer.Option("--backend", "-b", help="Where to train: on-prem (local) or OpenAI.")] = Backend.local,
+    backend: Annotated[
+        TrainingBackend, typer.Option("--backend", "-b", help="Where to train: on-prem (local) or OpenAI.")
+    ] = TrainingBackend.LOCAL,
     base_model: Annotated[
         str | None,
         typer.Option("--base-model", help="Local: HF id or directory (default $FTBOT_LOCAL_BASE_MODEL, "
                      "else Qwen/Qwen2.5-0.5B-Instruct; 'ftbot:tiny' = offline tiny model)."),
     ] = None,
     model: Annotated[str | None, typer.Option("--model", help="OpenAI: the base model to fine-tune (default $FTBOT_OPENAI_MODEL).")] = None,
-    method: Annotated[Method, typer.Option("--method", help="sft on approved examples, dpo on preference pairs.")] = Method.sft,
+    method: Annotated[
+        TrainingMethod, typer.Option("--method", help="sft on approved examples, dpo on preference pairs.")
+    ] = TrainingMethod.SFT,
     from_model: Annotated[
         str | None,
         typer.Option("--from", help="DPO: the registered model to continue (default: the one in use, "
@@ -81,7 +74,7 @@ def train(
             local_options["merge"] = True
         if num_processes:
             local_options["num_processes"] = num_processes
-        chosen = (base_model or model) if backend == Backend.local else (model or base_model)
+        chosen = (base_model or model) if backend == TrainingBackend.LOCAL else (model or base_model)
         quoted = quote_job(
             db, backend=backend.value, method=method.value, model=chosen, parent=from_model, epochs=epochs,
             created_by=getpass.getuser(),
@@ -92,7 +85,7 @@ def train(
         out.print(f"[bold]Training quote · job #{job_id}[/bold]")
         for line in quote_lines(quote):
             out.print(escape(line), soft_wrap=True)
-        redact_pii = redact_pii and backend == Backend.openai
+        redact_pii = redact_pii and backend == TrainingBackend.OPENAI
         blockers = quote.blockers(admin_confirmed=over_budget, allow_pii=allow_pii, redact_pii=redact_pii)
         if blockers:
             discard_quote(db, job_id, reason="blocked: " + "; ".join(blockers))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from storage.config import DATABASE_URL_VARIABLE, DEFAULT_OPENAI_MAX_RETRIES, Settings, ftbot_home
+from storage.config import DEFAULT_OPENAI_MAX_RETRIES, Settings, ftbot_home
 from storage.db import Database
 from storage.errors import ConfigError
 from storage.evals import RoundStatus, get_round, move_round, round_comparisons, set_answers
 from storage.jobs import ModelNotFound, get_model
 from storage.models import RegisteredModel, stored_id
 from trainers.evaluation.inference import GenerationSettings, LocalGenerator, ModelSpec, generate_openai
+from trainers.worker_processes import PACKAGE_ROOT, worker_environment
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -174,13 +174,12 @@ def spawn_generation(round_id: int, *, database_url: str, env: dict[str, str] | 
     """Start the generation worker for a round; its output goes to the round's log file."""
     path = log_path(round_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    child_env = {**os.environ, **(env or {}), DATABASE_URL_VARIABLE: database_url, "PYTHONUNBUFFERED": "1"}
-    child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    child_env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    child_env = worker_environment(database_url, env)
+    child_env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # keeps download progress bars out of the log
     with path.open("ab") as handle:
         return subprocess.Popen(
             worker_command(round_id), stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=child_env, cwd=str(Path(__file__).resolve().parents[2]),
+            env=child_env, cwd=str(PACKAGE_ROOT),
         )
 
 

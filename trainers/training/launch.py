@@ -17,8 +17,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.config import DATABASE_URL_VARIABLE, Settings, ftbot_home
+from storage.config import Settings, ftbot_home
 from storage.errors import ConfigError
+from trainers.worker_processes import PACKAGE_ROOT, worker_environment
 
 LOG_NAME = "worker.log"
 
@@ -87,8 +88,6 @@ def spawn_worker(job_id: int, *, database_url: str, python: str | None = None, e
     """Start the worker detached from the caller's terminal; return its pid. Output goes to the job's log file."""
     directory = job_dir(job_id)
     directory.mkdir(parents=True, exist_ok=True)
-    child_env = {**os.environ, **(env or {}), DATABASE_URL_VARIABLE: database_url, "PYTHONUNBUFFERED": "1"}
-    child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
     with log_path(job_id).open("ab") as log:
         log.write(f"$ {shlex.join(worker_command(job_id, python=python))}\n".encode())
         log.flush()
@@ -97,8 +96,8 @@ def spawn_worker(job_id: int, *, database_url: str, python: str | None = None, e
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=child_env,
-            cwd=str(Path(__file__).resolve().parents[2]),
+            env=worker_environment(database_url, env),
+            cwd=str(PACKAGE_ROOT),
             start_new_session=True,  # a Ctrl-C in the bot's terminal does not kill training
         )
     _children[process.pid] = process
