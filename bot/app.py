@@ -1,13 +1,15 @@
 """Building the Bolt app: one ``BotContext`` shared by every feature, each feature registered by ``register(app, bot)``.
 
 The app is synchronous (Bolt ``App``) with ``process_before_response=False``: listeners ``ack()`` first and
-do slow work afterwards on Bolt's thread pool. Slack delivers events at least once, so a global middleware
-claims each ``event_id`` in the database and answers later deliveries of the same event with a bare 200.
+do slow work afterwards on Bolt's thread pool. Slack delivers events at least once and a process may die after an
+ack, so every event goes through a durable inbox (``bot.inbox``): stored before the ack, processed from the store,
+marked done after its listener; later deliveries of a done event get a bare 200.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -15,17 +17,21 @@ from typing import Any, ParamSpec, TypeVar
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from openai import OpenAI
-from slack_bolt import App, BoltResponse
+from slack_bolt import App, Respond
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
 from bot import capture, checks, commands, evaluation, home, review, training
+from bot.access import access_middleware
+from bot.blocks import escape
 from bot.commands import Router
 from bot.executor import TrackingExecutor
+from bot.inbox import EventInbox
+from bot.payloads import tell_stale
 from bot.roles import Roles
 from storage.config import Settings
 from storage.db import Database
-from storage.events import claim_event, release_event
+from storage.errors import FtbotError, StaleAction
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +39,6 @@ SLACK_API_DEFAULT = "https://slack.com/api/"
 
 P = ParamSpec("P")
 T = TypeVar("T")
-# A global Bolt middleware: the request body and Bolt's ``next``; a response ends the request there.
-Middleware = Callable[[dict[str, Any], Callable[[], None]], BoltResponse | None]
 
 
 @dataclass
@@ -46,6 +50,8 @@ class BotContext:
     router: Router
     roles: Roles
     client: WebClient
+    # Slack events stored before their ack and processed from the store (bot.inbox); redelivered after a crash.
+    inbox: EventInbox
     # Where slow work after an ack runs (see ``defer``); a TrackingExecutor so a caller can wait until it is idle.
     work: TrackingExecutor = field(default_factory=lambda: TrackingExecutor(max_workers=8, thread_name_prefix="ftbot-work"))
     # An OpenAI client to use instead of one built from the environment (None: build one when needed).
@@ -94,20 +100,6 @@ def build_client(settings: Settings, *, rate_limit_retries: int = 2) -> WebClien
     return client
 
 
-def _claim_events(db: Database) -> Middleware:
-    """Global middleware: only the first delivery of an ``event_id`` reaches the listeners."""
-
-    def once_per_event(body: dict[str, Any], next: Callable[[], None]) -> BoltResponse | None:  # noqa: A002 - Bolt's argument name
-        if body.get("type") == "event_callback" and body.get("event_id"):
-            if not claim_event(db, body["event_id"]):
-                log.info("event %s already handled; ignoring this delivery", body["event_id"])
-                return BoltResponse(status=200, body="")
-        next()
-        return None
-
-    return once_per_event
-
-
 def build_app(
     settings: Settings,
     db: Database,
@@ -128,23 +120,35 @@ def build_app(
         listener_executor=listener_executor,
         name="ftbot",
     )
-    bot = BotContext(settings=settings, db=db, router=Router(), roles=Roles(settings, client), client=client)
+    bot = BotContext(settings=settings, db=db, router=Router(), roles=Roles(settings, client), client=client,
+                     inbox=EventInbox(db))
     app.ftbot = bot  # type: ignore[attr-defined]
-    app.middleware(_claim_events(db))
+    # Before any listener runs: the request's rule in bot.access.POLICY admits its user, or it is refused privately.
+    app.middleware(access_middleware(bot))
 
     @app.error
-    def on_listener_error(error: Exception, body: dict[str, Any]) -> None:
+    def on_listener_error(error: Exception, body: dict[str, Any], respond: Respond | None) -> None:
+        if isinstance(error, StaleAction):  # a button or form the bot did not write: not a fault to log at ERROR
+            log.info("stale interaction: %s", error)
+            tell_stale(respond)
+            return
+        if isinstance(error, FtbotError) and respond is not None:  # a user error: said privately, as /ft does
+            respond(text=f":warning: {escape(str(error))}", response_type="ephemeral", replace_original=False)
+            return
         log.error("listener failed: %s: %s", type(error).__name__, error, exc_info=error)
-        if isinstance(body, dict) and body.get("type") == "event_callback" and body.get("event_id"):
-            try:
-                release_event(db, body["event_id"])
-            except Exception:  # the original error matters more
-                log.exception("could not release event %s", body.get("event_id"))
 
     commands.register(app, bot)
     for feature in (capture, review, checks, home, training, evaluation):
         feature.register(app, bot)
+    # Last: an event no feature listens to is still finished (not left pending in the inbox, nor answered 404).
+    app.event(re.compile(".*"))(_no_listener)
+    # After every other middleware, so an event one of them refuses is never stored (see EventInbox.attach).
+    bot.inbox.attach(app)
     return app
+
+
+def _no_listener(event: dict[str, Any]) -> None:
+    log.debug("no listener for %s events", event.get("type"))
 
 
 def bot_context(app: App) -> BotContext:

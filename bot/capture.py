@@ -7,7 +7,8 @@ with ``conversations.replies`` and the form is filled with ``views.update``. The
 (``storage.capture_drafts``), so long threads never hit the 3000-character ``private_metadata`` limit.
 
 Submitting validates the edited example (``trainers.data.validate.check_record``), stores it idempotently on
-``slack:<channel>:<ts>`` and posts a confirmation whose buttons ``bot.review`` handles.
+``slack:<channel>:<ts>`` and posts a confirmation whose buttons ``bot.review`` handles. A message captured before
+opens its stored example instead of the thread (``bot.recapture``): redactions, edits and status are never lost.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt import Ack, App, BoltContext
@@ -23,8 +24,10 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import blocks as bk
+from bot.capture_draft import Draft
 from bot.commands import CommandContext, Handler
-from bot.review import confirmation_blocks
+from bot.payloads import button_json, stale_view, view_metadata
+from bot.recapture import already_captured_notice, confirm_capture, draft_from_example, save_recapture
 from bot.threads import (
     SlackMessage,
     Turn,
@@ -34,16 +37,16 @@ from bot.threads import (
     find_message,
     is_bot_message,
     parse_permalink,
+    require_member,
     resolve_bot_user_id,
     slack_to_plain,
     ts_order,
     without_user_mentions,
 )
 from storage.capture_drafts import delete_capture_draft, load_capture_draft, save_capture_draft
-from storage.errors import FtbotError
+from storage.errors import FtbotError, StaleAction
 from storage.events import claim_event
 from storage.examples import example_by_source_key, save_capture
-from storage.records import sft_record
 from storage.workspace_settings import delete_setting, get_setting, set_setting
 from trainers.data.pii import PiiFinding, find_pii, redact
 from trainers.data.validate import check_record
@@ -58,6 +61,7 @@ VIEW_ID = "ft_capture"
 OPEN_ACTION = "ft_capture_open"
 REDACT_ACTION = "ft_capture_redact"
 TAGS_BLOCK = "tags"
+REOPEN_BLOCK = "reopen"
 DRAFT_PREFIX = "capture_draft:"
 PROMPT_PREFIX = "channel_prompt:"
 # Turns shown as editable inputs; earlier ones are kept as captured (a modal holds at most 100 blocks).
@@ -68,25 +72,6 @@ _MESSAGES_INDEX = re.compile(r"messages\[(\d+)\]")
 
 
 # ---- conversation building ----------------------------------------------------------------------------------------
-@dataclass
-class Draft:
-    """The example being edited in a capture modal."""
-
-    source_key: str
-    channel: str
-    ts: str
-    thread_ts: str | None
-    permalink: str | None
-    captured_by: str
-    turns: list[dict[str, str]]  # {"role", "content"}; the first is the system prompt
-    tags: list[str] = field(default_factory=list)
-    # Bumped by each redaction: new block_ids make Slack show the new values.
-    rev: int = 0
-
-    def record(self) -> dict[str, Any]:
-        return sft_record([{"role": t["role"], "content": t["content"]} for t in self.turns])
-
-
 def channel_system_prompt(bot: BotContext, channel: str) -> str:
     stored = get_setting(bot.db, PROMPT_PREFIX + channel)
     return stored if isinstance(stored, str) and stored.strip() else bot.settings.channel_prompt(channel)
@@ -175,6 +160,12 @@ def capture_view(draft: Draft, draft_key: str, *, notice: str | None = None) -> 
             continue
         view_blocks.append(bk.text_input(_turn_block_id(index, draft.rev), label, action_id="text", initial=turn["content"],
                                          multiline=True))
+    if draft.may_reopen:
+        view_blocks.append({
+            "type": "input", "block_id": REOPEN_BLOCK, "optional": True, "label": bk.plain("Rejected example"),
+            "element": {"type": "checkboxes", "action_id": REOPEN_BLOCK, "options": [
+                {"text": bk.plain("Reopen for review"), "value": REOPEN_BLOCK}]},
+        })
     view_blocks.append(bk.text_input(TAGS_BLOCK, "Tags", action_id="value", initial=", ".join(draft.tags), optional=True,
                                      placeholder="billing, refund", hint="Comma-separated; used to filter and report."))
     meta = json.dumps({"draft": draft_key, "rev": draft.rev})
@@ -210,6 +201,8 @@ def _apply_edits(draft: Draft, values: dict[str, dict[str, Any]]) -> None:
     tags_raw = (values.get(TAGS_BLOCK, {}).get("value") or {}).get("value")
     if tags_raw is not None:
         draft.tags = [t.strip().lower() for t in re.split(r"[,\n]", tags_raw) if t.strip()][:20]
+    reopen = (values.get(REOPEN_BLOCK, {}).get(REOPEN_BLOCK) or {}).get("selected_options") or []
+    draft.reopen = draft.may_reopen and any(option.get("value") == REOPEN_BLOCK for option in reopen)
 
 
 def open_capture(bot: BotContext, client: WebClient, *, trigger_id: str, channel: str, ts: str, thread_ts: str | None,
@@ -230,6 +223,15 @@ def open_capture(bot: BotContext, client: WebClient, *, trigger_id: str, channel
     try:
         if not bot.roles.may_capture(user):
             raise FtbotError("Only the support team can capture replies. Ask an ftbot admin to add you to FTBOT_AGENTS")
+        require_member(client, channel, user)  # before anything from that channel: the thread or its stored example
+        stored = example_by_source_key(bot.db, f"slack:{channel}:{ts}")
+        if stored is not None:
+            # Never the raw thread again: that would undo the redactions and edits saved with the example.
+            draft = draft_from_example(stored, user, may_reopen=bot.roles.may_review(user))
+            notice = already_captured_notice(stored, draft, edits_need_review=bot.roles.capture_status(user) != "approved")
+            key = _save_draft(bot, draft)
+            client.views_update(view_id=view["id"], hash=view.get("hash"), view=capture_view(draft, key, notice=notice))
+            return
         turns, root_ts = build_turns(bot, client, channel, ts, thread_ts, bot_user_id=bot_user_id)
         try:
             permalink = client.chat_getPermalink(channel=channel, message_ts=ts).get("permalink")
@@ -238,16 +240,10 @@ def open_capture(bot: BotContext, client: WebClient, *, trigger_id: str, channel
         draft = Draft(source_key=f"slack:{channel}:{ts}", channel=channel, ts=ts,
                       thread_ts=root_ts if root_ts != ts else None, permalink=permalink,
                       captured_by=user, turns=turns)
-        draft.tags = _existing_tags(bot, draft.source_key)
         key = _save_draft(bot, draft)
         client.views_update(view_id=view["id"], hash=view.get("hash"), view=capture_view(draft, key))
     except FtbotError as exc:
         client.views_update(view_id=view["id"], view=_error_view(bk.escape(str(exc))))
-
-
-def _existing_tags(bot: BotContext, source_key: str) -> list[str]:
-    example = example_by_source_key(bot.db, source_key)
-    return list(example.tags) if example else []
 
 
 def submission_errors(draft: Draft) -> dict[str, str]:
@@ -308,6 +304,7 @@ def register(app: App, bot: BotContext) -> None:
         if len(words) > 1:
             try:
                 link_channel, ts, link_thread = parse_permalink(words[1])
+                require_member(client, link_channel, user)
             except FtbotError as exc:
                 tell(f":warning: {bk.escape(str(exc))}")
                 return
@@ -316,6 +313,11 @@ def register(app: App, bot: BotContext) -> None:
         else:
             if not thread_ts:
                 tell("Use `@ftbot add` as a reply *inside the thread* you want to capture (or `/ft add <link>`).")
+                return
+            try:
+                require_member(client, channel, user)
+            except FtbotError as exc:
+                tell(f":warning: {bk.escape(str(exc))}")
                 return
             thread = fetch_thread(client, channel, thread_ts)
             target_message = _reply_before(bot, thread, event["ts"], context.bot_user_id, user)
@@ -332,7 +334,7 @@ def register(app: App, bot: BotContext) -> None:
     @app.action(OPEN_ACTION)
     def on_open(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient, context: BoltContext) -> None:
         ack()
-        target = json.loads(action.get("value") or "{}")
+        target = button_json(action, channel=str, ts=str)
         bot.defer(open_capture, bot, client, trigger_id=body["trigger_id"], channel=target["channel"], ts=target["ts"],
                   thread_ts=target.get("thread_ts"), user=body["user"]["id"], bot_user_id=context.bot_user_id)
 
@@ -343,8 +345,16 @@ def register(app: App, bot: BotContext) -> None:
 
     @app.view(VIEW_ID)
     def on_submit(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
-        meta = json.loads(view.get("private_metadata") or "{}")
-        draft = _load_draft(bot, meta.get("draft", "")) if meta else None
+        if not view.get("private_metadata"):
+            ack()  # the loading view
+            return
+        try:
+            meta = view_metadata(view, draft=str)
+        except StaleAction as stale:  # a form the bot did not write: say so in the modal instead of saving anything
+            log.info("stale capture form: %s", stale)
+            ack(response_action="update", view=stale_view("Add to ftbot", callback_id=VIEW_ID + "_error"))
+            return
+        draft = _load_draft(bot, meta["draft"])
         if draft is None:
             ack()  # the loading/error view, or a form whose draft was already saved by an earlier click
             return
@@ -379,42 +389,39 @@ def save_draft_as_example(bot: BotContext, client: WebClient, draft: Draft, draf
     # A double-clicked Save sends the same view twice: only the first stores and confirms.
     if not claim_event(bot.db, f"view_submission:{view_id}:{draft.source_key}"):
         return
+    if draft.example_id is not None:
+        save_recapture(bot, client, draft, draft_key, user=user)
+        return
     status = bot.roles.capture_status(user)
     try:
+        # A form filled from the raw thread never overwrites a capture saved meanwhile (perhaps redacted, approved).
         result = save_capture(bot.db, record=draft.record(), source_key=draft.source_key, channel=draft.channel, ts=draft.ts,
                               thread_ts=draft.thread_ts, permalink=draft.permalink, captured_by=user, status=status,
-                              approved_by=user if status == "approved" else None, tags=draft.tags)
+                              approved_by=user if status == "approved" else None, tags=draft.tags, update_existing=False)
     except FtbotError as exc:
         client.chat_postEphemeral(channel=draft.channel, user=user, text=f":warning: {bk.escape(str(exc))}",
                                   thread_ts=draft.thread_ts)
         return
     delete_capture_draft(bot.db, draft_key)
-    example = result.example
-    text, confirm = confirmation_blocks(example, created=result.created)
-    thread_ts = draft.thread_ts or draft.ts
-    if example.status == "pending":
-        # Reviewers need to see it: a reply in the captured thread, with Approve/Reject buttons.
-        posted = client.chat_postMessage(channel=draft.channel, thread_ts=thread_ts, text=text, blocks=confirm)
-        _attach_full_text_if_long(client, draft, posted.get("ts"))
-    else:
-        client.chat_postEphemeral(channel=draft.channel, user=user, thread_ts=thread_ts, text=text, blocks=confirm)
-
-
-def _attach_full_text_if_long(client: WebClient, draft: Draft, thread_ts: str | None) -> None:
-    text = "\n\n".join(f"[{t['role']}]\n{t['content']}" for t in draft.turns)
-    if len(text) <= 1200:
+    if not result.created:
+        earlier = result.example
+        by = f" by <@{bk.escape(earlier.captured_by)}>" if earlier.captured_by else ""
+        client.chat_postEphemeral(
+            channel=draft.channel, user=user, thread_ts=draft.thread_ts or draft.ts,
+            text=(f":warning: This reply was already captured as #{earlier.id}{by} while your form was open; nothing "
+                  "was overwritten. Capture it again to edit the stored example."))
         return
-    try:
-        bk.upload_file(client, draft.channel, content=text, filename=f"example-{draft.ts}.txt",
-                       title="Full captured conversation", thread_ts=draft.thread_ts or draft.ts)
-    except SlackApiError as exc:
-        log.warning("could not attach the full conversation: %s", exc.response.get("error"))
+    confirm_capture(client, draft, result.example, user=user, created=True)
 
 
 def redact_view(bot: BotContext, client: WebClient, view: dict[str, Any]) -> None:
     """Redact personal data in every turn (keeping the user's unsaved edits) and redraw the form."""
-    meta = json.loads(view.get("private_metadata") or "{}")
-    draft = _load_draft(bot, meta.get("draft", ""))
+    try:
+        draft = _load_draft(bot, view_metadata(view, draft=str)["draft"])
+    except StaleAction as stale:  # deferred work has no error handler to answer for it: the modal says it
+        log.info("stale capture form: %s", stale)
+        client.views_update(view_id=view["id"], view=stale_view("Add to ftbot", callback_id=VIEW_ID + "_error"))
+        return
     if draft is None:
         client.views_update(view_id=view["id"], view=_error_view("This form expired; start the capture again."))
         return

@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING, Any
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
-from bot.blocks import context, escape, fallback, section
+from bot.access import may_use_command, rule_in_force
+from bot.blocks import context, escape, fallback, section, truncate
+from bot.payloads import MAX_STORED_ID
+from bot.roles import Roles
 from storage.errors import FtbotError
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
@@ -88,12 +91,17 @@ class Router:
     def get(self, name: str) -> Subcommand | None:
         return self._commands.get(name.lower())
 
-    def help_blocks(self, *, unknown: str | None = None) -> tuple[str, list[dict[str, Any]]]:
-        lines = [f"`{escape(c.usage)}` — {escape(c.summary)}" for c in self._commands.values()]
+    def help_blocks(self, *, unknown: str | None = None, roles: Roles | None = None,
+                    user: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+        """The subcommands; given `roles`, only those `user` may use, under the line saying which access rule is in force."""
+        shown = [c for c in self._commands.values() if roles is None or may_use_command(roles, user, c.name)]
+        lines = [f"`{escape(c.usage)}` — {escape(c.summary)}" for c in shown]
         intro = "*ftbot* turns your team's best Slack replies into a fine-tuned model."
         if unknown is not None:
             intro = f"I don't know `/ft {escape(unknown)}`. Here is what I can do:"
         blocks = [section(intro)]
+        if roles is not None:
+            blocks.append(context(rule_in_force(roles)))
         # One section holds up to 3000 characters; split the list when features add many commands.
         chunk: list[str] = []
         for line in lines:
@@ -103,14 +111,15 @@ class Router:
             chunk.append(line)
         if chunk:
             blocks.append(section("\n".join(chunk)))
-        blocks.append(context("Capture a thread reply with the message shortcut *Add to ftbot* (⋮ on the message), "
-                              "`/ft add &lt;link&gt;` or `@ftbot add` in the thread."))
+        if roles is None or may_use_command(roles, user, "add"):
+            blocks.append(context("Capture a thread reply with the message shortcut *Add to ftbot* (⋮ on the message), "
+                                  "`/ft add &lt;link&gt;` or `@ftbot add` in the thread."))
         text = ("I don't know that subcommand. " if unknown is not None else "") + "ftbot commands: " + ", ".join(
-            c.usage for c in self._commands.values())
+            c.usage for c in shown)
         return text, blocks
 
     def _help(self, ctx: CommandContext) -> None:
-        text, blocks = self.help_blocks()
+        text, blocks = self.help_blocks(roles=ctx.bot.roles, user=ctx.user_id)
         ctx.respond(text, blocks=blocks)
 
     def dispatch(self, ctx: CommandContext) -> None:
@@ -120,7 +129,7 @@ class Router:
             return
         sub = self.get(ctx.args[0])
         if sub is None:
-            text, blocks = self.help_blocks(unknown=ctx.args[0])
+            text, blocks = self.help_blocks(unknown=ctx.args[0], roles=ctx.bot.roles, user=ctx.user_id)
             ctx.respond(text, blocks=blocks)
             return
         ctx.args = ctx.args[1:]
@@ -131,6 +140,19 @@ class Router:
         except Exception:
             log.exception("/ft %s failed", sub.name)
             ctx.respond(f":x: `/ft {sub.name}` failed unexpectedly. The error is in ftbot's log; please tell your ftbot admin.")
+
+
+def int_arg(raw: str, name: str, *, low: int = 1, high: int = MAX_STORED_ID, usage: str | None = None) -> int:
+    """A whole-number ``/ft`` argument (``12`` or ``#12``) from ``low`` to ``high``; else a usage error naming it.
+
+    The default ``high`` is the largest stored id, so an id argument never reaches the database out of range.
+    """
+    digits = raw.removeprefix("#")
+    # Length first: int() of thousands of digits is slow (and refused past Python's limit).
+    if digits.isascii() and digits.isdigit() and len(digits) <= len(str(high)) and low <= int(digits) <= high:
+        return int(digits)
+    hint = f" Usage: `{usage}`" if usage else ""
+    raise FtbotError(f"{name} must be a whole number from {low:,} to {high:,}, not {truncate(raw, 24)!r}.{hint}")
 
 
 def split_args(text: str) -> list[str]:

@@ -3,7 +3,9 @@ list), and the dataset overviews ``/ft list`` and ``/ft stats``.
 
 Only reviewers and admins may approve or reject (everyone, when no roles are configured); anyone else gets
 a private refusal and nothing changes. A confirmation message is updated in place; the ephemeral review
-list is redrawn through its ``response_url``.
+list is redrawn through its ``response_url`` and the capture's confirmation in its thread is updated too.
+A button is acted on only while its example is still pending: a stale one (someone decided first) changes
+nothing and says privately what happened.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
 from bot import blocks as bk
-from bot.commands import CommandContext, Handler
+from bot.commands import CommandContext, Handler, int_arg
+from bot.payloads import button_int, id_value
+from bot.threads import fetch_thread
 from storage.errors import FtbotError
-from storage.examples import count_by_status, dataset_stats, list_examples, recent_examples, set_status
-from storage.models import Example
+from storage.examples import change_status, count_by_status, dataset_stats, list_examples, recent_examples
+from storage.models import Example, ExampleStatus
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
@@ -45,14 +50,18 @@ def example_summary(example: Example, *, limit: int = 600) -> str:
 STATUS_EMOJI = {"pending": ":hourglass:", "approved": ":white_check_mark:", "rejected": ":no_entry_sign:"}
 
 
-def confirmation_blocks(example: Example, *, created: bool) -> tuple[str, list[dict[str, Any]]]:
-    verb = "Captured" if created else "Updated"
+def confirmation_blocks(example: Example, *, created: bool, verb: str | None = None,
+                        note: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """The capture's confirmation; `note` (mrkdwn, already escaped) says what happened to its status, if anything."""
+    verb = verb or ("Captured" if created else "Updated")
     status = example.status
     head = (f"{STATUS_EMOJI.get(status, '')} {verb} example *#{example.id}* by <@{example.captured_by}> "
             f"({len(example.messages)} turns) — *{status}*")
     if status == "approved" and example.approved_by:
         head += f" by <@{example.approved_by}>"
     out = [bk.section(head), bk.section(example_summary(example))]
+    if note:
+        out.append(bk.context(note))
     if example.tags:
         out.append(bk.context("Tags: " + bk.escape(", ".join(example.tags))))
     if status == "pending":
@@ -96,7 +105,7 @@ def register(app: App, bot: BotContext) -> None:
     def ft_review(ctx: CommandContext) -> None:
         if not bot.roles.may_review(ctx.user_id):
             raise FtbotError("Only reviewers can review captures (FTBOT_REVIEWERS). Ask an ftbot admin")
-        page = int(ctx.args[0]) if ctx.args and ctx.args[0].isdigit() else 1
+        page = int_arg(ctx.args[0], "the page", usage="/ft review [page]") if ctx.args else 1
         text, page_blocks = review_page(bot, page)
         ctx.respond(text, blocks=page_blocks)
 
@@ -106,9 +115,16 @@ def register(app: App, bot: BotContext) -> None:
                    handler=_ft_stats(bot))
 
 
+def review_button(action: dict[str, Any]) -> tuple[int, int | None]:
+    """(example id, page of the /ft review list or None) from an Approve / Reject button: ``"12"`` or ``"12:3"``."""
+    example_raw, _, page_raw = (action.get("value") or "").partition(":")
+    return id_value(example_raw, what="example id"), (id_value(page_raw, what="page") if page_raw else None)
+
+
 def _review_listener(bot: BotContext) -> Callable[..., None]:
     def on_review(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient, respond: Respond) -> None:
         ack()
+        review_button(action)  # a stale value is answered here, by the app's error handler; deferred work has none
         bot.defer(review, body, action, client, respond)
 
     def review(body: dict[str, Any], action: dict[str, Any], client: WebClient, respond: Respond) -> None:
@@ -118,21 +134,26 @@ def _review_listener(bot: BotContext) -> Callable[..., None]:
             respond(text="Only reviewers can approve or reject examples (FTBOT_REVIEWERS). Ask an ftbot admin.",
                     response_type="ephemeral", replace_original=False)
             return
-        example_id_raw, _, page_raw = (action.get("value") or "").partition(":")
+        example_id, page = review_button(action)
         status = "approved" if action["action_id"] == APPROVE_ACTION else "rejected"
         try:
-            example = set_status(bot.db, int(example_id_raw), status, by=user)
+            change = change_status(bot.db, example_id, status, by=user, expected=ExampleStatus.PENDING)
         except FtbotError as exc:
             respond(text=f":warning: {bk.escape(str(exc))}", response_type="ephemeral", replace_original=False)
             return
-        container = body.get("container") or {}
-        if page_raw:  # from the /ft review list (ephemeral): redraw the page
-            text, page_blocks = review_page(bot, int(page_raw))
-            respond(text=text, blocks=page_blocks, replace_original=True)
+        example = change.example
+        if not change.changed:  # a stale button: the example was decided (or reopened and edited) meanwhile
+            respond(text=already_decided(example), response_type="ephemeral", replace_original=False)
             return
+        container = body.get("container") or {}
         text, confirm = confirmation_blocks(example, created=True)
-        verdict = f"{STATUS_EMOJI[status]} *{status.capitalize()}* by <@{user}>"
+        verdict = f"{STATUS_EMOJI[status]} *{status.capitalize()}* by <@{bk.escape(user)}>"
         confirm = [b for b in confirm if b.get("type") != "actions"] + [bk.context(verdict)]
+        if page is not None:  # from the /ft review list (ephemeral): redraw the page, and settle the thread's buttons
+            text_page, page_blocks = review_page(bot, page)
+            respond(text=text_page, blocks=page_blocks, replace_original=True)
+            update_thread_confirmations(client, example, text=f"{text}: {status} by {user}", blocks=confirm)
+            return
         if container.get("is_ephemeral") or not container.get("message_ts") or not channel:
             respond(text=text, blocks=confirm, replace_original=True)
         else:
@@ -141,12 +162,40 @@ def _review_listener(bot: BotContext) -> Callable[..., None]:
     return on_review
 
 
+def already_decided(example: Example) -> str:
+    """What a stale Approve / Reject says instead of acting: ``#12 was already approved by @x``."""
+    who = f" by <@{bk.escape(example.approved_by)}>" if example.status == ExampleStatus.APPROVED and example.approved_by else ""
+    return f"#{example.id} was already {example.status}{who}; your click changed nothing."
+
+
+def update_thread_confirmations(client: WebClient, example: Example, *, text: str, blocks: list[dict[str, Any]]) -> int:
+    """Replace the capture's confirmation(s) in its thread, so their buttons do not outlive the decision.
+
+    The example does not store the confirmation's ts: its thread (``source_thread_ts`` or ``source_ts``) is read and
+    the bot's messages carrying this example's review buttons (block_id ``review_<id>``) are updated. Returns how
+    many; 0 when the thread cannot be read (the bot left the channel) or has none.
+    """
+    root = example.source_thread_ts or example.source_ts
+    if not example.source_channel or not root:
+        return 0
+    block_id = f"review_{example.id}"
+    try:
+        thread = fetch_thread(client, example.source_channel, root)
+        stale = [m["ts"] for m in thread if any(b.get("block_id") == block_id for b in m.get("blocks") or [])]
+        for ts in stale:
+            client.chat_update(channel=example.source_channel, ts=ts, text=text, blocks=blocks)
+    except (SlackApiError, FtbotError) as exc:
+        log.warning("cannot update the confirmation of example %s in its thread: %s", example.id, exc)
+        return 0
+    return len(stale)
+
+
 def _page_listener(bot: BotContext) -> Callable[..., None]:
     def on_page(ack: Ack, action: dict[str, Any], respond: Respond, body: dict[str, Any]) -> None:
         ack()
         if not bot.roles.may_review(body["user"]["id"]):
             return
-        text, page_blocks = review_page(bot, int(action.get("value") or 1))
+        text, page_blocks = review_page(bot, button_int(action, what="page"))
         respond(text=text, blocks=page_blocks, replace_original=True)
 
     return on_page

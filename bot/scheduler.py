@@ -2,7 +2,9 @@
 
 Training uses it to poll OpenAI and relay local workers' progress to Slack every few seconds; other features may
 add their own jobs (:func:`schedule_every`). Every started scheduler also keeps the daily housekeeping job that
-forgets old Slack event claims (:func:`forget_old_event_claims`); ``ftbot run`` starts the scheduler at once.
+forgets old Slack event claims (:func:`forget_old_event_claims`) and the job that processes Slack events a stopped
+process left unfinished in the inbox (:func:`redeliver_pending_events`: at once when the scheduler starts, then
+every ``REDELIVER_SECONDS``); ``ftbot run`` starts the scheduler at once.
 Stored jobs keep only a textual function reference and plain arguments; the function finds the live ``BotContext``
 with :func:`context_for` using the database URL as the key, so a new bot process on the same database picks up
 every stored job where the old one stopped.
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 JOBS_TABLE = "apscheduler_jobs"
 # Housekeeping that every bot process keeps scheduled. Stable ids: a restart replaces the stored job, never adds one.
 FORGET_EVENTS_JOB = "forget-old-event-claims"
+REDELIVER_EVENTS_JOB = "redeliver-pending-events"
+# How often stored events nobody is working on (their process died) are looked for, besides at start-up.
+REDELIVER_SECONDS = 30
 # Slack retries an event within about 5 minutes; a week of claims is far more than retries can need.
 EVENT_CLAIM_DAYS = 7
 
@@ -82,6 +87,11 @@ def _schedule_housekeeping(bot: BotContext, scheduler: BackgroundScheduler) -> N
         f"{__name__}:forget_old_event_claims", "cron", hour=3, minute=17, id=FORGET_EVENTS_JOB,
         args=[context_key(bot)], replace_existing=True,
     )
+    # First run now: the events a killed process acknowledged but never processed are handled at start-up.
+    scheduler.add_job(
+        f"{__name__}:redeliver_pending_events", "interval", seconds=REDELIVER_SECONDS, id=REDELIVER_EVENTS_JOB,
+        args=[context_key(bot)], replace_existing=True, next_run_time=datetime.now(UTC),
+    )
 
 
 def forget_old_event_claims(key: str, *, days: int = EVENT_CLAIM_DAYS) -> int:
@@ -92,6 +102,14 @@ def forget_old_event_claims(key: str, *, days: int = EVENT_CLAIM_DAYS) -> int:
     deleted = forget_events_before(bot.db, utcnow() - timedelta(days=days))
     log.info("forgot %d Slack event claim(s) older than %d days", deleted, days)
     return deleted
+
+
+def redeliver_pending_events(key: str) -> int:
+    """Scheduled: process the Slack events left pending in the inbox by a process that stopped; returns how many."""
+    bot = context_for(key)
+    if bot is None:
+        return 0
+    return bot.inbox.redeliver_pending()
 
 
 def stop_scheduler(bot: BotContext, *, wait: bool = True) -> None:

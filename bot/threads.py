@@ -152,6 +152,41 @@ def fetch_thread(client: WebClient, channel: str, root_ts: str) -> list[SlackMes
     return messages
 
 
+NOT_A_MEMBER = ("You are not a member of that channel, so I will not read it for you. Ask someone in it to capture "
+                "the reply, or ask to join the channel")
+
+
+def require_member(client: WebClient, channel: str, user: str) -> None:
+    """Refuse (``FtbotError``) unless `user` may read `channel`: any workspace member reads a public channel;
+    a private channel, group or direct message only its members (``conversations.members``, every page).
+
+    The bot can read every conversation it was invited to; this keeps it from reading one for someone who cannot.
+    Call it before reading a conversation a user named by link. When Slack cannot say, the answer is no.
+    """
+    try:
+        info = client.conversations_info(channel=channel).get("channel") or {}
+        if info.get("is_channel") and not info.get("is_private") and not info.get("is_im") and not info.get("is_mpim"):
+            return
+        cursor = None
+        while True:
+            kwargs: dict[str, Any] = dict(channel=channel, limit=200)
+            if cursor:
+                kwargs["cursor"] = cursor
+            response = client.conversations_members(**kwargs)
+            if user in (response.get("members") or []):
+                return
+            cursor = (response.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                break
+    except SlackApiError as exc:
+        error = exc.response.get("error")
+        if error in ("not_in_channel", "channel_not_found"):
+            raise FtbotError("I cannot read that channel: invite me first with `/invite @ftbot`, then try again") from None
+        raise FtbotError(f"I could not check that you are a member of that channel (Slack said `{error}`), "
+                         "so I will not read it") from None
+    raise FtbotError(NOT_A_MEMBER)
+
+
 def find_message(thread: list[SlackMessage], ts: str) -> SlackMessage | None:
     return next((message for message in thread if message["ts"] == ts), None)
 

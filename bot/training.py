@@ -21,7 +21,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import blocks as bk
-from bot.commands import CommandContext, Handler
+from bot.commands import CommandContext, Handler, int_arg
+from bot.payloads import MAX_EPOCHS, button_int
 from bot.scheduler import JOBS_TABLE, context_for, context_key, schedule_every, start_scheduler, unschedule
 from storage.config import DEFAULT_LOCAL_BASE_MODEL
 from storage.errors import FtbotError
@@ -106,9 +107,7 @@ def parse_train_args(args: list[str]) -> TrainOptions:
                     raise FtbotError(f"--method must be sft or dpo, not {value!r}. Usage: `{USAGE}`")
                 options["method"] = value
             else:
-                if not value.isdigit() or int(value) < 1:
-                    raise FtbotError(f"--epochs must be a whole number ≥ 1, not {value!r}")
-                options["epochs"] = int(value)
+                options["epochs"] = int_arg(value, "--epochs", high=MAX_EPOCHS, usage=USAGE)
         elif item.startswith("--"):
             raise FtbotError(f"unknown option {item}. Usage: `{USAGE}`")
         else:
@@ -186,7 +185,7 @@ def _ft_train(bot: BotContext) -> Handler:
 
 
 def _job_from_action(body: dict[str, Any]) -> int:
-    return int(body["actions"][0]["value"])
+    return button_int(body["actions"][0], what="job id")
 
 
 def _start_listener(bot: BotContext, *, allow_pii: bool = False, redact_pii: bool = False,
@@ -370,11 +369,11 @@ def _ft_cancel(bot: BotContext) -> Handler:
         if not bot.roles.may_train(ctx.user_id):
             ctx.respond("Only members of the trainers role (FTBOT_TRAINERS) can cancel training.")
             return
-        if len(ctx.args) != 1 or not ctx.args[0].lstrip("#").isdigit():
+        if len(ctx.args) != 1:
             ctx.respond("Usage: `/ft cancel <job id>` (`/ft jobs` lists them).")
             return
-        job = cancel_job(bot.db, int(ctx.args[0].lstrip("#")), openai_client=bot.openai_client, settings=bot.settings)
-        job_id = stored_id(job)
+        job_id = int_arg(ctx.args[0], "the job id", usage="/ft cancel <job id>")
+        job = cancel_job(bot.db, job_id, openai_client=bot.openai_client, settings=bot.settings)
         _edit_progress(bot, job_id, strict=True)
         unschedule(bot, _schedule_id(job_id))
         ctx.respond(f"Job #{job.id} is {job.status}.")

@@ -44,5 +44,9 @@ class DuplicateExample(FtbotError):
         )
 
 
+class StaleAction(FtbotError):
+    """A button value or modal metadata that the bot did not write (an old message, or a hand-made request)."""
+
+
 class MigrationError(FtbotError):
     """The database schema cannot be brought up to date."""

@@ -23,22 +23,33 @@ from datetime import UTC, datetime
 from enum import StrEnum, nonmember
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Exists, Select, delete, exists, func, literal, select, update
 from sqlmodel import Session, col
 
 from storage.db import Database
 from storage.errors import FtbotError, ValidationFailed
 from storage.eval_prompts import prompt_hash
 from storage.examples import SaveResult
-from storage.models import Comparison, EvalRound, JudgeVerdict, PairSource, PreferencePair, Vote, stored_id, utcnow
+from storage.models import (
+    Comparison,
+    EvalRound,
+    JudgeVerdict,
+    PairSource,
+    PreferencePair,
+    Vote,
+    VoteTombstone,
+    stored_id,
+    utcnow,
+)
 from storage.pairs import add_pair
 from storage.records import dpo_record
+from storage.types import UTCDateTime
 from storage.votes import JUDGE_CHOICES, SIDES, VOTE_CHOICES, VoteChoice, decided_side, preferred_and_rejected
 
 __all__ = [
     "RoundStatus", "VoteAction", "EvalRoundNotFound", "VoteChange", "create_round", "get_round", "latest_round",
     "list_rounds", "round_comparisons", "set_answers", "set_comparison_message", "comparison_for_message", "move_round",
-    "close_round", "due_rounds", "is_voting_over", "cast_vote", "get_vote", "retract_vote", "round_votes",
+    "close_round", "due_rounds", "is_voting_over", "cast_vote", "get_vote", "retract_vote", "remember_removal", "round_votes",
     "votes_by_comparison", "pairs_from_round", "all_votes", "save_verdict", "round_verdicts", "count_votes",
 ]
 
@@ -55,6 +66,9 @@ class RoundStatus(StrEnum):
     VOTABLE = nonmember((POSTING, OPEN))
     ACTIVE = nonmember((QUOTED, GENERATING, POSTING, OPEN))
     WITH_RESULTS = nonmember((POSTING, OPEN, CLOSED))
+    # Voting is over for good, so the models may be named. While a round can still be voted on, no output names its
+    # models or counts its votes toward anything named (a leaderboard, a chart): either would sway its voters.
+    REVEALED = nonmember((CLOSED, CANCELLED))
 
 
 class VoteAction(StrEnum):
@@ -236,8 +250,10 @@ def cast_vote(
 ) -> VoteChange:
     """Record or move `voter`'s vote on a comparison; `at` is when the reaction happened (Slack's event time).
 
-    One statement (INSERT … ON CONFLICT DO UPDATE … WHERE stored time <= this time): concurrent deliveries and
-    retries converge to the newest reaction, and a retried event changes nothing.
+    One statement (INSERT … SELECT … WHERE no newer removal … ON CONFLICT DO UPDATE … WHERE stored time <= this
+    time): concurrent deliveries and retries converge to the newest reaction, and a retried event changes nothing.
+    An add older than the newest removal of the same reaction (:func:`remember_removal`) was delivered out of
+    order and casts nothing (``STALE``).
     """
     if choice not in VOTE_CHOICES:
         raise ValueError(f"unknown vote choice {choice!r}")
@@ -248,9 +264,10 @@ def cast_vote(
     insert = db.upsert_insert()
     if insert is None:  # another database: read-then-write, good enough without concurrent voters
         return _cast_vote_portable(db, comparison_id, voter, choice, reaction, at)
-    statement = insert(Vote).values(
-        comparison_id=comparison_id, voter=voter, choice=choice, reaction=reaction, created_at=at, updated_at=at
-    )
+    when = literal(at, UTCDateTime())
+    row = select(literal(comparison_id), literal(voter), literal(choice), literal(reaction), when, when).where(
+        ~_removed_since(comparison_id, voter, reaction, at))
+    statement = insert(Vote).from_select(["comparison_id", "voter", "choice", "reaction", "created_at", "updated_at"], row)
     statement = statement.on_conflict_do_update(
         index_elements=["comparison_id", "voter"],
         set_={"choice": statement.excluded.choice, "reaction": statement.excluded.reaction,
@@ -258,18 +275,23 @@ def cast_vote(
         where=col(Vote.updated_at) <= statement.excluded.updated_at,
     )
     with db.session() as session:
+        _lock_votes_on(session, comparison_id)
         session.execute(statement)
         after = session.scalar(_vote_of(comparison_id, voter))
+    if after is None or (after.choice, after.reaction, _aware(after.updated_at)) != (choice, reaction, at):
+        return VoteChange(VoteAction.STALE, after)  # a newer removal of this reaction, or a newer vote, stands
     if before_state is None:
         return VoteChange(VoteAction.CREATED, after)
-    if after is not None and (after.choice, after.reaction) == before_state[:2]:
-        return VoteChange(VoteAction.UNCHANGED if before_state[2] <= at else VoteAction.STALE, after)
+    if before_state[:2] == (choice, reaction):
+        return VoteChange(VoteAction.UNCHANGED, after)
     return VoteChange(VoteAction.MOVED, after)
 
 
 def _cast_vote_portable(db: Database, comparison_id: int, voter: str, choice: str, reaction: str, at: datetime) -> VoteChange:
     with db.session() as session:
         vote = session.scalar(_vote_of(comparison_id, voter))
+        if session.scalar(select(_removed_since(comparison_id, voter, reaction, at))):
+            return VoteChange(VoteAction.STALE, vote)
         if vote is None:
             vote = Vote(comparison_id=comparison_id, voter=voter, choice=choice, reaction=reaction, created_at=at, updated_at=at)
             session.add(vote)
@@ -284,6 +306,50 @@ def _cast_vote_portable(db: Database, comparison_id: int, voter: str, choice: st
 
 def _vote_of(comparison_id: int, voter: str) -> Select[Vote]:
     return select(Vote).where(col(Vote.comparison_id) == comparison_id, col(Vote.voter) == voter)
+
+
+def _removed_since(comparison_id: int, voter: str, reaction: str, at: datetime) -> Exists:
+    """Whether `voter` removed `reaction` from the comparison at or after `at`."""
+    return exists().where(
+        col(VoteTombstone.comparison_id) == comparison_id, col(VoteTombstone.voter) == voter,
+        col(VoteTombstone.reaction) == reaction, col(VoteTombstone.removed_at) >= at,
+    )
+
+
+def _lock_votes_on(session: Session, comparison_id: int) -> None:
+    """PostgreSQL: serialize vote writes per comparison, so an add and a removal never miss each other's writes.
+
+    SQLite needs none (one writer at a time), and a read before the write there could not be upgraded to a write
+    if another connection wrote in between.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(col(Comparison.id)).where(col(Comparison.id) == comparison_id).with_for_update())
+
+
+def remember_removal(db: Database, comparison_id: int, voter: str, *, reaction: str, at: datetime) -> None:
+    """Record that `voter` removed `reaction` at `at` (the newest removal is kept); call it before applying it.
+
+    An add of that reaction older than `at` delivered afterwards then casts nothing (see :func:`cast_vote`).
+    """
+    insert = db.upsert_insert()
+    with db.session() as session:
+        _lock_votes_on(session, comparison_id)
+        if insert is not None:
+            statement = insert(VoteTombstone).values(comparison_id=comparison_id, voter=voter, reaction=reaction,
+                                                     removed_at=at)
+            session.execute(statement.on_conflict_do_update(
+                index_elements=["comparison_id", "voter", "reaction"], set_={"removed_at": statement.excluded.removed_at},
+                where=col(VoteTombstone.removed_at) < statement.excluded.removed_at,
+            ))
+            return
+        tombstone = session.scalar(select(VoteTombstone).where(
+            col(VoteTombstone.comparison_id) == comparison_id, col(VoteTombstone.voter) == voter,
+            col(VoteTombstone.reaction) == reaction))
+        if tombstone is None:
+            session.add(VoteTombstone(comparison_id=comparison_id, voter=voter, reaction=reaction, removed_at=at))
+        elif _aware(tombstone.removed_at) < at:
+            tombstone.removed_at = at
+            session.add(tombstone)
 
 
 def get_vote(db: Database, comparison_id: int, voter: str) -> Vote | None:
@@ -350,13 +416,17 @@ def pairs_from_round(db: Database, round_id: int) -> list[SaveResult[PreferenceP
     return results
 
 
-def all_votes(db: Database, *, statuses: Iterable[str] = RoundStatus.WITH_RESULTS) -> list[tuple[Comparison, Vote]]:
-    """Votes of every round with results (for Bradley–Terry across rounds and models)."""
+def all_votes(db: Database) -> list[tuple[Comparison, Vote]]:
+    """Votes of every closed round (for Bradley–Terry across rounds and models).
+
+    Closed only: an open round's votes would move the named ratings while its voters still vote (see
+    ``RoundStatus.REVEALED``), and a cancelled round's votes were never a finished comparison.
+    """
     with db.session() as session:
         rows = session.execute(
             select(Comparison, Vote).join(Vote, col(Vote.comparison_id) == col(Comparison.id))
             .join(EvalRound, col(EvalRound.id) == col(Comparison.round_id))
-            .where(col(EvalRound.status).in_(list(statuses))).order_by(col(Comparison.id), col(Vote.id))
+            .where(col(EvalRound.status) == RoundStatus.CLOSED).order_by(col(Comparison.id), col(Vote.id))
         )
         return [(comparison, vote) for comparison, vote in rows]
 

@@ -1,19 +1,153 @@
-"""At-least-once Slack deliveries: the first delivery of an event_id claims it, retries see it taken."""
+"""At-least-once Slack deliveries, made exactly-once in effect.
+
+Two mechanisms live here:
+
+- the **inbox** of Slack events (``slack_events``): every event is stored before it is acknowledged, processed from
+  the stored row under a lease (the process working on it and until when), and marked done when its listener has
+  run. A process killed after the ack leaves the row pending; the next process, or Slack's retry, processes it. A
+  retry of a done event is answered and dropped.
+- **claims** (``processed_events``): the first caller with an idempotency key claims it, later ones see it taken
+  (a double-submitted form, a double-clicked quote button).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
 
-from sqlalchemy import delete
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
 from storage.db import Database
-from storage.models import ProcessedEvent, utcnow
+from storage.models import InboxStatus, ProcessedEvent, SlackEvent, utcnow
+
+# An event whose listener failed this often is kept as failed instead of being retried again.
+MAX_ATTEMPTS = 5
+
+
+class Delivery(StrEnum):
+    """What to do with one delivery of an event."""
+
+    NEW = "new"  # stored now, leased to the caller: process it
+    TAKEN_OVER = "taken over"  # stored earlier and abandoned (lease lapsed, owner gone): now leased to the caller
+    IN_PROGRESS = "in progress"  # another live process holds it: answer, that process finishes it
+    DONE = "done"  # handled already (or failed for good): answer and drop
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    event_id: str
+    owner: str | None
+    leased_until: datetime | None
+    attempts: int
+
+
+def receive_event(db: Database, event_id: str, body: str, *, owner: str, lease: timedelta,
+                  owner_is_gone: Callable[[str], bool] = lambda _owner: False) -> Delivery:
+    """Store a delivered event (once per ``event_id``) and say whether the caller should process it now.
+
+    The row is committed before this returns, so an acknowledgement sent afterwards is never for a lost event.
+    A delivery of a pending event takes it over when its lease has lapsed or ``owner_is_gone(owner)``.
+    """
+    now = utcnow()
+    insert = db.upsert_insert()
+    row = SlackEvent(event_id=event_id, body=body, status=InboxStatus.PENDING, attempts=1, owner=owner,
+                     leased_until=now + lease, received_at=now)
+    if insert is not None:
+        # ON CONFLICT DO NOTHING: no error, no aborted transaction; a returned row says this delivery stored it.
+        values = row.model_dump()
+        statement = insert(SlackEvent).values(**values).on_conflict_do_nothing(index_elements=["event_id"])
+        with db.session() as session:
+            if session.execute(statement.returning(col(SlackEvent.event_id))).first() is not None:
+                return Delivery.NEW
+    else:
+        try:
+            with db.session() as session:
+                session.add(row)
+            return Delivery.NEW
+        except IntegrityError:
+            pass
+    with db.session() as session:
+        stored = session.get(SlackEvent, event_id)
+    if stored is None or stored.status != InboxStatus.PENDING:
+        return Delivery.DONE  # (None: forgotten by housekeeping between the two statements, long done)
+    gone = stored.owner if stored.owner and stored.owner != owner and owner_is_gone(stored.owner) else None
+    if lease_event(db, event_id, owner=owner, lease=lease, from_gone_owner=gone):
+        return Delivery.TAKEN_OVER
+    return Delivery.IN_PROGRESS
+
+
+def lease_event(db: Database, event_id: str, *, owner: str, lease: timedelta, from_gone_owner: str | None = None) -> bool:
+    """Lease a pending event to ``owner`` if nobody holds it (no lease, a lapsed one, or ``from_gone_owner``'s).
+
+    A compare-and-set: of several processes trying at once, one wins. Each lease counts an attempt.
+    """
+    now = utcnow()
+    free = [col(SlackEvent.leased_until).is_(None), col(SlackEvent.leased_until) < now]
+    if from_gone_owner is not None:
+        free.append(col(SlackEvent.owner) == from_gone_owner)
+    statement = (
+        update(SlackEvent)
+        .where(col(SlackEvent.event_id) == event_id, col(SlackEvent.status) == InboxStatus.PENDING, or_(*free))
+        .values(owner=owner, leased_until=now + lease, attempts=col(SlackEvent.attempts) + 1)
+    )
+    with db.session() as session:
+        return session.exec(statement).rowcount == 1
+
+
+def stored_event_body(db: Database, event_id: str) -> str | None:
+    with db.session() as session:
+        return session.scalar(select(col(SlackEvent.body)).where(col(SlackEvent.event_id) == event_id))
+
+
+def finish_event(db: Database, event_id: str) -> bool:
+    """Mark an event done (its listener ran); True the first time. Idempotent: a second finish changes nothing."""
+    statement = (
+        update(SlackEvent)
+        .where(col(SlackEvent.event_id) == event_id, col(SlackEvent.status) == InboxStatus.PENDING)
+        .values(status=InboxStatus.DONE, owner=None, leased_until=None, finished_at=utcnow())
+    )
+    with db.session() as session:
+        return session.exec(statement).rowcount == 1
+
+
+def release_failed_event(db: Database, event_id: str, *, max_attempts: int = MAX_ATTEMPTS) -> InboxStatus | None:
+    """Its listener failed: free the lease so it is retried, or after ``max_attempts`` keep it as failed.
+
+    Returns the event's status now (None: no pending event with that id).
+    """
+    with db.session() as session:
+        stored = session.get(SlackEvent, event_id)
+        if stored is None or stored.status != InboxStatus.PENDING:
+            return None
+        if stored.attempts >= max_attempts:
+            stored.status, stored.finished_at = InboxStatus.FAILED, utcnow()
+        stored.owner, stored.leased_until = None, None
+        session.add(stored)
+        return InboxStatus(stored.status)
+
+
+def pending_events(db: Database, *, limit: int = 500) -> list[PendingEvent]:
+    """Pending events, oldest first (what a starting process, or the periodic sweep, looks at)."""
+    query = (
+        select(col(SlackEvent.event_id), col(SlackEvent.owner), col(SlackEvent.leased_until), col(SlackEvent.attempts))
+        .where(col(SlackEvent.status) == InboxStatus.PENDING).order_by(col(SlackEvent.received_at)).limit(limit)
+    )
+    with db.session() as session:
+        return [PendingEvent(*row) for row in session.execute(query)]
+
+
+def event_status(db: Database, event_id: str) -> InboxStatus | None:
+    with db.session() as session:
+        status = session.scalar(select(col(SlackEvent.status)).where(col(SlackEvent.event_id) == event_id))
+    return None if status is None else InboxStatus(status)
 
 
 def claim_event(db: Database, event_id: str) -> bool:
-    """True only for the first delivery of ``event_id`` (across threads and processes)."""
+    """True only for the first caller with ``event_id`` (across threads and processes)."""
     insert = db.upsert_insert()
     if insert is not None:
         # ON CONFLICT DO NOTHING: no error, no aborted transaction; a returned row says we won.
@@ -34,12 +168,15 @@ def claim_event(db: Database, event_id: str) -> bool:
 
 
 def release_event(db: Database, event_id: str) -> bool:
-    """Forget one claim (its handling failed), so Slack's next retry of the event is processed; True if it existed."""
+    """Forget one claim (its handling failed), so the next attempt is processed; True if it existed."""
     with db.session() as session:
         return session.exec(delete(ProcessedEvent).where(col(ProcessedEvent.event_id) == event_id)).rowcount > 0
 
 
 def forget_events_before(db: Database, cutoff: datetime) -> int:
-    """Delete claims older than ``cutoff`` (Slack stops retrying after minutes); returns how many."""
+    """Delete claims and finished inbox events older than ``cutoff`` (Slack stops retrying after minutes); how many."""
     with db.session() as session:
-        return session.exec(delete(ProcessedEvent).where(col(ProcessedEvent.created_at) < cutoff)).rowcount
+        claims = session.exec(delete(ProcessedEvent).where(col(ProcessedEvent.created_at) < cutoff)).rowcount
+        events = session.exec(delete(SlackEvent).where(
+            col(SlackEvent.received_at) < cutoff, col(SlackEvent.status) != InboxStatus.PENDING)).rowcount
+    return claims + events

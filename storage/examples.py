@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
@@ -107,10 +107,14 @@ def save_capture(
     approved_by: str | None = None,
     tags: Sequence[str] = (),
     source_kind: str = ExampleSource.SLACK,
+    update_existing: bool = True,
 ) -> SaveResult[Example]:
     """Store a reply captured from Slack; capturing the same message (``source_key``) again updates it.
 
     ``source_kind`` is ``ExampleSource.SLACK`` (or ``CONSOLE`` for the local console's fake workspace).
+    With ``update_existing=False`` an example already stored for ``source_key`` is left exactly as it is and
+    returned with ``created=False`` (a form filled from the raw thread must not overwrite a capture someone
+    redacted or approved meanwhile).
 
     Raises ``DuplicateExample`` when the content equals another example (e.g. one imported from a file).
     Safe against concurrent captures of one message (two Slack retries, two reviewers): the loser of
@@ -128,6 +132,8 @@ def save_capture(
                     select(Example).where(or_(col(Example.source_key) == source_key, col(Example.content_hash) == digest))
                 ).all()
                 example = next((row for row in matches if row.source_key == source_key), None)
+                if example is not None and not update_existing:
+                    return SaveResult(example, False)
                 other = next((row.id for row in matches if row.content_hash == digest and row is not example), None)
                 if other is not None:
                     raise DuplicateExample(other, action="capturing this message")
@@ -249,17 +255,42 @@ def get_example(db: Database, example_id: int) -> Example:
         return example
 
 
-def set_status(db: Database, example_id: int, status: str, *, by: str | None) -> Example:
-    """Approve, reject or reopen an example; approval records who and when."""
-    _check_status(status)
+@dataclass(frozen=True)
+class StatusChange:
+    """The example as stored after a status change, and whether this call made the change."""
+
+    example: Example
+    changed: bool  # False: it already had that status, or not the expected one (someone else changed it first)
+
+
+def change_status(db: Database, example_id: int, status: str, *, by: str | None,
+                  expected: str | Iterable[str] | None = None) -> StatusChange:
+    """Approve, reject or reopen an example, only if its status is still ``expected`` (any other status when None).
+
+    One conditional UPDATE: of two reviewers clicking at once, or a button on a message that went stale, exactly
+    one changes the example; the others get ``changed=False`` and the example as the winner left it.
+    Approval records who and when; any other status clears them.
+    """
+    target = _check_status(status)
+    now = utcnow()
+    approved = target == ExampleStatus.APPROVED
+    query = update(Example).where(col(Example.id) == example_id, col(Example.status) != target)
+    if expected is not None:
+        allowed = [expected] if isinstance(expected, str) else list(expected)
+        query = query.where(col(Example.status).in_([_check_status(s) for s in allowed]))
+    values = {"status": target, "updated_at": now, "approved_by": by if approved else None,
+              "approved_at": now if approved else None}
     with db.session() as session:
-        example = session.get(Example, example_id, with_for_update=True)
+        changed = session.exec(query.values(**values)).rowcount == 1
+        example = session.get(Example, example_id)
         if example is None:
             raise ExampleNotFound(example_id)
-        if example.status != status:
-            _apply_status(example, status, by)
-            example.updated_at = utcnow()
-        return example
+        return StatusChange(example, changed)
+
+
+def set_status(db: Database, example_id: int, status: str, *, by: str | None) -> Example:
+    """Approve, reject or reopen an example whatever its status; approval records who and when."""
+    return change_status(db, example_id, status, by=by).example
 
 
 def update_example(

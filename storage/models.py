@@ -308,6 +308,23 @@ class Vote(SQLModel, table=True):
     updated_at: datetime = _created()
 
 
+class VoteTombstone(SQLModel, table=True):
+    """A vote reaction a voter removed, and the time of that removal.
+
+    Slack does not order its deliveries: the ``reaction_added`` of a reaction removed later may arrive after the
+    ``reaction_removed``. An add older than the newest removal of the same reaction casts nothing.
+    """
+
+    __tablename__ = "vote_tombstones"
+    __table_args__ = (UniqueConstraint("comparison_id", "voter", "reaction"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    comparison_id: int = Field(foreign_key="comparisons.id", index=True)
+    voter: str = Field(max_length=64)
+    reaction: str = Field(max_length=64)
+    removed_at: datetime = _created()
+
+
 class JudgeVerdict(SQLModel, table=True):
     __tablename__ = "judge_verdicts"
     __table_args__ = (UniqueConstraint("comparison_id", "judge_model"),)
@@ -343,6 +360,33 @@ class ProcessedEvent(SQLModel, table=True):
 
     event_id: str = Field(primary_key=True, max_length=128)
     created_at: datetime = _created()
+
+
+class InboxStatus(StrEnum):
+    """Where a stored Slack event stands."""
+
+    PENDING = "pending"  # stored and acknowledged; its listener has not finished yet
+    DONE = "done"
+    FAILED = "failed"  # its listener failed on every attempt: kept for inspection, never retried again
+
+
+class SlackEvent(SQLModel, table=True):
+    """The inbox: every Slack event is stored here before it is acknowledged, and processed from here.
+
+    A process that dies after the ack leaves the row pending; the next process (or Slack's retry) processes it.
+    While one process works on an event it holds a lease (``owner`` until ``leased_until``).
+    """
+
+    __tablename__ = "slack_events"
+
+    event_id: str = Field(primary_key=True, max_length=128)
+    body: str = Field(sa_column=Column(Text, nullable=False))  # the request body as Slack sent it
+    status: str = Field(default=InboxStatus.PENDING, max_length=16, index=True)
+    attempts: int = 0
+    owner: str | None = Field(default=None, max_length=200)  # "host:pid:token" of the process working on it
+    leased_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    received_at: datetime = _created()
+    finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
 
 
 class Setting(SQLModel, table=True):

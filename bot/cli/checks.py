@@ -21,6 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from bot.cli.common import cli_settings
+from bot.payloads import MAX_EPOCHS
 from storage.db import Database
 from storage.errors import FtbotError
 from storage.examples import approved_records
@@ -222,7 +223,8 @@ def price_command(
     file: FileArgument = None,
     model: ModelOption = None,
     all_models: Annotated[bool, typer.Option("--all-models", help="Quote every fine-tunable model in the price table.")] = False,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, max=50, help="Epochs (default: OpenAI's automatic rule).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, max=MAX_EPOCHS,
+                                                              help="Epochs (default: OpenAI's automatic rule).")] = None,
     daily_requests: Annotated[int | None, typer.Option("--daily-requests", min=0, help="Requests per day, for ROI.")] = None,
     prompt_tokens_saved: Annotated[
         int | None,

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bot.cli.common import cli_settings, console, database_errors, err_console, open_database, print_json
+from bot.payloads import MAX_STORED_ID
 from storage import exports
 from storage.errors import FtbotError
 from storage.examples import count_by_status, example_record, iter_records, list_examples
@@ -196,8 +197,8 @@ def _first(messages: list[dict[str, Any]], role: str) -> str:
 
 def list_command(
     status: Annotated[StatusChoice | None, typer.Option("--status", help="Only examples with this status.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="At most N examples (0: all).")] = 50,
-    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip the first N.")] = 0,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, max=MAX_STORED_ID, help="At most N examples (0: all).")] = 50,
+    offset: Annotated[int, typer.Option("--offset", min=0, max=MAX_STORED_ID, help="Skip the first N.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (records included).")] = False,
 ) -> None:
     """List stored examples, oldest first."""

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bot.cli.common import cli_settings, console, database_errors, open_database, print_json
+from bot.payloads import MAX_STORED_ID
 from storage import evals
 from storage.errors import DataFileError, FtbotError, ValidationFailed
 from storage.eval_prompts import add_eval_prompt, list_eval_prompts, remove_eval_prompt, split_prompt
@@ -35,7 +36,8 @@ from trainers.evaluation.generation import display_name
 
 
 def results(
-    round_id: Annotated[int | None, typer.Argument(help="The round (default: the latest one with posted comparisons).")] = None,
+    round_id: Annotated[int | None, typer.Argument(min=1, max=MAX_STORED_ID,
+                                                 help="The round (default: the latest one with posted comparisons).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     chart: Annotated[Path | None, typer.Option("--chart", help="Also write the chart PNG to this file.")] = None,
 ) -> None:
@@ -46,10 +48,9 @@ def results(
     with database_errors(), open_database() as db:
         report = round_report(db, round_id)
         if chart is not None:
-            from trainers.evaluation.charts import results_png  # scipy and matplotlib: only when a chart is asked for
+            from trainers.evaluation.charts import report_png  # scipy and matplotlib: only when a chart is asked for
 
-            results_png(report.summary, candidate=report.candidate, baseline=report.baseline, leaderboard=report.leaderboard,
-                        title=f"Round #{report.round.id}: {report.candidate} vs {report.baseline}", path=chart)
+            report_png(report, path=chart)
         if as_json:
             print_json(report.to_json())
             return
@@ -117,7 +118,8 @@ def questions(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
         console.print(table)
 
 
-def remove(question_id: Annotated[int, typer.Argument(help="The question's id (`ftbot eval questions`).")]) -> None:
+def remove(question_id: Annotated[int, typer.Argument(min=1, max=MAX_STORED_ID,
+                                                      help="The question's id (`ftbot eval questions`).")]) -> None:
     """Remove a question added by hand (rounds already posted keep their copy)."""
     with database_errors(), open_database() as db:
         if not remove_eval_prompt(db, question_id):
@@ -145,7 +147,7 @@ def list_rounds(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
         rows: list[RoundRow] = []
         for r in evals.list_rounds(db):
             round_id = stored_id(r)
-            revealed = r.status not in RoundStatus.ACTIVE
+            revealed = r.status in RoundStatus.REVEALED
             rows.append({
                 "id": round_id, "status": r.status, "channel": r.channel,
                 "candidate": r.candidate_model if revealed else None, "baseline": r.baseline_model if revealed else None,
@@ -169,7 +171,7 @@ def list_rounds(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
 
 
 def close(
-    round_id: Annotated[int | None, typer.Argument(help="The round (default: the latest open one).")] = None,
+    round_id: Annotated[int | None, typer.Argument(min=1, max=MAX_STORED_ID, help="The round (default: the latest open one).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Close voting on a round and store its decided comparisons as DPO pairs (nothing is posted to Slack)."""

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bot.cli.common import cli_settings, console, database_errors, err_console, open_database
+from bot.payloads import MAX_EPOCHS, MAX_STORED_ID
 from storage.jobs import discard_quote, get_job, job_record, list_jobs, list_models, model_record, use_model
 from storage.models import JobStatus, TrainingBackend, TrainingMethod, stored_id
 from trainers.training.jobs import JobUpdate, cancel_job, progress_line, quote_job, refresh_job, start_job, wait_for_job
@@ -40,7 +41,8 @@ def train(
         typer.Option("--from", help="DPO: the registered model to continue (default: the one in use, "
                      "else the newest of this back end); 'base' = the plain base model."),
     ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs (OpenAI default: its auto rule; local: 3).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, max=MAX_EPOCHS,
+                                                              help="Epochs (OpenAI default: its auto rule; local: 3).")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Local: stop after this many optimizer steps.")] = None,
     validation_fraction: Annotated[float, typer.Option("--validation-fraction", help="Share of examples held out for validation.")] = 0.1,
     load_in_4bit: Annotated[
@@ -133,7 +135,7 @@ def train(
 
 
 def jobs(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-         limit: Annotated[int, typer.Option("--limit", min=1)] = 20) -> None:
+         limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_STORED_ID)] = 20) -> None:
     """Recent training jobs with status, step and losses (refreshes running ones first)."""
     with database_errors(), open_database() as db:
         records = []
@@ -193,7 +195,7 @@ def use(name: Annotated[str, typer.Argument(help="Model name (or id) from `ftbot
         console.print(f"Now using [bold]{escape(model.name)}[/bold] ({model.backend}, {escape(model.location)}).")
 
 
-def cancel(job_id: Annotated[int, typer.Argument(help="Job id from `ftbot jobs`.")]) -> None:
+def cancel(job_id: Annotated[int, typer.Argument(min=1, max=MAX_STORED_ID, help="Job id from `ftbot jobs`.")]) -> None:
     """Stop a training job (OpenAI or local)."""
     with database_errors(), open_database() as db:
         job = cancel_job(db, job_id, settings=cli_settings())

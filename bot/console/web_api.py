@@ -98,7 +98,7 @@ class WebApiMethods(SlackWorkspace):
         return {"ok": True, "channel": chan["id"], "permalink": self.permalink(chan["id"], message["ts"], thread_ts)}
 
     def _api_conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
-        chan = self._channel(args)
+        chan = self._visible_channel(args)
         ts = args.get("ts") or ""
         parent = self.find_message(chan["id"], ts)
         if parent is None:
@@ -109,23 +109,47 @@ class WebApiMethods(SlackWorkspace):
                 "response_metadata": {"next_cursor": ""}}
 
     def _api_conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
-        chan = self._channel(args)
+        chan = self._visible_channel(args)
         with self._lock:
             top = [dict(m) for m in chan["messages"] if m.get("thread_ts") in (None, m["ts"])]
         return {"ok": True, "messages": list(reversed(top)), "has_more": False, "response_metadata": {"next_cursor": ""}}
 
-    def _api_conversations_info(self, args: dict[str, Any]) -> dict[str, Any]:
+    def _visible_channel(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The channel, unless it is private and the bot is not in it: Slack then says it does not exist."""
         chan = self._channel(args)
-        return {"ok": True, "channel": {"id": chan["id"], "name": chan["name"], "is_member": True}}
+        info = self.channel_info(chan["id"])
+        if info["is_private"] and not info["is_member"]:
+            raise _ApiError("channel_not_found")
+        return chan
+
+    def _api_conversations_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        chan = self._visible_channel(args)
+        return {"ok": True, "channel": self.channel_info(chan["id"])}
+
+    def _api_conversations_members(self, args: dict[str, Any]) -> dict[str, Any]:
+        """User IDs in the conversation, ``limit`` at a time (Slack's default 100), with an opaque ``next_cursor``."""
+        chan = self._visible_channel(args)
+        limit = int(args.get("limit") or 100)
+        start = int(args.get("cursor") or 0)
+        with self._lock:
+            members = list(chan.get("members", []))
+        page = members[start:start + limit]
+        after = start + limit if start + limit < len(members) else None
+        return {"ok": True, "members": page, "response_metadata": {"next_cursor": str(after) if after else ""}}
 
     def _api_conversations_join(self, args: dict[str, Any]) -> dict[str, Any]:
+        chan = self._channel(args)
+        with self._lock:
+            if self.bot_user_id not in chan.setdefault("members", []):
+                chan["members"].append(self.bot_user_id)
         return self._api_conversations_info(args)
 
     def _api_conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:
         users = str(args.get("users") or "")
         if not users:
             raise _ApiError("users_list_not_supplied")
-        chan = self.add_channel("D" + users.split(",")[0].lstrip("UW"), "dm")
+        user = users.split(",")[0]
+        chan = self.add_channel("D" + user.lstrip("UW"), "dm", is_im=True, members=[user])
         return {"ok": True, "channel": {"id": chan["id"]}}
 
     def _new_view(self, view: object, extra: dict[str, Any]) -> dict[str, Any]:

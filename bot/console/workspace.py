@@ -56,9 +56,29 @@ class SlackWorkspace:
         with self._lock:
             self.usergroups[group_id] = list(members)
 
-    def add_channel(self, channel_id: str, name: str) -> dict[str, Any]:
+    def add_channel(self, channel_id: str, name: str, *, is_private: bool = False, is_im: bool | None = None,
+                    members: list[str] | None = None, bot_member: bool = True) -> dict[str, Any]:
+        """A channel (public unless `is_private`; a ``D…`` id is a direct message) with its `members`, the bot
+        among them unless `bot_member` is False (then, as in Slack, the bot cannot see a private one at all)."""
+        is_im = channel_id.startswith("D") if is_im is None else is_im
         with self._lock:
-            return self.channels.setdefault(channel_id, {"id": channel_id, "name": name, "messages": []})
+            return self.channels.setdefault(channel_id, {
+                "id": channel_id, "name": name, "messages": [], "is_private": is_private or is_im, "is_im": is_im,
+                "members": [*(members or []), *([self.bot_user_id] if bot_member else [])],
+            })
+
+    def channel_info(self, channel_id: str) -> dict[str, Any]:
+        """The channel object of ``conversations.info``: its kind as Slack describes it, and whether the bot is in it.
+
+        Slack: private channels made before March 2021 (ids ``G…``) say ``is_group`` instead of ``is_channel``.
+        """
+        with self._lock:
+            chan = self.channels[channel_id]
+            private, im = chan.get("is_private", False), chan.get("is_im", False)
+            group = private and not im and channel_id.startswith("G")
+            return {"id": channel_id, "name": chan["name"], "is_channel": not im and not group, "is_group": group,
+                    "is_im": im, "is_mpim": False, "is_private": private,
+                    "is_member": self.bot_user_id in chan.get("members", [self.bot_user_id])}
 
     def next_ts(self) -> str:
         with self._lock:

@@ -9,10 +9,12 @@ or drop one not open yet; ``add`` is in ``bot.evaluation.questions``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bot import blocks as bk
-from bot.commands import CommandContext
+from bot.access import RESULTS_OPEN, require
+from bot.commands import CommandContext, int_arg
 from bot.evaluation.questions import add_question
 from bot.evaluation.quotes import generation_cost, generation_quote
 from bot.evaluation.rounds import close_and_report, close_due_rounds, is_in_flight, post_results, post_round, run_round
@@ -37,14 +39,8 @@ _start_lock = threading.Lock()
 def eval_command(bot: BotContext, ctx: CommandContext) -> None:
     """``/ft eval``: start a round, or the subcommand named first."""
     sub = ctx.args[0].lower() if ctx.args else ""
-    if sub == "add":
-        add_question(bot, ctx)
-    elif sub == "close":
-        close_command(bot, ctx)
-    elif sub == "resume":
-        resume_command(bot, ctx)
-    elif sub == "cancel":
-        cancel_command(bot, ctx)
+    if sub in EVAL_SUBCOMMANDS:
+        EVAL_SUBCOMMANDS[sub](bot, ctx)
     else:
         model, n = parse_eval_args(ctx.args)
         start_round(bot, ctx, model, n)
@@ -63,9 +59,7 @@ def parse_eval_args(args: list[str]) -> tuple[str | None, int]:
         if arg in ("--n", "-n") or arg.startswith("--n="):
             raw = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
             i += 1 if "=" in arg else 2
-            if not raw.isdigit() or not 1 <= int(raw) <= MAX_N:
-                raise FtbotError(f"`--n` takes a number of questions from 1 to {MAX_N}, e.g. `/ft eval --n 20`")
-            n = int(raw)
+            n = int_arg(raw, "--n (the number of questions)", high=MAX_N, usage="/ft eval [model] [--n 20]")
             continue
         if arg.startswith("-"):
             raise FtbotError(f"unknown option `{arg}`. Usage: `/ft eval [model] [--n 20]`")
@@ -79,8 +73,8 @@ def parse_eval_args(args: list[str]) -> tuple[str | None, int]:
 def parse_round_arg(args: list[str]) -> int | None:
     """The round number among the arguments (``12`` or ``#12``), if any."""
     for arg in args:
-        if arg.lstrip("#").isdigit():
-            return int(arg.lstrip("#"))
+        if arg.lstrip("#").isdigit():  # any digits, so that one out of range is told, not taken for a model name
+            return int_arg(arg, "the round number")
     return None
 
 
@@ -234,7 +228,15 @@ def results_command(bot: BotContext, ctx: CommandContext) -> None:
         ctx.respond(f"Posted the results of round #{round_.id}.")
         return
     # Still open: interim numbers to the asker only, model names hidden, so the tally does not sway the voters.
+    # Only the team may see them (the middleware cannot tell an open round from a closed one).
+    require(bot.roles, ctx.user_id, RESULTS_OPEN)
     report = round_report(bot.db, round_.id)
     text, view = results_blocks(report, name_of=UserNames(ctx.client), note="Interim result, only visible to you. "
                                 "`/ft eval close` ends voting, reveals the models and posts the result with its chart.")
     ctx.respond(text, blocks=view)
+
+
+# ``/ft eval <word>`` subcommands (each has its own rule in ``bot.access.POLICY``); any other word is a model name.
+EVAL_SUBCOMMANDS: dict[str, Callable[[BotContext, CommandContext], None]] = {
+    "add": add_question, "close": close_command, "resume": resume_command, "cancel": cancel_command,
+}

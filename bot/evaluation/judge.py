@@ -17,6 +17,7 @@ from bot import blocks as bk
 from bot.commands import CommandContext
 from bot.evaluation.commands import parse_round_arg
 from bot.evaluation.quotes import estimate_line, evaluation_quote_blocks
+from bot.payloads import button_json
 from storage.errors import FtbotError
 from storage.evals import RoundStatus
 from storage.events import claim_event
@@ -74,8 +75,8 @@ def judge_command(bot: BotContext, ctx: CommandContext) -> None:
 
 def _judge_button(action: dict[str, Any]) -> tuple[int, str, str]:
     """(round id, judge model, quote id) from a Judge / Cancel button."""
-    value = json.loads(action.get("value") or "{}")
-    return int(value["round"]), str(value["model"]), str(value["quote"])
+    value = button_json(action, round=int, model=str, quote=str)
+    return int(value["round"]), value["model"], value["quote"]
 
 
 def _claim_judge_quote(bot: BotContext, quote: str) -> bool:

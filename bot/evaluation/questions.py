@@ -22,6 +22,7 @@ from bot.threads import (
     find_message,
     is_permalink,
     parse_permalink,
+    require_member,
     resolve_bot_user_id,
 )
 from storage import eval_prompts
@@ -65,6 +66,7 @@ def add_question(bot: BotContext, ctx: CommandContext) -> None:
                          "or `/ft eval add <question text>`")
     if is_permalink(rest):
         channel, ts, thread_ts = parse_permalink(rest)
+        require_member(ctx.client, channel, ctx.user_id)
         messages = question_turns(bot, ctx.client, channel, ts, thread_ts,
                                   bot_user_id=resolve_bot_user_id(ctx.client, bot))
         source = f"slack:{channel}:{ts}"

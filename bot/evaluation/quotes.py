@@ -13,6 +13,7 @@ from slack_bolt import Respond
 
 from bot import blocks as bk
 from bot.evaluation.rounds import run_round
+from bot.payloads import button_int
 from storage import evals
 from storage.config import Settings
 from storage.eval_prompts import EvalItem
@@ -103,7 +104,7 @@ def generation_quote(round_id: int, questions: int, who: str, lines: list[str], 
 def post_quoted_round(bot: BotContext, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
     """The Post button: start generating (once) the round the quote was for."""
     user = (body.get("user") or {}).get("id")
-    round_id = int(action.get("value") or 0)
+    round_id = button_int(action, what="round id")
     if not bot.roles.may_train(user):
         respond(text="Only trainers can start an evaluation round (FTBOT_TRAINERS).", response_type="ephemeral",
                 replace_original=False)
@@ -119,7 +120,7 @@ def post_quoted_round(bot: BotContext, body: dict[str, Any], action: dict[str, A
 
 def cancel_quoted_round(bot: BotContext, action: dict[str, Any], respond: Respond) -> None:
     """The Cancel button: drop the quoted round; nothing was generated."""
-    round_id = int(action.get("value") or 0)
+    round_id = button_int(action, what="round id")
     if evals.move_round(bot.db, round_id, RoundStatus.CANCELLED, from_status=RoundStatus.QUOTED):
         respond(text=f"Round #{round_id} cancelled. Nothing was generated or spent.", replace_original=True)
     else:

@@ -27,7 +27,7 @@ from storage import evals
 from storage.errors import FtbotError
 from storage.evals import RoundStatus
 from storage.models import EvalRound, stored_id, utcnow
-from trainers.evaluation.charts import results_png
+from trainers.evaluation.charts import report_png
 from trainers.evaluation.generation import generate_round, read_log_tail, round_needs_worker, spawn_generation
 from trainers.evaluation.inference import GenerationSettings
 from trainers.evaluation.results import round_report
@@ -278,11 +278,8 @@ def post_results(bot: BotContext, round_id: int, *, channel: str, note: str | No
     report = round_report(bot.db, round_id)
     text, view = results_blocks(report, note=note, name_of=UserNames(bot.client))
     posted = call_slack(bot.client.chat_postMessage, channel=channel, text=text, blocks=view)
-    candidate = report.candidate if report.revealed else "candidate"
-    baseline = report.baseline if report.revealed else "baseline"
     try:
-        png = results_png(report.summary, candidate=candidate, baseline=baseline, leaderboard=report.leaderboard,
-                          title=f"Round #{round_id}: {candidate} vs {baseline}")
+        png = report_png(report)
         bk.upload_file(bot.client, channel, content=png, filename=f"ftbot-eval-round-{round_id}.png",
                        title=f"Evaluation round #{round_id}", initial_comment=f"Chart for evaluation round #{round_id}")
     except SlackApiError as error:

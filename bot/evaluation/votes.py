@@ -3,7 +3,9 @@
 One vote per voter per comparison: a new reaction moves it; removing the reaction that cast it falls back to another
 vote reaction the voter still has on the message, else withdraws it. Skin tones are normalised, the bot's own
 reactions ignored, the optional voter allowlist (``FTBOT_VOTERS``) enforced, and retried events count once (each
-vote keeps the time of the event that set it). What each reaction means is ``storage.votes``.
+vote keeps the time of the event that set it). Slack does not order deliveries, so each removal is remembered with
+its time: a ``reaction_added`` older than it, delivered after it, casts nothing. What each reaction means is
+``storage.votes``.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def handle_reaction(bot: BotContext, client: WebClient, event: dict[str, Any], *
     if added:
         change = evals.cast_vote(bot.db, comparison_id, voter, choice, reaction=reaction, at=at)
         return f"vote {change.action}"
+    # First, so an add of this reaction older than this removal that Slack delivers later casts nothing.
+    evals.remember_removal(bot.db, comparison_id, voter, reaction=reaction, at=at)
     vote = evals.get_vote(bot.db, comparison_id, voter)
     if vote is None or vote.reaction != reaction:
         return "no vote to withdraw"  # that reaction no longer casts the vote: nothing to ask Slack

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from storage.examples import count_by_status, list_examples
+from storage.examples import count_by_status, list_examples, set_status
 from tests.fixtures.slack_api import (
     SlackHarness,
     app_mention,
@@ -288,3 +288,84 @@ def test_expired_trigger_is_explained(slack_bot: SlackHarness):
     h.interact(message_action(reply, trigger_id=trigger, response_url=h.fake.response_url()))  # reused trigger
     h.wait()
     assert "try again" in h.fake.calls_to("chat.postEphemeral")[-1].args["text"]
+
+
+def _pii_thread(h: SlackHarness):
+    parent = h.fake.post_message("C_SUPPORT", "U_CUSTOMER", "Please email me at jane.doe@example.com about my order")
+    return h.fake.post_message("C_SUPPORT", "U_AGENT", "Sure Jane, I will write to you within the hour with the details.",
+                               thread_ts=parent["ts"])
+
+
+def _capture_redacted(h: SlackHarness, reply):
+    view = _open_via_shortcut(h, reply)
+    h.interact(block_actions("ft_capture_redact", "redact", view={**view, "state": {"values": form_values(view)}}))
+    h.wait()
+    redacted = h.fake.views[view["id"]]
+    h.interact(view_submission(redacted, form_values(redacted)))
+    h.wait()
+    [example] = list_examples(h.db)
+    assert "[EMAIL]" in example.messages[1]["content"]
+    return example
+
+
+def test_capturing_again_opens_the_stored_example_and_keeps_its_approval(team_bot: SlackHarness):
+    h = team_bot
+    reply = _pii_thread(h)
+    example = _capture_redacted(h, reply)
+    set_status(h.db, example.id, "approved", by="U_LEAD")
+
+    view = _open_via_shortcut(h, reply)
+    shown = json.dumps(view)
+    assert f"Already captured as #{example.id}" in shown and "approved" in shown
+    assert "jane.doe@example.com" not in shown and "[EMAIL]" in shown  # the stored, redacted text, not the raw thread
+    h.interact(view_submission(view, form_values(view)))
+    h.wait()
+    [again] = list_examples(h.db)
+    assert (again.status, again.approved_by) == ("approved", "U_LEAD")
+    assert again.messages == example.messages
+    assert f"Unchanged example #{example.id} (approved)" in h.fake.calls_to("chat.postEphemeral")[-1].args["text"]
+
+    # An edit after approval goes back to review, and the capturer is told so.
+    view = _open_via_shortcut(h, reply)
+    values = form_values(view)
+    values[next(k for k in values if k.startswith("turn_2"))]["text"]["value"] = "Sure, I will email you within the hour."
+    h.interact(view_submission(view, values))
+    h.wait()
+    [edited] = list_examples(h.db)
+    assert edited.status == "pending" and "[EMAIL]" in edited.messages[1]["content"]
+    assert "was approved" in json.dumps(h.fake.calls_to("chat.postMessage")[-1].args)
+
+
+def test_a_rejected_example_is_reopened_only_by_a_reviewer(team_bot: SlackHarness):
+    h = team_bot
+    reply = _pii_thread(h)
+    example = _capture_redacted(h, reply)
+    set_status(h.db, example.id, "rejected", by="U_LEAD")
+
+    view = _open_via_shortcut(h, reply, user="U_AGENT")
+    assert "only a reviewer can reopen it" in json.dumps(view)
+    assert not any(b.get("block_id") == "reopen" for b in view["blocks"])
+    h.interact(view_submission(view, form_values(view), user_id="U_AGENT"))
+    h.wait()
+    assert list_examples(h.db)[0].status == "rejected"
+
+    view = _open_via_shortcut(h, reply, user="U_LEAD")
+    assert any(b.get("block_id") == "reopen" for b in view["blocks"])
+    values = {**form_values(view), "reopen": {"reopen": {"type": "checkboxes", "selected_options": [{"value": "reopen"}]}}}
+    h.interact(view_submission(view, values, user_id="U_LEAD"))
+    h.wait()
+    [reopened] = list_examples(h.db)
+    assert reopened.status == "pending" and "[EMAIL]" in reopened.messages[1]["content"]
+    assert f"Reopened example #{example.id}" in h.fake.calls_to("chat.postMessage")[-1].args["text"]
+
+
+def test_a_capture_saved_meanwhile_by_someone_else_is_not_overwritten(team_bot: SlackHarness):
+    h = team_bot
+    reply = _pii_thread(h)
+    raw_form = _open_via_shortcut(h, reply, user="U_LEAD")  # opened before the example exists: the raw thread
+    example = _capture_redacted(h, reply)
+    h.interact(view_submission(raw_form, form_values(raw_form), user_id="U_LEAD"))
+    h.wait()
+    [kept] = list_examples(h.db)
+    assert kept.messages == example.messages and "jane.doe@example.com" not in json.dumps(kept.messages)
+    assert f"already captured as #{example.id}" in h.fake.calls_to("chat.postEphemeral")[-1].args["text"]

@@ -9,7 +9,7 @@ import pytest
 
 from bot.blocks import escape, fit_blocks
 from storage.examples import save_capture
-from tests.fixtures.slack_api import SlackHarness, form_values, message_action, view_submission
+from tests.fixtures.slack_api import SlackHarness, allow_subcommand, form_values, message_action, view_submission
 
 
 def _seed(db, n: int, *, status: str = "approved", extra: str = "") -> None:
@@ -46,8 +46,9 @@ def test_unknown_subcommand_gets_help(slack_bot: SlackHarness):
     assert "<!channel>" not in json.dumps(reply)
 
 
-def test_router_accepts_subcommands_from_other_features(slack_bot: SlackHarness):
+def test_router_accepts_subcommands_from_other_features(slack_bot: SlackHarness, monkeypatch):
     h = slack_bot
+    allow_subcommand(monkeypatch, "ping")  # a subcommand with no access rule is refused
     seen = []
     h.bot.router.add("ping", usage="/ft ping [x]", summary="Answer pong", handler=lambda ctx: (seen.append(ctx.args),
                                                                                                 ctx.respond("pong")))
@@ -60,8 +61,9 @@ def test_router_accepts_subcommands_from_other_features(slack_bot: SlackHarness)
     assert "/ft ping [x]" in json.dumps(h.fake.responses[-1]["blocks"])
 
 
-def test_handler_crash_is_reported_without_traceback(slack_bot: SlackHarness):
+def test_handler_crash_is_reported_without_traceback(slack_bot: SlackHarness, monkeypatch):
     h = slack_bot
+    allow_subcommand(monkeypatch, "boom")  # a subcommand with no access rule is refused
 
     def boom(ctx):
         raise RuntimeError("secret internals")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from storage import evals
+from storage.evals import RoundStatus
 from storage.examples import list_examples, save_capture
 from storage.models import Job, Snapshot
 from tests.fixtures.slack_api import SlackHarness, form_values, message_action, view_submission
@@ -74,5 +76,19 @@ def test_long_thread_stays_within_modal_limits_and_keeps_everything(sqlite_db, f
         assert len(json.dumps(confirmation["blocks"])) < 12000
         [attached] = [f for f in fake_slack.files.values() if f["completed"]]
         assert attached["thread_ts"] == parent["ts"] and b"reinstall the sync client" in attached["content"]
+    finally:
+        h.close()
+
+
+def test_home_never_names_the_models_of_an_open_round(sqlite_db, fake_slack):
+    h = SlackHarness.create(sqlite_db, fake_slack, agents=("U_AGENT",))
+    try:
+        round_ = evals.create_round(h.db, candidate_model="ft:gpt-4o-mini:acme:zebra:1", baseline_model="openai:okapi-base",
+                                    prompts=[[{"role": "user", "content": "Where is my order?"}]], channel="C_SUPPORT").example
+        evals.move_round(h.db, round_.id, RoundStatus.OPEN)
+        [comparison] = evals.round_comparisons(h.db, round_.id)
+        evals.cast_vote(h.db, comparison.id, "U_VOTER", "A", reaction="a")
+        home = json.dumps(_open_home(h, "U_AGENT", "EvHBlind"))
+        assert "ftbot" in home and "zebra" not in home and "okapi" not in home
     finally:
         h.close()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import logging
 import threading
 import time
+import urllib.parse
 
+import pytest
+
+from bot.http import MAX_BODY_BYTES
 from storage.examples import list_examples
 from tests.fixtures.slack_api import (
     SlackHarness,
@@ -131,3 +137,70 @@ def test_concurrent_duplicate_deliveries_act_once_on_both_databases(db, fake_sla
         assert len(fake_slack.calls_to("views.publish")) == 1
     finally:
         h.close()
+
+
+# ---- bad input at the door: 401/413, never a 500, a parse of an unverified body, or the body in the log ----------------
+def _raw_post(url: str, body: bytes, headers: dict[str, str], *, chunked: bool = False) -> int:
+    """POST with http.client; the server may answer (413) before it has read the body, so a write error is not fatal."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    try:
+        try:
+            if chunked:
+                connection.request("POST", parts.path, body=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
+                                   headers=headers, encode_chunked=True)
+            else:
+                connection.request("POST", parts.path, body=body, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("timestamp", ["abc", "1795985011.5", "", "-1", "0x6a1b2c3d"])
+def test_malformed_timestamp_is_rejected_with_401(slack_bot: SlackHarness, timestamp: str):
+    h = slack_bot
+    body = slash_command_body("help", response_url=h.fake.response_url())
+    headers = {**signed_headers(body), "X-Slack-Request-Timestamp": timestamp}
+    status, _ = h.http(body, headers=headers)
+    h.wait()
+    assert status == 401
+    assert h.fake.responses == []
+
+
+def test_unsigned_body_is_rejected_before_parsing_and_never_logged(slack_bot: SlackHarness, caplog: pytest.LogCaptureFixture):
+    h = slack_bot
+    caplog.set_level(logging.DEBUG)
+    secret_text = "customer-card-4111111111111111"
+    not_json = '{"type": "event_callback", "broken": ' + secret_text * 2000
+    status, _ = h.http(not_json, headers={"Content-Type": "application/json"})
+    assert status == 401
+    forged = signed_headers(not_json, secret="not-the-signing-secret", content_type="application/json")
+    status, _ = h.http(not_json, headers=forged)
+    assert status == 401
+    assert secret_text not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_body_over_the_limit_gets_413_without_being_read(slack_bot: SlackHarness, caplog: pytest.LogCaptureFixture):
+    h = slack_bot
+    caplog.set_level(logging.DEBUG)
+    url = h.start_http() + "/slack/events"
+    huge = b"x" * (MAX_BODY_BYTES + 1)
+    assert _raw_post(url, huge, {"Content-Type": "application/json"}) == 413
+    assert _raw_post(url, huge, signed_headers(huge.decode())) == 413
+    # without a Content-Length (chunked), the server stops reading at the limit
+    assert _raw_post(url, huge, {"Content-Type": "application/json"}, chunked=True) == 413
+    assert "xxxxxxxxxx" not in caplog.text
+    # a body just under the limit is an ordinary (here unsigned) request
+    assert _raw_post(url, b"x" * MAX_BODY_BYTES, {"Content-Type": "application/json"}) == 401
+
+
+def test_signed_but_unparseable_body_is_acked_without_a_traceback(slack_bot: SlackHarness, caplog: pytest.LogCaptureFixture):
+    h = slack_bot
+    status, _ = h.http('{"type": "event_callback", "event": ', content_type="application/json")
+    assert status == 200
+    status, _ = h.http(urllib.parse.urlencode({"payload": "{not json"}))
+    assert status == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

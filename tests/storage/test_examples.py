@@ -16,6 +16,7 @@ from storage.events import claim_event, forget_events_before, release_event
 from storage.examples import (
     BATCH_SIZE,
     approved_records,
+    change_status,
     count_by_status,
     dataset_stats,
     example_by_source_key,
@@ -147,6 +148,30 @@ def test_status_changes_record_who_approved_and_when(db: Database) -> None:
     rejected = set_status(db, example.id, "rejected", by="U_OTHER")
     assert rejected.status == "rejected" and rejected.approved_by is None and rejected.approved_at is None
     assert get_example(db, example.id).status == "rejected"
+
+
+def test_status_changes_only_from_the_expected_status_and_once_under_concurrent_clicks(db: Database) -> None:
+    example = capture(db, conversation("q", "a")).example
+    # Two reviewers click at once, one Approve and one Reject, both on a pending example: exactly one wins.
+    outcomes = at_once(lambda index: change_status(db, example.id, ("approved", "rejected")[index % 2], by=f"U{index}",
+                                                   expected="pending"), 6)
+    winners = [outcome for outcome in outcomes if outcome.changed]
+    assert len(winners) == 1
+    stored = get_example(db, example.id)
+    assert stored.status == winners[0].example.status
+    assert all(outcome.example.status == stored.status for outcome in outcomes)
+    # A stale click changes nothing and returns the example as the winner left it.
+    stale = change_status(db, example.id, "pending", by="U_LATE", expected="rejected" if stored.status == "approved" else "approved")
+    assert not stale.changed and get_example(db, example.id).status == stored.status
+
+
+def test_a_capture_that_must_be_new_leaves_an_existing_example_alone(db: Database) -> None:
+    first = capture(db, conversation("My email is jane@example.com", "Noted."), status="approved", approved_by="U_LEAD")
+    again = capture(db, conversation("My email is [EMAIL]", "Noted, thanks."), status="pending", update_existing=False)
+    assert not again.created and again.example.id == first.example.id
+    stored = get_example(db, first.example.id)
+    assert (stored.status, stored.approved_by) == ("approved", "U_LEAD")
+    assert stored.messages == first.example.messages
 
 
 def test_missing_examples_and_bad_status_are_named_errors(db: Database) -> None:

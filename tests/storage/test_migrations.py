@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,10 @@ import storage.models  # noqa: F401  (registers the tables)
 from storage.capture_drafts import load_capture_draft
 from storage.db import Database
 from storage.errors import MigrationError
+from storage.events import Delivery, claim_event, event_status, pending_events, receive_event
 from storage.examples import list_examples
 from storage.migrate import current_revision, downgrade, head_revision, include_object, upgrade
+from storage.models import InboxStatus
 from storage.workspace_settings import get_setting
 from tests.fixtures.paths import REPO
 
@@ -127,6 +130,29 @@ def test_capture_drafts_move_out_of_the_settings_table_at_revision_0002(empty_db
     downgrade(empty_db, "0001")
     assert get_setting(empty_db, draft_key) == {"source_key": "slack:C1:1.0", "turns": []}
     assert "capture_drafts" not in inspect(empty_db.engine).get_table_names()
+
+
+def test_slack_event_claims_become_done_inbox_events_at_revision_0003(empty_db: Database) -> None:
+    """A retry of an event handled before the upgrade is still recognised; other idempotency keys stay claims."""
+    upgrade(empty_db, "0002")
+    with empty_db.engine.begin() as connection:
+        for key in ("Ev0123ABC", "judge_quote:abc", "view_submission:V1:slack:C1:1.0"):
+            connection.execute(text("INSERT INTO processed_events (event_id, created_at) VALUES (:key, :now)"),
+                               {"key": key, "now": "2026-01-02 03:04:05+00:00"})
+
+    upgrade(empty_db, "0003")
+
+    assert event_status(empty_db, "Ev0123ABC") == InboxStatus.DONE
+    assert receive_event(empty_db, "Ev0123ABC", "{}", owner="h:1:t", lease=timedelta(seconds=60)) == Delivery.DONE
+    assert pending_events(empty_db) == []
+    assert not claim_event(empty_db, "judge_quote:abc") and not claim_event(empty_db, "view_submission:V1:slack:C1:1.0")
+    assert claim_event(empty_db, "Ev0123ABC")  # no longer a claim: it moved to the inbox
+
+    downgrade(empty_db, "0002")
+    with empty_db.engine.connect() as connection:
+        claims = set(connection.scalars(text("SELECT event_id FROM processed_events")))
+    assert {"Ev0123ABC", "judge_quote:abc", "view_submission:V1:slack:C1:1.0"} <= claims
+    assert "slack_events" not in inspect(empty_db.engine).get_table_names()
 
 
 def test_downgrade_to_base_and_back(empty_db: Database) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from trainers.data.issues import Issue
 __all__ = [
     "LineTooLong",
     "InvalidUtf8",
+    "LoneSurrogate",
+    "find_lone_surrogate",
     "MAX_LINE_BYTES",
     "read_jsonl",
     "iter_raw_lines",
@@ -33,6 +36,8 @@ __all__ = [
 # longer than this is a broken export, not an example, and is never read into memory (FTBOT_MAX_LINE_BYTES).
 MAX_LINE_BYTES = DEFAULT_MAX_LINE_BYTES
 _READ_BLOCK = 1 << 20
+# A JSON escape of a UTF-16 surrogate (\ud800-\udfff): only such a line can parse to a string that UTF-8 cannot hold.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class _LineError(DataFileError):
@@ -74,6 +79,50 @@ class InvalidUtf8(_LineError):
             f"{path}: line {line} is not valid UTF-8 (byte 0x{bad} at byte {error.start + 1} of the line); re-save the file as UTF-8",
             line,
         )
+
+
+class LoneSurrogate(InvalidUtf8):
+    """A line escapes half of a UTF-16 surrogate pair (``"\\ud800"``): valid JSON, yet not text UTF-8 can hold."""
+
+    @classmethod
+    def found(cls, path: str | None, line: int, where: str, char: str) -> LoneSurrogate:
+        place = f"{path}: line {line}" if path else f"line {line}"
+        return cls(
+            f"{place}: {where} holds the escape \\u{ord(char):04x}, half of a UTF-16 surrogate pair without its other half, "
+            "which is not valid Unicode (invalid_utf8); remove that escape or write the character itself",
+            line,
+        )
+
+
+def _first_surrogate(text: str) -> str | None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return text[error.start]
+    return None
+
+
+def find_lone_surrogate(value: Any) -> tuple[str, str] | None:
+    """(where, the character) of the first string or key in a parsed line holding a lone surrogate, else None.
+
+    ``where`` reads like the checks' field paths: ``messages[0].content``, or ``the key '...' in messages[0]``.
+    """
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            char = _first_surrogate(item)
+            if char is not None:
+                return where or "the line's string", char
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                char = _first_surrogate(key)
+                if char is not None:
+                    return f"the key {key!r}" + (f" in {where}" if where else ""), char
+                stack.append((f"{where}.{key}" if where else key, child))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{index}]", child) for index, child in reversed(list(enumerate(item))))
+    return None
 
 
 def _open_checked(path: str | os.PathLike[str]):
@@ -164,7 +213,7 @@ def iter_raw_lines(
 
 
 def parse_line(line_no: int, raw: bytes | str, path: str = "input") -> tuple[Any | None, Issue | None]:
-    """Decode and parse one line; invalid UTF-8 raises ``InvalidUtf8``, invalid JSON is an ``Issue``."""
+    """Decode and parse one line; invalid UTF-8 (a lone surrogate escape too) raises ``InvalidUtf8``, invalid JSON is an ``Issue``."""
     if isinstance(raw, bytes):
         try:
             text = raw.decode("utf-8")
@@ -173,7 +222,7 @@ def parse_line(line_no: int, raw: bytes | str, path: str = "input") -> tuple[Any
     else:
         text = raw
     try:
-        return json.loads(text), None
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         return None, Issue(
             line_no,
@@ -182,6 +231,11 @@ def parse_line(line_no: int, raw: bytes | str, path: str = "input") -> tuple[Any
         )
     except RecursionError:
         return None, Issue(line_no, "invalid_json", f"line {line_no}: JSON nested too deeply to parse")
+    if _SURROGATE_ESCAPE.search(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")):
+        found = find_lone_surrogate(value)  # a surrogate pair (an escaped emoji) is fine; half of one is not
+        if found is not None:
+            raise LoneSurrogate.found(path, line_no, *found)
+    return value, None
 
 
 def read_jsonl(path: str | os.PathLike[str], *, max_line_bytes: int | None = None) -> Iterator[tuple[int, Any | None, Issue | None]]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainers.data.issues import Issue
+from trainers.data.jsonl import LoneSurrogate, find_lone_surrogate
 from trainers.data.pii import PiiFinding, find_pii
 
 __all__ = [
@@ -383,7 +384,12 @@ def check_record(value: Any, line: int, kind: str = "auto", *, pii: bool = True)
     """Structural checks of one parsed line (no cross-line checks, no tokens).
 
     ``kind`` is "sft", "dpo" or "auto" (decided by the line's keys). ``pii=False`` skips the PII scan.
+    A string holding a lone surrogate (parsed from a ``"\\ud800"`` escape) raises ``LoneSurrogate``, as a bad byte
+    stops a file: nothing downstream (tokens, hashes, the database) can encode it.
     """
+    found = find_lone_surrogate(value)
+    if found is not None:
+        raise LoneSurrogate.found(None, line, *found)
     if kind == "auto":
         kind = detect_kind(value)
     checker = RecordChecker(line, pii)

@@ -2,6 +2,7 @@
 
 - :func:`results_png`: the candidate's win rate on decisive votes with its 95% Wilson interval (and the
   prompt-bootstrap interval when there is one), the 50% line, and the vote counts as a stacked bar.
+- :func:`report_png`: that chart for a round's report, blind while the round is open.
 - With a leaderboard: a second panel with Bradley–Terry ratings on the Elo scale and bootstrap 95% error bars.
 """
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainers.evaluation.generation import display_name
+from trainers.evaluation.results import RoundReport
 from trainers.evaluation.stats import ABSummary, Leaderboard
 from trainers.plots import figure_png, new_figure
 
@@ -40,6 +42,13 @@ def results_png(
         _ratings_panel(figure.add_subplot(2, 1, 2), leaderboard)
     figure.suptitle(title or f"{candidate} vs {baseline}", fontsize=11)
     return figure_png(figure, path)
+
+
+def report_png(report: RoundReport, path: str | Path | None = None) -> bytes:
+    """A round's chart: the models keep neutral labels until voting is over (``RoundReport.revealed``)."""
+    candidate, baseline = (report.candidate, report.baseline) if report.revealed else ("candidate", "baseline")
+    return results_png(report.summary, candidate=candidate, baseline=baseline, leaderboard=report.leaderboard,
+                       title=f"Round #{report.round.id}: {candidate} vs {baseline}", path=path)
 
 
 def _win_rate_panel(axes: Axes, summary: ABSummary, candidate: str, baseline: str) -> None:

@@ -8,7 +8,7 @@ when an LLM judge scored the round. No Slack here: the bot and the CLI format :c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -88,15 +88,15 @@ class RoundReport:
     @property
     def revealed(self) -> bool:
         """Model names are shown once voting is over (before that, only the tally)."""
-        return self.round.status == RoundStatus.CLOSED
+        return self.round.status in RoundStatus.REVEALED
 
     def to_json(self) -> dict[str, Any]:
         s = self.summary
         return {
             "round_id": self.round.id,
             "status": self.round.status,
-            "candidate": self.round.candidate_model,
-            "baseline": self.round.baseline_model,
+            "candidate": self.round.candidate_model if self.revealed else None,
+            "baseline": self.round.baseline_model if self.revealed else None,
             "channel": self.round.channel,
             "closes_at": _iso(self.round.closes_at),
             "closed_at": _iso(self.round.closed_at),
@@ -222,8 +222,10 @@ def round_report(db: Database, round_id: int | None = None, *, channel: str | No
             "votes": [{"voter": v.voter, "choice": v.choice, "reaction": v.reaction} for v in votes],
             "decided": decided_side(v.choice for v in votes),
         })
-    return RoundReport(round_, summary, rows, _leaderboard(db, bootstrap_rounds),
-                       _judges(db, round_, comparisons, grouped), _length_bias(comparisons, grouped))
+    report = RoundReport(round_, summary, rows, None, _judges(db, round_, comparisons, grouped),
+                         _length_bias(comparisons, grouped))
+    # A round still open gets counts only: a leaderboard names models, and this round's would be among them.
+    return replace(report, leaderboard=_leaderboard(db, bootstrap_rounds)) if report.revealed else report
 
 
 def _length_bias(comparisons: list[Comparison], grouped: dict[int, list[Vote]]) -> LengthBias:

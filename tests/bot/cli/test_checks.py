@@ -121,6 +121,7 @@ def test_bom_crlf_and_blank_lines_are_accepted(cli, tmp_path: Path) -> None:
         ("empty", "the file is empty", "DataFileError"),
         ("blank", "only blank lines", "DataFileError"),
         ("utf8", "line 3 is not valid UTF-8", "invalid_utf8"),
+        ("surrogate", "line 2: messages[0].content holds the escape \\ud800", "invalid_utf8"),
         ("huge", "line 2 is longer than 16 MiB", "line_too_long"),
     ],
 )
@@ -134,6 +135,8 @@ def test_unreadable_input_is_one_clear_line(cli, tmp_path: Path, setup: str, fra
         path.write_bytes(b"\n\r\n   \n")
     elif setup == "utf8":
         path.write_bytes(b'{"messages": []}\n{"messages": []}\n{"messages": [{"role": "user", "content": "caf\xe9"}]}\n')
+    elif setup == "surrogate":  # valid JSON, but "\ud800" alone is half a UTF-16 pair: no UTF-8 text can hold it
+        path.write_bytes(b'{"messages": []}\n{"messages": [{"role": "user", "content": "bad \\ud800 here"}]}\n')
     elif setup == "huge":
         with path.open("wb") as handle:  # one 1 GB line (sparse: costs no disk), never read into memory
             handle.write(b'{"messages": []}\n{"messages": "')

@@ -152,10 +152,13 @@ def test_skip_invalid_stores_only_the_valid_lines(db: Database, cli, tmp_path: P
         (lambda tmp: _write_bytes(tmp / "latin1.jsonl",
                                   json.dumps(sft(1)).encode() + b"\n" + '{"messages": "café"}'.encode("latin-1") + b"\n"),
          "not valid UTF-8"),
+        (lambda tmp: _write_bytes(tmp / "surrogate.jsonl",
+                                  json.dumps(sft(1)).encode() + b"\n" + b'{"messages": [{"role": "user", "content": "\\udfff"}]}\n'),
+         "line 2: messages[0].content holds the escape \\udfff"),
         (lambda tmp: _write_bytes(tmp / "empty.jsonl", b""), "empty"),
         (lambda tmp: _write_bytes(tmp / "blank.jsonl", b"\n  \r\n\n"), "empty"),
     ],
-    ids=["missing", "directory", "invalid-utf8", "empty", "only-blank-lines"],
+    ids=["missing", "directory", "invalid-utf8", "lone-surrogate", "empty", "only-blank-lines"],
 )
 def test_unreadable_input_gives_one_clear_line_and_writes_nothing(sqlite_db: Database, cli, tmp_path: Path, make, expected: str) -> None:
     target = make(tmp_path)

@@ -13,6 +13,8 @@ from storage import eval_prompts, evals
 from storage.evals import RoundStatus
 from storage.pairs import pair_records
 from tests.fixtures.db import database_url
+from trainers.evaluation.charts import results_png
+from trainers.evaluation.results import round_report
 
 
 @pytest.fixture
@@ -64,16 +66,18 @@ def test_results_json_matches_the_reference_check_values(db, cli):
 
 def test_results_text_chart_and_round_choice(db, cli, tmp_path):
     first = _round_with_votes(db, 15, 5)
-    _round_with_votes(db, 3, 3, candidate="cand-2")
+    second = _round_with_votes(db, 3, 3, candidate="cand-2")
     chart = tmp_path / "chart.png"
     result = cli("results", str(first.id), "--chart", str(chart))
     assert result.exit_code == 0, result.output
     assert "75.0%" in result.stdout and "p = 0.041" in result.stdout
     assert "hidden until voting closes" in result.stdout
     assert chart.read_bytes()[:4] == b"\x89PNG"
+    evals.close_round(db, first.id)
+    evals.close_round(db, second.id)
     latest = json.loads(cli("results", "--json").stdout)
     assert latest["candidate"] == "cand-2" and latest["wins"] == 3
-    # Two candidates against one baseline: three models, so a Bradley–Terry leaderboard.
+    # Two closed rounds of two candidates against one baseline: three models, so a Bradley–Terry leaderboard.
     board = latest["leaderboard"]
     assert board is not None and {r["model"] for r in board["ratings"]} == {"cand-1", "cand-2", "openai:gpt-4o-mini"}
     assert board["ratings"][0]["model"] == "cand-1"
@@ -118,3 +122,33 @@ def test_eval_add_text_and_file_with_clear_errors(db, cli, tmp_path):
 def test_results_without_rounds_is_a_clear_error(db, cli):
     result = cli("results")
     assert result.exit_code == 1 and "no evaluation round yet" in result.output
+
+
+def test_an_open_round_stays_blind_in_results_list_and_chart(db, cli, tmp_path):
+    earlier = _round_with_votes(db, 2, 1, candidate="cand-old")
+    evals.close_round(db, earlier.id)
+    secret = _round_with_votes(db, 5, 0, candidate="ft:gpt-4o-mini:acme:zebra:1", baseline="openai:okapi-base")
+    later = _round_with_votes(db, 3, 1, candidate="cand-new")
+    evals.close_round(db, later.id)
+    outputs = {}
+    for args in (("results",), ("results", "--json"), ("results", str(later.id), "--json"), ("results", str(secret.id)),
+                 ("results", str(secret.id), "--json"), ("eval", "list"), ("eval", "list", "--json")):
+        result = cli(*args)
+        assert result.exit_code == 0, result.output
+        assert "zebra" not in result.output and "okapi" not in result.output, args
+        outputs[args] = result.stdout
+    # The leaderboard counts the closed rounds' 3 + 4 votes only, not the open round's 5.
+    board = json.loads(outputs[("results", str(later.id), "--json")])["leaderboard"]
+    assert board["battles"] == 7
+    assert {r["model"] for r in board["ratings"]} == {"cand-old", "cand-new", "openai:gpt-4o-mini"}
+    interim = json.loads(outputs[("results", str(secret.id), "--json")])
+    assert (interim["wins"], interim["candidate"], interim["baseline"], interim["leaderboard"]) == (5, None, None, None)
+    listed = {row["id"]: row for row in json.loads(outputs[("eval", "list", "--json")])}
+    assert listed[secret.id]["candidate"] is None and listed[secret.id]["votes"] == 5
+
+    chart = tmp_path / "open.png"
+    assert cli("results", str(secret.id), "--chart", str(chart)).exit_code == 0
+    # Drawn with the neutral labels, not the models' names.
+    summary = round_report(db, secret.id).summary
+    blind = results_png(summary, candidate="candidate", baseline="baseline", title=f"Round #{secret.id}: candidate vs baseline")
+    assert chart.read_bytes() == blind

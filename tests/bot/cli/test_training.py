@@ -124,3 +124,21 @@ def test_cancel_and_use_by_name(cli, sqlite_db, openai_api):
     assert get_job(sqlite_db, job_id).status == JobStatus.CANCELLED
     register_model(sqlite_db, name="baseline", backend="openai", base_model="gpt-4o-mini", location="gpt-4o-mini")
     assert cli("use", "baseline").returncode == 0
+
+
+@pytest.mark.parametrize(("args", "option", "maximum"), [
+    (["cancel", "99999999999999999999999"], "job_id", 2147483647),
+    (["train", "--epochs", "99999999999999999999"], "--epochs", 50),
+    (["jobs", "--limit", "99999999999999999999"], "--limit", 2147483647),
+    (["examples", "list", "--offset", "99999999999999999999"], "--offset", 2147483647),
+    (["examples", "list", "--limit", "99999999999999999999"], "--limit", 2147483647),
+    (["results", "99999999999999999999"], "round_id", 2147483647),
+    (["eval", "remove", "99999999999999999999"], "question_id", 2147483647),
+    (["eval", "close", "99999999999999999999"], "round_id", 2147483647),
+])
+def test_integers_out_of_range_are_usage_errors(cli: Cli, args: list[str], option: str, maximum: int):
+    """Stored ids are 32-bit in PostgreSQL: a larger number is refused by the option parser, not by the database driver."""
+    result = cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert f"Invalid value for '{option}'" in result.stderr and f"less than or equal to {maximum}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

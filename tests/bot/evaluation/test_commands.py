@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import subprocess
 import sys
 
@@ -83,3 +85,70 @@ def test_resume_after_a_restart_posts_only_what_is_missing(harness, openai_api):
     h.command(f"eval resume {second.id}", user_id="U_AGENT")
     h.wait()
     assert "nothing to resume" in h.fake.responses[-1]["text"]
+
+
+# An open round's models: no output may name them while the round is open.
+SECRET_CANDIDATE = "ft:gpt-4o-mini-2024-07-18:acme:zebra:s3cr3t"
+SECRET_BASELINE = "openai:okapi-base"
+
+
+def _voted_round(db, candidate: str, baseline: str, outcomes: str, *, close: bool = False) -> int:
+    """An open round (closed if asked) with one vote per comparison; outcomes: "w" win, "l" loss, "t" tie for the candidate."""
+    round_ = evals.create_round(db, candidate_model=candidate, baseline_model=baseline, channel=CHANNEL,
+                                prompts=[[{"role": "user", "content": f"{candidate} question {i}?"}] for i in range(len(outcomes))],
+                                rng=random.Random(len(outcomes))).example
+    comparisons = evals.round_comparisons(db, round_.id)
+    evals.set_answers(db, round_.id, candidate, {c.id: f"candidate answer {c.id}" for c in comparisons})
+    evals.set_answers(db, round_.id, baseline, {c.id: f"baseline answer {c.id}" for c in comparisons})
+    evals.move_round(db, round_.id, RoundStatus.OPEN)
+    for c, outcome in zip(comparisons, outcomes, strict=True):
+        other = "B" if c.candidate_side == "A" else "A"
+        choice = {"w": c.candidate_side, "l": other, "t": "tie"}[outcome]
+        evals.cast_vote(db, c.id, f"U_VOTER{c.id}", choice, reaction=choice.lower())
+    if close:
+        evals.close_round(db, round_.id)
+    return round_.id
+
+
+def _results_posts(h) -> list[str]:
+    return [json.dumps(c.args) for c in h.fake.calls_to("chat.postMessage") if "Round #" in (c.args.get("text") or "")]
+
+
+def _assert_blind(output: str) -> None:
+    assert "zebra" not in output and "okapi" not in output
+
+
+def test_an_open_round_stays_blind_while_other_rounds_close(trainer_harness):
+    h = trainer_harness
+    _voted_round(h.db, "cand-old", f"openai:{BASE}", "wlw", close=True)
+    secret = _voted_round(h.db, SECRET_CANDIDATE, SECRET_BASELINE, "wwwww")  # round 1: open, votes cast
+    closing = _voted_round(h.db, "cand-new", f"openai:{BASE}", "wwlt")  # round 2: closed while round 1 is open
+
+    h.command(f"eval close {closing}", user_id="U_AGENT")
+    h.wait()
+    [closing_post] = _results_posts(h)
+    _assert_blind(closing_post)
+    # Three models of the two closed rounds: a leaderboard of their 3 + 4 votes, none of the open round's 5.
+    assert "Leaderboard across all rounds" in closing_post and "7 votes" in closing_post
+    assert "cand-old" in closing_post and "cand-new" in closing_post
+
+    h.command(f"results {closing}", user_id="U_AGENT")
+    h.command("results", user_id="U_AGENT")  # the latest round of the channel
+    h.wait()
+    posts = _results_posts(h)
+    assert len(posts) == 3
+    for post in posts:
+        _assert_blind(post)
+        assert "7 votes" in post
+
+    h.command(f"results {secret}", user_id="U_AGENT")
+    h.wait()
+    interim = json.dumps(h.fake.responses[-1])
+    _assert_blind(interim)
+    assert "5 votes on 5 questions" in interim and "5 wins" in interim
+    assert "Leaderboard" not in interim  # counts only while the round is open: no model names at all
+
+    h.event({"type": "app_home_opened", "user": "U_AGENT", "channel": "D1", "tab": "home", "event_ts": "1.0"},
+            event_id="EvBlindHome")
+    h.wait()
+    _assert_blind(json.dumps(h.fake.home_views["U_AGENT"]))

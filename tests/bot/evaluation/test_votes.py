@@ -74,3 +74,22 @@ def test_voter_allowlist_and_timed_close(sqlite_db, fake_slack, openai_api):
     finally:
         stop_harness_scheduler(h)
         h.close()
+
+
+def test_a_removal_delivered_before_its_older_add_leaves_no_vote(harness):
+    """Slack does not order deliveries: the add (t1) of a reaction removed at t2 may arrive after the removal."""
+    h = harness
+    seed_model(h.db)
+    round_id = start_round(h, "eval --n 2")
+    post_round(h, round_id)
+    first = evals.round_comparisons(h.db, round_id)[0]
+    t1 = time.time()
+    react(h, "U7", "a", first.message_ts, event_id="EvLate2", event_ts=t1 + 1, removed=True)
+    react(h, "U7", "a", first.message_ts, event_id="EvLate1", event_ts=t1)
+    assert evals.get_vote(h.db, first.id, "U7") is None
+    # Slack retries the late add: still nothing.
+    react(h, "U7", "a", first.message_ts, event_id="EvLate1", event_ts=t1, retry_num=1)
+    assert evals.round_votes(h.db, round_id) == []
+    # Adding the reaction again later counts.
+    react(h, "U7", "a", first.message_ts, event_id="EvLate3", event_ts=t1 + 2)
+    assert evals.get_vote(h.db, first.id, "U7").choice == "A"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from storage.errors import DataFileError
-from trainers.data.jsonl import LineTooLong, read_jsonl
+from trainers.data.jsonl import InvalidUtf8, LineTooLong, read_jsonl
 
 
 def test_reader_handles_bom_crlf_and_blank_lines(tmp_path: Path) -> None:
@@ -40,3 +40,19 @@ def test_reader_stops_at_a_line_over_the_limit_without_reading_it(tmp_path: Path
         list(read_jsonl(path, max_line_bytes=4 * 1024 * 1024))
     assert caught.value.line == 3
     assert "line 3 is longer than 4 MiB" in str(caught.value)
+
+
+def test_a_lone_surrogate_escape_is_invalid_utf8_at_its_line(tmp_path: Path) -> None:
+    """``"\\ud800"`` is valid JSON but no UTF-8 text can hold it: the line is named, as for a bad byte."""
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b'{"a": "\\ud83d\\ude00 \\\\ud800"}\n{"messages": [{"role": "user", "content": "x\\uDBFF"}]}\n')
+    with pytest.raises(InvalidUtf8) as caught:
+        list(read_jsonl(path))
+    assert caught.value.line == 2 and caught.value.code == "invalid_utf8"
+    assert str(caught.value) == (
+        f"{path}: line 2: messages[0].content holds the escape \\udbff, half of a UTF-16 surrogate pair without its other "
+        "half, which is not valid Unicode (invalid_utf8); remove that escape or write the character itself")
+    # a key can hold one too
+    path.write_bytes(b'{"\\udc00": 1}\n')
+    with pytest.raises(InvalidUtf8, match=r"line 1: the key '\\udc00' holds the escape \\udc00"):
+        list(read_jsonl(path))

@@ -184,8 +184,9 @@ def test_a_dying_worker_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_lines_orjson_refuses_are_read_as_the_standard_library_reads_them(tmp_path: Path) -> None:
     valid = [json.dumps(line) for line in varied_lines(10)]
-    surrogate = json.dumps(conversation("Where is my order?", "It left the warehouse today \ud800 and arrives soon."))
-    assert "\\ud800" in surrogate  # an escaped lone surrogate: valid for json, refused by orjson
+    # An escaped surrogate pair (an emoji) reads alike in both; a lone surrogate stops the report (test_jsonl).
+    surrogate = json.dumps(conversation("Where is my order?", "It left the warehouse today \U0001F600 and arrives soon."))
+    assert "\\ud83d\\ude00" in surrogate
     path = tmp_path / "odd.jsonl"
     path.write_text("\n".join(valid + [
         surrogate,
@@ -197,7 +198,7 @@ def test_lines_orjson_refuses_are_read_as_the_standard_library_reads_them(tmp_pa
         json.dumps({**TOOL_CALL_LINE, "tools": [{**TOOL_CALL_LINE["tools"][0], "limit": 10**23}]}),
     ]) + "\n", encoding="utf-8")
     report = build_report(path, model="gpt-4o-mini", workers=1)
-    assert report.valid_examples == 12  # the surrogate line is valid, its tokens counted as tiktoken counts them
+    assert report.valid_examples == 12  # the emoji line is valid, its tokens counted as tiktoken counts them
     encoding = encoding_for_model("gpt-4o-mini")
     for line in (surrogate, path.read_text(encoding="utf-8").splitlines()[-1]):  # big integer: tool JSON counted as written
         assert report.tokens.histogram[count_record_tokens(json.loads(line), encoding).total] >= 1

@@ -53,10 +53,30 @@ def test_judge_agreement_and_leaderboard(sqlite_db):
     (judge,) = report.judges
     assert (judge.judged, judge.compared, judge.agreed) == (4, 3, 2)
     assert (judge.judge_wins, judge.judge_losses, judge.judge_ties) == (3, 0, 1)
-    assert report.leaderboard is None  # two models only
-    _round(sqlite_db, "cand-2", [["loss"], ["loss"], ["win"]])
+    evals.close_round(sqlite_db, first.id)
+    assert round_report(sqlite_db, first.id, bootstrap_rounds=100).leaderboard is None  # two models only
+    second = _round(sqlite_db, "cand-2", [["loss"], ["loss"], ["win"]])
+    evals.close_round(sqlite_db, second.id)
     board = round_report(sqlite_db, bootstrap_rounds=100).leaderboard
     assert board is not None and [r.model for r in board.ratings][0] == "cand-1"
+    assert board.battles == 7
+
+
+def test_open_rounds_count_toward_no_leaderboard(sqlite_db):
+    first = _round(sqlite_db, "cand-1", [["win"], ["win"], ["loss"], ["tie"]])
+    evals.close_round(sqlite_db, first.id)
+    second = _round(sqlite_db, "cand-2", [["loss"], ["loss"], ["win"]])
+    evals.close_round(sqlite_db, second.id)
+    still_open = _round(sqlite_db, "cand-secret", [["win"], ["win"], ["win"]], baseline="openai:secret-base")
+    assert {comparison.round_id for comparison, _vote in evals.all_votes(sqlite_db)} == {first.id, second.id}
+    board = round_report(sqlite_db, second.id, bootstrap_rounds=50).leaderboard
+    assert board is not None and board.battles == 7
+    assert {r.model for r in board.ratings} == {"cand-1", "cand-2", "openai:gpt-4o-mini"}
+    # The open round's own report: its counts, and no leaderboard (it would name models while voters still vote).
+    interim = round_report(sqlite_db, still_open.id, bootstrap_rounds=50)
+    assert interim.leaderboard is None and interim.summary.wins == 3
+    assert interim.to_json()["candidate"] is None and interim.to_json()["baseline"] is None
+    assert "secret" not in "\n".join(interim.lines())
 
 
 def test_parse_verdict():
