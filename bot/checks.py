@@ -1,4 +1,4 @@
-"""``/ft validate``, ``/ft price [model]`` and ``/ft export``: the data core's report on the approved examples.
+"""``/ft validate``, ``/ft price [model|--all-models]`` and ``/ft export``: the data core's report on the approved examples.
 
 The compact summary is an ephemeral Block Kit message; the full report (JSON) and the export (JSONL) are
 sent to the requester's direct message with ``files_upload_v2``. The same engine (``trainers.data.report.build_report``) is
@@ -21,7 +21,7 @@ from storage.errors import FtbotError
 from storage.examples import approved_records, count_by_status
 from storage.records import canonical_json
 from trainers.data.pricing import load_price_table
-from trainers.data.report import build_report
+from trainers.data.report import build_report, quote_models
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only
 log = logging.getLogger(__name__)
 
 SHOWN_ISSUES = 5
+PRICE_USAGE = "/ft price [model|--all-models]"
 
 
 def _stamp() -> str:
@@ -90,21 +91,55 @@ def report_blocks(report: dict[str, Any], *, title: str) -> tuple[str, list[dict
     return text, bk.fit_blocks(out)
 
 
-def run_report(bot: BotContext, model: str | None) -> dict[str, Any]:
+def quotes_section(quotes: list[dict[str, Any]]) -> dict[str, Any]:
+    """``/ft price --all-models``: one line per fine-tunable model, cheapest first (the CLI's table)."""
+    lines = [f"• `{bk.escape(quote['model'])}`: {_money(quote['cost_usd'])} ({quote['epochs']} epochs, "
+             f"{quote['billed_tokens']:,} billed tokens at ${quote['price_per_1m']:g}/1M)"
+             for quote in sorted(quotes, key=lambda quote: quote["cost_usd"] or 0)]
+    return bk.section("*Training cost by model*\n" + "\n".join(lines))
+
+
+def parse_price_args(args: list[str]) -> tuple[str | None, bool]:
+    """``[model|--all-models]`` → (model, all models); FtbotError on anything else."""
+    all_models = "--all-models" in args
+    rest = [arg for arg in args if arg != "--all-models"]
+    unknown = [arg for arg in rest if arg.startswith("--")]
+    if unknown:
+        raise FtbotError(f"unknown option {unknown[0]}. Usage: `{PRICE_USAGE}`")
+    if len(rest) > 1:
+        raise FtbotError(f"name one model. Usage: `{PRICE_USAGE}`")
+    if rest and all_models:
+        raise FtbotError(f"name either a model or --all-models, not both. Usage: `{PRICE_USAGE}`")
+    return (rest[0] if rest else None), all_models
+
+
+def run_report(bot: BotContext, model: str | None, *, all_models: bool = False) -> dict[str, Any]:
+    """The report on the approved examples; ``all_models``: also quote every fine-tunable model (``quotes``)."""
     if count_by_status(bot.db).get("approved", 0) == 0:
         raise FtbotError("There are no approved examples yet: capture replies (shortcut *Add to ftbot*) and approve them "
                          "with `/ft review` first")
-    # Database items are numbered by example id, not file line: say "example N" in messages.
     prices = load_price_table(bot.settings.prices_file)
-    return build_report(approved_records(bot.db), model=model or bot.settings.openai_model, kind="sft", unit="example",
-                        prices=prices).to_json()
+    chosen = model or bot.settings.openai_model
+    if all_models:
+        reports, quotes = quote_models(lambda: approved_records(bot.db), prices.models_to_quote(chosen), prices=prices,
+                                       kind="sft", unit="example")
+        result = reports[next(iter(reports))].to_json()
+        result["quotes"] = [quote.to_json() for quote in quotes]
+        return result
+    # Database items are numbered by example id, not file line: say "example N" in messages.
+    return build_report(approved_records(bot.db), model=chosen, kind="sft", unit="example", prices=prices).to_json()
 
 
 def register(app: App, bot: BotContext) -> None:
-    def respond_report(ctx: CommandContext, *, title: str, model: str | None, name: str) -> None:
+    def respond_report(ctx: CommandContext, *, title: str, model: str | None, name: str, all_models: bool = False) -> None:
+        if name == "price":  # an unknown model: the CLI's message (the known models), before reading anything
+            load_price_table(bot.settings.prices_file).get(model or bot.settings.openai_model)
         ctx.respond(f":hourglass_flowing_sand: Building the {name} report…")
-        report = run_report(bot, model)
+        report = run_report(bot, model, all_models=all_models)
         text, summary = report_blocks(report, title=title)
+        if report.get("quotes"):
+            summary = bk.fit_blocks([*summary[:-1], quotes_section(report["quotes"]), summary[-1]])
+            text += f"; {len(report['quotes'])} models quoted"
         ctx.respond(text, blocks=summary)
         _upload(ctx, content=json.dumps(report, indent=2, ensure_ascii=False), filename=f"ftbot-{name}-{_stamp()}.json",
                 title=f"ftbot {name} report", comment=f"Full {name} report requested by <@{ctx.user_id}>")
@@ -113,8 +148,8 @@ def register(app: App, bot: BotContext) -> None:
         respond_report(ctx, title="Dataset check", model=None, name="validate")
 
     def ft_price(ctx: CommandContext) -> None:
-        model = ctx.args[0] if ctx.args else None
-        respond_report(ctx, title="Training price estimate", model=model, name="price")
+        model, all_models = parse_price_args(ctx.args)
+        respond_report(ctx, title="Training price estimate", model=model, name="price", all_models=all_models)
 
     def ft_export(ctx: CommandContext) -> None:
         lines = [canonical_json(record) for _id, record in approved_records(bot.db)]
@@ -127,7 +162,7 @@ def register(app: App, bot: BotContext) -> None:
 
     bot.router.add("validate", usage="/ft validate", summary="Check the approved examples (errors, warnings, tokens)",
                    handler=ft_validate)
-    bot.router.add("price", usage="/ft price [model]", summary="Estimate the fine-tuning cost of the approved examples",
+    bot.router.add("price", usage=PRICE_USAGE, summary="Estimate the fine-tuning cost of the approved examples",
                    handler=ft_price)
     bot.router.add("export", usage="/ft export", summary="Upload the approved examples as OpenAI chat JSONL",
                    handler=ft_export)

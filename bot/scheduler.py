@@ -25,6 +25,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from storage.events import forget_events_before
+from storage.jobs import has_scheduled_jobs
 from storage.models import utcnow
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
@@ -65,6 +66,15 @@ def build_scheduler(bot: BotContext, *, max_workers: int = 2) -> BackgroundSched
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
         timezone="UTC",
     )
+
+
+def has_stored_jobs(bot: BotContext) -> bool:
+    """Whether a previous process left scheduled jobs in this database (then the bot starts its scheduler)."""
+    try:
+        return has_scheduled_jobs(bot.db, JOBS_TABLE)
+    except Exception:  # never block the bot's start on this check
+        log.debug("cannot read the scheduler's job table", exc_info=True)
+        return False
 
 
 def start_scheduler(bot: BotContext) -> BackgroundScheduler:

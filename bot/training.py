@@ -11,6 +11,7 @@ the model. The heavy ML stack never loads here: local training runs in ``python 
 
 from __future__ import annotations
 
+import difflib
 import logging
 import threading
 from collections.abc import Callable
@@ -23,24 +24,27 @@ from slack_sdk.errors import SlackApiError
 from bot import blocks as bk
 from bot.commands import CommandContext, Handler, int_arg
 from bot.payloads import MAX_EPOCHS, button_int
-from bot.scheduler import JOBS_TABLE, context_for, context_key, schedule_every, start_scheduler, unschedule
+from bot.scheduler import context_for, context_key, has_stored_jobs, schedule_every, start_scheduler, unschedule
 from storage.config import DEFAULT_LOCAL_BASE_MODEL
 from storage.errors import FtbotError
 from storage.jobs import (
     active_jobs,
     discard_quote,
     get_job,
-    has_scheduled_jobs,
+    jobs_to_relay,
     list_jobs,
     list_models,
+    lock_job,
+    mark_job_announced,
     metric_points,
     model_for_job,
     update_job,
     use_model,
 )
 from storage.models import Job, JobStatus, stored_id
+from storage.scrub import hide_paths, scrub_credentials
 from trainers.plots import loss_curve_png
-from trainers.training.jobs import cancel_job, progress_line, quote_job, refresh_job, start_job
+from trainers.training.jobs import BACKENDS, cancel_job, openai_key_missing, progress_line, quote_job, refresh_job, start_job
 from trainers.training.local.config import TINY_BASE_MODEL
 from trainers.training.quote import Quote, quote_lines
 
@@ -57,8 +61,8 @@ DISCARD_ACTION = "ft_train_discard"
 
 # Text last written to each job's progress message by this process (a restart posts the current state once).
 _last_posted: dict[int, str] = {}
-# One lock per job: edits of its progress message are serialized and each re-reads the job under the lock, so a
-# slow poll that read an older state can never overwrite a newer one (a cancel) in Slack.
+# One lock per job (and ``lock_job`` for other bots on the database): edits of its progress message are serialized and
+# each re-reads the job under the lock, so a slow poll that read an older state never overwrites a newer one in Slack.
 _progress_locks: dict[int, threading.Lock] = {}
 
 # The progress message's icon by job status (still running: the hourglass).
@@ -75,7 +79,7 @@ def _schedule_id(job_id: int) -> str:
 
 # --- /ft train ---------------------------------------------------------------------------------------------------
 
-USAGE = "/ft train [openai|local] [model] [--method sft|dpo] [--from <model>|base] [--epochs N]"
+USAGE = "/ft train [openai|local [model]] [--method sft|dpo] [--from <model>|base] [--epochs N]"
 
 
 class TrainOptions(TypedDict):
@@ -89,7 +93,7 @@ class TrainOptions(TypedDict):
 
 
 def parse_train_args(args: list[str]) -> TrainOptions:
-    """``[openai|local] [model] [--method sft|dpo] [--from <model>|base] [--epochs N]`` → options; FtbotError on
+    """``[openai|local [model]] [--method sft|dpo] [--from <model>|base] [--epochs N]`` → options; FtbotError on
     anything else. ``--from``: the registered model DPO continues (default: the model in use), or ``base``."""
     options: TrainOptions = {"backend": "local", "model": None, "method": "sft", "epochs": None, "parent": None}
     positional: list[str] = []
@@ -112,8 +116,14 @@ def parse_train_args(args: list[str]) -> TrainOptions:
             raise FtbotError(f"unknown option {item}. Usage: `{USAGE}`")
         else:
             positional.append(item)
-    if positional and positional[0].lower() in ("openai", "local"):
-        options["backend"] = positional.pop(0).lower()
+    if positional:
+        backend = positional.pop(0)
+        if backend.lower() not in BACKENDS:
+            close = difflib.get_close_matches(backend.lower(), BACKENDS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise FtbotError(f"unknown back end {backend!r}{hint}: the back ends are {' and '.join(BACKENDS)}, named before the model. "
+                             f"Usage: `{USAGE}`")
+        options["backend"] = backend.lower()
     if positional:
         options["model"] = positional.pop(0)
     if positional:
@@ -168,12 +178,16 @@ def _ft_train(bot: BotContext) -> Handler:
             ctx.respond("Only members of the trainers role (FTBOT_TRAINERS) can train models. Ask an ftbot admin.")
             return
         options = parse_train_args(ctx.args)
+        if options["backend"] == "openai" and openai_key_missing(bot.openai_client):
+            ctx.respond(":warning: OpenAI is not configured: an admin sets `OPENAI_API_KEY` in the bot's environment and restarts it. "
+                        "Meanwhile `/ft train local` trains on-prem.")
+            return
         trigger_id = ctx.command.get("trigger_id")
         quoted = quote_job(
             bot.db, backend=options["backend"], method=options["method"], model=options["model"],
             parent=options["parent"], default_local_base=_local_fallback(bot), epochs=options["epochs"],
             created_by=ctx.user_id, idempotency_key=f"slack:{trigger_id}:train" if trigger_id else None,
-            slack_channel=ctx.channel_id, settings=bot.settings,
+            slack_channel=ctx.channel_id, settings=bot.settings, check_base=True,
         )
         text, quote_view = training_quote_blocks(quoted.job, quoted.quote)
         ctx.respond(text, blocks=quote_view)
@@ -218,7 +232,8 @@ def start_from_slack(bot: BotContext, client: WebClient, respond: Respond, job_i
         respond(text=f":warning: {bk.escape(str(error))}", response_type="ephemeral", replace_original=False)
         job = get_job(bot.db, job_id)
         if job.status == JobStatus.FAILED:
-            _post_progress(bot, client, job, channel or job.slack_channel)
+            _edit_progress(bot, job_id, client=client, channel=channel, strict=True)
+            mark_job_announced(bot.db, job_id)
         return
     job = result.job
     if not result.started:
@@ -227,7 +242,11 @@ def start_from_slack(bot: BotContext, client: WebClient, respond: Respond, job_i
     redacted = _redacted_note(job)
     respond(text=f"Started training job #{job_id} ({job.backend}, {job.method}) — progress is posted in the channel."
             + (f" {redacted}" if redacted else ""), replace_original=True)
-    _post_progress(bot, client, job, channel or job.slack_channel, started_by=user)
+    _edit_progress(bot, job_id, client=client, channel=channel, started_by=user, strict=True)
+    _schedule_relay(bot, job_id)
+
+
+def _schedule_relay(bot: BotContext, job_id: int) -> None:
     schedule_every(bot, _schedule_id(job_id), relay_training_job, seconds=bot.settings.training_poll_seconds,
                    args=(context_key(bot), job_id))
 
@@ -266,9 +285,14 @@ def progress_blocks(bot: BotContext, job: Job, *, started_by: str | None = None)
             tokens = f"Trained tokens: {job.trained_tokens:,} (estimated {job.estimated_tokens or 0:,})"
         out.append(bk.section(f"Model *{bk.escape(name)}* is registered. Use it with `/ft use {bk.escape(name)}`.\n{tokens}"))
     elif job.status == JobStatus.FAILED:
-        out.append(bk.section(bk.escape(job.error or "The job failed.")))
+        # The channel is wider than the trainers: the worker log (tracebacks, server paths, maybe customer text)
+        # stays out of it and goes to the trainer who asked for the job (_send_failure_log).
+        error = hide_paths(scrub_credentials(job.error or "The job failed."), bot.settings.home)
+        out.append(bk.section(bk.escape(error)))
         if job.log_tail:
-            out.append(bk.section("```" + bk.escape(bk.truncate(job.log_tail, 2500)) + "```"))
+            to = job.created_by if job.created_by and bot.roles.may_train(job.created_by) else None
+            out.append(bk.context(f"The worker log was sent to <@{bk.escape(to)}>, who started the job." if to
+                                  else "The worker log is kept with the job on the ftbot server."))
     elif job.status == JobStatus.CANCELLED:
         out.append(bk.context("Cancelled."))
     else:
@@ -276,7 +300,24 @@ def progress_blocks(bot: BotContext, job: Job, *, started_by: str | None = None)
     who = started_by or job.created_by
     if who:
         out.append(bk.context(f"Requested by <@{bk.escape(who)}>"))
-    return f"Training job #{job.id}: {line}", bk.fit_blocks(out)
+    return bk.fallback(bk.escape(f"Training job #{job.id}: {line}")), bk.fit_blocks(out)
+
+
+def _send_failure_log(bot: BotContext, job: Job) -> None:
+    """DM the tail of a failed job's worker log to the trainer who started it (once per job)."""
+    job_id, user = stored_id(job), job.created_by
+    if not (job.log_tail and user and bot.roles.may_train(user)):
+        return
+    text = f"Training job #{job_id} failed. The end of its worker log:"
+    view = [bk.section(f":x: *{text}*\n" + bk.escape(scrub_credentials(job.error or ""))),
+            bk.section("```" + bk.escape(bk.truncate(scrub_credentials(job.log_tail), 2500)) + "```")]
+    try:
+        dm = bot.client.conversations_open(users=user)["channel"]["id"]
+        bot.client.chat_postMessage(channel=dm, text=text, blocks=bk.fit_blocks(view))
+    except SlackApiError as error:
+        log.warning("cannot send the log of job %s to %s: %s", job_id, user, error.response.get("error"))
+        return
+    update_job(bot.db, job_id, progress={**(get_job(bot.db, job_id).progress or {}), "log_sent": True})
 
 
 def _redacted_note(job: Job) -> str | None:
@@ -287,34 +328,24 @@ def _redacted_note(job: Job) -> str | None:
     return f"Personal data redacted before upload in {count} example(s); the snapshot itself is unchanged."
 
 
-def _post_progress(bot: BotContext, client: WebClient, job: Job, channel: str | None, *, started_by: str | None = None) -> None:
-    if not channel:
-        return
-    job_id = stored_id(job)
-    if job.slack_ts:
-        _edit_progress(bot, job_id, client=client, started_by=started_by, strict=True)
-        return
-    text, view = progress_blocks(bot, job, started_by=started_by)
-    posted = client.chat_postMessage(channel=channel, text=text, blocks=view)
-    _last_posted[job_id] = text
-    update_job(bot.db, job_id, slack_channel=posted["channel"], slack_ts=posted["ts"])
-
-
-def _edit_progress(bot: BotContext, job_id: int, *, client: WebClient | None = None, started_by: str | None = None,
-                   strict: bool = False) -> Job:
-    """Edit the job's one progress message to what the database says now (no edit when the text is unchanged).
-
-    ``strict`` lets Slack errors propagate (to the command that asked); otherwise they are logged.
-    """
-    with _progress_locks.setdefault(job_id, threading.Lock()):
-        job = get_job(bot.db, job_id)
-        if not (job.slack_channel and job.slack_ts):
+def _edit_progress(bot: BotContext, job_id: int, *, client: WebClient | None = None, channel: str | None = None,
+                   started_by: str | None = None, strict: bool = False) -> Job:
+    """Post (in ``channel``, default the job's) or edit the job's one progress message to what the database says now
+    (no edit when the text is unchanged). ``strict`` lets Slack errors propagate (to the command that asked)."""
+    with _progress_locks.setdefault(job_id, threading.Lock()), lock_job(bot.db, job_id):
+        job = get_job(bot.db, job_id)  # re-read under the lock: posted once, and never an older state after a newer
+        channel = job.slack_channel if job.slack_ts else (channel or job.slack_channel)
+        if not channel:
             return job
         text, view = progress_blocks(bot, job, started_by=started_by)
-        if _last_posted.get(job_id) == text:
+        if job.slack_ts and _last_posted.get(job_id) == text:
             return job
         try:
-            (client or bot.client).chat_update(channel=job.slack_channel, ts=job.slack_ts, text=text, blocks=view)
+            if job.slack_ts:
+                (client or bot.client).chat_update(channel=channel, ts=job.slack_ts, text=text, blocks=view)
+            else:
+                posted = (client or bot.client).chat_postMessage(channel=channel, text=text, blocks=view)
+                job = update_job(bot.db, job_id, slack_channel=posted["channel"], slack_ts=posted["ts"])
             _last_posted[job_id] = text
         except SlackApiError as error:
             if strict:
@@ -341,10 +372,13 @@ def relay_training_job(key: str, job_id: int) -> None:
     # Edit the message only when what it says changed (the worker writes progress between our polls).
     job = _edit_progress(bot, job_id)
     progress = dict(job.progress or {})
-    if not update.finished:
-        return
+    if not update.finished or (job.slack_channel and not job.slack_ts):
+        return  # running, or Slack refused the first post: the next poll posts it
     if job.status == JobStatus.SUCCEEDED and job.slack_channel and not progress.get("plot_posted"):
         _post_plot(bot, job, job.slack_channel)
+    if job.status == JobStatus.FAILED and not progress.get("log_sent"):
+        _send_failure_log(bot, job)
+    mark_job_announced(bot.db, job_id)
     unschedule(bot, _schedule_id(job_id))
 
 
@@ -375,6 +409,8 @@ def _ft_cancel(bot: BotContext) -> Handler:
         job_id = int_arg(ctx.args[0], "the job id", usage="/ft cancel <job id>")
         job = cancel_job(bot.db, job_id, openai_client=bot.openai_client, settings=bot.settings)
         _edit_progress(bot, job_id, strict=True)
+        if job.status in JobStatus.FINISHED:
+            mark_job_announced(bot.db, job_id)
         unschedule(bot, _schedule_id(job_id))
         ctx.respond(f"Job #{job.id} is {job.status}.")
 
@@ -449,14 +485,8 @@ def register(app: App, bot: BotContext) -> None:
     app.action(START_REDACTED_ACTION)(_start_listener(bot, redact_pii=True))
     app.action(START_OVER_BUDGET_ACTION)(_start_listener(bot, over_budget=True))
     app.action(DISCARD_ACTION)(_discard_listener(bot))
-    # Resume relaying jobs a previous bot process started (their scheduled polls are in the database).
-    if _has_stored_schedules(bot) or active_jobs(bot.db):
+    # The database, not a process, says which jobs still need relaying (one a killed bot never scheduled, one that ended).
+    for job in jobs_to_relay(bot.db):
+        _schedule_relay(bot, stored_id(job))
+    if has_stored_jobs(bot) or active_jobs(bot.db):
         start_scheduler(bot)
-
-
-def _has_stored_schedules(bot: BotContext) -> bool:
-    try:
-        return has_scheduled_jobs(bot.db, JOBS_TABLE)
-    except Exception:  # never block the bot's start on this check
-        log.debug("cannot read the scheduler's job table", exc_info=True)
-        return False

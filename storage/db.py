@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar, cast
 
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -110,6 +110,22 @@ class Database:
                 if key is None or attempt:
                     raise
         raise AssertionError("unreachable: the key both exists and does not")
+
+    @contextmanager
+    def lock(self, space: int, key: int) -> Iterator[None]:
+        """Hold the lock named (``space``, ``key``) for the block, excluding every process on this database.
+
+        PostgreSQL: a transaction-level advisory lock on a connection of its own, released when the block ends
+        (or when a killed process's connection closes). SQLite: nothing to take here: SQLite serializes its
+        writers itself, and ftbot's processes on one SQLite file are the bot and its workers on one host, so
+        callers serialize with a process lock around this (a PostgreSQL deployment may run two bots at once).
+        """
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        with self.engine.begin() as connection:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:space, :key)"), {"space": space, "key": key})
+            yield
 
     def close(self) -> None:
         self.engine.dispose()

@@ -75,6 +75,10 @@ def example_rows(url: str, status: str | None) -> Iterator[dict[str, Any]]:
         database.close()
 
 
+# A file in every hf export: ``--force`` replaces only directories that carry it.
+EXPORT_MARKER = ".ftbot-export"
+
+
 def save_hf_dataset(db: Database, out: str | os.PathLike[str], *, status: str | None, overwrite: bool = False) -> int:
     """Save the examples with ``status`` as a ``datasets`` dataset for ``load_from_disk`` (a ``messages`` column).
 
@@ -82,8 +86,7 @@ def save_hf_dataset(db: Database, out: str | os.PathLike[str], *, status: str | 
     directory, so the user's Hugging Face cache is left alone. Returns the number of rows.
     """
     target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
-        raise DataFileError(f"{target}: already exists; choose another --out or pass --force to replace it")
+    _check_export_target(target, overwrite=overwrite)
     counts = count_by_status(db)
     if (sum(counts.values()) if status is None else counts.get(status, 0)) == 0:
         raise DataFileError(f"nothing to export: no {status or ''} examples stored".replace("  ", " "))
@@ -101,7 +104,24 @@ def save_hf_dataset(db: Database, out: str | os.PathLike[str], *, status: str | 
                 f"cannot build a Hugging Face dataset from these examples ({error.__class__.__name__}: {error}); "
                 "export --format openai and load the JSONL instead"
             ) from error
+        _check_export_target(target, overwrite=overwrite)  # again: the directory may have changed meanwhile
         if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
+            shutil.rmtree(target)
         dataset.save_to_disk(str(target))
+        (target / EXPORT_MARKER).write_text("Written by `ftbot export --format hf`; `--force` may replace this directory.\n")
         return len(dataset)
+
+
+def _check_export_target(target: Path, *, overwrite: bool) -> None:
+    """Refuse a target that holds anything but an earlier ftbot export: ``--force`` must never delete the user's files."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise DataFileError(f"{target}: exists and is not a directory; choose another --out")
+    if not any(target.iterdir()):
+        return
+    if not (target / EXPORT_MARKER).is_file():
+        raise DataFileError(f"{target}: is not empty and is not an ftbot export, so ftbot will not replace it; "
+                            "choose a new or empty directory for --out")
+    if not overwrite:
+        raise DataFileError(f"{target}: already holds an ftbot export; choose another --out or pass --force to replace it")

@@ -8,6 +8,7 @@ a job per ``idempotency_key``, a metric row per (job, step), a registered model 
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -119,7 +120,8 @@ def discard_quote(db: Database, job_id: int, *, reason: str) -> bool:
         result = session.exec(
             update(Job)
             .where(col(Job.id) == job_id, col(Job.status) == JobStatus.QUOTED)
-            .values(status=JobStatus.CANCELLED, error=reason, finished_at=utcnow(), updated_at=utcnow())
+            # Announced too: the requester saw the discard, and no progress message was ever posted for it.
+            .values(status=JobStatus.CANCELLED, error=reason, finished_at=utcnow(), updated_at=utcnow(), announced_at=utcnow())
         )
         return result.rowcount == 1
 
@@ -165,6 +167,38 @@ def active_jobs(db: Database, *, backend: str | None = None) -> list[Job]:
         query = query.where(col(Job.backend) == backend)
     with db.session() as session:
         return list(session.scalars(query))
+
+
+def jobs_to_relay(db: Database) -> list[Job]:
+    """Jobs started from Slack whose final state the bot has not posted yet (running, or finished while no bot ran).
+
+    The database, not a bot process, keeps this list: a bot that starts relays each of them, so a crash between
+    Start's commit and scheduling the relay, or a job that ended while the bot was down, still reaches Slack.
+    """
+    query = (select(Job)
+             .where(col(Job.status) != JobStatus.QUOTED, col(Job.announced_at).is_(None), col(Job.slack_channel).is_not(None))
+             .order_by(col(Job.id)))
+    with db.session() as session:
+        return list(session.scalars(query))
+
+
+# The advisory-lock space of training jobs (``Database.lock``): a job's id is the key within it.
+JOB_LOCK_SPACE = 1001
+
+
+def lock_job(db: Database, job_id: int) -> AbstractContextManager[None]:
+    """Exclude other processes on this database from the job's Slack message while the block runs.
+
+    Two bots on one PostgreSQL database (a rolling deploy) each relay a job: each reads the job and edits its
+    message under this lock, so one can never apply a state older than the one the other already showed.
+    """
+    return db.lock(JOB_LOCK_SPACE, job_id)
+
+
+def mark_job_announced(db: Database, job_id: int) -> None:
+    """Record that the job's final state is in Slack, so no later bot posts it again."""
+    with db.session() as session:
+        session.exec(update(Job).where(col(Job.id) == job_id, col(Job.announced_at).is_(None)).values(announced_at=utcnow()))
 
 
 def has_scheduled_jobs(db: Database, table_name: str) -> bool:

@@ -210,6 +210,8 @@ class Job(SQLModel, table=True):
     updated_at: datetime = _created()
     started_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    # When the bot posted the job's final state to Slack (NULL: a bot still has to relay it, even after a crash).
+    announced_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
 
 
 class JobMetric(SQLModel, table=True):

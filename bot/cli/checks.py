@@ -263,9 +263,8 @@ def price_command(
         if all_models:
             from trainers.data.report import quote_models  # numpy: only when a report is built (see _run_report)
 
-            primary = table.get(chosen).name
             # The chosen model first: its encoding's pass is the report shown above the quotes.
-            models = [primary] + [entry.name for entry in table.fine_tunable() if entry.name != primary]
+            models = table.models_to_quote(chosen)
             reports, quotes = quote_models(
                 lambda: file if file is not None else _approved_items(), models, epochs=epochs, prices=table,
                 unit="line" if file is not None else "example", label=None if file is not None else DATABASE_LABEL,

@@ -141,7 +141,7 @@ def export_command(
     ] = ExportFormat.openai,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (directory for hf). Default: stdout.")] = None,
     status: Annotated[StatusChoice, typer.Option("--status", help="Which examples to export (openai, hf).")] = StatusChoice.approved,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing hf dataset directory.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier hf export (never a directory ftbot did not write).")] = False,
 ) -> None:
     """Write stored examples (or preference pairs) in a training format."""
     wanted = None if status is StatusChoice.all else status.value

@@ -46,7 +46,12 @@ def results(
     from trainers.evaluation.results import round_report
 
     with database_errors(), open_database() as db:
-        report = round_report(db, round_id)
+        try:
+            report = round_report(db, round_id)
+        except FtbotError as error:
+            if as_json:  # a script reading stdout gets JSON too; the message still goes to stderr
+                print_json({"ok": False, "error": {"code": type(error).__name__, "message": str(error)}})
+            raise
         if chart is not None:
             from trainers.evaluation.charts import report_png  # scipy and matplotlib: only when a chart is asked for
 

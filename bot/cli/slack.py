@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
-from bot.cli.common import cli_settings
+from bot.cli.common import cli_settings, database_errors
 from storage.config import Settings
 from storage.db import Database
 from storage.errors import ConfigError
@@ -40,13 +40,17 @@ def _settings() -> Settings:
 
 
 def _open_db(settings: Settings) -> Database:
-    return Database.open(settings.database_url)
+    """The database, opened before anything starts: one line and exit code 1 when it cannot be reached."""
+    with database_errors():
+        return Database.open(settings.database_url)
 
 
-def _console(settings: Settings) -> None:
+def _console(settings: Settings, *, hint: str | None = None) -> None:
     from bot.console.shell import run_console  # the whole bot: imported only to run it (see the module docstring)
 
-    db = _open_db(settings)
+    db = _open_db(settings)  # first: an unreachable database is the one line printed
+    if hint:
+        typer.echo(hint, err=not sys.stdout.isatty())
     try:
         run_console(settings, db)
     finally:
@@ -103,8 +107,7 @@ def register(app: typer.Typer) -> None:
 
             serve_socket(_serving_app(settings), app_token)
             return
-        typer.echo(CONNECT_HINT, err=not sys.stdout.isatty())
-        _console(settings)
+        _console(settings, hint=CONNECT_HINT)
 
     @app.command()
     def shell() -> None:

@@ -80,7 +80,7 @@ def train(
         quoted = quote_job(
             db, backend=backend.value, method=method.value, model=chosen, parent=from_model, epochs=epochs,
             created_by=getpass.getuser(),
-            validation_fraction=validation_fraction, local_options=local_options, settings=cli_settings(),
+            validation_fraction=validation_fraction, local_options=local_options, settings=cli_settings(), check_base=True,
         )
         job, quote = quoted.job, quoted.quote
         job_id = stored_id(job)

@@ -221,8 +221,11 @@ def cancel_command(bot: BotContext, ctx: CommandContext) -> None:
 
 def results_command(bot: BotContext, ctx: CommandContext) -> None:
     """``/ft results [round]``: posted in the channel once voting closed, else an interim tally to the asker only."""
+    round_id = parse_round_arg(ctx.args)
+    if len(ctx.args) > 1 or (ctx.args and round_id is None):
+        raise FtbotError("Usage: `/ft results [round]`: a round number like `12` (`/ft results` alone: this channel's latest).")
     close_due_rounds(bot)
-    round_ = resolve_round(bot.db, parse_round_arg(ctx.args), channel=ctx.channel_id)
+    round_ = resolve_round(bot.db, round_id, channel=ctx.channel_id)
     if round_.status == RoundStatus.CLOSED:
         post_results(bot, stored_id(round_), channel=ctx.channel_id)
         ctx.respond(f"Posted the results of round #{round_.id}.")

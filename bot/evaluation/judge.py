@@ -29,6 +29,7 @@ from trainers.evaluation.judge import (
     judge_round,
 )
 from trainers.evaluation.results import resolve_round, round_report
+from trainers.training.jobs import openai_key_missing
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
@@ -49,7 +50,11 @@ def judge_command(bot: BotContext, ctx: CommandContext) -> None:
             raise FtbotError("`--model` needs a model name, e.g. `/ft judge --model gpt-4.1-2025-04-14`")
         model = args[index + 1]
         del args[index : index + 2]
-    round_ = resolve_round(bot.db, parse_round_arg(args), channel=ctx.channel_id)
+    round_id = parse_round_arg(args)  # a bad argument is told first
+    if openai_key_missing(bot.openai_client):
+        raise FtbotError("the LLM judge calls OpenAI, which is not configured: an admin sets `OPENAI_API_KEY` in the bot's "
+                         "environment and restarts it. The votes in `/ft results` need no key.")
+    round_ = resolve_round(bot.db, round_id, channel=ctx.channel_id)
     if round_.status not in RoundStatus.WITH_RESULTS:
         raise FtbotError(f"round #{round_.id} is {round_.status}: there are no posted answers to judge.")
     estimate = estimate_judge_cost(bot.db, stored_id(round_), model, prices=load_price_table(bot.settings.prices_file))

@@ -27,6 +27,7 @@ from storage import evals
 from storage.errors import FtbotError
 from storage.evals import RoundStatus
 from storage.models import EvalRound, stored_id, utcnow
+from storage.scrub import scrub_credentials
 from trainers.evaluation.charts import report_png
 from trainers.evaluation.generation import generate_round, read_log_tail, round_needs_worker, spawn_generation
 from trainers.evaluation.inference import GenerationSettings
@@ -70,13 +71,16 @@ class _ProgressMessage:
         self.ts: str | None = None
         self._last = 0.0
 
-    def show(self, line: str, *, force: bool = True) -> None:
+    def show(self, line: str, *, force: bool = True, note: str | None = None) -> None:
+        """Show ``line`` (plain text, escaped here) and an optional ``note`` (mrkdwn the caller escaped)."""
         now = time.monotonic()
         if not force and now - self._last < PROGRESS_EVERY_SECONDS:
             return
         self._last = now
-        text = f"Blind evaluation round #{self.round.id}: {line}"
+        text = f"Blind evaluation round #{self.round.id}: {bk.escape(line)}"
         view = [bk.section(f":hourglass_flowing_sand: *Blind evaluation round #{self.round.id}*: {bk.escape(line)}")]
+        if note:
+            view.append(bk.context(note))
         channel = self.round.channel or ""
         try:
             if self.ts is None:
@@ -138,10 +142,10 @@ def _run_round(bot: BotContext, round_id: int, *, started_by: str | None, poll_s
             code = _wait_for_worker(bot, process, round_id, total, progress, poll_seconds)
             if code != 0:
                 evals.move_round(bot.db, round_id, RoundStatus.FAILED, from_status=RoundStatus.GENERATING)
-                tail = read_log_tail(round_id)
-                last = tail.strip().splitlines()[-1] if tail.strip() else f"exit code {code}"
-                progress.show(f"generation failed: {last}. Nothing was posted; fix the cause, then "
-                              f"`/ft eval resume {round_id}` (answers already written are kept).")
+                # The log (tracebacks, server paths, customer questions) stays out of the channel.
+                progress.show(f"generation failed (worker exit code {code}). Nothing was posted; fix the cause, then "
+                              f"`/ft eval resume {round_id}` (answers already written are kept).",
+                              note=_send_generation_log(bot, round_id, started_by))
                 return
         else:
             def report(name: str, done: int, of: int) -> None:
@@ -152,7 +156,8 @@ def _run_round(bot: BotContext, round_id: int, *, started_by: str | None, poll_s
                            progress=report)
     except FtbotError as error:
         evals.move_round(bot.db, round_id, RoundStatus.FAILED, from_status=RoundStatus.GENERATING)
-        progress.show(f"generation failed: {error} Nothing was posted; `/ft eval resume {round_id}` retries.")
+        progress.show(f"generation failed: {scrub_credentials(str(error))} Nothing was posted; "
+                      f"`/ft eval resume {round_id}` retries.")
         return
     except Exception as error:
         log.exception("generation for round %s failed", round_id)
@@ -164,6 +169,23 @@ def _run_round(bot: BotContext, round_id: int, *, started_by: str | None, poll_s
         _post_round(bot, round_id, progress=progress, started_by=started_by)
     except SlackApiError as error:
         _posting_stopped(round_id, progress, error)
+
+
+def _send_generation_log(bot: BotContext, round_id: int, started_by: str | None) -> str:
+    """DM the end of the generation worker's log to the trainer who started the round; where it went (mrkdwn)."""
+    tail = read_log_tail(round_id)
+    if not (started_by and tail.strip() and bot.roles.may_train(started_by)):
+        return "The worker log is kept with the round on the ftbot server."
+    try:
+        dm = bot.client.conversations_open(users=started_by)["channel"]["id"]
+        call_slack(bot.client.chat_postMessage, channel=dm,
+                   text=f"Generation for evaluation round #{round_id} failed. The end of its worker log:",
+                   blocks=[bk.section(f":x: *Generation for evaluation round #{round_id} failed*"),
+                           bk.section("```" + bk.escape(bk.truncate(tail, 2500)) + "```")])
+    except SlackApiError as error:
+        log.warning("cannot send the log of round %s to %s: %s", round_id, started_by, error.response.get("error"))
+        return "The worker log is kept with the round on the ftbot server."
+    return f"The worker log was sent to <@{bk.escape(started_by)}>, who started the round."
 
 
 def _wait_for_worker(bot: BotContext, process: subprocess.Popen, round_id: int, total: int,

@@ -51,7 +51,8 @@ def comparison_message(comparison: Comparison, index: int, total: int) -> tuple[
     out.append(bk.section(":b: *Answer B*\n" + bk.escape(cut(comparison.answer_b, ANSWER_LIMIT))))
     hint = VOTE_HINT + (" The full texts are in the thread." if truncated else "")
     out.append(bk.context(hint))
-    text = f"Blind comparison {index} of {total}: which answer is better? React :a: :b: :handshake: or :-1:. " + bk.truncate(question, 200)
+    text = (f"Blind comparison {index} of {total}: which answer is better? React :a: :b: :handshake: or :-1:. "
+            + bk.escape(bk.truncate(question, 200)))
     # 8 blocks at most and bounded text (the limits above): within Slack's limits by construction.
     return bk.fallback(text), out, truncated
 
@@ -105,4 +106,4 @@ def results_blocks(report: RoundReport, *, note: str | None = None,
         out.append(bk.section("*" + bk.escape(leaderboard[0]) + "*\n" + "\n".join(bk.escape(entry.strip()) for entry in leaderboard[1:])))
     if note:
         out.append(bk.context(note))
-    return bk.fallback(headline), bk.fit_blocks(out)
+    return bk.fallback(bk.escape(headline)), bk.fit_blocks(out)

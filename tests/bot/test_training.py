@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from bot.scheduler import stop_scheduler
-from bot.training import DISCARD_ACTION, START_ACTION, START_OVER_BUDGET_ACTION, START_PII_ACTION, START_REDACTED_ACTION
+from bot.scheduler import context_key, start_scheduler, stop_scheduler
+from bot.training import (
+    DISCARD_ACTION,
+    START_ACTION,
+    START_OVER_BUDGET_ACTION,
+    START_PII_ACTION,
+    START_REDACTED_ACTION,
+    relay_training_job,
+)
+from storage.db import Database
 from storage.examples import import_records
-from storage.jobs import get_job, list_jobs, list_models, register_model
-from storage.models import JobStatus
+from storage.jobs import create_job, get_job, list_jobs, list_models, register_model, update_job
+from storage.models import JobStatus, stored_id
 from tests.fixtures.concurrency import wait_until
 from tests.fixtures.db import database_url
 from tests.fixtures.paths import REPO
@@ -313,3 +323,138 @@ def test_a_new_bot_process_resumes_polling_from_the_database(harnesses, openai_a
     assert len(fake_slack.calls_to("chat.postMessage")) == 1
     assert fake_slack.calls_to("files.completeUploadExternal")
     assert [m.name for m in list_models(sqlite_db)] == [get_job(sqlite_db, job_id).result_model]
+
+
+def _all_slack_text(harness: SlackHarness) -> str:
+    """Every argument the bot sent to Slack (messages, edits, responses), as one string."""
+    sent = [call.args for call in harness.fake.calls] + list(harness.fake.responses)
+    return json.dumps(sent)
+
+
+def test_openai_error_bodies_are_stored_and_posted_without_credentials(harnesses, openai_api):
+    openai_api.refuse_create(401, "Incorrect API key provided: sk-abc123secretKEY. Header: Bearer xyz789token",
+                             code="invalid_api_key", type_="invalid_request_error")
+    bot = harnesses()
+    _approve(bot.db, 20)
+    job_id = int(_buttons(_quote(bot, f"train openai {MODEL}"))[START_ACTION])
+    _click(bot, START_ACTION, str(job_id))
+    job = get_job(bot.db, job_id)
+    assert job.status == JobStatus.FAILED and "Incorrect API key provided" in job.error
+    assert "sk-abc123secretKEY" not in job.error and "xyz789token" not in job.error
+    sent = _all_slack_text(bot)
+    assert "Incorrect API key provided" in sent
+    assert "sk-abc123secretKEY" not in sent and "xyz789token" not in sent
+
+
+def test_a_failing_openai_job_posts_its_reason_without_credentials(harnesses, openai_api):
+    openai_api.fail_jobs_with("invalid_training_file", "File rejected; request had Bearer xyz789token and sk-proj-abc123def")
+    bot = harnesses()
+    _approve(bot.db, 20)
+    job_id = int(_buttons(_quote(bot, f"train openai {MODEL}"))[START_ACTION])
+    _click(bot, START_ACTION, str(job_id))
+    wait_until(lambda: "File rejected" in json.dumps(_progress_message(bot, job_id)["blocks"]), 20, "failure posted")
+    job = get_job(bot.db, job_id)
+    assert job.status == JobStatus.FAILED
+    stored = json.dumps([job.error, job.log_tail, job.progress])
+    assert "xyz789token" not in stored and "sk-proj-abc123def" not in stored
+    sent = _all_slack_text(bot)
+    assert "xyz789token" not in sent and "sk-proj-abc123def" not in sent
+
+
+@pytest.mark.slow
+def test_a_failing_local_job_keeps_its_log_out_of_the_channel_and_sends_it_to_the_trainer(harnesses, tmp_path):
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    (not_a_model / "config.json").write_text('{"model_type": "no-such-architecture"}')  # passes the quote, fails the worker
+    bot = harnesses(trainers=("U_AGENT",))
+    _approve(bot.db, 10)
+    quote = _quote(bot, f"train local {not_a_model}")
+    assert START_ACTION in _buttons(quote), quote
+    job_id = int(_buttons(quote)[START_ACTION])
+    _click(bot, START_ACTION, str(job_id))
+    wait_until(lambda: get_job(bot.db, job_id).status == JobStatus.FAILED, 120, "job failed")
+    job = get_job(bot.db, job_id)
+    assert "Traceback" in job.log_tail
+    wait_until(lambda: "failed" in _progress_message(bot, job_id)["text"], 20, "failure posted")
+    dm = bot.fake.wait_for("chat.postMessage", count=2, timeout=20)[-1].args
+    assert dm["channel"] != job.slack_channel and "Traceback" in json.dumps(dm["blocks"])
+
+    home = str(bot.settings.home)
+    channel_posts = [c.args for c in bot.fake.calls if c.args.get("channel") == job.slack_channel]
+    channel_text = json.dumps(channel_posts)
+    assert channel_posts and "Traceback" not in channel_text and "ConfigError" not in channel_text
+    assert home not in channel_text and str(Path(home).resolve()) not in channel_text
+    final = _progress_message(bot, job_id)
+    assert "log was sent to <@U_AGENT>" in json.dumps(final["blocks"])
+
+
+# The second bot process of the rolling-deploy test: it relays the job as fast as it can (with a slow, jittery
+# render so its read of the job and its Slack edit are far apart) until the test's writer reaches the last step.
+_SECOND_BOT = """
+import dataclasses, random, sys, time
+import bot.training as training
+from bot.app import build_app
+from bot.scheduler import context_key, start_scheduler, stop_scheduler
+from storage.config import Settings
+from storage.db import Database
+from storage.jobs import get_job
+url, token, secret, slack_url, job_id, last = sys.argv[1:7]
+def slow_line(db, job):
+    time.sleep(random.uniform(0, 0.02))
+    return f"step {(job.progress or {}).get('step', 0)}"
+training.progress_line = slow_line
+db = Database.open(url, migrate=False)
+settings = dataclasses.replace(Settings.from_env(), slack_bot_token=token, slack_signing_secret=secret, slack_api_url=slack_url)
+bot = build_app(settings, db).ftbot
+start_scheduler(bot)
+print("ready", flush=True)
+while (get_job(db, int(job_id)).progress or {}).get("step") != int(last):
+    training.relay_training_job(context_key(bot), int(job_id))
+training.relay_training_job(context_key(bot), int(job_id))
+stop_scheduler(bot)
+"""
+
+
+@pytest.mark.postgres
+def test_two_bot_processes_on_postgresql_never_show_an_older_state_after_a_newer(
+        postgres_server, fake_slack, training_env, monkeypatch):
+    monkeypatch.setenv("FTBOT_TRAINING_POLL_SECONDS", "3600")  # the relays below are driven by hand
+    url = postgres_server.create_database("_deploy")
+    db = Database.open(url)
+    first = SlackHarness.create(db, fake_slack)
+    posted = first.bot.client.chat_postMessage(channel="C_SUPPORT", text="Training job starting")
+    job_id = stored_id(create_job(db, backend="local", base_model="m", status=JobStatus.RUNNING, slack_channel="C_SUPPORT",
+                                  slack_ts=posted["ts"]).job)
+    last_step = 40
+    monkeypatch.setattr("bot.training.progress_line", lambda _db, job: (time.sleep(random.uniform(0, 0.02)),
+                                                                         f"step {(job.progress or {}).get('step', 0)}")[1])
+    second = subprocess.Popen(
+        [sys.executable, "-c", _SECOND_BOT, url, BOT_TOKEN, SIGNING_SECRET, fake_slack.base_url, str(job_id), str(last_step)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert second.stdout is not None and second.stdout.readline().strip() == "ready", second.stderr.read() if second.stderr else ""
+        start_scheduler(first.bot)
+        done = threading.Event()
+
+        def relay_here() -> None:
+            while not done.is_set():
+                relay_training_job(context_key(first.bot), job_id)
+
+        relay = threading.Thread(target=relay_here)
+        relay.start()
+        for step in range(1, last_step + 1):  # the worker reports progress
+            update_job(db, job_id, progress={"step": step})
+            time.sleep(0.01)
+        done.set()
+        relay.join(30)
+        assert second.wait(60) == 0, second.stderr.read() if second.stderr else ""
+    finally:
+        if second.poll() is None:
+            second.kill()
+        stop_scheduler(first.bot)
+        first.close()
+        db.close()
+
+    shown = [int(call.args["text"].rsplit(" ", 1)[1]) for call in fake_slack.calls_to("chat.update")]
+    assert shown and shown[-1] == last_step
+    assert shown == sorted(shown), f"an older state was applied after a newer one: {shown}"

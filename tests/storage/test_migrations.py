@@ -22,6 +22,7 @@ from storage.db import Database
 from storage.errors import MigrationError
 from storage.events import Delivery, claim_event, event_status, pending_events, receive_event
 from storage.examples import list_examples
+from storage.jobs import jobs_to_relay, list_jobs
 from storage.migrate import current_revision, downgrade, head_revision, include_object, upgrade
 from storage.models import InboxStatus
 from storage.workspace_settings import get_setting
@@ -153,6 +154,26 @@ def test_slack_event_claims_become_done_inbox_events_at_revision_0003(empty_db: 
         claims = set(connection.scalars(text("SELECT event_id FROM processed_events")))
     assert {"Ev0123ABC", "judge_quote:abc", "view_submission:V1:slack:C1:1.0"} <= claims
     assert "slack_events" not in inspect(empty_db.engine).get_table_names()
+
+
+def test_jobs_finished_before_revision_0004_count_as_announced(empty_db: Database) -> None:
+    """An upgrade never makes the bot re-post old jobs; a job still running is relayed (and announced) later."""
+    upgrade(empty_db, "0003")
+    with empty_db.engine.begin() as connection:
+        for status, finished in (("succeeded", "2026-01-02 03:04:05+00:00"), ("running", None), ("quoted", None)):
+            connection.execute(
+                text("INSERT INTO jobs (backend, method, status, base_model, config, slack_channel, created_at, updated_at,"
+                     " finished_at) VALUES ('openai', 'sft', :status, 'm', '{}', 'C1', :now, :now, :finished)"),
+                {"status": status, "now": "2026-01-01 00:00:00+00:00", "finished": finished},
+            )
+
+    upgrade(empty_db, "0004")
+
+    assert [job.status for job in jobs_to_relay(empty_db)] == ["running"]
+    [finished] = [job for job in list_jobs(empty_db) if job.status == "succeeded"]
+    assert finished.announced_at == finished.finished_at
+    downgrade(empty_db, "0003")
+    assert "announced_at" not in {c["name"] for c in inspect(empty_db.engine).get_columns("jobs")}
 
 
 def test_downgrade_to_base_and_back(empty_db: Database) -> None:

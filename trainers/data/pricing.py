@@ -106,9 +106,18 @@ class PriceTable:
     def get(self, model: str) -> ModelPrice:
         entry = self.find(model)
         if entry is None:
-            known = ", ".join(sorted(self.models))
-            raise ConfigError(f"no prices for model {model!r} in {self.path}; use one of {known}, or add it to the table")
+            raise ConfigError(self.unknown_model_message(model))
         return entry
+
+    def unknown_model_message(self, model: str) -> str:
+        """What ``ftbot price`` and ``/ft price`` say about a model the table has no prices for."""
+        known = ", ".join(sorted(self.models))
+        return f"no prices for model {model!r} in {self.path}; use one of {known}, or add it to the table"
+
+    def models_to_quote(self, chosen: str) -> list[str]:
+        """Every fine-tunable model (``--all-models``), ``chosen`` first (its report is the one shown)."""
+        primary = self.get(chosen).name
+        return [primary] + [entry.name for entry in self.fine_tunable() if entry.name != primary]
 
     def fine_tunable(self) -> list[ModelPrice]:
         return [entry for entry in self.models.values() if entry.fine_tunable and entry.training is not None]

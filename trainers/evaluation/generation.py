@@ -26,6 +26,7 @@ from storage.errors import ConfigError
 from storage.evals import RoundStatus, get_round, move_round, round_comparisons, set_answers
 from storage.jobs import ModelNotFound, get_model
 from storage.models import RegisteredModel, stored_id
+from storage.scrub import scrub_credentials
 from trainers.evaluation.inference import GenerationSettings, LocalGenerator, ModelSpec, generate_openai
 from trainers.worker_processes import PACKAGE_ROOT, worker_environment
 
@@ -184,11 +185,12 @@ def spawn_generation(round_id: int, *, database_url: str, env: dict[str, str] | 
 
 
 def read_log_tail(round_id: int, max_chars: int = 1500) -> str:
+    """The end of the round's worker log, without credentials an error body may have echoed."""
     try:
         text = log_path(round_id).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
-    return text[-max_chars:]
+    return scrub_credentials(text[-max_chars:])
 
 
 def main(argv: list[str] | None = None) -> int:

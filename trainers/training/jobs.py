@@ -12,6 +12,7 @@ No Slack and no ML imports here: the bot calls this on its scheduler threads.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,10 +38,11 @@ from storage.jobs import (
     update_job,
 )
 from storage.models import Job, JobStatus, RegisteredModel, stored_id
+from storage.scrub import scrub_credentials
 from storage.snapshots import create_snapshot
 from trainers.data.pricing import load_price_table, training_cost
 from trainers.training.launch import read_log_tail, spawn_worker, stop_worker, worker_exit_code
-from trainers.training.local.config import TINY_BASE_MODEL, LocalTrainConfig, configured_base_model
+from trainers.training.local.config import TINY_BASE_MODEL, LocalTrainConfig, check_base_model, configured_base_model
 from trainers.training.openai_backend import OpenAIBackend
 from trainers.training.quote import Quote, build_quote
 
@@ -111,6 +113,12 @@ def dpo_parent(db: Database, backend: str, choice: str | None = None) -> Parent:
     return Parent(None, f"starts from the base model: no fine-tuned {backend} model is registered yet{skipped}")
 
 
+def openai_key_missing(client: OpenAI | None = None) -> bool:
+    """True when no OpenAI client was given and ``OPENAI_API_KEY`` (read by the ``openai`` client itself) is unset:
+    callers say so before quoting, rather than when the job or the judge first calls OpenAI."""
+    return client is None and not os.environ.get("OPENAI_API_KEY")
+
+
 def quote_job(
     db: Database,
     *,
@@ -126,6 +134,7 @@ def quote_job(
     local_options: dict[str, Any] | None = None,
     settings: Settings | None = None,
     slack_channel: str | None = None,
+    check_base: bool = False,
 ) -> QuotedJob:
     """Snapshot the approved examples (or pairs for DPO), quote them, and store a ``quoted`` job.
 
@@ -134,6 +143,7 @@ def quote_job(
     ``default_local_base``; OpenAI: default ``settings.openai_model``). For DPO, ``parent`` picks the fine-tuned
     model to continue (see :func:`dpo_parent`); a ``model`` that names a registered model is taken as the parent,
     and an explicit base model without ``parent`` means the plain base model.
+    ``check_base`` (local): refuse now a base model the worker could not load (:func:`check_base_model`).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown back end {backend!r}: use 'openai' or 'local'")
@@ -155,6 +165,8 @@ def quote_job(
             )
     elif parent:
         raise ConfigError("--from applies to DPO only: SFT trains a fresh adapter on the base model")
+    if check_base and backend == "local" and (start is None or start.model is None):
+        check_base_model(configured_base_model(model, settings=settings, fallback=default_local_base or DEFAULT_LOCAL_BASE_MODEL))
     snapshot = create_snapshot(
         db, kind=method, validation_fraction=validation_fraction, created_by=created_by
     ).snapshot
@@ -246,8 +258,8 @@ def start_job(
             claim_job(db, job_id, from_status=JobStatus.PENDING, to_status=JobStatus.QUOTED)
             raise
         except Exception as error:
-            finish_job(db, job_id, JobStatus.FAILED, error=f"Could not start the OpenAI job: {error}")
-            raise TrainingError(f"could not start the OpenAI job: {error}") from error
+            finish_job(db, job_id, JobStatus.FAILED, error=scrub_credentials(f"Could not start the OpenAI job: {error}"))
+            raise TrainingError(scrub_credentials(f"could not start the OpenAI job: {error}")) from error
     url = database_url or db.engine.url.render_as_string(hide_password=False)
     try:
         pid = spawn_worker(job_id, database_url=url)
@@ -335,9 +347,9 @@ def _check_worker(db: Database, job: Job) -> bool:
     how = f"was killed by signal {-code}" if code < -1 else ("is gone" if code == -1 else f"exited with code {code}")
     finish_job(
         db, job_id, JobStatus.FAILED,
-        error=f"The training worker (pid {job.worker_pid}) {how} before finishing. The log tail is below; "
+        error=f"The training worker (pid {job.worker_pid}) {how} before finishing; its log tail is kept with the job. "
         f"fix the cause and start a new job (`/ft train local`).",
-        log_tail=read_log_tail(job_id),
+        log_tail=scrub_credentials(read_log_tail(job_id)),
     )
     return True
 
@@ -393,6 +405,7 @@ def progress_line(db: Database, job: Job) -> str:
 
 
 __all__ = [
+    "openai_key_missing",
     "QuotedJob", "StartResult", "JobUpdate", "Parent", "dpo_parent", "quote_job", "start_job", "refresh_job", "cancel_job", "wait_for_job",
     "progress_line", "metric_points",
 ]

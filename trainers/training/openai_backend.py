@@ -23,6 +23,7 @@ from storage.examples import pii_allowed_ids
 from storage.jobs import finish_job, get_job, record_metric, update_job, update_unfinished_job
 from storage.models import Job, JobStatus, stored_id, utcnow
 from storage.records import canonical_json
+from storage.scrub import scrub_credentials
 from storage.snapshots import TRAIN, VALIDATION, jsonl_bytes, snapshot_members
 from trainers.data.pii import redact_record
 
@@ -162,18 +163,18 @@ class OpenAIBackend:
                 metadata={"ftbot_job": str(job.id)},
             )
         except (openai.PermissionDeniedError, openai.BadRequestError, openai.NotFoundError, openai.UnprocessableEntityError) as error:
-            text = f"OpenAI refused the fine-tuning job: {_api_error_text(error)}. {WIND_DOWN_HINT}"
+            text = scrub_credentials(f"OpenAI refused the fine-tuning job: {_api_error_text(error)}. {WIND_DOWN_HINT}")
             finish_job(db, job_id, JobStatus.FAILED, error=text)
             raise TrainingError(text) from error
         except openai.AuthenticationError as error:
-            text = f"OpenAI rejected the API key: {_api_error_text(error)}. Check OPENAI_API_KEY."
+            text = scrub_credentials(f"OpenAI rejected the API key: {_api_error_text(error)}. Check OPENAI_API_KEY.")
             finish_job(db, job_id, JobStatus.FAILED, error=text)
             raise ConfigError(text) from error
         except openai.APIConnectionError as error:
             # Nothing was created (or we could not tell): leave the job pending so a retry resumes it.
-            raise TrainingError(
+            raise TrainingError(scrub_credentials(
                 f"cannot reach OpenAI at {self.client.base_url}: {error}. Check the network or OPENAI_BASE_URL, then start again."
-            ) from error
+            )) from error
         return update_job(
             db, job_id, external_id=remote.id, status=self._local_status(remote.status), started_at=utcnow(),
             progress={"remote_status": remote.status},
@@ -256,7 +257,7 @@ class OpenAIBackend:
                 if data.get("total_steps"):
                     progress["total_steps"] = int(data["total_steps"])
             else:
-                progress["message"] = event.message
+                progress["message"] = scrub_credentials(event.message)
         if fresh:
             progress["last_event_id"] = fresh[0].id
 
@@ -294,7 +295,7 @@ def failure_text(error: FineTuningJobError | None) -> str:
         text += ". Fix the examples named above (`ftbot validate` shows them by line), then start a new job."
     else:
         text += f". Retry with `/ft train openai`; if OpenAI keeps refusing, {WIND_DOWN_HINT[0].lower()}{WIND_DOWN_HINT[1:]}"
-    return text
+    return scrub_credentials(text)
 
 
 def _decode_csv(raw: bytes | str) -> str:

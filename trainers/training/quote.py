@@ -131,6 +131,24 @@ def find_snapshot_pii(db: Database, snapshot_id: int) -> list[PiiHit]:
     return hits
 
 
+def _by_example_id(issue: dict[str, Any], example_ids: list[int | None]) -> dict[str, Any]:
+    """A report issue about the ``line``-th record of the split, with that record's ``example_id`` (None: about the
+    whole snapshot) and its message no longer numbering the record by position (``example 3: ...``)."""
+    line = issue.get("line")
+    example_id = example_ids[line - 1] if isinstance(line, int) and 0 < line <= len(example_ids) else None
+    message = issue["message"]
+    prefix = f"example {line}: "
+    if line is not None and message.startswith(prefix):
+        message = message[len(prefix):]
+    return {**issue, "message": message, "example_id": example_id}
+
+
+def _issue_line(kind: str, issue: dict[str, Any]) -> str:
+    example_id = issue.get("example_id")
+    where = f" in example #{example_id}" if example_id is not None else ""
+    return f"  {kind}{where}: {issue['code']}: {issue['message']}"
+
+
 def build_quote(
     db: Database,
     snapshot: Snapshot,
@@ -160,11 +178,12 @@ def build_quote(
         iter_snapshot_items(db, stored_id(snapshot), "train"), model=counting_model, epochs=epochs if backend == "openai" else None,
         kind=kind, workers=1, unit="example", prices=load_price_table(settings.prices_file),
     )
-    errors = [issue.to_json() for issue in report.errors]
+    train_ids = [member.example_id for member in snapshot_members(db, stored_id(snapshot), "train")]
+    errors = [_by_example_id(issue.to_json(), train_ids) for issue in report.errors]
     if backend == "local":
         # OpenAI's 10-example minimum does not apply on-prem.
         errors = [e for e in errors if e["code"] != "too_few_examples"]
-    warnings = [issue.to_json() for issue in report.warnings]
+    warnings = [_by_example_id(issue.to_json(), train_ids) for issue in report.warnings]
     tokens_per_epoch = report.tokens.total
     notes = list(report.notes)
     if backend == "openai":
@@ -212,10 +231,8 @@ def quote_lines(quote: Quote) -> list[str]:
     if quote.budget_usd is not None:
         lines.append(f"Budget cap: ${quote.budget_usd:,.2f}" + (" — OVER BUDGET, an admin must confirm" if quote.over_budget else ""))
     lines.append(f"Validation: {quote.error_count} error(s), {quote.warning_count} warning(s)")
-    for issue in quote.errors[:5]:
-        lines.append(f"  error example {issue['line']}: {issue['code']}: {issue['message']}")
-    for issue in quote.warnings[:5]:
-        lines.append(f"  warning example {issue['line']}: {issue['code']}: {issue['message']}")
+    lines.extend(_issue_line("error", issue) for issue in quote.errors[:5])
+    lines.extend(_issue_line("warning", issue) for issue in quote.warnings[:5])
     if quote.pii:
         where = ("blocks the upload to OpenAI unless it is redacted on the way out" if quote.pii_blocks
                  else "stays on-prem")

@@ -21,6 +21,7 @@ from storage.db import Database
 from storage.errors import FtbotError
 from storage.jobs import finish_job, get_job, update_unfinished_job
 from storage.models import JobStatus, utcnow
+from storage.scrub import scrub_credentials
 from trainers.training.launch import launch_plan, read_log_tail, training_command
 from trainers.training.local.entry import run
 
@@ -58,7 +59,8 @@ def run_worker(db: Database, job_id: int, settings: Settings | None = None) -> i
         what = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         if isinstance(error, SystemExit):
             what = f"worker stopped by signal/exit ({error.code})"
-        finish_job(db, job_id, JobStatus.FAILED, error=f"Local training failed: {what}", log_tail=read_log_tail(job_id))
+        finish_job(db, job_id, JobStatus.FAILED, error=scrub_credentials(f"Local training failed: {what}"),
+                   log_tail=scrub_credentials(read_log_tail(job_id)))
         return 1
     return 0
 

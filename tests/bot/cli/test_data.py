@@ -313,6 +313,28 @@ def test_hf_export_loads_with_load_from_disk(db: Database, cli, tmp_path: Path) 
     assert cli(db, "export", "--format", "hf").exit_code == 1
 
 
+def test_hf_export_force_never_deletes_a_directory_it_did_not_create(sqlite_db: Database, cli, tmp_path: Path) -> None:
+    assert cli(sqlite_db, "import", str(write_jsonl(tmp_path / "in.jsonl", [sft(i) for i in range(1, 5)]))).exit_code == 0
+    unrelated = tmp_path / "work"
+    unrelated.mkdir()
+    (unrelated / "notes.txt").write_text("keep me")
+    refused = cli(sqlite_db, "export", "--format", "hf", "--out", str(unrelated), "--force")
+    assert refused.exit_code == 1 and "not an ftbot export" in refused.stderr and "Traceback" not in refused.output
+    assert (unrelated / "notes.txt").read_text() == "keep me"
+    a_file = tmp_path / "data.bin"
+    a_file.write_text("keep me too")
+    assert cli(sqlite_db, "export", "--format", "hf", "--out", str(a_file), "--force").exit_code == 1
+    assert a_file.read_text() == "keep me too"
+
+    # A previous ftbot export (even with a file added to it since) is replaced.
+    out = tmp_path / "hf"
+    assert cli(sqlite_db, "export", "--format", "hf", "--out", str(out)).exit_code == 0
+    (out / "stale.txt").write_text("old")
+    replaced = cli(sqlite_db, "export", "--format", "hf", "--out", str(out), "--force")
+    assert replaced.exit_code == 0, replaced.output
+    assert not (out / "stale.txt").exists() and (out / "dataset_info.json").is_file()
+
+
 def test_hf_export_of_nothing_is_a_clear_error(sqlite_db: Database, cli, tmp_path: Path) -> None:
     result = cli(sqlite_db, "export", "--format", "hf", "--out", str(tmp_path / "hf"))
     assert result.exit_code == 1 and "nothing to export" in result.stderr

@@ -152,3 +152,11 @@ def test_an_open_round_stays_blind_in_results_list_and_chart(db, cli, tmp_path):
     summary = round_report(db, secret.id).summary
     blind = results_png(summary, candidate="candidate", baseline="baseline", title=f"Round #{secret.id}: candidate vs baseline")
     assert chart.read_bytes() == blind
+
+
+def test_results_json_without_rounds_prints_a_json_error_and_the_message(db, cli):
+    result = cli("results", "--json")
+    assert result.exit_code == 1
+    error = json.loads(result.stdout)
+    assert error["ok"] is False and "no evaluation round yet" in error["error"]["message"]
+    assert "no evaluation round yet" in result.stderr

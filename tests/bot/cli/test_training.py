@@ -142,3 +142,12 @@ def test_integers_out_of_range_are_usage_errors(cli: Cli, args: list[str], optio
     assert result.returncode == 2, result.stderr
     assert f"Invalid value for '{option}'" in result.stderr and f"less than or equal to {maximum}" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_base_model_that_cannot_be_loaded_is_refused_at_the_quote(cli, sqlite_db, tmp_path):
+    _approve(sqlite_db)
+    missing = tmp_path / "no-such-model"
+    result = cli("train", "--backend", "local", "--base-model", str(missing), "--yes", timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error:") and str(missing) in result.stderr and "Traceback" not in result.stderr
+    assert list_jobs(sqlite_db) == []  # refused before a job or a worker exists

@@ -10,7 +10,7 @@ import sys
 
 from storage import evals
 from storage.evals import RoundStatus
-from tests.bot.evaluation.helpers import BASE, CANDIDATE, CHANNEL, comparison_posts, seed_model
+from tests.bot.evaluation.helpers import BASE, CANDIDATE, CHANNEL, comparison_posts, post_round, seed_model, start_round
 from tests.fixtures.paths import REPO
 
 
@@ -152,3 +152,24 @@ def test_an_open_round_stays_blind_while_other_rounds_close(trainer_harness):
             event_id="EvBlindHome")
     h.wait()
     _assert_blind(json.dumps(h.fake.home_views["U_AGENT"]))
+
+
+def test_judge_without_an_openai_key_says_which_variable_to_set_before_quoting(trainer_harness, monkeypatch):
+    h = trainer_harness
+    seed_model(h.db)
+    round_id = start_round(h)
+    post_round(h, round_id)
+    monkeypatch.delenv("OPENAI_API_KEY")
+    h.command(f"judge {round_id}", user_id="U_AGENT")
+    h.wait()
+    answer = h.fake.responses[-1]
+    assert "OPENAI_API_KEY" in answer["text"] and "Judge or cancel" not in answer["text"]
+    assert answer["response_type"] == "ephemeral" and "actions" not in json.dumps(answer.get("blocks", []))
+
+
+def test_results_with_a_word_instead_of_a_round_is_a_usage_error(harness):
+    h = harness
+    for text in ("results abc", "results 1 2"):
+        h.command(text, user_id="U_AGENT")
+        h.wait()
+        assert "Usage: `/ft results [round]`" in h.fake.responses[-1]["text"]

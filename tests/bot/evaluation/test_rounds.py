@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 import time
 
 from slack_sdk.errors import SlackApiError
@@ -14,7 +16,10 @@ from bot.evaluation import rounds
 from bot.scheduler import context_key, start_scheduler, stop_scheduler
 from storage import evals
 from storage.evals import RoundStatus
+from storage.examples import save_capture
+from storage.jobs import register_model, use_model
 from storage.pairs import list_pairs
+from storage.snapshots import create_snapshot
 from tests.bot.evaluation.helpers import (
     BASE,
     CANDIDATE,
@@ -25,6 +30,7 @@ from tests.bot.evaluation.helpers import (
     seed_model,
     start_round,
 )
+from trainers.evaluation.generation import log_path
 
 
 def test_full_loop_post_vote_close_results_and_pairs(harness, openai_api):
@@ -230,3 +236,49 @@ def test_posting_stopped_by_slack_says_how_to_resume(harness, openai_api):
     h.wait()
     assert evals.get_round(h.db, round_id).status == RoundStatus.OPEN
     assert len(comparison_posts(h)) == 3
+
+
+def test_a_failed_generation_worker_keeps_its_log_out_of_the_channel(trainer_harness, monkeypatch, tmp_path):
+    h = trainer_harness
+    monkeypatch.setenv("FTBOT_HOME", str(tmp_path / "home"))
+    seed_model(h.db)
+    round_id = start_round(h, "eval --n 2")
+    home_file = tmp_path / "home" / "evals" / str(round_id) / "model.bin"
+
+    def failing_worker(round_id: int, *, database_url: str) -> subprocess.Popen:
+        path = log_path(round_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"Traceback (most recent call last):\n  File \"{home_file}\"\n"
+                        "RuntimeError: customer asked about order 4471; key sk-abc123secret\n")
+        return subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+
+    monkeypatch.setattr(rounds, "round_needs_worker", lambda db, round_id: True)
+    monkeypatch.setattr(rounds, "spawn_generation", failing_worker)
+    post_round(h, round_id)
+    assert evals.get_round(h.db, round_id).status == RoundStatus.FAILED
+    in_channel = json.dumps([c.args for c in h.fake.calls if c.args.get("channel") == CHANNEL])
+    assert "generation failed" in in_channel and "log was sent to <@U_AGENT>" in in_channel
+    assert "order 4471" not in in_channel and "Traceback" not in in_channel and str(tmp_path) not in in_channel
+    [dm] = [c.args for c in h.fake.calls_to("chat.postMessage") if c.args["channel"] != CHANNEL]
+    assert "order 4471" in json.dumps(dm["blocks"]) and "sk-abc123secret" not in json.dumps(dm)
+
+
+def test_slack_markup_in_questions_never_reaches_slack_unescaped(harness):
+    h = harness
+    for i in range(10):
+        record = {"messages": [
+            {"role": "user", "content": f"<!channel> question {i} for <@U123>: see <https://evil.example|here>"},
+            {"role": "assistant", "content": f"Reply {i}."},
+        ]}
+        save_capture(h.db, record=record, source_key=f"slack:C:{i}", channel="C", ts=f"{i}.0", thread_ts=None,
+                     permalink=None, captured_by="U_AGENT", status="approved")
+    snapshot = create_snapshot(h.db, validation_fraction=0.2).snapshot
+    register_model(h.db, name=CANDIDATE, backend="openai", base_model=BASE, location=CANDIDATE, snapshot_id=snapshot.id)
+    use_model(h.db, CANDIDATE)
+    post_round(h, start_round(h, "eval --n 2"))
+    posts = comparison_posts(h)
+    assert len(posts) == 2
+    for call in posts:
+        assert "&lt;!channel&gt;" in call.args["text"]
+    sent = json.dumps([c.args for c in h.fake.calls] + list(h.fake.responses))
+    assert "<!channel>" not in sent and "<@U123>" not in sent and "<https://evil" not in sent

@@ -1,0 +1,31 @@
+"""The training quote names examples by their example id (as ``/ft list`` does), never by snapshot position."""
+
+from __future__ import annotations
+
+from storage.examples import import_records, set_status
+from storage.models import ExampleStatus
+from trainers.tiny_model import sample_conversations
+from trainers.training.jobs import quote_job
+from trainers.training.quote import quote_lines
+
+NO_REPLY = [{"messages": [{"role": "system", "content": "Support."}, {"role": "user", "content": f"Where is parcel {n}?"}]}
+            for n in range(3)]
+
+
+def test_quote_issues_name_the_example_id_and_file_level_issues_name_none(sqlite_db):
+    good = sample_conversations(12, seed=3, max_turns=1)
+    import_records(sqlite_db, enumerate(good, 1), source_file="t.jsonl", approved_by="U1")
+    for example_id in range(1, 9):  # rejected examples leave gaps: positions and ids differ
+        set_status(sqlite_db, example_id, ExampleStatus.REJECTED, by="U1")
+    import_records(sqlite_db, enumerate(NO_REPLY, 1), source_file="bad.jsonl", approved_by="U1")  # examples #13-#15
+
+    quoted = quote_job(sqlite_db, backend="openai", model="gpt-4o-mini-2024-07-18")
+    text = "\n".join(quote_lines(quoted.quote))
+    named = [issue for issue in quoted.quote.errors if issue["line"] is not None]
+    assert len(named) >= 2 and {issue["example_id"] for issue in named} <= {13, 14, 15}
+    for issue in named:
+        assert f"error in example #{issue['example_id']}: example_missing_assistant_message: no assistant message" in text
+        assert f"example {issue['line']}" not in text  # never the position in the snapshot
+    assert "None" not in text
+    # OpenAI's minimum is about the whole snapshot: named without an example.
+    assert "  error: too_few_examples: only" in text
