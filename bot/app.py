@@ -32,6 +32,7 @@ from bot.roles import Roles
 from storage.config import Settings
 from storage.db import Database
 from storage.errors import FtbotError, StaleAction
+from storage.events import inbox_database
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class BotContext:
     roles: Roles
     client: WebClient
     # Slack events stored before their ack and processed from the store (bot.inbox); redelivered after a crash.
+    # On SQLite its database is a file of its own (storage.events.inbox_database): acks never wait for bulk writes.
     inbox: EventInbox
     # Where slow work after an ack runs (see ``defer``); a TrackingExecutor so a caller can wait until it is idle.
     work: TrackingExecutor = field(default_factory=lambda: TrackingExecutor(max_workers=8, thread_name_prefix="ftbot-work"))
@@ -121,7 +123,7 @@ def build_app(
         name="ftbot",
     )
     bot = BotContext(settings=settings, db=db, router=Router(), roles=Roles(settings, client), client=client,
-                     inbox=EventInbox(db))
+                     inbox=EventInbox(inbox_database(db)))
     app.ftbot = bot  # type: ignore[attr-defined]
     # Before any listener runs: the request's rule in bot.access.POLICY admits its user, or it is refused privately.
     app.middleware(access_middleware(bot))

@@ -2,7 +2,8 @@
 
 Training uses it to poll OpenAI and relay local workers' progress to Slack every few seconds; other features may
 add their own jobs (:func:`schedule_every`). Every started scheduler also keeps the daily housekeeping job that
-forgets old Slack event claims (:func:`forget_old_event_claims`) and the job that processes Slack events a stopped
+forgets old Slack event claims (:func:`forget_old_event_claims`), the daily job that discards training quotes nobody
+started within ``storage.jobs.QUOTE_MAX_AGE`` (:func:`expire_old_quotes`) and the job that processes Slack events a stopped
 process left unfinished in the inbox (:func:`redeliver_pending_events`: at once when the scheduler starts, then
 every ``REDELIVER_SECONDS``); ``ftbot run`` starts the scheduler at once.
 Stored jobs keep only a textual function reference and plain arguments; the function finds the live ``BotContext``
@@ -25,7 +26,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from storage.events import forget_events_before
-from storage.jobs import has_scheduled_jobs
+from storage.jobs import QUOTE_MAX_AGE, expire_quotes, has_scheduled_jobs
 from storage.models import utcnow
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
@@ -37,6 +38,7 @@ JOBS_TABLE = "apscheduler_jobs"
 # Housekeeping that every bot process keeps scheduled. Stable ids: a restart replaces the stored job, never adds one.
 FORGET_EVENTS_JOB = "forget-old-event-claims"
 REDELIVER_EVENTS_JOB = "redeliver-pending-events"
+EXPIRE_QUOTES_JOB = "expire-abandoned-quotes"
 # How often stored events nobody is working on (their process died) are looked for, besides at start-up.
 REDELIVER_SECONDS = 30
 # Slack retries an event within about 5 minutes; a week of claims is far more than retries can need.
@@ -97,6 +99,10 @@ def _schedule_housekeeping(bot: BotContext, scheduler: BackgroundScheduler) -> N
         f"{__name__}:forget_old_event_claims", "cron", hour=3, minute=17, id=FORGET_EVENTS_JOB,
         args=[context_key(bot)], replace_existing=True,
     )
+    scheduler.add_job(
+        f"{__name__}:expire_old_quotes", "cron", hour=3, minute=27, id=EXPIRE_QUOTES_JOB,
+        args=[context_key(bot)], replace_existing=True,
+    )
     # First run now: the events a killed process acknowledged but never processed are handled at start-up.
     scheduler.add_job(
         f"{__name__}:redeliver_pending_events", "interval", seconds=REDELIVER_SECONDS, id=REDELIVER_EVENTS_JOB,
@@ -109,9 +115,23 @@ def forget_old_event_claims(key: str, *, days: int = EVENT_CLAIM_DAYS) -> int:
     bot = context_for(key)
     if bot is None:
         return 0
-    deleted = forget_events_before(bot.db, utcnow() - timedelta(days=days))
+    cutoff = utcnow() - timedelta(days=days)
+    deleted = forget_events_before(bot.db, cutoff)
+    if bot.inbox.db is not bot.db:  # the inbox's own SQLite file (storage.events.inbox_database)
+        deleted += forget_events_before(bot.inbox.db, cutoff)
     log.info("forgot %d Slack event claim(s) older than %d days", deleted, days)
     return deleted
+
+
+def expire_old_quotes(key: str) -> int:
+    """Scheduled daily: discard training quotes never started within ``QUOTE_MAX_AGE``; returns how many."""
+    bot = context_for(key)
+    if bot is None:
+        return 0
+    expired = expire_quotes(bot.db)
+    if expired:
+        log.info("discarded %d training quote(s) older than %s: %s", len(expired), QUOTE_MAX_AGE, expired)
+    return len(expired)
 
 
 def redeliver_pending_events(key: str) -> int:

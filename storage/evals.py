@@ -68,7 +68,8 @@ class RoundStatus(StrEnum):
     WITH_RESULTS = nonmember((POSTING, OPEN, CLOSED))
     # Voting is over for good, so the models may be named. While a round can still be voted on, no output names its
     # models or counts its votes toward anything named (a leaderboard, a chart): either would sway its voters.
-    REVEALED = nonmember((CLOSED, CANCELLED))
+    # A cancelled round is never revealed: it may have been discarded while open, and its voters were told so.
+    REVEALED = nonmember((CLOSED,))
 
 
 class VoteAction(StrEnum):

@@ -8,21 +8,27 @@ Two mechanisms live here:
   retry of a done event is answered and dropped.
 - **claims** (``processed_events``): the first caller with an idempotency key claims it, later ones see it taken
   (a double-submitted form, a double-clicked quote button).
+
+On a SQLite file the inbox is a database of its own (:func:`inbox_database`), so an ack never waits for bulk work.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
 
 from sqlalchemy import delete, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import col
 
 from storage.db import Database
 from storage.models import InboxStatus, ProcessedEvent, SlackEvent, utcnow
+
+log = logging.getLogger(__name__)
 
 # An event whose listener failed this often is kept as failed instead of being retried again.
 MAX_ATTEMPTS = 5
@@ -35,6 +41,60 @@ class Delivery(StrEnum):
     TAKEN_OVER = "taken over"  # stored earlier and abandoned (lease lapsed, owner gone): now leased to the caller
     IN_PROGRESS = "in progress"  # another live process holds it: answer, that process finishes it
     DONE = "done"  # handled already (or failed for good): answer and drop
+
+
+def inbox_database(db: Database) -> Database:
+    """The database that holds ``db``'s inbox of Slack events: on a SQLite file, a SQLite file of its own.
+
+    Why (issue 9): SQLite has one write lock per file, and the inbox writes each event before Bolt acks it. In the
+    main file, an ack waited for every long write transaction there: a 150,000-line ``ftbot import`` (one
+    all-or-nothing transaction) held acks back for 9 to 19 s, far over Slack's 3 s. In a file of its own
+    (``<name>.inbox<suffix>`` next to the main file, migrated like it; only its ``slack_events`` is used) the
+    inbox's writes never wait for the main file's lock, whatever runs there (an import, an export, a snapshot),
+    and the import stays one transaction. Nothing needs the inbox and the data in one transaction: a listener's
+    work was never atomic with its event's row (the work is idempotent, see ``bot.inbox``).
+
+    Events a bot left in the main file (before the inbox had its own file) move to the new file here. PostgreSQL
+    locks rows, not the database, and an in-memory SQLite database is one connection's: both keep the inbox in ``db``.
+    """
+    url = db.engine.url
+    if not db.is_sqlite or not url.database or url.database == ":memory:" or url.query.get("mode") == "memory":
+        return db
+    main = Path(url.database)
+    inbox = Database.open(url.set(database=str(main.with_name(f"{main.stem}.inbox{main.suffix}")))
+                          .render_as_string(hide_password=False))
+    try:
+        moved = move_events(db, inbox)
+    except OperationalError as error:  # the main file is busy (an import): the next start moves them
+        log.warning("could not move the Slack events stored in %s to %s yet: %s", db.url, inbox.url, error)
+    else:
+        if moved:
+            log.info("moved %d Slack event(s) from %s to the inbox file %s", moved, db.url, inbox.url)
+    return inbox
+
+
+def move_events(source: Database, target: Database, *, batch: int = 500) -> int:
+    """Move every inbox row from ``source`` to ``target`` (a row ``target`` has already is kept there); how many.
+
+    Copied first, then deleted: a process killed in between copies them again next time, changing nothing.
+    """
+    moved = 0
+    insert = target.upsert_insert()
+    while True:
+        with source.session() as session:
+            rows = [row.model_dump() for row in session.scalars(select(SlackEvent).limit(batch))]
+        if not rows:
+            return moved
+        with target.session() as session:
+            if insert is not None:
+                session.execute(insert(SlackEvent).on_conflict_do_nothing(index_elements=["event_id"]), rows)
+            else:
+                known = set(session.scalars(select(col(SlackEvent.event_id)).where(
+                    col(SlackEvent.event_id).in_([row["event_id"] for row in rows]))))
+                session.add_all(SlackEvent(**row) for row in rows if row["event_id"] not in known)
+        with source.session() as session:
+            session.exec(delete(SlackEvent).where(col(SlackEvent.event_id).in_([row["event_id"] for row in rows])))
+        moved += len(rows)
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import inspect, literal, select, table, update
+from sqlalchemy import inspect, literal, or_, select, table, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
@@ -24,6 +24,14 @@ from storage.models import Job, JobMetric, JobStatus, RegisteredModel, TrainingM
 
 class JobNotFound(FtbotError):
     """No training job with that id."""
+
+
+# A quote nobody started within this time is abandoned: the daily housekeeping discards it (``expire_quotes``) and
+# its Start button stops working. A day covers "quote now, decide after lunch / tomorrow morning"; older quotes
+# priced a snapshot and a price table that may no longer be current.
+QUOTE_MAX_AGE = timedelta(hours=24)
+# The ``Job.error`` of an expired quote: such jobs are left out of job listings.
+QUOTE_EXPIRED = "expired: the quote was not started within 24 hours"
 
 
 class ModelNotFound(FtbotError):
@@ -126,6 +134,18 @@ def discard_quote(db: Database, job_id: int, *, reason: str) -> bool:
         return result.rowcount == 1
 
 
+def expire_quotes(db: Database, *, now: datetime | None = None) -> list[int]:
+    """Discard quotes older than ``QUOTE_MAX_AGE`` that were never started (reason ``QUOTE_EXPIRED``); their ids."""
+    cutoff = (now or utcnow()) - QUOTE_MAX_AGE
+    with db.session() as session:
+        old = list(session.scalars(select(col(Job.id)).where(col(Job.status) == JobStatus.QUOTED, col(Job.created_at) < cutoff)))
+    return [job_id for job_id in old if job_id is not None and discard_quote(db, job_id, reason=QUOTE_EXPIRED)]
+
+
+def is_expired_quote(job: Job) -> bool:
+    return job.status == JobStatus.CANCELLED and job.error == QUOTE_EXPIRED
+
+
 def finish_job(
     db: Database,
     job_id: int,
@@ -150,8 +170,11 @@ def finish_job(
         return result.rowcount == 1
 
 
-def list_jobs(db: Database, *, status: str | None = None, limit: int | None = 20) -> list[Job]:
+def list_jobs(db: Database, *, status: str | None = None, limit: int | None = 20, expired: bool = False) -> list[Job]:
+    """Newest first; quotes that expired unstarted only with ``expired=True``."""
     query = select(Job).order_by(col(Job.id).desc())
+    if not expired:
+        query = query.where(or_(col(Job.error).is_(None), col(Job.error) != QUOTE_EXPIRED))
     if status is not None:
         query = query.where(col(Job.status) == status)
     if limit is not None:

@@ -52,7 +52,7 @@ __all__ = ["register", "close_due_rounds_job"]
 def register(app: App, bot: BotContext) -> None:
     """``/ft eval``, ``/ft results``, ``/ft judge``, the Post/Cancel and Judge/Cancel buttons and the reaction listeners."""
     bot.router.add(
-        "eval", usage="/ft eval [model] [--n 20] · /ft eval add <link|question> · /ft eval close|resume|cancel [round]",
+        "eval", usage="/ft eval [model] [--n 20] [--parallel] · /ft eval add <link|question> · /ft eval close|resume|cancel [round]",
         summary="Blind side-by-side answers of the candidate and the baseline, voted with reactions",
         handler=lambda ctx: commands.eval_command(bot, ctx),
     )

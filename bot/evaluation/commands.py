@@ -1,9 +1,10 @@
 """``/ft eval`` and its subcommands, and ``/ft results``.
 
-``/ft eval [model] [--n 20]`` starts a round: the candidate (the named model, the one marked with ``/ft use``, else
+``/ft eval [model] [--n 20] [--parallel]`` starts a round: the candidate (the named model, the one marked with ``/ft use``, else
 the newest registered one), the baseline (``FTBOT_EVAL_BASELINE``; by default the model the candidate started from)
-and the held-out questions. ``close``, ``resume`` and ``cancel`` end voting, finish a round a restart interrupted,
-or drop one not open yet; ``add`` is in ``bot.evaluation.questions``.
+and the held-out questions; while another round is open for voting in the channel only with ``--parallel``.
+``close``, ``resume`` and ``cancel`` end voting, finish a round a restart interrupted, or discard a round (an open
+one too: its votes never count and its models stay hidden); ``add`` is in ``bot.evaluation.questions``.
 """
 
 from __future__ import annotations
@@ -42,32 +43,36 @@ def eval_command(bot: BotContext, ctx: CommandContext) -> None:
     if sub in EVAL_SUBCOMMANDS:
         EVAL_SUBCOMMANDS[sub](bot, ctx)
     else:
-        model, n = parse_eval_args(ctx.args)
-        start_round(bot, ctx, model, n)
+        model, n, parallel = parse_eval_args(ctx.args)
+        start_round(bot, ctx, model, n, parallel=parallel)
 
 
 # --- arguments ------------------------------------------------------------------------------------------------------
 
 
-def parse_eval_args(args: list[str]) -> tuple[str | None, int]:
-    """``[model] [--n 20]`` → (model, n)."""
+def parse_eval_args(args: list[str]) -> tuple[str | None, int, bool]:
+    """``[model] [--n 20] [--parallel]`` → (model, n, parallel)."""
     model: str | None = None
     n = DEFAULT_N
+    parallel = False
     i = 0
     while i < len(args):
         arg = args[i]
+        if arg == "--parallel":
+            parallel, i = True, i + 1
+            continue
         if arg in ("--n", "-n") or arg.startswith("--n="):
             raw = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
             i += 1 if "=" in arg else 2
-            n = int_arg(raw, "--n (the number of questions)", high=MAX_N, usage="/ft eval [model] [--n 20]")
+            n = int_arg(raw, "--n (the number of questions)", high=MAX_N, usage="/ft eval [model] [--n 20] [--parallel]")
             continue
         if arg.startswith("-"):
-            raise FtbotError(f"unknown option `{arg}`. Usage: `/ft eval [model] [--n 20]`")
+            raise FtbotError(f"unknown option `{arg}`. Usage: `/ft eval [model] [--n 20] [--parallel]`")
         if model is not None:
-            raise FtbotError("name one model at most. Usage: `/ft eval [model] [--n 20]`")
+            raise FtbotError("name one model at most. Usage: `/ft eval [model] [--n 20] [--parallel]`")
         model = arg
         i += 1
-    return model, n
+    return model, n, parallel
 
 
 def parse_round_arg(args: list[str]) -> int | None:
@@ -106,8 +111,16 @@ def choose_baseline(bot: BotContext, candidate: RegisteredModel) -> str:
     return baseline_name(bot.db, candidate, configured)
 
 
-def _refuse_if_preparing(bot: BotContext, channel: str) -> None:
-    """One round in preparation per channel: say which, and how to finish or drop it."""
+def _refuse_if_preparing(bot: BotContext, channel: str, *, parallel: bool = False) -> None:
+    """One round in preparation per channel, and one open for voting unless ``parallel``: say which, and how to
+    close or discard it."""
+    if not parallel:
+        voting = [r for r in evals.list_rounds(bot.db, statuses=(RoundStatus.OPEN,)) if r.channel == channel]
+        if voting:
+            last = voting[-1]
+            raise FtbotError(f"round #{last.id} is open for voting in this channel: `/ft eval close {last.id}` ends voting "
+                             f"and posts its results, `/ft eval cancel {last.id}` discards it (its votes never count). "
+                             "To run another round alongside it, add `--parallel` to `/ft eval`.")
     preparing = (RoundStatus.QUOTED, RoundStatus.GENERATING, RoundStatus.POSTING)
     busy = [r for r in evals.list_rounds(bot.db, statuses=preparing) if r.channel == channel]
     if not busy:
@@ -120,12 +133,12 @@ def _refuse_if_preparing(bot: BotContext, channel: str) -> None:
                      f"wait for it to be posted, or `/ft eval cancel {last.id}`.")
 
 
-def start_round(bot: BotContext, ctx: CommandContext, model_name: str | None, n: int) -> EvalRound:
+def start_round(bot: BotContext, ctx: CommandContext, model_name: str | None, n: int, *, parallel: bool = False) -> EvalRound:
     """Create the round and either ask to confirm the OpenAI cost or start generating."""
     if not bot.roles.may_train(ctx.user_id):
         raise FtbotError("only trainers can start an evaluation round (FTBOT_TRAINERS); ask an ftbot admin.")
     close_due_rounds(bot)
-    _refuse_if_preparing(bot, ctx.channel_id)
+    _refuse_if_preparing(bot, ctx.channel_id, parallel=parallel)
     candidate = _candidate(bot, model_name)
     baseline = choose_baseline(bot, candidate)
     items = eval_prompts.eval_items(bot.db, candidate, limit=n)
@@ -139,7 +152,7 @@ def start_round(bot: BotContext, ctx: CommandContext, model_name: str | None, n:
     # Price the round before creating it: an estimate that fails leaves nothing half-made behind.
     quote_lines, quote_total = generation_cost(paid, items, bot.settings) if paid else ([], "")
     with _start_lock:  # a double-submitted /ft eval must not create two rounds
-        _refuse_if_preparing(bot, ctx.channel_id)
+        _refuse_if_preparing(bot, ctx.channel_id, parallel=parallel)
         round_ = evals.create_round(
             bot.db, candidate_model=candidate.name, baseline_model=baseline, prompts=[item.prompt for item in items],
             channel=ctx.channel_id, created_by=ctx.user_id, status=RoundStatus.QUOTED if paid else RoundStatus.GENERATING,
@@ -212,11 +225,16 @@ def cancel_command(bot: BotContext, ctx: CommandContext) -> None:
         raise FtbotError("usage: `/ft eval cancel <round>` (`/ft eval close` ends voting on an open round)")
     if is_in_flight(bot, round_id):
         raise FtbotError(f"round #{round_id} is being prepared right now; cancel it once it is posted or failed.")
-    preparing = (RoundStatus.QUOTED, RoundStatus.GENERATING, RoundStatus.POSTING, RoundStatus.FAILED)
-    if not evals.move_round(bot.db, round_id, RoundStatus.CANCELLED, from_status=preparing):
+    discardable = (RoundStatus.QUOTED, RoundStatus.GENERATING, RoundStatus.POSTING, RoundStatus.OPEN, RoundStatus.FAILED)
+    was = evals.get_round(bot.db, round_id).status
+    if not evals.move_round(bot.db, round_id, RoundStatus.CANCELLED, from_status=discardable):
         status = evals.get_round(bot.db, round_id).status
-        raise FtbotError(f"round #{round_id} is {status}; only rounds that are not open for voting yet can be cancelled.")
-    ctx.respond(f"Round #{round_id} cancelled.")
+        raise FtbotError(f"round #{round_id} is {status}; only rounds that are not closed yet can be cancelled.")
+    if was == RoundStatus.OPEN:
+        ctx.respond(f"Round #{round_id} cancelled: voting on it stopped, its votes never count (no result, no preference "
+                    "pairs, no leaderboard) and its models are never revealed. `/ft eval` starts a new round.")
+    else:
+        ctx.respond(f"Round #{round_id} cancelled.")
 
 
 def results_command(bot: BotContext, ctx: CommandContext) -> None:
@@ -226,6 +244,9 @@ def results_command(bot: BotContext, ctx: CommandContext) -> None:
         raise FtbotError("Usage: `/ft results [round]`: a round number like `12` (`/ft results` alone: this channel's latest).")
     close_due_rounds(bot)
     round_ = resolve_round(bot.db, round_id, channel=ctx.channel_id)
+    if round_.status == RoundStatus.CANCELLED:
+        raise FtbotError(f"round #{round_.id} was cancelled: it has no result, its votes never count and its models stay "
+                         "hidden. `/ft eval` starts a new round.")
     if round_.status == RoundStatus.CLOSED:
         post_results(bot, stored_id(round_), channel=ctx.channel_id)
         ctx.respond(f"Posted the results of round #{round_.id}.")

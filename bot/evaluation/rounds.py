@@ -288,8 +288,9 @@ def close_and_report(bot: BotContext, round_id: int, *, closed_by: str | None = 
     created = sum(1 for result in evals.pairs_from_round(bot.db, round_id) if result.created)
     round_ = evals.get_round(bot.db, round_id)
     who = f" by <@{bk.escape(closed_by)}>" if closed_by else " (time is up)"
-    note = (f"Voting on round #{round_id} closed{who}. {created} new preference pair(s) from decided comparisons: "
-            "train on them with `/ft train --method dpo`.")
+    pairs = (f"{created} new preference pair(s) from decided comparisons: train on them with `/ft train --method dpo`."
+             if created else "No comparison was decided, so it yields no preference pairs.")
+    note = f"Voting on round #{round_id} closed{who}. {pairs}"
     if round_.channel:
         post_results(bot, round_id, channel=round_.channel, note=note)
     return True

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot import blocks as bk
+from storage.evals import RoundStatus
 from storage.models import Comparison
 from trainers.evaluation.results import RoundReport, format_p
 
@@ -88,7 +89,8 @@ def results_blocks(report: RoundReport, *, note: str | None = None,
     lines = report.lines(name_of)
     s = report.summary
     if s.win_rate is None:
-        headline = f"Round #{report.round.id}: no decisive votes yet"
+        still_open = report.round.status in RoundStatus.VOTABLE
+        headline = f"Round #{report.round.id}: no decisive votes" + (" yet" if still_open else "")
     else:
         subject = report.candidate if report.revealed else "the candidate"
         headline = (f"Round #{report.round.id}: {subject} wins {s.win_rate:.1%} of decisive votes "

@@ -33,7 +33,7 @@ from bot.scheduler import start_scheduler, stop_scheduler
 from storage import evals
 from storage.db import Database
 from storage.evals import RoundStatus
-from storage.events import Delivery, event_status, pending_events, receive_event
+from storage.events import Delivery, event_status, inbox_database, pending_events, receive_event
 from storage.models import InboxStatus, SlackEvent, Vote
 from tests.fixtures.slack_api import BOT_TOKEN, SIGNING_SECRET, SlackHarness, event_callback, signed_headers
 
@@ -227,7 +227,7 @@ def test_every_acknowledged_vote_counts_once_across_kill_9(database_url: str, fa
                 missing = _wait_for_voters(db, expected_voters)
                 lost = {event_id for event_id in acked_before_kill if events[event_id][1] in missing}
                 duplicated = _duplicated_votes(db)
-                resumed = _resumed_after_restart(db, set(events))
+                resumed = _resumed_after_restart(inbox_database(db), set(events))  # the bot's inbox file
                 figures.append(f"cycle {number} (seed {SEED}): sent {EVENTS_PER_CYCLE}, acked before kill "
                                f"{len(acked_before_kill)}, unanswered and retried {len(unanswered)}, finished from the "
                                f"inbox after the restart {resumed}, lost {len(lost)}, duplicated {duplicated}")
@@ -270,7 +270,7 @@ def test_a_retry_of_an_event_a_killed_bot_acknowledged_is_processed(sqlite_db, f
         # Slack's retry: the stored event is pending under a dead owner's lease, so this delivery processes it.
         assert h.dispatch(body, content_type="application/json", retry_num=1).status == 200
         h.wait()
-        assert _voters_with_votes(sqlite_db) == {"U_VOTER"} and event_status(sqlite_db, "EvKilled1") == InboxStatus.DONE
+        assert _voters_with_votes(sqlite_db) == {"U_VOTER"} and event_status(h.bot.inbox.db, "EvKilled1") == InboxStatus.DONE
         # A later retry of the done event changes nothing.
         assert h.dispatch(body, content_type="application/json", retry_num=2).status == 200
         h.wait()
@@ -288,7 +288,7 @@ def test_a_starting_bot_processes_what_a_killed_bot_left_pending(sqlite_db, fake
         start_scheduler(h.bot)  # what `ftbot run` does at start-up
         assert _wait_for_voters(sqlite_db, {"U_LEFT0", "U_LEFT1", "U_LEFT2"}, timeout=10) == set()
         h.wait()
-        assert pending_events(sqlite_db) == []
+        assert pending_events(h.bot.inbox.db) == []
     finally:
         stop_scheduler(h.bot)
         h.close()
@@ -311,10 +311,10 @@ def test_an_event_whose_listener_failed_is_processed_again(sqlite_db, fake_slack
         assert h.dispatch(_vote_body("EvFails1", "U_VOTER", ts), content_type="application/json").status == 200
         h.wait()
         assert failures and _voters_with_votes(sqlite_db) == set()
-        [pending] = pending_events(sqlite_db)
+        [pending] = pending_events(h.bot.inbox.db)
         assert pending.leased_until is None  # freed at once for the next attempt
         assert h.bot.inbox.redeliver_pending() == 1  # what the periodic job does
         h.wait()
-        assert _voters_with_votes(sqlite_db) == {"U_VOTER"} and event_status(sqlite_db, "EvFails1") == InboxStatus.DONE
+        assert _voters_with_votes(sqlite_db) == {"U_VOTER"} and event_status(h.bot.inbox.db, "EvFails1") == InboxStatus.DONE
     finally:
         h.close()

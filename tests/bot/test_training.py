@@ -9,11 +9,12 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from bot.scheduler import context_key, start_scheduler, stop_scheduler
+from bot.scheduler import EXPIRE_QUOTES_JOB, context_key, expire_old_quotes, start_scheduler, stop_scheduler
 from bot.training import (
     DISCARD_ACTION,
     START_ACTION,
@@ -24,8 +25,8 @@ from bot.training import (
 )
 from storage.db import Database
 from storage.examples import import_records
-from storage.jobs import create_job, get_job, list_jobs, list_models, register_model, update_job
-from storage.models import JobStatus, stored_id
+from storage.jobs import QUOTE_MAX_AGE, create_job, get_job, list_jobs, list_models, register_model, update_job
+from storage.models import JobStatus, stored_id, utcnow
 from tests.fixtures.concurrency import wait_until
 from tests.fixtures.db import database_url
 from tests.fixtures.paths import REPO
@@ -248,7 +249,7 @@ def test_cancel_discard_jobs_models_and_use(harnesses, openai_api):
 @pytest.mark.slow
 def test_ft_train_local_runs_the_worker_and_posts_the_loss_plot(harnesses, tiny_model_dir):
     bot = harnesses()
-    _approve(bot.db, 10)
+    _approve(bot.db, 12)  # a training split of at least 10 (the quote blocks fewer)
     quote = _quote(bot, f"train local {tiny_model_dir}")
     assert "GPU-hours" in json.dumps(quote["blocks"])
     job_id = int(_buttons(quote)[START_ACTION])
@@ -367,7 +368,7 @@ def test_a_failing_local_job_keeps_its_log_out_of_the_channel_and_sends_it_to_th
     not_a_model.mkdir()
     (not_a_model / "config.json").write_text('{"model_type": "no-such-architecture"}')  # passes the quote, fails the worker
     bot = harnesses(trainers=("U_AGENT",))
-    _approve(bot.db, 10)
+    _approve(bot.db, 12)  # a training split of at least 10 (the quote blocks fewer)
     quote = _quote(bot, f"train local {not_a_model}")
     assert START_ACTION in _buttons(quote), quote
     job_id = int(_buttons(quote)[START_ACTION])
@@ -458,3 +459,30 @@ def test_two_bot_processes_on_postgresql_never_show_an_older_state_after_a_newer
     shown = [int(call.args["text"].rsplit(" ", 1)[1]) for call in fake_slack.calls_to("chat.update")]
     assert shown and shown[-1] == last_step
     assert shown == sorted(shown), f"an older state was applied after a newer one: {shown}"
+
+
+def test_cancel_of_a_finished_job_says_how_it_ended(harnesses):
+    bot = harnesses()
+    for status, said in ((JobStatus.SUCCEEDED, "already succeeded"), (JobStatus.FAILED, "already failed"),
+                         (JobStatus.CANCELLED, "was already cancelled")):
+        job = create_job(bot.db, backend="local", base_model="ftbot:tiny", status=status).job
+        answer = _quote(bot, f"cancel {job.id}")
+        assert f"job #{job.id} {said}" in answer["text"] and answer.get("response_type", "ephemeral") == "ephemeral"
+        assert get_job(bot.db, stored_id(job)).status == status
+
+
+def test_an_abandoned_quote_expires_and_start_says_so(harnesses):
+    bot = harnesses()
+    _approve(bot.db, 12)
+    old = int(_buttons(_quote(bot, "train local ftbot:tiny"))[START_ACTION])
+    fresh = int(_buttons(_quote(bot, "train local ftbot:tiny"))[START_ACTION])
+    update_job(bot.db, old, created_at=utcnow() - QUOTE_MAX_AGE - timedelta(minutes=1))
+    start_scheduler(bot.bot)
+    assert [job.id for job in bot.bot.scheduler.get_jobs() if job.id == EXPIRE_QUOTES_JOB]
+    assert expire_old_quotes(context_key(bot.bot)) == 1
+    assert get_job(bot.db, old).status == JobStatus.CANCELLED and get_job(bot.db, fresh).status == JobStatus.QUOTED
+    listing = _quote(bot, "jobs")["text"]
+    assert f"job #{fresh} quoted" in listing and f"job #{old} " not in listing
+    _click(bot, START_ACTION, str(old))
+    assert wait_until(lambda: "expired" in bot.fake.responses[-1]["text"])
+    assert "/ft train" in bot.fake.responses[-1]["text"] and get_job(bot.db, old).status == JobStatus.CANCELLED

@@ -134,7 +134,11 @@ class RoundReport:
         out = [f"Round {self.round.id} ({self.round.status}): {s.total} votes on {len(self.comparisons)} questions — "
                f"{s.wins} wins, {s.losses} losses, {s.ties} ties, {s.both_bad} both bad for {who}."]
         if s.win_rate is None:
-            out.append("No decisive votes yet: react with 🅰️ or 🅱️ on the comparison messages.")
+            if self.round.status in RoundStatus.VOTABLE:
+                out.append("No decisive votes yet: react with 🅰️ or 🅱️ on the comparison messages.")
+            else:  # voting is over: inviting votes now would only collect reactions that count for nothing
+                out.append(f"No decisive votes: voting on this round ended ({self.round.status}) before any answer was "
+                           "preferred, so it decides nothing. Start a new round with /ft eval.")
         else:
             out.append(
                 f"Win rate on decisive votes: {s.win_rate:.1%} (95% Wilson interval {s.ci.low:.1%}–{s.ci.high:.1%}); "

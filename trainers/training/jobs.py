@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,13 +24,17 @@ from storage.config import DEFAULT_LOCAL_BASE_MODEL, Settings
 from storage.db import Database
 from storage.errors import ConfigError, FtbotError, TrainingError, ValidationFailed
 from storage.jobs import (
+    QUOTE_EXPIRED,
+    QUOTE_MAX_AGE,
     ModelNotFound,
     active_model,
     claim_job,
     create_job,
+    discard_quote,
     finish_job,
     get_job,
     get_model,
+    is_expired_quote,
     last_losses,
     list_models,
     metric_points,
@@ -37,7 +42,7 @@ from storage.jobs import (
     register_model,
     update_job,
 )
-from storage.models import Job, JobStatus, RegisteredModel, stored_id
+from storage.models import Job, JobStatus, RegisteredModel, stored_id, utcnow
 from storage.scrub import scrub_credentials
 from storage.snapshots import create_snapshot
 from trainers.data.pricing import load_price_table, training_cost
@@ -236,6 +241,13 @@ def start_job(
     Raises ValidationFailed with every blocker when the gate refuses.
     """
     job = get_job(db, job_id)
+    if job.status == JobStatus.QUOTED and _aware(job.created_at) < utcnow() - QUOTE_MAX_AGE:
+        discard_quote(db, job_id, reason=QUOTE_EXPIRED)  # housekeeping has not got to it yet
+        job = get_job(db, job_id)
+    if is_expired_quote(job):
+        hours = int(QUOTE_MAX_AGE.total_seconds() // 3600)
+        raise TrainingError(f"training quote #{job_id} expired: quotes are valid for {hours} hours and nothing was started. "
+                            "Ask for a new quote (`/ft train` in Slack, `ftbot train` on the command line).")
     if job.status != JobStatus.QUOTED:
         return StartResult(job, False)
     quote = Quote.from_json(job.quote or {})
@@ -267,6 +279,11 @@ def start_job(
         finish_job(db, job_id, JobStatus.FAILED, error=f"Could not start the training worker: {error}")
         raise TrainingError(f"could not start the training worker process: {error}") from error
     return StartResult(update_job(db, job_id, worker_pid=pid), True)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; they were stored as UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _openai(client: OpenAI | None, settings: Settings | None) -> OpenAIBackend:
@@ -354,10 +371,26 @@ def _check_worker(db: Database, job: Job) -> bool:
     return True
 
 
+class JobAlreadyFinished(TrainingError):
+    """Cancel asked of a job that already ended: the message says how it ended."""
+
+
+def finished_message(job: Job) -> str:
+    """How a finished job ended, as cancel reports it: "job #3 already succeeded"."""
+    if is_expired_quote(job):
+        how = "is an expired quote (never started)"
+    elif job.status == JobStatus.CANCELLED:
+        how = "was already cancelled"
+    else:
+        how = f"already {job.status}"
+    return f"job #{job.id} {how}: there is nothing to cancel."
+
+
 def cancel_job(db: Database, job_id: int, *, openai_client: OpenAI | None = None, settings: Settings | None = None) -> Job:
+    """Stop a job (a quote is discarded); raises JobAlreadyFinished when it had already ended."""
     job = get_job(db, job_id)
     if job.status in JobStatus.FINISHED:
-        return job
+        raise JobAlreadyFinished(finished_message(job))
     if job.backend == "openai" and job.external_id:
         return _openai(openai_client, settings).cancel(db, job_id)
     finish_job(db, job_id, JobStatus.CANCELLED)
@@ -406,6 +439,7 @@ def progress_line(db: Database, job: Job) -> str:
 
 __all__ = [
     "openai_key_missing",
-    "QuotedJob", "StartResult", "JobUpdate", "Parent", "dpo_parent", "quote_job", "start_job", "refresh_job", "cancel_job", "wait_for_job",
+    "QuotedJob", "StartResult", "JobUpdate", "Parent", "dpo_parent", "quote_job", "start_job", "refresh_job", "cancel_job",
+    "JobAlreadyFinished", "finished_message", "wait_for_job",
     "progress_line", "metric_points",
 ]

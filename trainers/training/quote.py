@@ -23,6 +23,9 @@ from trainers.data.pricing import load_price_table, on_prem_estimate
 DEFAULT_LOCAL_EPOCHS = 3
 # Token counting for the local back end uses an OpenAI encoding: an estimate, the base model's tokenizer differs.
 LOCAL_COUNTING_MODEL = DEFAULT_OPENAI_MODEL
+# Fewer training examples (SFT) or preference pairs (DPO) than this teach a model nothing useful: OpenAI refuses to
+# fine-tune on fewer than 10 examples, and the same floor applies on-prem.
+MIN_TRAINING_EXAMPLES = 10
 
 
 @dataclass
@@ -71,6 +74,8 @@ class Quote:
         ``redact_pii``: the upload redacts personal data (``trainers.data.pii.redact_record``), so PII does not block.
         """
         reasons = []
+        if self.train_examples < MIN_TRAINING_EXAMPLES:
+            reasons.append(self.too_few())
         if self.error_count:
             reasons.append(
                 f"the snapshot has {self.error_count} validation error(s); fix or reject those examples and quote again"
@@ -87,6 +92,16 @@ class Quote:
                 "(FTBOT_BUDGET_USD); an admin must confirm"
             )
         return reasons
+
+    def too_few(self) -> str:
+        """Why so small a training set cannot train, and where more comes from."""
+        if self.method == "dpo":
+            return (f"only {self.train_examples} preference pair(s) to train on: DPO needs at least {MIN_TRAINING_EXAMPLES} "
+                    "(OpenAI's minimum). Pairs come from the decided comparisons of closed evaluation rounds: run `/ft eval`, "
+                    "vote, and close it with `/ft eval close` (or import DPO JSONL with `ftbot import`)")
+        return (f"only {self.train_examples} approved example(s) to train on: training needs at least {MIN_TRAINING_EXAMPLES} "
+                "(OpenAI's minimum). Capture good replies (`/ft add` or the message shortcut), approve them with `/ft review`, "
+                "then quote again")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from storage.examples import import_records
-from storage.jobs import get_job, list_jobs, register_model
-from storage.models import JobStatus
+from storage.jobs import QUOTE_MAX_AGE, create_job, expire_quotes, get_job, list_jobs, register_model, update_job
+from storage.models import JobStatus, stored_id, utcnow
 from tests.fixtures.db import database_url
 from tests.fixtures.paths import REPO
 from trainers.tiny_model import sample_conversations
@@ -151,3 +152,18 @@ def test_a_base_model_that_cannot_be_loaded_is_refused_at_the_quote(cli, sqlite_
     assert result.returncode == 1
     assert result.stderr.startswith("error:") and str(missing) in result.stderr and "Traceback" not in result.stderr
     assert list_jobs(sqlite_db) == []  # refused before a job or a worker exists
+
+
+def test_cancel_of_a_finished_job_says_how_it_ended_and_expired_quotes_are_not_listed(cli, sqlite_db):
+    done = create_job(sqlite_db, backend="local", base_model="ftbot:tiny", status=JobStatus.SUCCEEDED).job
+    again = cli("cancel", str(done.id))
+    assert again.returncode == 1 and f"job #{done.id} already succeeded" in again.stderr and "Traceback" not in again.stderr
+    failed = create_job(sqlite_db, backend="local", base_model="ftbot:tiny", status=JobStatus.FAILED).job
+    assert f"job #{failed.id} already failed" in cli("cancel", str(failed.id)).stderr
+
+    old = create_job(sqlite_db, backend="local", base_model="ftbot:tiny").job
+    fresh = create_job(sqlite_db, backend="local", base_model="ftbot:tiny").job
+    update_job(sqlite_db, stored_id(old), created_at=utcnow() - QUOTE_MAX_AGE - timedelta(minutes=1))
+    assert expire_quotes(sqlite_db) == [old.id]
+    listed = [job["id"] for job in json.loads(cli("jobs", "--json").stdout)]
+    assert fresh.id in listed and old.id not in listed and done.id in listed

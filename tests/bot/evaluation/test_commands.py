@@ -12,6 +12,7 @@ from storage import evals
 from storage.evals import RoundStatus
 from tests.bot.evaluation.helpers import BASE, CANDIDATE, CHANNEL, comparison_posts, post_round, seed_model, start_round
 from tests.fixtures.paths import REPO
+from trainers.evaluation.results import round_report
 
 
 def test_eval_errors_are_clear(harness):
@@ -173,3 +174,42 @@ def test_results_with_a_word_instead_of_a_round_is_a_usage_error(harness):
         h.command(text, user_id="U_AGENT")
         h.wait()
         assert "Usage: `/ft results [round]`" in h.fake.responses[-1]["text"]
+
+
+def test_a_round_closed_without_votes_does_not_invite_votes(trainer_harness):
+    h = trainer_harness
+    round_id = _voted_round(h.db, "cand-quiet", f"openai:{BASE}", "ww")
+    for c in evals.round_comparisons(h.db, round_id):  # nobody voted after all
+        evals.retract_vote(h.db, c.id, f"U_VOTER{c.id}", reaction=c.candidate_side.lower())
+    h.command(f"eval close {round_id}", user_id="U_AGENT")
+    h.wait()
+    [post] = _results_posts(h)
+    assert "no decisive votes" in post
+    for invitation in ("react", "React", "🅰️", ":a:", "vote with", "yet"):
+        assert invitation not in post, invitation
+
+
+def test_a_second_round_needs_parallel_and_an_open_round_can_be_cancelled_unrevealed(trainer_harness):
+    h = trainer_harness
+    seed_model(h.db)
+    open_id = _voted_round(h.db, SECRET_CANDIDATE, SECRET_BASELINE, "ww")
+    h.command("eval --n 4", user_id="U_AGENT")
+    h.wait()
+    refusal = h.fake.responses[-1]["text"]
+    assert f"round #{open_id} is open for voting in this channel" in refusal
+    assert f"/ft eval close {open_id}" in refusal and f"/ft eval cancel {open_id}" in refusal and "--parallel" in refusal
+    parallel = start_round(h, "eval --n 4 --parallel")
+    assert evals.get_round(h.db, parallel).status == RoundStatus.QUOTED
+
+    h.command(f"eval cancel {open_id}", user_id="U_AGENT")
+    h.wait()
+    answer = h.fake.responses[-1]["text"]
+    assert f"Round #{open_id} cancelled" in answer and "votes" in answer and "never" in answer
+    assert evals.get_round(h.db, open_id).status == RoundStatus.CANCELLED
+    _assert_blind(answer)
+    h.command(f"results {open_id}", user_id="U_AGENT")
+    h.wait()
+    shown = json.dumps(h.fake.responses[-1])
+    _assert_blind(shown)
+    assert "cancelled" in shown and not _results_posts(h)
+    assert not round_report(h.db, open_id).revealed

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from storage.examples import import_records, set_status
-from storage.models import ExampleStatus
+from storage.models import ExampleStatus, PairSource
+from storage.pairs import add_pair
+from storage.records import dpo_record
 from trainers.tiny_model import sample_conversations
 from trainers.training.jobs import quote_job
 from trainers.training.quote import quote_lines
@@ -29,3 +31,21 @@ def test_quote_issues_name_the_example_id_and_file_level_issues_name_none(sqlite
     assert "None" not in text
     # OpenAI's minimum is about the whole snapshot: named without an example.
     assert "  error: too_few_examples: only" in text
+
+
+def test_too_few_examples_or_pairs_block_the_start_and_say_how_to_get_more(sqlite_db):
+    import_records(sqlite_db, enumerate(sample_conversations(4, seed=3, max_turns=1), 1), source_file="t.jsonl", approved_by="U1")
+    sft = quote_job(sqlite_db, backend="local", model="ftbot:tiny").quote
+    [reason] = [r for r in sft.blockers() if "at least 10" in r]
+    assert f"only {sft.train_examples} approved example(s)" in reason and "/ft review" in reason
+
+    for n in range(3):
+        record = dpo_record([{"role": "user", "content": f"Where is parcel {n}?"}], {"role": "assistant", "content": f"Here {n}."},
+                            {"role": "assistant", "content": "No idea."})
+        add_pair(sqlite_db, record, source_kind=PairSource.IMPORT)
+    dpo = quote_job(sqlite_db, backend="local", model="ftbot:tiny", method="dpo").quote
+    [reason] = [r for r in dpo.blockers() if "at least 10" in r]
+    assert f"only {dpo.train_examples} preference pair(s)" in reason and "/ft eval" in reason
+
+    import_records(sqlite_db, enumerate(sample_conversations(20, seed=4, max_turns=1), 1), source_file="u.jsonl", approved_by="U1")
+    assert not [r for r in quote_job(sqlite_db, backend="local", model="ftbot:tiny").quote.blockers() if "at least 10" in r]
