@@ -36,29 +36,6 @@ from trainers.tiny_model import sample_conversations
 MODEL = "gpt-4o-mini-2024-07-18"
 
 
-@pytest.fixture
-def training_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("FTBOT_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("FTBOT_TRAINING_POLL_SECONDS", "0.2")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture
-def harnesses(sqlite_db, fake_slack, training_env):
-    """Builds bots on the test database; stops their schedulers and thread pools at the end."""
-    made: list[SlackHarness] = []
-
-    def make(**settings) -> SlackHarness:
-        harness = SlackHarness.create(sqlite_db, fake_slack, **settings)
-        made.append(harness)
-        return harness
-
-    yield make
-    for harness in made:
-        stop_scheduler(harness.bot)
-        harness.close()
-
-
 def _approve(db, n: int = 12) -> None:
     import_records(db, enumerate(sample_conversations(n, seed=5, max_turns=1), 1), source_file="t.jsonl", approved_by="U_LEAD")
 

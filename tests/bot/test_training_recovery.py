@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
 from bot.scheduler import stop_scheduler
 from bot.training import START_ACTION
 from storage.examples import import_records
@@ -22,24 +20,6 @@ from trainers.tiny_model import sample_conversations
 from trainers.training.jobs import start_job, wait_for_job
 
 MODEL = "gpt-4o-mini-2024-07-18"
-
-
-@pytest.fixture
-def harnesses(sqlite_db, fake_slack, monkeypatch, tmp_path):
-    """Builds bots ("processes") on one database; stops their schedulers and thread pools at the end."""
-    monkeypatch.setenv("FTBOT_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("FTBOT_TRAINING_POLL_SECONDS", "0.2")
-    made: list[SlackHarness] = []
-
-    def make() -> SlackHarness:
-        harness = SlackHarness.create(sqlite_db, fake_slack)
-        made.append(harness)
-        return harness
-
-    yield make
-    for harness in made:
-        stop_scheduler(harness.bot)
-        harness.close()
 
 
 def _quoted_job(harness: SlackHarness) -> int:
