@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
 log = logging.getLogger(__name__)
 
@@ -200,3 +201,19 @@ def upload_file(
     response = client.files_upload_v2(**kwargs)
     files = response.get("files") or [response.get("file") or {}]
     return files[0]
+
+
+def send_worker_log(client: WebClient, user: str, *, text: str, heading: str, tail: str) -> bool:
+    """Send the end of a failed worker's log to ``user``'s direct message with the bot; False when Slack refused.
+
+    Logs hold customer text and server paths: they go to the trainer who started the work, never to a channel.
+    ``text`` is the notification fallback, ``heading`` the first block's mrkdwn.
+    """
+    try:
+        dm = client.conversations_open(users=user)["channel"]["id"]
+        client.chat_postMessage(channel=dm, text=text,
+                                blocks=fit_blocks([section(heading), section("```" + escape(truncate(tail, 2500)) + "```")]))
+    except SlackApiError as error:
+        log.warning("cannot send a worker log to %s: %s", user, error.response.get("error"))
+        return False
+    return True

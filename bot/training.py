@@ -309,13 +309,8 @@ def _send_failure_log(bot: BotContext, job: Job) -> None:
     if not (job.log_tail and user and bot.roles.may_train(user)):
         return
     text = f"Training job #{job_id} failed. The end of its worker log:"
-    view = [bk.section(f":x: *{text}*\n" + bk.escape(scrub_credentials(job.error or ""))),
-            bk.section("```" + bk.escape(bk.truncate(scrub_credentials(job.log_tail), 2500)) + "```")]
-    try:
-        dm = bot.client.conversations_open(users=user)["channel"]["id"]
-        bot.client.chat_postMessage(channel=dm, text=text, blocks=bk.fit_blocks(view))
-    except SlackApiError as error:
-        log.warning("cannot send the log of job %s to %s: %s", job_id, user, error.response.get("error"))
+    heading = f":x: *{text}*\n" + bk.escape(scrub_credentials(job.error or ""))
+    if not bk.send_worker_log(bot.client, user, text=text, heading=heading, tail=scrub_credentials(job.log_tail)):
         return
     update_job(bot.db, job_id, progress={**(get_job(bot.db, job_id).progress or {}), "log_sent": True})
 

@@ -176,14 +176,10 @@ def _send_generation_log(bot: BotContext, round_id: int, started_by: str | None)
     tail = read_log_tail(round_id)
     if not (started_by and tail.strip() and bot.roles.may_train(started_by)):
         return "The worker log is kept with the round on the ftbot server."
-    try:
-        dm = bot.client.conversations_open(users=started_by)["channel"]["id"]
-        call_slack(bot.client.chat_postMessage, channel=dm,
-                   text=f"Generation for evaluation round #{round_id} failed. The end of its worker log:",
-                   blocks=[bk.section(f":x: *Generation for evaluation round #{round_id} failed*"),
-                           bk.section("```" + bk.escape(bk.truncate(tail, 2500)) + "```")])
-    except SlackApiError as error:
-        log.warning("cannot send the log of round %s to %s: %s", round_id, started_by, error.response.get("error"))
+    sent = bk.send_worker_log(bot.client, started_by,
+                              text=f"Generation for evaluation round #{round_id} failed. The end of its worker log:",
+                              heading=f":x: *Generation for evaluation round #{round_id} failed*", tail=tail)
+    if not sent:
         return "The worker log is kept with the round on the ftbot server."
     return f"The worker log was sent to <@{bk.escape(started_by)}>, who started the round."
 
