@@ -12,8 +12,14 @@ Variants (same model, same LoRA r=16 on all linear layers, bf16 compute, gradien
   qlora-packed  4-bit base, length-diverse conversations packed padding-free (BFD), rows of 1024 × batch 4
   lora-bf16     bf16 base (no quantization), batch 4 × 1024: what 4-bit saves in memory
 
+With ``--smollm2`` the same run also fine-tunes ``ftbot:smollm2`` (the bundled SmolLM2-135M-Instruct) end to end with
+ftbot's own recipe — QLoRA 4-bit NF4 on CUDA — on the fictional shop of ``bench/bench_quality.py``: train, held-out
+loss (base vs fine-tuned), greedy answers and their fact recall, training tokens/s and peak GPU memory.
+
     python bench/gpu_qlora.py                 # on the GPU machine: about 3-5 minutes on one H100/H200/A100
+    python bench/gpu_qlora.py --smollm2       # ... plus SmolLM2 end to end (about 2 more minutes)
     python bench/gpu_qlora.py --tiny          # anywhere (CPU too): a tiny model, checks the script works
+    python bench/gpu_qlora.py --variants "" --smollm2 --quick   # only SmolLM2, on a smaller dataset
 """
 
 from __future__ import annotations
@@ -180,26 +186,10 @@ def run_variant(name: str, model_dir: Path, rows: list[dict], *, quantize: bool,
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description="QLoRA tokens/s and peak memory on a random ~1B Llama")
-    parser.add_argument("--tiny", action="store_true", help="a tiny model: checks the script on any machine (CPU too)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per variant (default 30; tiny: 6)")
-    parser.add_argument("--warmup", type=int, default=None, help="steps not timed (default 5; tiny: 2)")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--length", type=int, default=None, help="tokens per row (default 1024; tiny: 128)")
-    parser.add_argument("--variants", default="qlora-fixed,qlora-packed,lora-bf16")
-    parser.add_argument("--json", action="store_true", help="also print the results as JSON")
-    args = parser.parse_args()
-
+def run_random_llama(args: argparse.Namespace, variants: list[str], *, steps: int, warmup: int, length: int) -> list[dict]:
+    """The QLoRA / LoRA variants on the random Llama, printed as one table next to the published anchors."""
     import torch
 
-    steps = args.steps or (6 if args.tiny else 30)
-    warmup = args.warmup if args.warmup is not None else (2 if args.tiny else 5)
-    length = args.length or (128 if args.tiny else 1024)
-    if not torch.cuda.is_available() and not args.tiny:
-        print("No CUDA GPU here: run with --tiny to check the script, or on the GPU machine for the real figures.",
-              file=sys.stderr)
-        return 2
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     vocab = llama_config(args.tiny).vocab_size
     rows_needed = (steps + 2) * args.batch * 4
@@ -215,7 +205,7 @@ def main() -> int:
             "lora-bf16": dict(quantize=False, packing=False, rows=fixed),
         }
         results = []
-        for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        for name in variants:
             spec = plan[name]
             print(f"running {name} ...", file=sys.stderr)
             results.append(run_variant(name, model_dir, spec["rows"], quantize=spec["quantize"], packing=spec["packing"],
@@ -233,7 +223,51 @@ def main() -> int:
         print(f"| {label:<48} | {value:>12,} | {'-':>8} | {'-':>17} | {'-':>17} |")
     if args.json:
         print(json.dumps({"device": device, "tiny": args.tiny, "results": results}, indent=2))
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="QLoRA tokens/s and peak memory on a random ~1B Llama")
+    parser.add_argument("--tiny", action="store_true", help="a tiny model: checks the script on any machine (CPU too)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per variant (default 30; tiny: 6)")
+    parser.add_argument("--warmup", type=int, default=None, help="steps not timed (default 5; tiny: 2)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--length", type=int, default=None, help="tokens per row (default 1024; tiny: 128)")
+    parser.add_argument("--variants", default="qlora-fixed,qlora-packed,lora-bf16")
+    parser.add_argument("--json", action="store_true", help="also print the results as JSON")
+    parser.add_argument("--smollm2", action="store_true", help="also fine-tune ftbot:smollm2 end to end (bench_quality)")
+    parser.add_argument("--quick", action="store_true", help="--smollm2 on the smaller dataset (bench_quality --quick)")
+    parser.add_argument("--smollm2-json", help="write the SmolLM2 figures to this file")
+    args = parser.parse_args()
+
+    import torch
+
+    steps = args.steps or (6 if args.tiny else 30)
+    warmup = args.warmup if args.warmup is not None else (2 if args.tiny else 5)
+    length = args.length or (128 if args.tiny else 1024)
+    if not torch.cuda.is_available() and not args.tiny and not (args.smollm2 and not args.variants.strip()):
+        print("No CUDA GPU here: run with --tiny to check the script, or on the GPU machine for the real figures.",
+              file=sys.stderr)
+        return 2
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if variants:
+        run_random_llama(args, variants, steps=steps, warmup=warmup, length=length)
+    if args.smollm2:
+        run_smollm2(args)
     return 0
+
+
+def run_smollm2(args: argparse.Namespace) -> dict:
+    """ftbot:smollm2 end to end with ftbot's own recipe (QLoRA 4-bit on CUDA): bench_quality's run, one table."""
+    from bench import bench_quality
+
+    settings = argparse.Namespace(quick=args.quick, epochs=3.0, lr=1e-3, batch=8, max_new_tokens=80, work=None, json=None)
+    print("\nrunning ftbot:smollm2 end to end (bench_quality) ...", file=sys.stderr)
+    figures = bench_quality.run(settings)
+    print("\n" + bench_quality.table(figures))
+    if args.smollm2_json:
+        Path(args.smollm2_json).write_text(json.dumps(figures, indent=2))
+    return figures
 
 
 if __name__ == "__main__":

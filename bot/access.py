@@ -126,6 +126,7 @@ POLICY: tuple[Rule, ...] = (
     _command("eval close", P.TRAINER, "close an evaluation round"),
     _command("eval resume", P.TRAINER, "resume an evaluation round"),
     _command("eval cancel", P.TRAINER, "cancel an evaluation round"),
+    _command("eval score", P.TRAINER, "measure a model's held-out loss"),
     _command("results", P.ANYONE, "see the results of a closed round"),
     # Checked by the handler, which alone knows whether the round is still open (``require``).
     _command("results open", P.TEAM, "see interim results of an open round"),

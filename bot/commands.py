@@ -114,8 +114,9 @@ class Router:
         if roles is None or may_use_command(roles, user, "add"):
             blocks.append(context("Capture a thread reply with the message shortcut *Add to ftbot* (⋮ on the message), "
                                   "`/ft add &lt;link&gt;` or `@ftbot add` in the thread."))
+        # Usages name their arguments in angle brackets (`/ft add <message link>`): escaped, or Slack reads them as links.
         text = ("I don't know that subcommand. " if unknown is not None else "") + "ftbot commands: " + ", ".join(
-            c.usage for c in shown)
+            escape(c.usage) for c in shown)
         return text, blocks
 
     def _help(self, ctx: CommandContext) -> None:

@@ -11,6 +11,7 @@ from slack_sdk import WebClient
 from bot import blocks as bk
 from storage.examples import count_by_status
 from storage.jobs import list_jobs
+from storage.model_names import display_name, job_model_name
 from storage.models import Job, Snapshot
 from storage.snapshots import latest_snapshot
 from storage.workspace_settings import get_setting, set_setting
@@ -46,9 +47,11 @@ def home_view(bot: BotContext, user: str, *, first_visit: bool) -> dict[str, Any
         out.append(bk.section(f"*Latest snapshot:* #{snapshot.id} ({snapshot.kind}, {snapshot.train_count} train / "
                               f"{snapshot.validation_count} validation), {snapshot.created_at:%Y-%m-%d %H:%M} UTC"))
     if job is not None:
-        model = f" → `{bk.escape(job.result_model)}`" if job.result_model else ""
+        # The model by the name `/ft use` takes and the base by its short name: never the server's directories.
+        model = job_model_name(bot.db, job)
+        made = f" → `{bk.escape(model)}`" if model else ""
         out.append(bk.section(f"*Latest training job:* #{job.id} on {bk.escape(job.backend)} "
-                              f"(`{bk.escape(job.base_model)}`): *{bk.escape(job.status)}*{model}"))
+                              f"(`{bk.escape(display_name(job.base_model))}`): *{bk.escape(job.status)}*{made}"))
     out.append(bk.divider())
     out.append(bk.section(
         "*How to capture a reply*\n"

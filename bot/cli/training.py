@@ -13,11 +13,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from bot.cli.common import cli_settings, console, database_errors, err_console, open_database
+from bot.cli.common import cli_settings, console, database_errors, err_console, open_database, print_table
 from bot.payloads import MAX_EPOCHS, MAX_STORED_ID
 from storage.jobs import discard_quote, get_job, job_record, list_jobs, list_models, model_record, use_model
+from storage.model_names import display_name, job_model_name
 from storage.models import JobStatus, TrainingBackend, TrainingMethod, stored_id
 from trainers.training.jobs import JobUpdate, cancel_job, progress_line, quote_job, refresh_job, start_job, wait_for_job
 from trainers.training.quote import quote_lines
@@ -30,7 +30,7 @@ def train(
     base_model: Annotated[
         str | None,
         typer.Option("--base-model", help="Local: HF id or directory (default $FTBOT_LOCAL_BASE_MODEL, "
-                     "else Qwen/Qwen2.5-0.5B-Instruct; 'ftbot:tiny' = offline tiny model)."),
+                     "else Qwen/Qwen2.5-0.5B-Instruct; offline: 'ftbot:smollm2' (bundled SmolLM2-135M), 'ftbot:tiny' (test model))."),
     ] = None,
     model: Annotated[str | None, typer.Option("--model", help="OpenAI: the base model to fine-tune (default $FTBOT_OPENAI_MODEL).")] = None,
     method: Annotated[
@@ -138,30 +138,33 @@ def jobs(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
          limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_STORED_ID)] = 20) -> None:
     """Recent training jobs with status, step and losses (refreshes running ones first)."""
     with database_errors(), open_database() as db:
-        records = []
+        listed = []
         for job in list_jobs(db, limit=limit):
             try:
                 job = refresh_job(db, stored_id(job), settings=cli_settings()).job
             except Exception as error:  # noqa: BLE001 - listing must work even when OpenAI is unreachable
                 err_console.print(f"[yellow]warning:[/yellow] cannot refresh job #{job.id}: {escape(str(error))}")
-            records.append(job_record(db, job))
+            listed.append(job)
+        records = [job_record(db, job) for job in listed]
         if as_json:
             print(json.dumps(records, indent=2))
             return
         if not records:
             console.print("No training jobs yet. Start one with `ftbot train`.")
             return
-        table = Table("id", "status", "backend", "method", "base model", "step", "train loss", "valid loss", "model")
-        for r in records:
+        rows = []
+        for job, r in zip(listed, records, strict=True):
             last = r["metrics"][-1] if r["metrics"] else {}
             train_loss = next((m["train_loss"] for m in reversed(r["metrics"]) if m["train_loss"] is not None), None)
             valid_loss = next((m["valid_loss"] for m in reversed(r["metrics"]) if m["valid_loss"] is not None), None)
-            table.add_row(
-                str(r["id"]), r["status"], r["backend"], r["method"], escape(r["base_model"]), str(last.get("step", "")),
+            # The model by the name `ftbot use` takes and the base by its short name, not their directories.
+            rows.append([
+                str(r["id"]), r["status"], r["backend"], r["method"], display_name(r["base_model"]), str(last.get("step", "")),
                 f"{train_loss:.4f}" if train_loss is not None else "", f"{valid_loss:.4f}" if valid_loss is not None else "",
-                escape(r["model"] or ""),
-            )
-        console.print(table)
+                job_model_name(db, job) or "",
+            ])
+        print_table(["id", "status", "backend", "method", "base model", "step", "train loss", "valid loss", "model"], rows,
+                    whole={"model"})
 
 
 def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
@@ -174,18 +177,19 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         if not records:
             console.print("No models registered yet: a finished training job registers its model.")
             return
-        table = Table("", "name", "backend", "base model", "job", "valid loss", "cost", "location")
+        rows = []
         for r in records:
             metrics = r["metrics"] or {}
             loss = metrics.get("final_valid_loss")
-            origin = (f"{metrics.get('root_base_model') or r['base_model']} → {metrics['parent_model']}"
-                      if metrics.get("parent_model") else r["base_model"])
-            table.add_row(
-                "*" if r["active"] else "", escape(r["name"]), r["backend"], escape(origin), str(r["job_id"] or ""),
+            # Bases by their short name; where a model's files are (its location) is in --json.
+            base = display_name(metrics.get("root_base_model") or r["base_model"])
+            origin = f"{base} → {metrics['parent_model']}" if metrics.get("parent_model") else base
+            rows.append([
+                "*" if r["active"] else "", r["name"], r["backend"], origin, str(r["job_id"] or ""),
                 f"{loss:.4f}" if isinstance(loss, (int, float)) else "",
-                f"${r['cost_usd']:,.4f}" if r["cost_usd"] is not None else "", escape(r["location"]),
-            )
-        console.print(table)
+                f"${r['cost_usd']:,.4f}" if r["cost_usd"] is not None else "",
+            ])
+        print_table(["", "name", "backend", "base model", "job", "valid loss", "cost"], rows, whole={"name"})
 
 
 def use(name: Annotated[str, typer.Argument(help="Model name (or id) from `ftbot models`.")]) -> None:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.console.date_markup import is_date_markup, render_date
+
 _LINK = re.compile(r"<([^<>]+)>")
 
 
@@ -31,6 +33,8 @@ def mrkdwn_to_text(text: str, name_of: Callable[[str], str] = lambda u: u) -> st
             return "#" + (label or name_of(target[1:]))
         if target.startswith("!subteam^"):
             return label or "@" + name_of(target[9:])
+        if is_date_markup(target):
+            return render_date(target, label)
         if target.startswith("!"):
             return "@" + target[1:]
         return f"{label} ({target})" if label and label != target else target

@@ -2,11 +2,13 @@
 
 The SAME Bolt app as in production runs against ``FakeSlack`` (a fake Web API on 127.0.0.1). What you type
 becomes what Slack would send: messages are posted to the fake workspace (``@ftbot`` mentions become
-``app_mention`` events), ``/ft …`` becomes a signed slash-command request, ``:add N`` a ``message_action``,
-``:react N emoji`` a ``reaction_added`` event, ``:click N`` a ``block_actions`` payload, ``:submit`` a
-``view_submission``. Every request is signed with a per-session secret and goes through ``app.dispatch``
-with Bolt's signature check on. What the bot sends back (messages, ephemerals, updates, modals, files,
-App Home) is printed as text. Reads commands from stdin when it is not a terminal, so it is scriptable.
+``app_mention`` events), ``/ft …`` becomes a signed slash-command request (other commands get Slack's kind of
+answer: the app never sees them), ``:add N`` a ``message_action``, ``:react N emoji`` a reaction and its
+``reaction_added`` event, ``:click N`` a ``block_actions`` payload, ``:submit`` a ``view_submission``; ``:link N``
+prints a message's link, as "Copy link" would. Every request is signed with a per-session secret and goes through
+``app.dispatch`` with Bolt's signature check on. What the bot sends back (messages, ephemerals, updates, modals,
+files, App Home) is printed as text, Slack's markup (mentions, links, dates) as it reads in Slack. Reads commands
+from stdin when it is not a terminal, so it is scriptable.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from slack_bolt import BoltRequest, BoltResponse
 from slack_sdk.signature import SignatureVerifier
 
 from bot.app import bot_context, build_app
+from bot.commands import COMMAND
 from bot.console.fake_slack import Call, FakeSlack
 from bot.console.render import Button, file_lines, is_binary, mrkdwn_to_text, render_blocks
 from bot.executor import TrackingExecutor, wait_all_idle
@@ -39,6 +42,8 @@ from trainers.data.imports import import_file
 CHANNEL = "C0SUPPORT"
 PEOPLE = {"customer": "U0CUSTOMER", "agent": "U0AGENT", "lead": "U0LEAD"}
 BOT_TOKEN = "xoxb-console-not-a-real-token"
+# The slash commands the app's manifest declares: Slack sends the app no others (it answers them itself).
+APP_COMMANDS = (COMMAND,)
 
 HELP = """\
 Type a message to post it in #support as the current person (start with @ftbot to mention the bot).
@@ -47,6 +52,7 @@ Type a message to post it in #support as the current person (start with @ftbot t
   :thread N | :main       reply in the thread of message N | post in the channel again
   :add N                  the "Add to ftbot" message shortcut on message N (opens the capture form)
   :react N emoji          add a reaction to message N (:unreact N emoji removes it)
+  :link N                 print the link of message N (for /ft add <link> or /ft eval add <link>)
   :click N                press button N of the last output
   :view                   show the open form;  :set F text  set field F ("\\n" for a new line)
   :submit | :cancel       submit or close the open form
@@ -213,7 +219,16 @@ class Console:
         try:
             return self.by_number[int(arg.lstrip("#"))]
         except (ValueError, KeyError):
-            raise ValueError(f"there is no message #{arg}; :history lists them") from None
+            if not self.by_number:
+                raise ValueError(f"there is no message #{arg.lstrip('#')}: nothing has been posted yet") from None
+            existing = "the only message is #1" if len(self.by_number) == 1 else f"messages are #1–#{len(self.by_number)}"
+            raise ValueError(f"there is no message #{arg.lstrip('#')} ({existing}; :history lists them)") from None
+
+    def _message_channel(self, ts: str) -> str:
+        """The channel of a numbered message: #support, or another conversation the bot posted in (a DM)."""
+        if self.fake.find_message(CHANNEL, ts) is not None:
+            return CHANNEL
+        return next((cid for cid in list(self.fake.channels) if self.fake.find_message(cid, ts) is not None), CHANNEL)
 
     def post(self, text: str) -> None:
         mentions_bot = "@ftbot" in text
@@ -232,6 +247,11 @@ class Console:
 
     def slash(self, line: str) -> None:
         command, _, text = line.partition(" ")
+        if command not in APP_COMMANDS:
+            # Slack answers a command no installed app declares itself; sending it to the app would only get
+            # Bolt's "unhandled request" hint for developers (code to add a listener), not an answer for a user.
+            self._unknown_command(command)
+            return
         body = urlencode({"token": "console", "team_id": self.fake.team_id, "team_domain": self.fake.team_domain,
                           "channel_id": CHANNEL, "channel_name": "support", "user_id": self.user,
                           "user_name": self.name_of(self.user), "command": command, "text": text.strip(),
@@ -239,7 +259,18 @@ class Console:
                           "trigger_id": self.fake.new_trigger_id()})
         response = self._dispatch(body, "application/x-www-form-urlencoded")
         if response.status == 404:
-            self.say(f"  ({command} is not a command of this app; try /ft help)")
+            self._unknown_command(command)
+
+    def _unknown_command(self, command: str) -> None:
+        self.say(f"  Unknown command {command}. ftbot answers {COMMAND} — try {COMMAND} help.")
+
+    def link(self, number: str) -> None:
+        """Print message N's permalink, as chat.getPermalink gives it (what "Copy link" copies in Slack)."""
+        ts = self._message_ts(number)
+        answer = self.fake.call_method("chat.getPermalink", {"channel": self._message_channel(ts), "message_ts": ts})
+        if not answer.get("ok"):
+            raise ValueError(f"message #{number.lstrip('#')} has no link ({answer.get('error')}): it was deleted")
+        self.say(f"  {answer['permalink']}")
 
     def shortcut(self, number: str) -> None:
         ts = self._message_ts(number)
@@ -248,12 +279,20 @@ class Console:
                            "message_ts": ts, "message": message, "response_url": self.fake.response_url()})
 
     def react(self, number: str, emoji: str, *, added: bool = True) -> None:
-        ts = self._message_ts(number)
-        message = self.fake.find_message(CHANNEL, ts) or {}
+        """Add or remove the current person's reaction, then deliver the event, in Slack's order: the bot may ask
+        ``reactions.get`` what is left (a voter's other vote reaction), so the workspace must already show it."""
+        ts, name, shown = self._message_ts(number), emoji.strip(":"), f"#{number.lstrip('#')}"
+        channel = self._message_channel(ts)
+        who = self.name_of(self.user)
+        if added and not self.fake.add_reaction(channel, ts, name, self.user):
+            raise ValueError(f"{who} already reacted :{name}: on {shown}")
+        if not added and not self.fake.remove_reaction(channel, ts, name, self.user):
+            raise ValueError(f"{who} has no :{name}: reaction on {shown} to remove")
+        message = self.fake.find_message(channel, ts) or {}
         self._event({"type": "reaction_added" if added else "reaction_removed", "user": self.user,
-                     "reaction": emoji.strip(":"), "item_user": message.get("user"),
-                     "item": {"type": "message", "channel": CHANNEL, "ts": ts}, "event_ts": self.fake.next_ts()})
-        self.say(f"  ({self.name_of(self.user)} {'reacted' if added else 'removed'} :{emoji.strip(':')}: on #{number.lstrip('#')})")
+                     "reaction": name, "item_user": message.get("user"),
+                     "item": {"type": "message", "channel": channel, "ts": ts}, "event_ts": self.fake.next_ts()})
+        self.say(f"  ({who} {'reacted' if added else 'removed'} :{name}: on {shown})")
 
     def _state_values(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -371,6 +410,10 @@ class Console:
             if len(args) < 2:
                 raise ValueError(f"usage: :{command} N emoji")
             self.react(args[0], args[1], added=command == "react")
+        elif command == "link":
+            if not args:
+                raise ValueError("usage: :link N")
+            self.link(args[0])
         elif command == "click":
             self.click((args or [""])[0])
         elif command == "view":

@@ -202,24 +202,17 @@ class WebApiMethods(SlackWorkspace):
         return {"ok": True, "view": view}
 
     def _api_reactions_add(self, args: dict[str, Any]) -> dict[str, Any]:
-        key = (args.get("channel") or "", args.get("timestamp") or "")
-        if self.find_message(*key) is None:
+        channel, ts = args.get("channel") or "", args.get("timestamp") or ""
+        if self.find_message(channel, ts) is None:
             raise _ApiError("message_not_found")
-        with self._lock:
-            entries = self.reactions.setdefault(key, [])
-            if any(e["name"] == args.get("name") and e["user"] == self.bot_user_id for e in entries):
-                raise _ApiError("already_reacted")
-            entries.append({"name": args.get("name"), "user": self.bot_user_id})
+        if not self.add_reaction(channel, ts, args.get("name") or "", self.bot_user_id):
+            raise _ApiError("already_reacted")
         return {"ok": True}
 
     def _api_reactions_remove(self, args: dict[str, Any]) -> dict[str, Any]:
-        key = (args.get("channel") or "", args.get("timestamp") or "")
-        with self._lock:
-            entries = self.reactions.get(key, [])
-            kept = [e for e in entries if not (e["name"] == args.get("name") and e["user"] == self.bot_user_id)]
-            if len(kept) == len(entries):
-                raise _ApiError("no_reaction")
-            self.reactions[key] = kept
+        channel, ts = args.get("channel") or "", args.get("timestamp") or ""
+        if not self.remove_reaction(channel, ts, args.get("name") or "", self.bot_user_id):
+            raise _ApiError("no_reaction")
         return {"ok": True}
 
     def _api_reactions_get(self, args: dict[str, Any]) -> dict[str, Any]:

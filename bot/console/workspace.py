@@ -120,6 +120,25 @@ class SlackWorkspace:
             messages = self.channels.get(channel, {}).get("messages", [])
             return [m for m in messages if m["ts"] == thread_ts or m.get("thread_ts") == thread_ts]
 
+    def add_reaction(self, channel: str, ts: str, name: str, user: str) -> bool:
+        """`user` reacts with :`name`: on a message; False when they already had that reaction (Slack keeps one)."""
+        with self._lock:
+            entries = self.reactions.setdefault((channel, ts), [])
+            if any(e["name"] == name and e["user"] == user for e in entries):
+                return False
+            entries.append({"name": name, "user": user})
+            return True
+
+    def remove_reaction(self, channel: str, ts: str, name: str, user: str) -> bool:
+        """Remove only `user`'s :`name`: (their other reactions and other people's stay); False when there was none."""
+        with self._lock:
+            entries = self.reactions.get((channel, ts), [])
+            kept = [e for e in entries if not (e["name"] == name and e["user"] == user)]
+            if len(kept) == len(entries):
+                return False
+            self.reactions[(channel, ts)] = kept
+            return True
+
     def permalink(self, channel: str, ts: str, thread_ts: str | None = None) -> str:
         link = f"https://{self.team_domain}.slack.com/archives/{channel}/p{ts.replace('.', '')}"
         if thread_ts and thread_ts != ts:

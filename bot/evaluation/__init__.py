@@ -22,9 +22,9 @@ The flow of a round:
    shows the cost with Judge / Cancel.
 
 One module per part: ``commands`` (``/ft eval`` and its subcommands, ``/ft results``), ``questions``
-(``/ft eval add``), ``quotes`` (the cost quote and its Post / Cancel buttons), ``rounds`` (generating, posting,
-closing), ``views`` (the messages' layout), ``votes`` (reactions as votes) and ``judge`` (``/ft judge``). This
-module only connects them to Slack.
+(``/ft eval add``), ``score`` (``/ft eval score``), ``quotes`` (the cost quote and its Post / Cancel buttons),
+``rounds`` (generating, posting, closing), ``views`` (the messages' layout), ``votes`` (reactions as votes) and
+``judge`` (``/ft judge``). This module only connects them to Slack.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ __all__ = ["register", "close_due_rounds_job"]
 def register(app: App, bot: BotContext) -> None:
     """``/ft eval``, ``/ft results``, ``/ft judge``, the Post/Cancel and Judge/Cancel buttons and the reaction listeners."""
     bot.router.add(
-        "eval", usage="/ft eval [model] [--n 20] [--parallel] · /ft eval add <link|question> · /ft eval close|resume|cancel [round]",
+        "eval", usage=("/ft eval [model] [--n 20] [--parallel] · /ft eval add <link|question> · "
+               "/ft eval close|resume|cancel [round] · /ft eval score [model]"),
         summary="Blind side-by-side answers of the candidate and the baseline, voted with reactions",
         handler=lambda ctx: commands.eval_command(bot, ctx),
     )

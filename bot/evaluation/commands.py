@@ -19,6 +19,7 @@ from bot.commands import CommandContext, int_arg
 from bot.evaluation.questions import add_question
 from bot.evaluation.quotes import generation_cost, generation_quote
 from bot.evaluation.rounds import close_and_report, close_due_rounds, is_in_flight, post_results, post_round, run_round
+from bot.evaluation.score import score_command
 from bot.evaluation.views import results_blocks
 from bot.threads import UserNames
 from storage import eval_prompts, evals
@@ -263,4 +264,5 @@ def results_command(bot: BotContext, ctx: CommandContext) -> None:
 # ``/ft eval <word>`` subcommands (each has its own rule in ``bot.access.POLICY``); any other word is a model name.
 EVAL_SUBCOMMANDS: dict[str, Callable[[BotContext, CommandContext], None]] = {
     "add": add_question, "close": close_command, "resume": resume_command, "cancel": cancel_command,
+    "score": score_command,
 }

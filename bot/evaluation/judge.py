@@ -65,8 +65,9 @@ def judge_command(bot: BotContext, ctx: CommandContext) -> None:
     cost = f"at most ${estimate.max_usd:.4f}" if priced else f"an unknown amount (no price for {model} in the table)"
     # The quote's own id: Judge and Cancel both claim it, so only the first click of either does anything.
     value = json.dumps({"round": round_.id, "model": model, "quote": uuid.uuid4().hex}, separators=(",", ":"))
-    text = (f"Judging round #{round_.id} with {model}: {questions} questions, each judged twice (answers swapped), "
-            f"costs {cost}. Judge or cancel?")
+    # The model is whatever was typed after --model: escaped in the notification text as in the blocks.
+    text = bk.escape(f"Judging round #{round_.id} with {model}: {questions} questions, each judged twice (answers swapped), "
+                     f"costs {cost}. Judge or cancel?")
     blocks = evaluation_quote_blocks(
         f"Round #{round_.id}: judging *{questions}* questions twice (answers swapped) with `{bk.escape(model)}` "
         f"costs {f'at most *${estimate.max_usd:.4f}*' if priced else '*an unknown amount*'}:\n"
@@ -100,10 +101,11 @@ def accept_judge_quote(bot: BotContext, body: dict[str, Any], action: dict[str, 
         respond(text=f"That quote for judging round #{round_id} was already used or cancelled; `/ft judge` makes a new one.",
                 response_type="ephemeral", replace_original=False)
         return
-    respond(text=f"Judging round #{round_id} with {model} (each question twice, answers swapped)…", replace_original=True)
+    respond(text=f"Judging round #{round_id} with {bk.escape(model)} (each question twice, answers swapped)…",
+            replace_original=True)
 
     def say(text: str, blocks: list[bk.Block] | None) -> None:
-        respond(text=bk.fallback(text), blocks=blocks, replace_original=True)
+        respond(text=bk.fallback(bk.escape(text)), blocks=blocks, replace_original=True)
 
     bot.defer(run_judge, bot, round_id, model, say)
 
@@ -119,7 +121,8 @@ def cancel_judge_quote(bot: BotContext, action: dict[str, Any], respond: Respond
 
 
 def run_judge(bot: BotContext, round_id: int, model: str, say: Callable[[str, list[bk.Block] | None], None]) -> None:
-    """Judge the round (the slow part: two OpenAI calls per question) and tell the result through `say`."""
+    """Judge the round (the slow part: two OpenAI calls per question) and tell the result through `say`: a plain-text
+    line (the caller escapes it for Slack) and its blocks."""
     try:
         run = judge_round(bot.db, round_id, model=model, client=bot.openai_client, max_retries=bot.settings.openai_max_retries)
     except FtbotError as error:

@@ -34,8 +34,9 @@ if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only
 
 
 def question_turns(bot: BotContext, client: WebClient, channel: str, ts: str, thread_ts: str | None,
-                   *, bot_user_id: str | None) -> list[Turn]:
-    """The conversation up to the customer's question the link points at (a link to a team reply: the question before it)."""
+                   *, bot_user_id: str | None) -> tuple[list[Turn], str | None]:
+    """The conversation up to the customer's question the link points at, and the team's reply when the link points
+    at one (the question before it is the question; the reply is its reference answer)."""
     thread = fetch_thread(client, channel, thread_ts or ts)
     chosen = find_message(thread, ts)
     if chosen is None:
@@ -48,12 +49,15 @@ def question_turns(bot: BotContext, client: WebClient, channel: str, ts: str, th
         # Without configured roles, whoever is not the customer who asked speaks for the team.
         return roles.is_team(user) if roles.configured else user != customer
 
-    turns = conversation_turns(thread, until_ts=ts, include_until=not stop_before, is_team=is_team,
+    turns = conversation_turns(thread, until_ts=ts, include_until=True, is_team=is_team,
                                names=UserNames(client), bot_user_id=bot_user_id)
+    reference = None
+    if stop_before and turns and turns[-1]["role"] == "assistant":
+        reference = str(turns.pop()["content"])
     if not turns or turns[-1]["role"] != "user":
         raise FtbotError("that link does not end at a customer question: link the customer's message "
                          "(or a team reply, to use the question above it).")
-    return [{"role": "system", "content": channel_system_prompt(bot, channel)}, *turns]
+    return [{"role": "system", "content": channel_system_prompt(bot, channel)}, *turns], reference
 
 
 def add_question(bot: BotContext, ctx: CommandContext) -> None:
@@ -64,17 +68,18 @@ def add_question(bot: BotContext, ctx: CommandContext) -> None:
     if not rest.strip():
         raise FtbotError("usage: `/ft eval add <message link>` (⋮ → Copy link on the customer's question) "
                          "or `/ft eval add <question text>`")
+    reference: str | None = None
     if is_permalink(rest):
         channel, ts, thread_ts = parse_permalink(rest)
         require_member(ctx.client, channel, ctx.user_id)
-        messages = question_turns(bot, ctx.client, channel, ts, thread_ts,
-                                  bot_user_id=resolve_bot_user_id(ctx.client, bot))
+        messages, reference = question_turns(bot, ctx.client, channel, ts, thread_ts,
+                                             bot_user_id=resolve_bot_user_id(ctx.client, bot))
         source = f"slack:{channel}:{ts}"
     else:
         messages = [{"role": "system", "content": channel_system_prompt(bot, ctx.channel_id)},
                     {"role": "user", "content": rest.strip()}]
         source = None
-    result = eval_prompts.add_eval_prompt(bot.db, messages, source_key=source, added_by=ctx.user_id)
+    result = eval_prompts.add_eval_prompt(bot.db, messages, reference=reference, source_key=source, added_by=ctx.user_id)
     count = len(eval_prompts.list_eval_prompts(bot.db))
     question = bk.truncate(messages[-1]["content"], 300)
     if not result.created:

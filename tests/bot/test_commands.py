@@ -206,10 +206,11 @@ def test_hostile_text_is_escaped_everywhere(slack_bot: SlackHarness):
                                                             "response_url")]
     assert posted
     for args in posted:
-        for block in args.get("blocks") or []:
-            text = json.dumps(block)
+        # The blocks and the notification fallback text alike.
+        for part in [*(args.get("blocks") or []), args.get("text") or ""]:
+            text = json.dumps(part)
             for forbidden in ("<!channel>", "<!everyone>", "<!here>", "<@U_LEAD>", "<https://evil"):
-                assert forbidden not in text, (forbidden, block)
+                assert forbidden not in text, (forbidden, part)
     confirmation = json.dumps(h.fake.calls_to("chat.postEphemeral")[-1].args["blocks"])
     assert "&lt;!everyone&gt;" in confirmation and "&amp; thanks" in confirmation
 
@@ -239,3 +240,12 @@ def test_rate_limited_call_is_retried_after_retry_after(slack_bot: SlackHarness)
     assert len(calls) == 2  # the 429, then the retry that went through
     assert calls[1].at - calls[0].at >= 0.9  # waited for Retry-After: 1
     assert time.monotonic() - started >= 0.9
+
+
+def test_help_fallback_text_escapes_the_argument_placeholders(slack_bot: SlackHarness):
+    """``<message link>`` in a usage is Slack link markup unless escaped, in the notification text too."""
+    h = slack_bot
+    h.command("help")
+    h.wait()
+    text = h.fake.responses[-1]["text"]
+    assert "/ft add &lt;message link&gt;" in text and "<message link>" not in text

@@ -7,7 +7,8 @@ import json
 from storage import evals
 from storage.evals import RoundStatus
 from storage.examples import list_examples, save_capture
-from storage.models import Job, Snapshot
+from storage.jobs import create_job, register_model, update_job
+from storage.models import Job, JobStatus, Snapshot, stored_id
 from tests.fixtures.slack_api import SlackHarness, form_values, message_action, view_submission
 
 
@@ -90,5 +91,23 @@ def test_home_never_names_the_models_of_an_open_round(sqlite_db, fake_slack):
         evals.cast_vote(h.db, comparison.id, "U_VOTER", "A", reaction="a")
         home = json.dumps(_open_home(h, "U_AGENT", "EvHBlind"))
         assert "ftbot" in home and "zebra" not in home and "okapi" not in home
+    finally:
+        h.close()
+
+
+def test_home_names_the_latest_model_and_its_base_without_server_paths(sqlite_db, fake_slack):
+    h = SlackHarness.create(sqlite_db, fake_slack, agents=("U_AGENT",))
+    try:
+        job = create_job(h.db, backend="local", base_model="/srv/models/Qwen2.5-0.5B-Instruct").job
+        adapter = f"/root/.ftbot/models/{job.id}/adapter"
+        update_job(h.db, stored_id(job), status=JobStatus.SUCCEEDED, result_model=adapter)
+        unregistered = json.dumps(_open_home(h, "U_AGENT", "EvHPath1"))
+        assert f"job #{job.id} adapter" in unregistered
+        register_model(h.db, name="acme-support-gpt-4o-mini-2026-11-30-v12", backend="local",
+                       base_model="/srv/models/Qwen2.5-0.5B-Instruct", location=adapter, job_id=stored_id(job))
+        home = json.dumps(_open_home(h, "U_AGENT", "EvHPath2"))
+        assert "`acme-support-gpt-4o-mini-2026-11-30-v12`" in home and "`Qwen2.5-0.5B-Instruct`" in home
+        for view in (unregistered, home):
+            assert "/root" not in view and "/srv" not in view
     finally:
         h.close()

@@ -371,6 +371,7 @@ def test_a_failing_local_job_keeps_its_log_out_of_the_channel_and_sends_it_to_th
 _SECOND_BOT = """
 import dataclasses, random, sys, time
 import bot.training as training
+import bot.training_progress as training_progress
 from bot.app import build_app
 from bot.scheduler import context_key, start_scheduler, stop_scheduler
 from storage.config import Settings
@@ -380,7 +381,7 @@ url, token, secret, slack_url, job_id, last = sys.argv[1:7]
 def slow_line(db, job):
     time.sleep(random.uniform(0, 0.02))
     return f"step {(job.progress or {}).get('step', 0)}"
-training.progress_line = slow_line
+training_progress.progress_line = slow_line
 db = Database.open(url, migrate=False)
 settings = dataclasses.replace(Settings.from_env(), slack_bot_token=token, slack_signing_secret=secret, slack_api_url=slack_url)
 bot = build_app(settings, db).ftbot
@@ -404,7 +405,7 @@ def test_two_bot_processes_on_postgresql_never_show_an_older_state_after_a_newer
     job_id = stored_id(create_job(db, backend="local", base_model="m", status=JobStatus.RUNNING, slack_channel="C_SUPPORT",
                                   slack_ts=posted["ts"]).job)
     last_step = 40
-    monkeypatch.setattr("bot.training.progress_line", lambda _db, job: (time.sleep(random.uniform(0, 0.02)),
+    monkeypatch.setattr("bot.training_progress.progress_line", lambda _db, job: (time.sleep(random.uniform(0, 0.02)),
                                                                          f"step {(job.progress or {}).get('step', 0)}")[1])
     second = subprocess.Popen(
         [sys.executable, "-c", _SECOND_BOT, url, BOT_TOKEN, SIGNING_SECRET, fake_slack.base_url, str(job_id), str(last_step)],

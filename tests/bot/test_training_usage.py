@@ -1,14 +1,16 @@
-"""/ft train and /ft cancel usage through the real Bolt app: back ends, base models, finished jobs."""
+"""/ft train, /ft cancel, /ft jobs and /ft models through the real Bolt app: back ends, base models, finished jobs."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
 from bot.scheduler import stop_scheduler
 from storage.examples import import_records
-from storage.jobs import list_jobs
+from storage.jobs import create_job, list_jobs, register_model, update_job
+from storage.models import JobStatus, stored_id
 from tests.fixtures.slack_api import SlackHarness
 from trainers.tiny_model import sample_conversations
 
@@ -24,12 +26,16 @@ def bot(sqlite_db, fake_slack, monkeypatch, tmp_path):
     harness.close()
 
 
-def _answer(harness: SlackHarness, text: str, user: str = "U_AGENT") -> str:
+def _reply(harness: SlackHarness, text: str, user: str = "U_AGENT") -> dict:
     before = len(harness.fake.responses)
     harness.command(text, user_id=user, trigger_id=harness.fake.new_trigger_id())
     harness.wait()
     assert len(harness.fake.responses) > before, "no answer to the command"
-    return harness.fake.responses[-1]["text"]
+    return harness.fake.responses[-1]
+
+
+def _answer(harness: SlackHarness, text: str, user: str = "U_AGENT") -> str:
+    return _reply(harness, text, user)["text"]
 
 
 @pytest.mark.parametrize(("command", "expected"), [
@@ -69,3 +75,20 @@ def test_train_openai_without_a_key_says_which_variable_to_set_before_quoting(bo
     assert len(bot.fake.responses) == before + 1 and answer["response_type"] == "ephemeral"
     assert "OPENAI_API_KEY" in answer["text"] and "/ft train local" in answer["text"] and "--backend" not in answer["text"]
     assert list_jobs(bot.db) == []
+
+
+def test_jobs_and_models_name_models_and_bases_without_server_paths(bot):
+    base = "/srv/models/Qwen2.5-0.5B-Instruct"
+    named = create_job(bot.db, backend="local", base_model=base).job
+    unnamed = create_job(bot.db, backend="local", base_model=base).job
+    for job in (named, unnamed):
+        update_job(bot.db, stored_id(job), status=JobStatus.SUCCEEDED, result_model=f"/root/.ftbot/models/{job.id}/adapter")
+    register_model(bot.db, name="acme-support-v12", backend="local", base_model=base,
+                   location=f"/root/.ftbot/models/{named.id}/adapter", job_id=stored_id(named))
+    jobs, models = _reply(bot, "jobs"), _reply(bot, "models")
+    for reply in (jobs, models):
+        for shown in (reply["text"], json.dumps(reply["blocks"])):
+            assert "/root" not in shown and "/srv" not in shown
+            assert "`Qwen2.5-0.5B-Instruct`" in shown
+    assert "→ `acme-support-v12`" in jobs["text"] and f"→ `job #{unnamed.id} adapter`" in jobs["text"]
+    assert "*acme-support-v12* — local, base `Qwen2.5-0.5B-Instruct`" in models["text"]

@@ -25,6 +25,8 @@ from storage.db import Database
 from storage.errors import ConfigError
 from storage.evals import RoundStatus, get_round, move_round, round_comparisons, set_answers
 from storage.jobs import ModelNotFound, get_model
+from storage.model_names import LOCAL_PREFIX, OPENAI_PREFIX
+from storage.model_names import display_name as display_name  # re-exported: the charts and /ft eval name models with it
 from storage.models import RegisteredModel, stored_id
 from storage.scrub import scrub_credentials
 from trainers.evaluation.inference import GenerationSettings, LocalGenerator, ModelSpec, generate_openai
@@ -35,8 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OPENAI_PREFIX = "openai:"
-LOCAL_PREFIX = "local:"
 BASE = "base"
 _OPENAI_NAMES = ("gpt-", "ft:", "o1", "o3", "o4", "chatgpt-")
 
@@ -81,15 +81,6 @@ def baseline_name(db: Database, candidate: RegisteredModel, configured: str | No
     except ModelNotFound:
         pass
     return (OPENAI_PREFIX if value.startswith(_OPENAI_NAMES) else LOCAL_PREFIX) + value
-
-
-def display_name(name: str) -> str:
-    """``openai:gpt-4o-mini`` → ``gpt-4o-mini (OpenAI)``; ``local:ftbot:tiny`` → ``ftbot:tiny (local base model)``."""
-    if name.startswith(OPENAI_PREFIX):
-        return f"{name[len(OPENAI_PREFIX):]} (OpenAI)"
-    if name.startswith(LOCAL_PREFIX):
-        return f"{name[len(LOCAL_PREFIX):]} (local base model)"
-    return name
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from storage.errors import ConfigError, FtbotError
 from trainers.data.pii import redact_record
 from trainers.data.pricing import PriceTable, inference_cost, load_price_table
 from trainers.data.tokens import count_record_tokens, encoding_for_model
+from trainers.training.local.base_models import resolve_base_model
 from trainers.training.local.data import hf_chat_message
-from trainers.training.local.train import embedding_rows, resolve_base_model
+from trainers.training.local.train import embedding_rows
 from trainers.training.openai_backend import make_client
 
 if TYPE_CHECKING:

@@ -23,9 +23,9 @@ from storage.evals import (
     round_verdicts,
     votes_by_comparison,
 )
+from storage.model_names import display_name
 from storage.models import Comparison, EvalRound, JudgeVerdict, Vote, stored_id
 from storage.votes import SIDES, Outcome, VoteChoice, candidate_outcome, decided_side, score_for_a
-from trainers.evaluation.generation import display_name
 from trainers.evaluation.stats import ABSummary, ABVote, Leaderboard, ab_summary, bradley_terry, sign_test_p, wins_needed
 
 

@@ -47,7 +47,14 @@ from storage.scrub import scrub_credentials
 from storage.snapshots import create_snapshot
 from trainers.data.pricing import load_price_table, training_cost
 from trainers.training.launch import read_log_tail, spawn_worker, stop_worker, worker_exit_code
-from trainers.training.local.config import TINY_BASE_MODEL, LocalTrainConfig, check_base_model, configured_base_model
+from trainers.training.local.base_models import check_base_model
+from trainers.training.local.config import (
+    BUNDLED_BASE_MODELS,
+    SMOLLM2_BASE_MODEL,
+    TINY_BASE_MODEL,
+    LocalTrainConfig,
+    configured_base_model,
+)
 from trainers.training.openai_backend import OpenAIBackend
 from trainers.training.quote import Quote, build_quote
 
@@ -176,6 +183,7 @@ def quote_job(
         db, kind=method, validation_fraction=validation_fraction, created_by=created_by
     ).snapshot
     lineage: dict[str, Any] = {}
+    local_config: LocalTrainConfig | None = None
     if start is not None and start.model is not None:
         lineage["parent_model"] = start.model.name
     if backend == "openai":
@@ -196,14 +204,13 @@ def quote_job(
         options = {**dict(local_options or {}), **lineage}
         if epochs:
             options["epochs"] = epochs
-        if base_model == TINY_BASE_MODEL:
-            # The tiny random model needs a large step to show a visible loss drop in a short demo run.
-            options.setdefault("learning_rate", 3e-2)
-            options.setdefault("lora_dropout", 0.0)
-        config = LocalTrainConfig(base_model=base_model, method=method, **options).to_dict()
+        for key, value in BUNDLED_MODEL_DEFAULTS.get(base_model, {}).items():
+            options.setdefault(key, value)
+        local_config = LocalTrainConfig(base_model=base_model, method=method, **options)
+        config = local_config.to_dict()
     quote = build_quote(
         db, snapshot, backend=backend, model=base_model, method=method, epochs=epochs, settings=settings,
-        parent_model=lineage.get("parent_model"), start_note=start.note if start else None,
+        parent_model=lineage.get("parent_model"), start_note=start.note if start else None, local_config=local_config,
     )
     result = create_job(
         db, backend=backend, method=method, base_model=base_model, snapshot_id=snapshot.id, config=config,
@@ -212,6 +219,16 @@ def quote_job(
     )
     stored_quote = Quote.from_json(result.job.quote) if result.job.quote else quote
     return QuotedJob(result.job, stored_quote, result.created)
+
+
+# ftbot's own base models train with settings that suit their size (a setting given explicitly still wins):
+# the tiny random model needs a large step to show a visible loss drop in a short demo run; SmolLM2-135M learns a
+# team's facts and voice from a few dozen conversations at 1e-3 (bench/bench_quality.py), and one packed row per
+# step gives a small dataset enough optimizer steps.
+BUNDLED_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    TINY_BASE_MODEL: {"learning_rate": 3e-2, "lora_dropout": 0.0},
+    SMOLLM2_BASE_MODEL: {"learning_rate": 1e-3, "lora_dropout": 0.0, "batch_size": 1},
+}
 
 
 def _is_registered(db: Database, name: str) -> bool:
@@ -312,10 +329,14 @@ def _register(db: Database, job: Job, settings: Settings | None) -> RegisteredMo
         name = job.result_model
         cost = _openai_cost(job, settings)
     else:
-        short = "tiny" if job.base_model == TINY_BASE_MODEL else Path(job.base_model.rstrip("/")).name
+        # ftbot's own base models by their short name (tiny, smollm2), a directory by its folder, a hub id by its last part.
+        short = job.base_model.removeprefix("ftbot:") if job.base_model in BUNDLED_BASE_MODELS else Path(job.base_model.rstrip("/")).name
         name = f"{short}-{job.method}-job{job.id}"
         cost = job.estimated_cost_usd
         metrics["tokens_per_second"] = (job.progress or {}).get("tokens_per_second")
+        for key in ("heldout_loss", "baseline_heldout_loss", "heldout_prompts"):  # measured by the worker after training
+            if (job.progress or {}).get(key) is not None:
+                metrics[key] = (job.progress or {})[key]
         adapter_base = (job.progress or {}).get("adapter_base")
         if parent and adapter_base:
             # The adapter was trained on the merged parent: that is what evaluation must load it onto.

@@ -8,7 +8,9 @@ the premises (OpenAI only) and a budget cap that only an admin may override.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from storage.config import DEFAULT_OPENAI_MODEL, Settings
@@ -19,9 +21,11 @@ from storage.models import Snapshot, stored_id
 from storage.snapshots import describe, iter_snapshot_items, snapshot_members
 from trainers.data.pii import find_pii
 from trainers.data.pricing import load_price_table, on_prem_estimate
+from trainers.training.local.config import LocalTrainConfig
+from trainers.training.local.token_count import local_token_counter
 
 DEFAULT_LOCAL_EPOCHS = 3
-# Token counting for the local back end uses an OpenAI encoding: an estimate, the base model's tokenizer differs.
+# When the local base model's tokenizer is not on this machine yet, its tokens are estimated with an OpenAI encoding.
 LOCAL_COUNTING_MODEL = DEFAULT_OPENAI_MODEL
 # Fewer training examples (SFT) or preference pairs (DPO) than this teach a model nothing useful: OpenAI refuses to
 # fine-tune on fewer than 10 examples, and the same floor applies on-prem.
@@ -59,6 +63,8 @@ class Quote:
     # DPO: the registered model the job continues from (None: the base model), and where it starts, in words.
     parent_model: str | None = None
     start: str | None = None
+    # Local runs with --max-steps: the trainer stops after this many optimizer steps, whatever the epochs.
+    max_steps: int | None = None
 
     @property
     def over_budget(self) -> bool:
@@ -175,11 +181,14 @@ def build_quote(
     settings: Settings | None = None,
     parent_model: str | None = None,
     start_note: str | None = None,
+    local_config: LocalTrainConfig | None = None,
 ) -> Quote:
     """Price and check a snapshot for one back end. ``model``: the OpenAI base model or the local base model.
 
     ``settings``: the price table, budget cap and on-prem throughput and price (None: the defaults).
-    ``parent_model`` / ``start_note``: for DPO, the fine-tuned model the job continues from and a line saying so."""
+    ``parent_model`` / ``start_note``: for DPO, the fine-tuned model the job continues from and a line saying so.
+    ``local_config``: the local run's settings (batch size, packing, ``max_steps``, ``max_length``): its tokens are
+    counted with the base model's own tokenizer and chat template when they are on this machine."""
     # Local: the report engine loads numpy and multiprocessing (~0.15 s), which `ftbot jobs` and other CLI
     # commands that import this module through trainers.training.jobs never need.
     from trainers.data.report import build_report
@@ -207,15 +216,25 @@ def build_quote(
         cost = report.estimated_cost_usd
         gpu_hours = None
     else:
-        chosen_epochs = epochs or DEFAULT_LOCAL_EPOCHS
+        config = local_config or LocalTrainConfig(base_model=model, method=kind)
+        chosen_epochs = epochs or int(config.epochs) or DEFAULT_LOCAL_EPOCHS
+        counted = local_epoch_tokens(db, snapshot, config, settings.home / "models")
+        counted_by = "the base model's own tokenizer and chat template"
+        if counted is None:
+            counted_by = "an OpenAI encoding (the base model's tokenizer is not on this machine yet)"
+        else:
+            tokens_per_epoch = counted
         trained = tokens_per_epoch * chosen_epochs
+        if config.max_steps > 0:
+            steps_per_epoch = local_steps_per_epoch(tokens_per_epoch, snapshot.train_count, config)
+            trained = round(tokens_per_epoch * config.max_steps / steps_per_epoch)
         estimate = on_prem_estimate(trained, gpu_hour_price=settings.gpu_hour_usd, tokens_per_second=settings.local_tokens_per_s)
         cost = round(estimate.cost_usd, 4)
         gpu_hours = round(estimate.gpu_hours, 4)
         notes = [n for n in notes if "not in the price table" not in n]
         notes.append(
             f"GPU time estimated at {settings.local_tokens_per_s:,.0f} tokens/s and ${settings.gpu_hour_usd:,.2f}/GPU-hour "
-            "(FTBOT_LOCAL_TOKENS_PER_S, FTBOT_GPU_HOUR_USD); tokens counted with an OpenAI encoding"
+            f"(FTBOT_LOCAL_TOKENS_PER_S, FTBOT_GPU_HOUR_USD); tokens counted with {counted_by}"
         )
     return Quote(
         backend=backend, method=method, model=model, snapshot=describe(snapshot),
@@ -226,7 +245,34 @@ def build_quote(
         warning_count=sum(report.warning_counts.values()),
         pii=find_snapshot_pii(db, stored_id(snapshot)), budget_usd=settings.budget_usd, notes=notes,
         parent_model=parent_model, start=start_note,
+        max_steps=local_config.max_steps if backend == "local" and local_config and local_config.max_steps > 0 else None,
     )
+
+
+def local_epoch_tokens(db: Database, snapshot: Snapshot, config: LocalTrainConfig, models_dir: Path) -> int | None:
+    """Tokens the local trainer sees in one epoch of the train split, counted with the base model's own tokenizer and
+    chat template (cut at ``max_length``); None when that tokenizer is not on this machine yet.
+
+    DPO renders each pair twice (the prompt with the chosen reply, then with the rejected one)."""
+    count = local_token_counter(config.base_model, models_dir, max_length=config.max_length)
+    if count is None:
+        return None
+    total = 0
+    for _, record in iter_snapshot_items(db, stored_id(snapshot), "train"):
+        if "input" in record:
+            prompt = list(record["input"]["messages"])
+            total += count(prompt + list(record["preferred_output"])) + count(prompt + list(record["non_preferred_output"]))
+        else:
+            total += count(record["messages"])
+    return total
+
+
+def local_steps_per_epoch(tokens_per_epoch: int, examples: int, config: LocalTrainConfig) -> int:
+    """Optimizer steps in one epoch: packed rows of ``max_length`` tokens (SFT with packing) or one row per example,
+    ``batch_size × gradient_accumulation_steps × num_processes`` rows per step."""
+    rows = math.ceil(tokens_per_epoch / config.max_length) if config.packing and config.method == "sft" else examples
+    per_step = config.batch_size * config.gradient_accumulation_steps * config.num_processes
+    return max(1, math.ceil(max(1, rows) / per_step))
 
 
 def quote_lines(quote: Quote) -> list[str]:
@@ -236,7 +282,9 @@ def quote_lines(quote: Quote) -> list[str]:
         + (f" · {quote.start}" if quote.start else ""),
         f"Snapshot #{quote.snapshot['id']} ({quote.snapshot['content_hash'][:12]}): "
         f"{quote.train_examples} train / {quote.validation_examples} validation examples",
-        f"Tokens: {quote.tokens_per_epoch:,} per epoch × {quote.epochs} epochs = {quote.trained_tokens:,} trained tokens",
+        f"Tokens: {quote.tokens_per_epoch:,} per epoch × {quote.epochs} epochs = {quote.trained_tokens:,} trained tokens"
+        if not quote.max_steps else
+        f"Tokens: {quote.tokens_per_epoch:,} per epoch; {quote.max_steps:,} steps (--max-steps) ≈ {quote.trained_tokens:,} trained tokens",
     ]
     if quote.backend == "openai":
         cost = "unknown (model not in the price table)" if quote.cost_usd is None else f"${quote.cost_usd:,.2f}"

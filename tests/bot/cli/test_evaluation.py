@@ -6,9 +6,10 @@ import json
 import random
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
-from bot.cli import app
+from bot.cli import app, common
 from storage import eval_prompts, evals
 from storage.evals import RoundStatus
 from storage.pairs import pair_records
@@ -160,3 +161,16 @@ def test_results_json_without_rounds_prints_a_json_error_and_the_message(db, cli
     error = json.loads(result.stdout)
     assert error["ok"] is False and "no evaluation round yet" in error["error"]["message"]
     assert "no evaluation round yet" in result.stderr
+
+
+@pytest.mark.parametrize("width", [60, 200])
+def test_eval_list_keeps_model_names_whole_and_shows_no_paths(db, cli, monkeypatch, width):
+    monkeypatch.setattr(common, "console", Console(width=width))
+    candidate = "acme-support-gpt-4o-mini-2026-11-30-v12"
+    round_ = _round_with_votes(db, 2, 1, candidate=candidate, baseline="local:/srv/models/Qwen2.5-0.5B-Instruct")
+    evals.close_round(db, round_.id)
+    listing = cli("eval", "list")
+    assert listing.exit_code == 0, listing.output
+    assert candidate in listing.stdout and "Qwen2.5-0.5B-Instruct (local base model)" in listing.stdout
+    assert "…" not in listing.stdout and "/srv" not in listing.stdout
+    assert max(len(line) for line in listing.stdout.splitlines()) <= width

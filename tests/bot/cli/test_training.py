@@ -167,3 +167,23 @@ def test_cancel_of_a_finished_job_says_how_it_ended_and_expired_quotes_are_not_l
     assert expire_quotes(sqlite_db) == [old.id]
     listed = [job["id"] for job in json.loads(cli("jobs", "--json").stdout)]
     assert fresh.id in listed and old.id not in listed and done.id in listed
+
+
+LONG_NAME = "acme-support-gpt-4o-mini-2026-11-30-v12"
+
+
+@pytest.mark.parametrize("columns", ["60", "200"])
+def test_jobs_and_models_tables_keep_model_names_whole_and_show_no_paths(cli, sqlite_db, columns):
+    base = "/srv/models/Qwen2.5-0.5B-Instruct"
+    job = create_job(sqlite_db, backend="local", base_model=base).job
+    adapter = f"/root/.ftbot/models/{job.id}/adapter"
+    update_job(sqlite_db, stored_id(job), status=JobStatus.SUCCEEDED, result_model=adapter)
+    register_model(sqlite_db, name=LONG_NAME, backend="local", base_model=base, location=adapter, job_id=stored_id(job))
+    cli.env["COLUMNS"] = columns
+    for command in ("jobs", "models"):
+        listing = cli(command)
+        assert listing.returncode == 0, listing.stderr
+        # Whole on one line, to be copied into `ftbot use NAME`; the base by its folder's name.
+        assert LONG_NAME in listing.stdout and "Qwen2.5-0.5B-Instruct" in listing.stdout
+        assert "…" not in listing.stdout and "/root" not in listing.stdout and "/srv" not in listing.stdout
+        assert max(len(line) for line in listing.stdout.splitlines()) <= int(columns)

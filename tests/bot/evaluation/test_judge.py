@@ -105,3 +105,28 @@ def test_judge_quote_cancel_spends_nothing_and_prices_the_exact_prompts(trainer_
     assert "already used or cancelled" in h.fake.responses[-1]["text"]
     assert len(chat_calls(openai_api)) == chats_before
     assert evals.round_verdicts(h.db, round_id) == []
+
+
+def test_every_judge_message_escapes_the_typed_model_name(harness, openai_api):
+    """The judge model is whatever follows --model: the notification texts show it, they never ping with it."""
+    h = harness
+    seed_model(h.db)
+    round_id = start_round(h, "eval --n 2")
+    post_round(h, round_id)
+
+    def judge_or_answer(request: dict) -> str:
+        judging = request["messages"][0]["content"].startswith("You are an impartial judge")
+        return "Reply 1 is better. [[1]]" if judging else answer_by_model(request)
+
+    openai_api.responder = judge_or_answer
+    before = len(h.fake.responses)
+    h.command(f"judge {round_id} --model gpt-4.1<!channel>&<@U123>", user_id="U_AGENT")
+    h.wait()
+    value = next(e["value"] for b in h.fake.responses[-1]["blocks"] if b["type"] == "actions" for e in b["elements"])
+    h.interact(block_actions(judge.JUDGE_ACTION, value, response_url=h.fake.response_url()))
+    h.wait(timeout=30)
+    texts = [response["text"] for response in h.fake.responses[before:]]
+    assert len(texts) == 3  # the quote, "Judging…", the result
+    for text in texts:
+        assert "gpt-4.1&lt;!channel&gt;&amp;&lt;@U123&gt;" in text
+        assert "<!channel>" not in text and "<@U123>" not in text

@@ -44,23 +44,6 @@ def generator(tiny_model_dir):
     return LocalGenerator(str(tiny_model_dir))
 
 
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir, tmp_path_factory):
-    """A LoRA adapter with non-zero random weights (so it changes the output), saved with its tokenizer."""
-    # Deferred: the ML stack loads only when a test needs the adapter, not when the module is collected.
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
-    out = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
-    return out
-
-
 def test_batched_greedy_generation_equals_one_at_a_time(generator):
     prompts = _prompts(10)
     settings = GenerationSettings(max_new_tokens=16)

@@ -12,6 +12,7 @@ from storage.examples import import_records
 from storage.jobs import get_job, job_metrics, list_models
 from storage.models import JobStatus
 from tests.fixtures.concurrency import wait_until
+from trainers.evaluation.score import score_model
 from trainers.tiny_model import CHATML_TRAINING_TEMPLATE, sample_conversations, sample_preference_pairs
 from trainers.training.jobs import quote_job, refresh_job, start_job, wait_for_job
 from trainers.training.launch import read_log_tail
@@ -151,6 +152,14 @@ def test_the_worker_runs_the_training_entry_point_under_accelerate_launch(sqlite
     assert "-m accelerate.commands.launch --num_processes 1 -m trainers.training.local.entry" in read_log_tail(job.id, lines=400)
     assert [m.step for m in job_metrics(sqlite_db, job.id) if m.train_loss is not None] == [1, 2, 3]
     assert update.model is not None and Path(update.model.location, "adapter_config.json").is_file()
+    # Held-out loss measured after training, adapter on and off, and kept with the model; `ftbot eval score` agrees.
+    progress, metrics = update.job.progress, update.model.metrics
+    assert progress["heldout_prompts"] >= 1 and progress["heldout_loss"] > 0 and progress["baseline_heldout_loss"] > 0
+    assert metrics["heldout_loss"] == progress["heldout_loss"]
+    report = score_model(sqlite_db, update.model)
+    assert report.prompts == progress["heldout_prompts"]
+    assert report.loss == pytest.approx(progress["heldout_loss"], rel=1e-3)
+    assert report.baseline_loss == pytest.approx(progress["baseline_heldout_loss"], rel=1e-3)
 
 
 def test_merged_export_equals_base_plus_adapter(tiny_model_dir, tmp_path):

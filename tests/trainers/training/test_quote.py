@@ -49,3 +49,46 @@ def test_too_few_examples_or_pairs_block_the_start_and_say_how_to_get_more(sqlit
 
     import_records(sqlite_db, enumerate(sample_conversations(20, seed=4, max_turns=1), 1), source_file="u.jsonl", approved_by="U1")
     assert not [r for r in quote_job(sqlite_db, backend="local", model="ftbot:tiny").quote.blockers() if "at least 10" in r]
+
+
+def _tokens_by_transformers(model_dir, records) -> int:
+    from transformers import AutoTokenizer
+
+    from trainers.training.local.data import hf_chat_message
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return sum(len(tokenizer.apply_chat_template([hf_chat_message(m) for m in r["messages"]], tokenize=True,
+                                                 return_dict=True)["input_ids"]) for r in records)
+
+
+def test_local_quote_counts_tokens_with_the_base_models_own_tokenizer_and_honours_max_steps(sqlite_db, tiny_model_dir, tmp_path):
+    import shutil
+
+    from storage.config import Settings
+    from storage.snapshots import snapshot_records
+
+    settings = Settings(home=tmp_path)
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "tiny-model")  # where ftbot:tiny is built on first use
+    import_records(sqlite_db, enumerate(sample_conversations(30, seed=5), 1), source_file="t.jsonl", approved_by="U1")
+    quote = quote_job(sqlite_db, backend="local", model="ftbot:tiny", settings=settings).quote
+    train = snapshot_records(sqlite_db, quote.snapshot["id"], "train")
+    # The tiny model's byte-level tokenizer needs far more tokens than an OpenAI encoding: the old estimate was half.
+    assert quote.tokens_per_epoch == _tokens_by_transformers(tiny_model_dir, train)
+    assert quote.trained_tokens == quote.tokens_per_epoch * 3
+    assert "the base model's own tokenizer and chat template" in quote_lines(quote)[-1]
+
+    # --max-steps 2, no packing, batch 4: two steps of four examples each (of the epoch's 27), whatever the epochs.
+    capped = quote_job(sqlite_db, backend="local", model="ftbot:tiny", settings=settings,
+                       local_options={"max_steps": 2, "packing": False, "batch_size": 4}).quote
+    assert capped.max_steps == 2
+    assert capped.trained_tokens == round(capped.tokens_per_epoch * 2 / 7)  # ceil(27 / 4) = 7 steps per epoch
+    assert "2 steps (--max-steps)" in "\n".join(quote_lines(capped))
+
+
+def test_without_the_tokenizer_on_this_machine_the_quote_says_it_estimated(sqlite_db, tmp_path):
+    from storage.config import Settings
+
+    import_records(sqlite_db, enumerate(sample_conversations(12, seed=5), 1), source_file="t.jsonl", approved_by="U1")
+    quote = quote_job(sqlite_db, backend="local", model="ftbot:tiny", settings=Settings(home=tmp_path)).quote
+    assert quote.tokens_per_epoch > 0
+    assert "an OpenAI encoding (the base model's tokenizer is not on this machine yet)" in quote_lines(quote)[-1]

