@@ -131,6 +131,10 @@ POLICY: tuple[Rule, ...] = (
     # Checked by the handler, which alone knows whether the round is still open (``require``).
     _command("results open", P.TEAM, "see interim results of an open round"),
     _command("judge", P.TRAINER, "run the LLM judge"),
+    _command("draft", P.TEAM, "ask for a private draft reply"),
+    _command("drafts", P.TEAM, "see whether auto drafts are on in a channel"),
+    _command("drafts on", P.TRAINER, "turn auto drafts on or off in a channel"),
+    _command("drafts off", P.TRAINER, "turn auto drafts on or off in a channel"),
     _action("ft_capture_open", P.TEAM, "capture replies", "Open capture form button"),
     _action("ft_capture_redact", P.TEAM, "capture replies", "Redact PII button (capture form)"),
     _action("ft_review_approve", P.REVIEWER, "approve or reject examples", "Approve button"),
@@ -147,13 +151,23 @@ POLICY: tuple[Rule, ...] = (
     _action("ft_eval_cancel", P.TRAINER, "cancel an evaluation round", "Cancel button (evaluation quote)"),
     _action("ft_judge_run", P.TRAINER, "run the LLM judge", "Judge button (judge quote)"),
     _action("ft_judge_cancel", P.TRAINER, "cancel an LLM judge quote", "Cancel button (judge quote)"),
+    # Draft buttons and forms: the listener also checks that the draft was offered to whoever clicks.
+    _action("ft_draft_send", P.TEAM, "send their draft reply", "Send button (draft)"),
+    _action("ft_draft_edit", P.TEAM, "edit their draft reply", "Edit… button (draft)"),
+    _action("ft_draft_discard", P.TEAM, "discard their draft reply", "Discard button (draft)"),
     Rule(RequestKind.SHORTCUT, "ft_add_message", P.TEAM, "capture replies", "Add to ftbot (message shortcut)"),
+    Rule(RequestKind.SHORTCUT, "ft_draft_message", P.TEAM, "ask for a private draft reply", "Draft a reply (message shortcut)"),
     Rule(RequestKind.VIEW, "ft_capture", P.TEAM, "capture replies", "Save (capture form)"),
+    Rule(RequestKind.VIEW, "ft_draft_edit_form", P.TEAM, "send their edited draft", "Send (draft edit form)"),
+    Rule(RequestKind.VIEW, "ft_draft_discard_form", P.TEAM, "discard their draft reply", "Discard (draft discard form)"),
     # Events: the listeners decide (a mention only offers a button the rules above guard; votes check FTBOT_VOTERS).
-    Rule(RequestKind.EVENT, "app_mention", P.ANYONE, "get the Open capture form button", "`@ftbot add`"),
+    Rule(RequestKind.EVENT, "app_mention", P.ANYONE, "get the Open capture form button, or a draft (team only)",
+         "`@ftbot add`, `@ftbot draft`"),
     Rule(RequestKind.EVENT, "app_home_opened", P.ANYONE, "see App Home (counts only)", "App Home"),
     Rule(RequestKind.EVENT, "reaction_added", P.ANYONE, "vote (only voters' reactions count)", "reactions (votes)"),
     Rule(RequestKind.EVENT, "reaction_removed", P.ANYONE, "withdraw a vote", "reactions removed"),
+    Rule(RequestKind.EVENT, "message", P.ANYONE, "ask questions auto drafts answer; agents' own replies train the model",
+         "messages in channels"),
 )
 # The rules by (kind, name): what the middleware looks up.
 RULES: dict[tuple[RequestKind, str], Rule] = {(rule.kind, rule.name): rule for rule in POLICY}

@@ -8,8 +8,10 @@ marked done after its listener; later deliveries of a done event get a bare 200.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import re
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -17,11 +19,11 @@ from typing import Any, ParamSpec, TypeVar
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from openai import OpenAI
-from slack_bolt import App, Respond
+from slack_bolt import App, BoltContext, Respond
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
-from bot import capture, checks, commands, evaluation, home, review, training
+from bot import capture, checks, commands, drafts, evaluation, home, review, training
 from bot.access import access_middleware
 from bot.blocks import escape
 from bot.commands import Router
@@ -33,6 +35,7 @@ from storage.config import Settings
 from storage.db import Database
 from storage.errors import FtbotError, StaleAction
 from storage.events import inbox_database
+from trainers.drafts.generate import DraftService
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,9 @@ SLACK_API_DEFAULT = "https://slack.com/api/"
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# What `@ftbot <word> …` runs, for words other than `add` (bot.capture's own): the event, the client, Bolt's context.
+MentionHandler = Callable[[dict[str, Any], WebClient, BoltContext], None]
 
 
 @dataclass
@@ -55,7 +61,9 @@ class BotContext:
     # On SQLite its database is a file of its own (storage.events.inbox_database): acks never wait for bulk writes.
     inbox: EventInbox
     # Where slow work after an ack runs (see ``defer``); a TrackingExecutor so a caller can wait until it is idle.
-    work: TrackingExecutor = field(default_factory=lambda: TrackingExecutor(max_workers=8, thread_name_prefix="ftbot-work"))
+    # Most of it waits on the network (Slack, OpenAI, a model server): 20 drafts asked at once must not queue behind
+    # each other's generations (bench/bench_drafts.py), hence more threads than cores.
+    work: TrackingExecutor = field(default_factory=lambda: TrackingExecutor(max_workers=32, thread_name_prefix="ftbot-work"))
     # An OpenAI client to use instead of one built from the environment (None: build one when needed).
     openai_client: OpenAI | None = None
     # This process's scheduler (bot.scheduler starts it once; stored jobs live in the database).
@@ -64,6 +72,13 @@ class BotContext:
     bot_user_id: str | None = None
     # Evaluation rounds this process is generating or posting now (the database status guards other processes).
     rounds_in_flight: set[int] = field(default_factory=set)
+    # `@ftbot <word>` handlers other features add (bot.drafts: `draft`); bot.capture's app_mention listener routes to them.
+    mention_handlers: dict[str, MentionHandler] = field(default_factory=dict)
+    # Draft requests this process is writing now (bot.drafts.request): a second delivery of one adds nothing.
+    drafts_in_flight: set[str] = field(default_factory=set)
+    # Writes drafts with the model in use (created at the first draft or `/ft use`; see ``draft_service``).
+    drafter: DraftService | None = field(default=None, repr=False)
+    _drafts_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def defer(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Run ``fn`` after the ack on the work pool, not on Bolt's listener pool.
@@ -81,6 +96,40 @@ class BotContext:
                 raise
 
         return self.work.submit(run)
+
+    def draft_service(self) -> DraftService:
+        """The draft service, created at first use: it may start ftbot's drafting process, which ``close`` (or the
+        process's exit) stops."""
+        with self._drafts_lock:
+            if self.drafter is None:
+                self.drafter = DraftService(self.settings, openai_client=self.openai_client)
+                atexit.register(self.drafter.close)  # close() is idempotent: an explicit close first is fine
+            return self.drafter
+
+    def close(self) -> None:
+        """Release what the bot started besides its thread pools: the draft service (and its drafting process)."""
+        with self._drafts_lock:
+            service, self.drafter = self.drafter, None
+        if service is not None:
+            service.close()
+
+    def defer_event(self, context: dict[str, Any], fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """:meth:`defer` for the work of a stored Slack event: the event stays pending in the inbox until ``fn``
+        returns, so a process killed while ``fn`` runs leaves it to be redelivered (and ``fn`` must be idempotent)."""
+        event_id = self.inbox.hand_off(context)
+
+        def run() -> T:
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as error:
+                if event_id:  # a user's mistake (FtbotError) would fail again: done; anything else: retried
+                    self.inbox.work_finished(event_id, failed=not isinstance(error, FtbotError))
+                raise
+            if event_id:
+                self.inbox.work_finished(event_id)
+            return result
+
+        return self.defer(run)
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Wait until the deferred work is done (a caller that drives the bot synchronously: tests, a local session)."""
@@ -140,7 +189,7 @@ def build_app(
         log.error("listener failed: %s: %s", type(error).__name__, error, exc_info=error)
 
     commands.register(app, bot)
-    for feature in (capture, review, checks, home, training, evaluation):
+    for feature in (capture, review, checks, home, training, evaluation, drafts):
         feature.register(app, bot)
     # Last: an event no feature listens to is still finished (not left pending in the inbox, nor answered 404).
     app.event(re.compile(".*"))(_no_listener)

@@ -298,8 +298,13 @@ def register(app: App, bot: BotContext) -> None:
             client.chat_postEphemeral(channel=channel, user=user, text=bk.fallback(message), blocks=blocks,
                                       thread_ts=thread_ts)
 
+        routed = bot.mention_handlers.get(words[0].lower()) if words else None
+        if routed is not None:  # another feature's word: `@ftbot draft` (bot.drafts)
+            routed(event, client, context)
+            return
         if not words or words[0].lower() != "add":
-            tell("Mention me with `add` in a thread reply to capture the reply above it, or type `/ft help`.")
+            tell("Mention me in a thread reply with `add` to capture the reply above it, or with `draft` for a private "
+                 "draft reply to the customer; or type `/ft help`.")
             return
         if len(words) > 1:
             try:

@@ -54,6 +54,8 @@ LEASE = timedelta(seconds=60)
 PROCESSING = "ftbot_inbox_event"
 REPLAYING = "ftbot_inbox_replay"
 FAILED = "ftbot_inbox_failed"
+# The listener handed the event's work to the work pool: the work, not the listener's return, finishes the event.
+HANDED_OFF = "ftbot_inbox_handed_off"
 # One token per process (not per app): every app in this process is alive as long as the process is.
 _PROCESS_TOKEN = secrets.token_hex(4)
 
@@ -131,10 +133,29 @@ class EventInbox:
         log.info("event %s is %s; answering this delivery without acting again", event_id, delivery)
         return BoltResponse(status=200, body="")
 
+    def hand_off(self, context: dict[str, Any]) -> str | None:
+        """The listener of this request continues its work after it returns (``BotContext.defer_event``): the event
+        stays pending until :meth:`work_finished`, so a crash in between leaves it to be redelivered. The event id, or
+        None for a request that is not a stored event."""
+        event_id = context.get(PROCESSING)
+        if event_id:
+            context[HANDED_OFF] = True
+        return event_id
+
+    def work_finished(self, event_id: str, *, failed: bool = False) -> None:
+        """The handed-off work of ``event_id`` ended: done, or (``failed``) free for a retry."""
+        if not failed:
+            finish_event(self.db, event_id)
+            return
+        status = release_failed_event(self.db, event_id)
+        log.warning("event %s failed; it is now %s", event_id, status or "no longer pending")
+
     def listener_finished(self, request: BoltRequest) -> None:
         event_id = request.context.get(PROCESSING)
         if not event_id:
             return
+        if request.context.get(HANDED_OFF) and not request.context.get(FAILED):
+            return  # the work pool finishes it (work_finished)
         if not request.context.get(FAILED):
             finish_event(self.db, event_id)
             return

@@ -1,5 +1,5 @@
 """Reviewing captured examples: Approve/Reject buttons on capture confirmations, ``/ft review`` (a paged
-list), and the dataset overviews ``/ft list`` and ``/ft stats``.
+list), and the dataset overviews ``/ft list`` and ``/ft stats`` (with the drafts' statistics per model).
 
 Only reviewers and admins may approve or reject (everyone, when no roles are configured); anyone else gets
 a private refusal and nothing changes. A confirmation message is updated in place; the ephemeral review
@@ -25,7 +25,9 @@ from bot.payloads import button_int, id_value
 from bot.threads import fetch_thread
 from storage.errors import FtbotError
 from storage.examples import change_status, count_by_status, dataset_stats, list_examples, recent_examples
+from storage.jobs import active_model
 from storage.models import Example, ExampleStatus
+from trainers.drafts.stats import draft_stats
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
@@ -111,7 +113,7 @@ def register(app: App, bot: BotContext) -> None:
 
     bot.router.add("review", usage="/ft review [page]", summary="Approve or reject captured examples", handler=ft_review)
     bot.router.add("list", usage="/ft list", summary="Recent examples and counts by status", handler=_ft_list(bot))
-    bot.router.add("stats", usage="/ft stats", summary="Dataset statistics: statuses, tags, top capturers",
+    bot.router.add("stats", usage="/ft stats", summary="Dataset statistics: statuses, tags, top capturers, drafts",
                    handler=_ft_stats(bot))
 
 
@@ -235,6 +237,9 @@ def _ft_stats(bot: BotContext) -> Handler:
                 for who, n in capturers.most_common(5))))
         if tags:
             out.append(bk.section("*Tags:* " + bk.escape(", ".join(f"{t} ({n})" for t, n in tags.most_common(15)))))
+        in_use = active_model(bot.db)
+        drafts = draft_stats(bot.db, current_model=in_use.name if in_use else None).lines()
+        out.append(bk.section("*Drafts*\n" + "\n".join(f"• {bk.escape(line)}" for line in drafts)))
         ctx.respond(f"{total} examples: {counts.get('approved', 0)} approved", blocks=out)
 
     return ft_stats

@@ -3,7 +3,8 @@
 Training uses it to poll OpenAI and relay local workers' progress to Slack every few seconds; other features may
 add their own jobs (:func:`schedule_every`). Every started scheduler also keeps the daily housekeeping job that
 forgets old Slack event claims (:func:`forget_old_event_claims`), the daily job that discards training quotes nobody
-started within ``storage.jobs.QUOTE_MAX_AGE`` (:func:`expire_old_quotes`) and the job that processes Slack events a stopped
+started within ``storage.jobs.QUOTE_MAX_AGE`` (:func:`expire_old_quotes`), the hourly job that expires reply drafts nobody
+decided within ``FTBOT_DRAFT_EXPIRE_HOURS`` (:func:`expire_old_drafts`) and the job that processes Slack events a stopped
 process left unfinished in the inbox (:func:`redeliver_pending_events`: at once when the scheduler starts, then
 every ``REDELIVER_SECONDS``); ``ftbot run`` starts the scheduler at once.
 Stored jobs keep only a textual function reference and plain arguments; the function finds the live ``BotContext``
@@ -25,6 +26,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from storage.drafts import expire_drafts, store_missing_training_data
 from storage.events import forget_events_before
 from storage.jobs import QUOTE_MAX_AGE, expire_quotes, has_scheduled_jobs
 from storage.models import utcnow
@@ -39,6 +41,7 @@ JOBS_TABLE = "apscheduler_jobs"
 FORGET_EVENTS_JOB = "forget-old-event-claims"
 REDELIVER_EVENTS_JOB = "redeliver-pending-events"
 EXPIRE_QUOTES_JOB = "expire-abandoned-quotes"
+EXPIRE_DRAFTS_JOB = "expire-undecided-drafts"
 # How often stored events nobody is working on (their process died) are looked for, besides at start-up.
 REDELIVER_SECONDS = 30
 # Slack retries an event within about 5 minutes; a week of claims is far more than retries can need.
@@ -103,6 +106,11 @@ def _schedule_housekeeping(bot: BotContext, scheduler: BackgroundScheduler) -> N
         f"{__name__}:expire_old_quotes", "cron", hour=3, minute=27, id=EXPIRE_QUOTES_JOB,
         args=[context_key(bot)], replace_existing=True,
     )
+    # Hourly: a draft expires within the hour after FTBOT_DRAFT_EXPIRE_HOURS, however short that is set.
+    scheduler.add_job(
+        f"{__name__}:expire_old_drafts", "cron", minute=37, id=EXPIRE_DRAFTS_JOB,
+        args=[context_key(bot)], replace_existing=True,
+    )
     # First run now: the events a killed process acknowledged but never processed are handled at start-up.
     scheduler.add_job(
         f"{__name__}:redeliver_pending_events", "interval", seconds=REDELIVER_SECONDS, id=REDELIVER_EVENTS_JOB,
@@ -132,6 +140,21 @@ def expire_old_quotes(key: str) -> int:
     if expired:
         log.info("discarded %d training quote(s) older than %s: %s", len(expired), QUOTE_MAX_AGE, expired)
     return len(expired)
+
+
+def expire_old_drafts(key: str) -> int:
+    """Scheduled hourly: mark reply drafts nobody decided within ``FTBOT_DRAFT_EXPIRE_HOURS`` expired (returns how many),
+    and store the training data a stopped process left undone for decided drafts."""
+    bot = context_for(key)
+    if bot is None:
+        return 0
+    expired = expire_drafts(bot.db, timedelta(hours=bot.settings.draft_expire_hours))
+    if expired:
+        log.info("expired %d reply draft(s) nobody decided within %g hours", expired, bot.settings.draft_expire_hours)
+    completed = store_missing_training_data(bot.db, sent_as_example=bot.settings.drafts_sent_as_examples)
+    if completed:
+        log.info("stored the training data of %d decided draft(s) a stopped process left without it", completed)
+    return expired
 
 
 def redeliver_pending_events(key: str) -> int:

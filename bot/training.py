@@ -23,6 +23,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot import blocks as bk
 from bot.commands import CommandContext, Handler, int_arg
+from bot.drafts.models import activation_line
 from bot.payloads import MAX_EPOCHS, button_int
 from bot.scheduler import context_for, context_key, has_stored_jobs, schedule_every, start_scheduler, unschedule
 from bot.training_progress import progress_blocks, redacted_note
@@ -43,7 +44,7 @@ from storage.jobs import (
     use_model,
 )
 from storage.model_names import display_name, job_model_name
-from storage.models import Job, JobStatus, stored_id
+from storage.models import Job, JobStatus, RegisteredModel, stored_id
 from storage.scrub import scrub_credentials
 from trainers.plots import loss_curve_png
 from trainers.training.jobs import BACKENDS, cancel_job, openai_key_missing, progress_line, quote_job, refresh_job, start_job
@@ -421,8 +422,14 @@ def _ft_use(bot: BotContext) -> Handler:
             return
         model = use_model(bot.db, ctx.args[0])
         ctx.respond(f"Now using *{bk.escape(model.name)}* for evaluations and drafts.")
+        bot.defer(_get_ready_for_drafts, bot, ctx, model)  # loading a local model takes seconds: not in this answer
 
     return handler
+
+
+def _get_ready_for_drafts(bot: BotContext, ctx: CommandContext, model: RegisteredModel) -> None:
+    if line := activation_line(bot, model):
+        ctx.respond(line)
 
 
 def register(app: App, bot: BotContext) -> None:

@@ -53,8 +53,9 @@ STORAGE = "Storage"
 DATA = "Data checks"
 TRAINING = "Training"
 EVALUATION = "Evaluation"
+DRAFTS = "Drafts"
 LIBRARIES = "Read by libraries"
-SECTIONS = (SLACK, STORAGE, DATA, TRAINING, EVALUATION)
+SECTIONS = (SLACK, STORAGE, DATA, TRAINING, EVALUATION, DRAFTS)
 
 # Variables that third-party libraries read themselves; ftbot documents them but never parses them.
 LIBRARY_VARIABLES: tuple[tuple[str, str], ...] = (
@@ -176,6 +177,15 @@ def _positive(default: float, *, allow_zero: bool = False) -> Parser:
         return value
 
     return parse
+
+
+def _switch(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be on or off (1/0, true/false, yes/no), got {text!r}")
 
 
 def _launcher(name: str, text: str) -> str:
@@ -331,6 +341,25 @@ class Settings:
         8, "FTBOT_EVAL_BATCH_SIZE", EVALUATION, _whole_number, "Generation: prompts per batch on a local model.")
     judge_model: str = env_setting(
         DEFAULT_JUDGE_MODEL, "FTBOT_JUDGE_MODEL", EVALUATION, _text, "The LLM judge for `/ft judge`.")
+
+    inference_url: str | None = env_setting(
+        None, "FTBOT_INFERENCE_URL", DRAFTS, _text,
+        "An OpenAI-compatible inference server for local models' drafts (vLLM with `--enable-lora`, SGLang, llama.cpp's "
+        "server, Ollama), e.g. `http://gpu-box:8000/v1`; unset: ftbot keeps the model loaded in a local process.",
+        shown_default="unset (embedded)")
+    inference_api_key: str | None = env_setting(
+        None, "FTBOT_INFERENCE_API_KEY", DRAFTS, _text, "Bearer token for `FTBOT_INFERENCE_URL`, if it asks for one. Never logged.",
+        secret=True)
+    draft_max_tokens: int = env_setting(
+        300, "FTBOT_DRAFT_MAX_TOKENS", DRAFTS, _whole_number, "The longest draft, in tokens.")
+    draft_reply_window_minutes: float = env_setting(
+        60.0, "FTBOT_DRAFT_REPLY_WINDOW_MINUTES", DRAFTS, _positive(60.0),
+        "After a discarded draft, the agent's own reply in the thread within this many minutes becomes a preference pair.")
+    draft_expire_hours: float = env_setting(
+        24.0, "FTBOT_DRAFT_EXPIRE_HOURS", DRAFTS, _positive(24.0), "A draft nobody sent, edited or discarded expires after this.")
+    drafts_sent_as_examples: bool = env_setting(
+        False, "FTBOT_DRAFTS_SENT_AS_EXAMPLES", DRAFTS, _switch,
+        "Also store each draft sent as is as a pending training example (edited drafts always are).", shown_default="off")
 
     # Not an environment variable: the local console sets it, so a bot with no base model configured trains the
     # bundled SmolLM2 there (no accounts, no downloads).

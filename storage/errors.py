@@ -50,3 +50,11 @@ class StaleAction(FtbotError):
 
 class MigrationError(FtbotError):
     """The database schema cannot be brought up to date."""
+
+
+class DraftNotFound(FtbotError):
+    """No reply draft has the requested id."""
+
+    def __init__(self, draft_id: int):
+        self.draft_id = draft_id
+        super().__init__(f"draft #{draft_id} does not exist: list drafts with `ftbot drafts list`")

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum, nonmember
 from typing import Any, Protocol
 
-from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from storage.types import UTCDateTime
@@ -64,6 +64,8 @@ class ExampleSource(StrEnum):
     IMPORT = "import"
     # The local console's fake workspace (``ftbot console``).
     CONSOLE = "console"
+    # A model's draft that an agent edited (or sent as is, with ``FTBOT_DRAFTS_SENT_AS_EXAMPLES``).
+    DRAFT = "draft"
 
 
 class Split(StrEnum):
@@ -92,6 +94,17 @@ class PairSource(StrEnum):
 
     VOTE = "vote"
     IMPORT = "import"
+    DRAFT_EDIT = "draft_edit"  # an agent's edit of a draft, preferred over the draft
+    DRAFT_REPLY = "draft_reply"  # an agent's own reply after discarding a draft, preferred over the draft
+
+
+class DraftOutcome(StrEnum):
+    """What became of a reply draft (``ReplyDraft.outcome``; None while its agent has not decided)."""
+
+    SENT = "sent"  # posted as the model wrote it
+    EDITED = "edited"  # posted after the agent changed it
+    DISCARDED = "discarded"
+    EXPIRED = "expired"  # nobody decided within ``FTBOT_DRAFT_EXPIRE_HOURS``
 
 
 class Example(SQLModel, table=True):
@@ -418,3 +431,44 @@ class CaptureDraft(SQLModel, table=True):
     draft: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime = _created()
     updated_at: datetime = _created()
+
+
+class ReplyDraft(SQLModel, table=True):
+    """A reply the model in use drafted for an agent in a customer thread, and what the agent did with it.
+
+    Every decided draft is evidence about the model: sent as is, edited (the edit becomes an example and a
+    preference pair) or discarded (the agent's own reply in the thread becomes a preference pair).
+    """
+
+    __tablename__ = "drafts"
+    # record_agent_reply looks a thread's drafts up on every agent reply.
+    __table_args__ = (Index("ix_drafts_channel_thread_ts", "channel", "thread_ts"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    # What makes a request idempotent ("mention:C1:1700.1"): Slack's retries of one request find one draft.
+    request_key: str = Field(max_length=200, unique=True)
+    channel: str = Field(max_length=64)
+    thread_ts: str = Field(max_length=32)
+    source_ts: str = Field(max_length=32)  # the customer message the draft answers
+    requested_by: str = Field(max_length=64)  # the agent it was offered to
+    model: str = Field(max_length=200)  # the registered model's name
+    backend: str = Field(max_length=16)  # a TrainingBackend value
+    # The messages as sent to the model (personal data redacted when they went to OpenAI).
+    prompt: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    prompt_hash: str = Field(max_length=64)  # storage.eval_prompts.prompt_hash of ``prompt``
+    draft: str = Field(sa_column=Column(Text, nullable=False))
+    final_text: str | None = Field(default=None, sa_column=Column(Text))  # what was posted (Send or Edit)
+    # A DraftOutcome value; None while the agent has not decided.
+    outcome: str | None = Field(default=None, max_length=16, index=True)
+    discard_reason: str | None = Field(default=None, sa_column=Column(Text))
+    decided_by: str | None = Field(default=None, max_length=64)
+    decided_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    latency_ms: int | None = None  # from the request to the draft shown to the agent
+    generation_ms: int | None = None  # the model's own time
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    posted_ts: str | None = Field(default=None, max_length=32)  # the thread message Send or Edit posted
+    example_id: int | None = Field(default=None, foreign_key="examples.id")
+    pair_id: int | None = Field(default=None, foreign_key="preference_pairs.id")
+    created_at: datetime = _created()

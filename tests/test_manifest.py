@@ -10,6 +10,7 @@ import yaml
 
 from bot.capture import SHORTCUT_ID
 from bot.commands import COMMAND
+from bot.drafts.ask import SHORTCUT_ID as DRAFT_SHORTCUT_ID
 from tests.fixtures.paths import REPO, TEST_DATA
 
 SCHEMA_DIR = TEST_DATA / "slack"
@@ -38,10 +39,11 @@ def test_schema_rejects_a_broken_manifest(manifest: dict):
 def test_manifest_declares_what_the_app_handles(manifest: dict):
     features, settings = manifest["features"], manifest["settings"]
     assert [c["command"] for c in features["slash_commands"]] == [COMMAND]
-    assert {(s["type"], s["callback_id"]) for s in features["shortcuts"]} == {("message", SHORTCUT_ID)}
+    assert {(s["type"], s["callback_id"]) for s in features["shortcuts"]} == {("message", SHORTCUT_ID),
+                                                                          ("message", DRAFT_SHORTCUT_ID)}
     assert settings["socket_mode_enabled"] is True and settings["interactivity"]["is_enabled"] is True
     assert set(settings["event_subscriptions"]["bot_events"]) >= {"app_mention", "app_home_opened", "reaction_added",
-                                                                 "reaction_removed"}
+                                                                 "reaction_removed", "message.channels", "message.groups"}
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     assert scopes >= {"commands", "chat:write", "channels:history", "groups:history", "reactions:read", "reactions:write",
                       "files:write", "app_mentions:read", "users:read", "usergroups:read"}

@@ -32,6 +32,12 @@ _JSON_FIELDS = {"blocks", "attachments", "view", "files", "metadata", "unfurl_li
 ResponseBody = dict[str, Any] | bytes
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: with more clients connecting at once (a bot answering 20 requests),
+    # the kernel drops their SYNs and each retries a second later, which Slack itself never makes anyone wait.
+    request_queue_size = 128
+
+
 @dataclass
 class Call:
     """One recorded request: the API method (or ``response_url`` / ``upload``) and its decoded arguments."""
@@ -74,6 +80,9 @@ class FakeSlack(WebApiMethods):
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: with Nagle's algorithm the body would wait for the client's
+            # delayed ACK (up to 40 ms a call), a delay Slack does not have.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: object) -> None:  # keep test output (and tokens in URLs) quiet
                 pass
@@ -93,7 +102,7 @@ class FakeSlack(WebApiMethods):
 
             do_GET = do_POST
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server = _Server((host, port), Handler)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -51,6 +51,7 @@ Type a message to post it in #support as the current person (start with @ftbot t
   :as customer|agent|lead switch person (agent = support agent, lead = reviewer)
   :thread N | :main       reply in the thread of message N | post in the channel again
   :add N                  the "Add to ftbot" message shortcut on message N (opens the capture form)
+  :draft N                the "Draft a reply" message shortcut on message N (a private draft by the model in use)
   :react N emoji          add a reaction to message N (:unreact N emoji removes it)
   :link N                 print the link of message N (for /ft add <link> or /ft eval add <link>)
   :click N                press button N of the last output
@@ -71,7 +72,8 @@ class Console:
         self.files_dir = files_dir or settings.home / "console-files"
         self._print_lock = threading.Lock()
         self.fake = FakeSlack(token=BOT_TOKEN, team_domain="ftbot-console").start()
-        self.fake.add_channel(CHANNEL, "support")
+        # Everyone is in #support, as in a real support channel (auto drafts go to its agents).
+        self.fake.add_channel(CHANNEL, "support", members=list(PEOPLE.values()))
         for name, user_id in PEOPLE.items():
             self.fake.add_user(user_id, name)
         secret = secrets.token_hex(16)
@@ -137,8 +139,10 @@ class Console:
             n = self._number(args["ts"])
             self.say(f"#{n} ftbot (edited):", *self._render(args.get("blocks"), args.get("text", ""), ("message", CHANNEL, args["ts"])))
         elif call.method == "chat.postEphemeral":
-            if args.get("user") == self.user:
-                self.say("(only you) ftbot:", *self._render(args.get("blocks"), args.get("text", ""), ("ephemeral", args["channel"], "")))
+            # Slack shows it to that person only: here everyone sees it, labelled (an auto draft goes to the agents).
+            who = args.get("user") or "?"
+            label = "(only you) ftbot:" if who == self.user else f"(only {self.name_of(who)} sees this) ftbot:"
+            self.say(label, *self._render(args.get("blocks"), args.get("text", ""), ("ephemeral", args["channel"], "")))
         elif call.method == "response_url":
             label = "(only you, replacing the last reply) ftbot:" if args.get("replace_original") else "(only you) ftbot:"
             if args.get("response_type") == "in_channel":
@@ -238,6 +242,13 @@ class Console:
         n = self._number(message["ts"])
         arrow = " ↳" if self.thread_ts else ""
         self.say(f"#{n}{arrow} {self.name_of(self.user)}: {text}")
+        # Slack sends a message event for every message in a channel the app reads (message.channels), mentions too.
+        posted = {"type": "message", "user": self.user, "text": slack_text, "ts": message["ts"], "channel": CHANNEL,
+                  "event_ts": message["ts"], "channel_type": "channel"}
+        if self.thread_ts:
+            posted.update(thread_ts=self.thread_ts,
+                          parent_user_id=(self.fake.find_message(CHANNEL, self.thread_ts) or {}).get("user"))
+        self._event(posted)
         if mentions_bot:
             event = {"type": "app_mention", "user": self.user, "text": slack_text, "ts": message["ts"], "channel": CHANNEL,
                      "event_ts": message["ts"]}
@@ -272,10 +283,10 @@ class Console:
             raise ValueError(f"message #{number.lstrip('#')} has no link ({answer.get('error')}): it was deleted")
         self.say(f"  {answer['permalink']}")
 
-    def shortcut(self, number: str) -> None:
+    def shortcut(self, number: str, callback_id: str = "ft_add_message") -> None:
         ts = self._message_ts(number)
         message = dict(self.fake.find_message(CHANNEL, ts) or {})
-        self._interactive({"type": "message_action", "callback_id": "ft_add_message", "channel": {"id": CHANNEL, "name": "support"},
+        self._interactive({"type": "message_action", "callback_id": callback_id, "channel": {"id": CHANNEL, "name": "support"},
                            "message_ts": ts, "message": message, "response_url": self.fake.response_url()})
 
     def react(self, number: str, emoji: str, *, added: bool = True) -> None:
@@ -406,6 +417,8 @@ class Console:
             self.say("  (posting in #support)")
         elif command == "add":
             self.shortcut((args or [""])[0])
+        elif command == "draft":
+            self.shortcut((args or [""])[0], "ft_draft_message")
         elif command in ("react", "unreact"):
             if len(args) < 2:
                 raise ValueError(f"usage: :{command} N emoji")
@@ -460,6 +473,7 @@ class Console:
 
     def close(self) -> None:
         wait_all_idle(self.executor, self.bot.work, timeout=30)
+        self.bot.close()  # stops ftbot's drafting process, if a draft started it
         self.executor.shutdown(wait=True)
         self.bot.work.shutdown(wait=True)
         self.fake.stop()

@@ -216,7 +216,10 @@ def test_cancel_discard_jobs_models_and_use(harnesses, openai_api):
 
     register_model(bot.db, name="ft:gpt-4o-mini:acme::a1", backend="openai", base_model=MODEL, location="ft:gpt-4o-mini:acme::a1")
     register_model(bot.db, name="tiny-sft-job9", backend="local", base_model="ftbot:tiny", location="/x/adapter")
-    assert "Now using *tiny-sft-job9*" in _quote(bot, "use tiny-sft-job9")["text"]
+    before = len(bot.fake.responses)
+    _quote(bot, "use tiny-sft-job9")
+    said = [r["text"] for r in bot.fake.responses[before:]]  # then drafts say whether they can use it (bot.drafts)
+    assert "Now using *tiny-sft-job9*" in said[0] and "adapter `/x/adapter` is not here" in said[1]
     listing = _quote(bot, "models")["text"]
     assert "★ *tiny-sft-job9*" in listing and "• *ft:gpt-4o-mini:acme::a1*" in listing
     assert "no registered model named 'nope'" in _quote(bot, "use nope")["text"]

@@ -39,7 +39,7 @@ Messages = Sequence[Mapping[str, Any]]
 
 
 class GenerationError(FtbotError):
-    """A model could not answer the evaluation prompts."""
+    """A model could not answer: evaluation prompts, or a draft (``trainers.drafts.generate``)."""
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,19 @@ class Generation:
 # --- OpenAI --------------------------------------------------------------------------------------------------
 
 
-def _openai_messages(messages: Messages) -> list[dict[str, Any]]:
-    # Only what chat completions accepts: training-only keys such as ``weight`` would be rejected.
-    # Prompts come from customers' threads: personal data is redacted before it leaves the premises.
-    keep = ("role", "content", "name", "tool_calls", "tool_call_id")
-    kept = [{k: m[k] for k in keep if k in m and m[k] is not None} for m in messages]
-    return redact_record({"messages": kept})[0]["messages"]
+CHAT_MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
+
+
+def chat_messages(messages: Messages) -> list[dict[str, Any]]:
+    """The messages with only what chat completions accepts: training-only keys such as ``weight`` would be rejected."""
+    return [{k: m[k] for k in CHAT_MESSAGE_KEYS if k in m and m[k] is not None} for m in messages]
+
+
+def openai_messages(messages: Messages) -> list[dict[str, Any]]:
+    """:func:`chat_messages` with personal data redacted: what leaves the premises for OpenAI (evaluation, drafts).
+
+    Prompts come from customers' threads, so emails, phone numbers, cards… become typed placeholders first."""
+    return redact_record({"messages": chat_messages(messages)})[0]["messages"]
 
 
 def generate_openai(
@@ -116,7 +123,7 @@ def generate_openai(
         index, prompt = index_and_prompt
         kwargs: dict[str, Any] = dict(
             model=model,
-            messages=_openai_messages(prompt),
+            messages=openai_messages(prompt),
             max_completion_tokens=settings.max_new_tokens,
             temperature=settings.temperature,
             seed=settings.seed,
@@ -176,7 +183,7 @@ def estimate_openai_cost(
     price table (``load_price_table(settings.prices_file)``; None: the bundled one).
     """
     encoding = encoding_for_model(model)
-    input_tokens = sum(count_record_tokens({"messages": _openai_messages(p)}, encoding).total for p in prompts)
+    input_tokens = sum(count_record_tokens({"messages": openai_messages(p)}, encoding).total for p in prompts)
     per_answer = expected_answer_tokens if expected_answer_tokens is not None else settings.max_new_tokens / 2
     expected_out = int(round(min(per_answer, settings.max_new_tokens) * len(prompts)))
     max_out = settings.max_new_tokens * len(prompts)

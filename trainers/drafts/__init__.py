@@ -1,0 +1,1 @@
+"""Drafts: replies the model in use writes for agents, their outcomes and statistics."""
