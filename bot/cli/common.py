@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 
 from storage.config import Settings, default_database_url
 from storage.db import Database
+from storage.errors import FtbotError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -102,6 +103,18 @@ def open_database() -> Iterator[Database]:
 
 def print_json(value: object) -> None:
     sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def json_errors(as_json: bool) -> Iterator[None]:
+    """With ``--json``, an ``FtbotError`` also prints ``{"ok": false, "error": {code, message}}`` on stdout, so a script
+    reading stdout gets JSON too; the message still goes to stderr (the root command prints it) and the exit code is 1."""
+    try:
+        yield
+    except FtbotError as error:
+        if as_json:
+            print_json({"ok": False, "error": {"code": type(error).__name__, "message": str(error)}})
+        raise
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, whole: Collection[str] = ()) -> None:

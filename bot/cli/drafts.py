@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, TypedDict
 import typer
 from rich.markup import escape
 
-from bot.cli.common import console, database_errors, open_database, print_json, print_table
+from bot.cli.common import console, database_errors, json_errors, open_database, print_json, print_table
 from storage.drafts import list_drafts
 from storage.errors import FtbotError
 from storage.jobs import active_model
@@ -82,12 +82,8 @@ def stats_command(
         in_use = active_model(db)
         stats = draft_stats(db, current_model=in_use.name if in_use is not None else None)
     if chart is not None:
-        try:
+        with json_errors(as_json):
             _write_chart(draft_stats_figure(stats), chart)
-        except FtbotError as error:
-            if as_json:  # a script reading stdout gets JSON too; the message still goes to stderr
-                print_json({"ok": False, "error": {"code": type(error).__name__, "message": str(error)}})
-            raise
     if as_json:
         print_json(stats.to_json())
         return

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bot.cli.common import cli_settings, console, database_errors, open_database, print_json, print_table
+from bot.cli.common import cli_settings, console, database_errors, json_errors, open_database, print_json, print_table
 from bot.payloads import MAX_STORED_ID
 from storage import evals
 from storage.errors import DataFileError, FtbotError, ValidationFailed
@@ -46,12 +46,8 @@ def results(
     from trainers.evaluation.results import round_report
 
     with database_errors(), open_database() as db:
-        try:
+        with json_errors(as_json):
             report = round_report(db, round_id)
-        except FtbotError as error:
-            if as_json:  # a script reading stdout gets JSON too; the message still goes to stderr
-                print_json({"ok": False, "error": {"code": type(error).__name__, "message": str(error)}})
-            raise
         if chart is not None:
             from trainers.evaluation.charts import report_png  # scipy and matplotlib: only when a chart is asked for
 
@@ -210,12 +206,8 @@ def score(
     from trainers.evaluation.score import model_to_score, score_model
 
     with database_errors(), open_database() as db:
-        try:
+        with json_errors(as_json):
             report = score_model(db, model_to_score(db, model))
-        except FtbotError as error:
-            if as_json:  # a script reading stdout gets JSON too; the message still goes to stderr
-                print_json({"ok": False, "error": {"code": type(error).__name__, "message": str(error)}})
-            raise
     if as_json:
         print_json(report.to_json())
         return

@@ -167,6 +167,16 @@ def _metadata_clicker(body: dict[str, Any], meta: dict[str, Any]) -> Clicker:
     return Clicker(user=body["user"]["id"], respond=Respond(response_url=url) if isinstance(url, str) and url else None)
 
 
+def _form_metadata(ack: Ack, view: dict[str, Any], *, title: str, callback_id: str) -> dict[str, Any] | None:
+    """The draft form's metadata, or None after answering a form the bot did not write with "out of date"."""
+    try:
+        return view_metadata(view, draft=int)
+    except StaleAction as stale:
+        log.info("stale draft form: %s", stale)
+        ack(response_action="update", view=stale_view(title, callback_id=callback_id + "_stale"))
+        return None
+
+
 def register(app: App, bot: BotContext) -> None:
     @app.action(SEND_ACTION)
     def on_send(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond, client: WebClient) -> None:
@@ -191,11 +201,8 @@ def register(app: App, bot: BotContext) -> None:
 
     @app.view(EDIT_VIEW)
     def on_edit_submit(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
-        try:
-            meta = view_metadata(view, draft=int)
-        except StaleAction as stale:
-            log.info("stale draft form: %s", stale)
-            ack(response_action="update", view=stale_view("Edit the draft", callback_id=EDIT_VIEW + "_stale"))
+        meta = _form_metadata(ack, view, title="Edit the draft", callback_id=EDIT_VIEW)
+        if meta is None:
             return
         text = input_value(view, REPLY_BLOCK)
         if not text:
@@ -207,11 +214,8 @@ def register(app: App, bot: BotContext) -> None:
 
     @app.view(DISCARD_VIEW)
     def on_discard_submit(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
-        try:
-            meta = view_metadata(view, draft=int)
-        except StaleAction as stale:
-            log.info("stale draft form: %s", stale)
-            ack(response_action="update", view=stale_view("Discard the draft", callback_id=DISCARD_VIEW + "_stale"))
+        meta = _form_metadata(ack, view, title="Discard the draft", callback_id=DISCARD_VIEW)
+        if meta is None:
             return
         ack()
         bot.defer(settle, bot, client, _metadata_clicker(body, meta), int(meta["draft"]), DraftOutcome.DISCARDED,
