@@ -89,3 +89,21 @@ def test_the_installed_package_is_found_without_importing_it():
     path = smollm2_gguf()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 90_000_000
     check_base_model(SMOLLM2_BASE_MODEL)
+
+
+@pytest.mark.slow
+def test_smollm2_is_a_base_for_dpo_and_merge_like_a_hub_model(converted_smollm2, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from trainers.tiny_model import sample_preference_pairs
+    from trainers.training.local.config import LocalTrainConfig
+    from trainers.training.local.train import train
+
+    # The converted checkpoint sits in the models folder of the job's parent, where the worker looks it up.
+    config = LocalTrainConfig(base_model=SMOLLM2_BASE_MODEL, method="dpo", max_steps=2, batch_size=2, max_length=128,
+                              learning_rate=1e-3, lora_r=4, lora_alpha=8, merge=True, logging_steps=1)
+    result = train(config, sample_preference_pairs(4), [], converted_smollm2.parent / "dpo-job")
+    losses = [entry["loss"] for entry in result.log_history if "loss" in entry]
+    assert result.steps == 2 and len(losses) == 2 and all(loss == loss for loss in losses)  # no NaN
+    assert (result.adapter_dir / "adapter_config.json").is_file()
+    assert result.merged_dir is not None and (result.merged_dir / "config.json").is_file()
+    assert result.adapter_base == str(converted_smollm2)
