@@ -1,11 +1,11 @@
 """Slack listeners: training (``/ft train``, ``/ft cancel``, ``/ft jobs``, ``/ft models``, ``/ft use``).
 
 Flow: ``/ft train`` answers the requester ephemerally with the quote and Start / Cancel buttons. Start (trainers
-role; over-budget jobs need an admin; PII bound for OpenAI is redacted in the upload — the button offered first — or
+role; over-budget jobs need an admin; PII bound for OpenAI or Together AI is redacted in the upload — the button offered first — or
 needs the explicit confirm button) starts the job once,
 posts ONE progress message in the channel and schedules :func:`relay_training_job`, which the bot's scheduler
-runs every few seconds from the database job store (it survives restarts): it refreshes the job (OpenAI poll or
-local worker check), edits the progress message in place, and at the end uploads the loss curve and registers
+runs every few seconds from the database job store (it survives restarts): it refreshes the job (OpenAI or Together
+AI poll, or local worker check), edits the progress message in place, and at the end uploads the loss curve and registers
 the model. The heavy ML stack never loads here: local training runs in ``python -m trainers.training.worker``.
 """
 
@@ -47,9 +47,18 @@ from storage.model_names import display_name, job_model_name
 from storage.models import Job, JobStatus, RegisteredModel, stored_id
 from storage.scrub import scrub_credentials
 from trainers.plots import loss_curve_png
-from trainers.training.jobs import BACKENDS, cancel_job, openai_key_missing, progress_line, quote_job, refresh_job, start_job
+from trainers.training.jobs import (
+    BACKENDS,
+    cancel_job,
+    openai_key_missing,
+    progress_line,
+    quote_job,
+    refresh_job,
+    start_job,
+)
 from trainers.training.local.config import SMOLLM2_BASE_MODEL
 from trainers.training.quote import Quote, quote_lines
+from trainers.training.together_backend import together_key_missing
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
@@ -76,7 +85,7 @@ def _schedule_id(job_id: int) -> str:
 
 # --- /ft train ---------------------------------------------------------------------------------------------------
 
-USAGE = "/ft train [openai|local [model]] [--method sft|dpo] [--from <model>|base] [--epochs N]"
+USAGE = "/ft train [openai|local|together [model]] [--method sft|dpo] [--from <model>|base] [--epochs N]"
 
 
 class TrainOptions(TypedDict):
@@ -90,7 +99,7 @@ class TrainOptions(TypedDict):
 
 
 def parse_train_args(args: list[str]) -> TrainOptions:
-    """``[openai|local [model]] [--method sft|dpo] [--from <model>|base] [--epochs N]`` → options; FtbotError on
+    """``[openai|local|together [model]] [--method sft|dpo] [--from <model>|base] [--epochs N]`` → options; FtbotError on
     anything else. ``--from``: the registered model DPO continues (default: the model in use), or ``base``."""
     options: TrainOptions = {"backend": "local", "model": None, "method": "sft", "epochs": None, "parent": None}
     positional: list[str] = []
@@ -118,7 +127,8 @@ def parse_train_args(args: list[str]) -> TrainOptions:
         if backend.lower() not in BACKENDS:
             close = difflib.get_close_matches(backend.lower(), BACKENDS, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise FtbotError(f"unknown back end {backend!r}{hint}: the back ends are {' and '.join(BACKENDS)}, named before the model. "
+            names = f"{', '.join(BACKENDS[:-1])} and {BACKENDS[-1]}"
+            raise FtbotError(f"unknown back end {backend!r}{hint}: the back ends are {names}, named before the model. "
                              f"Usage: `{USAGE}`")
         options["backend"] = backend.lower()
     if positional:
@@ -155,7 +165,7 @@ def training_quote_blocks(job: Job, quote: Quote) -> tuple[str, list[dict[str, A
             buttons.append(bk.button("Start with personal data redacted", START_REDACTED_ACTION, str(job.id), style="primary"))
             buttons.append(bk.button("Upload with PII", START_PII_ACTION, str(job.id), style="danger", confirm=bk.confirm_dialog(
                 "Upload personal data?",
-                f"{len(quote.pii)} example(s) contain unredacted personal data that will be sent to OpenAI.",
+                f"{len(quote.pii)} example(s) contain unredacted personal data that will be sent to {quote.service}.",
                 confirm="Upload anyway")))
         if quote.over_budget:
             buttons.append(bk.button("Start over budget (admin)", START_OVER_BUDGET_ACTION, str(job.id), style="danger",
@@ -178,6 +188,10 @@ def _ft_train(bot: BotContext) -> Handler:
         if options["backend"] == "openai" and openai_key_missing(bot.openai_client):
             ctx.respond(":warning: OpenAI is not configured: an admin sets `OPENAI_API_KEY` in the bot's environment and restarts it. "
                         "Meanwhile `/ft train local` trains on-prem.")
+            return
+        if options["backend"] == "together" and together_key_missing():
+            ctx.respond(":warning: Together AI is not configured: an admin sets `TOGETHER_API_KEY` in the bot's environment "
+                        "and restarts it. Meanwhile `/ft train local` trains on-prem.")
             return
         trigger_id = ctx.command.get("trigger_id")
         quoted = quote_job(

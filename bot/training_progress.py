@@ -36,6 +36,9 @@ def progress_blocks(bot: BotContext, job: Job, *, started_by: str | None = None)
     redacted = redacted_note(job)
     if redacted:
         out.append(bk.context(f":lock: {bk.escape(redacted)}"))
+    together_price = (job.progress or {}).get("together_estimate_usd")
+    if isinstance(together_price, (int, float)):  # Together prices a run only once its file is uploaded (at Start)
+        out.append(bk.context(f":moneybag: Together AI's estimate for this run: ${together_price:,.2f}"))
     if job.status == JobStatus.SUCCEEDED:
         model = model_for_job(bot.db, stored_id(job))
         name = model.name if model else display_name(job.result_model or f"job #{job.id}")

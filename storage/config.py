@@ -37,6 +37,8 @@ DEFAULT_OPENAI_MODEL = "gpt-4o-mini-2024-07-18"
 # A small instruct model with a chat template TRL knows how to patch for assistant-only loss; fits a laptop GPU.
 DEFAULT_LOCAL_BASE_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 DEFAULT_JUDGE_MODEL = "gpt-4.1-2025-04-14"
+# A Together AI base that trains with LoRA and whose weights are public (so its adapter runs on-prem after training).
+DEFAULT_TOGETHER_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
 # HF QLoRA on one A100 40 GB for a 7B model (batch 4, length 1024: ~2,400 tokens/s); measure yours with bench/gpu_qlora.py.
 DEFAULT_LOCAL_TOKENS_PER_S = 2400.0
 DEFAULT_GPU_HOUR_USD = 2.0
@@ -63,6 +65,8 @@ LIBRARY_VARIABLES: tuple[tuple[str, str], ...] = (
     ("OPENAI_BASE_URL", "The `openai` client's base URL: a proxy or, in tests, a fake server."),
     ("TIKTOKEN_CACHE_DIR", "tiktoken's cache of encodings (older name `DATA_GYM_CACHE_DIR`); ftbot sets it to "
                            "`$FTBOT_HOME/tiktoken` when neither is set, and seeds it so token counts work offline."),
+    ("TOGETHER_API_KEY", "The `together` client's API key: needed to train on Together AI."),
+    ("TOGETHER_BASE_URL", "The `together` client's API root, without `/v1`: a proxy or, in tests, a fake server."),
     ("RANK", "Set by `accelerate launch` for each training process: only rank 0 writes metrics and saves the adapter."),
     ("TOKENIZERS_PARALLELISM", "Hugging Face tokenizers' threads; the workers set it to `false` unless it is set."),
 )
@@ -292,6 +296,14 @@ class Settings:
         "OpenAI base model to fine-tune, price and validate for (`/ft price`, `/ft validate`, `ftbot validate/price`). "
         "The deprecated `FTBOT_BASE_MODEL` is read as this one (never as the on-prem base), with a one-line warning.",
         deprecated_name="FTBOT_BASE_MODEL")
+    together_model: str = env_setting(
+        DEFAULT_TOGETHER_MODEL, "FTBOT_TOGETHER_MODEL", TRAINING, _text,
+        "Together AI base model to fine-tune with LoRA (`/ft train together`, `ftbot train --backend together`).")
+    together_lora_r: int = env_setting(16, "FTBOT_TOGETHER_LORA_R", TRAINING, _whole_number, "Together AI: LoRA rank.")
+    together_lora_alpha: int = env_setting(
+        32, "FTBOT_TOGETHER_LORA_ALPHA", TRAINING, _whole_number, "Together AI: LoRA alpha.")
+    together_learning_rate: float = env_setting(
+        1e-4, "FTBOT_TOGETHER_LEARNING_RATE", TRAINING, _number, "Together AI: learning rate.", shown_default="0.0001")
     # None: the back end's default (the console trains the bundled SmolLM2 instead).
     local_base_model: str | None = env_setting(
         None, "FTBOT_LOCAL_BASE_MODEL", TRAINING, _text,

@@ -83,10 +83,12 @@ class TrainingMethod(StrEnum):
 
 
 class TrainingBackend(StrEnum):
-    """Where a job trains and where its model runs: OpenAI's API or on-prem."""
+    """Where a job trains: OpenAI's API, on-prem, or Together AI (whose LoRA adapter is then brought home and runs
+    like an on-prem one)."""
 
     OPENAI = "openai"
     LOCAL = "local"
+    TOGETHER = "together"
 
 
 class PairSource(StrEnum):

@@ -3,5 +3,6 @@ pytest_plugins = [
     "tests.fixtures.db",
     "tests.fixtures.slack_api",
     "tests.fixtures.openai_api",
+    "tests.fixtures.together_api",
     "tests.fixtures.tiny_model",
 ]

@@ -19,20 +19,32 @@ from bot.payloads import MAX_EPOCHS, MAX_STORED_ID
 from storage.jobs import discard_quote, get_job, job_record, list_jobs, list_models, model_record, use_model
 from storage.model_names import display_name, job_model_name
 from storage.models import JobStatus, TrainingBackend, TrainingMethod, stored_id
-from trainers.training.jobs import JobUpdate, cancel_job, progress_line, quote_job, refresh_job, start_job, wait_for_job
+from trainers.training.jobs import (
+    REMOTE_BACKENDS,
+    JobUpdate,
+    cancel_job,
+    progress_line,
+    quote_job,
+    refresh_job,
+    start_job,
+    wait_for_job,
+)
 from trainers.training.quote import quote_lines
+from trainers.training.together_backend import together_key_missing
 
 
 def train(
     backend: Annotated[
-        TrainingBackend, typer.Option("--backend", "-b", help="Where to train: on-prem (local) or OpenAI.")
+        TrainingBackend, typer.Option("--backend", "-b", help="Where to train: on-prem (local), OpenAI, or Together AI "
+                                      "(its LoRA adapter is downloaded and runs on-prem).")
     ] = TrainingBackend.LOCAL,
     base_model: Annotated[
         str | None,
         typer.Option("--base-model", help="Local: HF id or directory (default $FTBOT_LOCAL_BASE_MODEL, "
                      "else Qwen/Qwen2.5-0.5B-Instruct; offline: 'ftbot:smollm2' (bundled SmolLM2-135M), 'ftbot:tiny' (test model))."),
     ] = None,
-    model: Annotated[str | None, typer.Option("--model", help="OpenAI: the base model to fine-tune (default $FTBOT_OPENAI_MODEL).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="OpenAI / Together AI: the base model to fine-tune "
+                                              "(default $FTBOT_OPENAI_MODEL / $FTBOT_TOGETHER_MODEL).")] = None,
     method: Annotated[
         TrainingMethod, typer.Option("--method", help="sft on approved examples, dpo on preference pairs.")
     ] = TrainingMethod.SFT,
@@ -42,7 +54,7 @@ def train(
                      "else the newest of this back end); 'base' = the plain base model."),
     ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, max=MAX_EPOCHS,
-                                                              help="Epochs (OpenAI default: its auto rule; local: 3).")] = None,
+                                                              help="Epochs (OpenAI default: its auto rule; local, Together: 3).")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Local: stop after this many optimizer steps.")] = None,
     validation_fraction: Annotated[float, typer.Option("--validation-fraction", help="Share of examples held out for validation.")] = 0.1,
     load_in_4bit: Annotated[
@@ -55,10 +67,11 @@ def train(
     ] = None,
     redact_pii: Annotated[
         bool,
-        typer.Option("--redact-pii", help="OpenAI: upload with personal data redacted ([EMAIL], [PHONE], ...); "
+        typer.Option("--redact-pii", help="OpenAI / Together AI: upload with personal data redacted ([EMAIL], [PHONE], ...); "
                      "the snapshot stays unchanged."),
     ] = False,
-    allow_pii: Annotated[bool, typer.Option("--allow-pii", help="OpenAI: upload examples with unredacted personal data anyway.")] = False,
+    allow_pii: Annotated[bool, typer.Option("--allow-pii", help="OpenAI / Together AI: upload examples with unredacted "
+                                            "personal data anyway.")] = False,
     over_budget: Annotated[bool, typer.Option("--over-budget", help="As an admin: start even above FTBOT_BUDGET_USD.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Start without asking.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it finishes.")] = False,
@@ -66,6 +79,10 @@ def train(
 ) -> None:
     """Quote a training run on the approved examples (or pairs), then start it."""
     out = err_console if as_json else console
+    if backend == TrainingBackend.TOGETHER and together_key_missing():
+        err_console.print("[red]error:[/red] TOGETHER_API_KEY is not set: export it (TOGETHER_BASE_URL for a proxy) "
+                          "or train with --backend local.", soft_wrap=True)
+        raise typer.Exit(1)
     with database_errors(), open_database() as db:
         local_options: dict[str, Any] = {}
         if max_steps:
@@ -87,7 +104,7 @@ def train(
         out.print(f"[bold]Training quote · job #{job_id}[/bold]")
         for line in quote_lines(quote):
             out.print(escape(line), soft_wrap=True)
-        redact_pii = redact_pii and backend == TrainingBackend.OPENAI
+        redact_pii = redact_pii and backend.value in REMOTE_BACKENDS
         blockers = quote.blockers(admin_confirmed=over_budget, allow_pii=allow_pii, redact_pii=redact_pii)
         if blockers:
             discard_quote(db, job_id, reason="blocked: " + "; ".join(blockers))
@@ -103,6 +120,9 @@ def train(
         parent = (started.config or {}).get("parent_model")
         origin = f"continuing {escape(parent)}" if parent else f"base {escape(started.base_model)}"
         out.print(f"Started job #{started.id} ({started.backend}, {started.method}, {origin}).")
+        together_price = (started.progress or {}).get("together_estimate_usd")
+        if isinstance(together_price, (int, float)):
+            out.print(f"Together AI's estimate for this run: ${together_price:,.2f}")
         redacted = (started.config or {}).get("redacted_examples")
         if redacted is not None:
             out.print(f"Personal data redacted before upload in {redacted} example(s); the snapshot itself is unchanged.")
@@ -200,7 +220,7 @@ def use(name: Annotated[str, typer.Argument(help="Model name (or id) from `ftbot
 
 
 def cancel(job_id: Annotated[int, typer.Argument(min=1, max=MAX_STORED_ID, help="Job id from `ftbot jobs`.")]) -> None:
-    """Stop a training job (OpenAI or local)."""
+    """Stop a training job (OpenAI, Together AI or local)."""
     with database_errors(), open_database() as db:
         job = cancel_job(db, job_id, settings=cli_settings())
         console.print(f"Job #{job.id} is {job.status}.")

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from bot import blocks as bk
 from storage.errors import FtbotError
 from storage.jobs import active_model, list_models
-from storage.models import RegisteredModel, TrainingBackend
+from storage.models import RegisteredModel
+from trainers.drafts.generate import RUNS_ON_PREM
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
@@ -29,7 +30,7 @@ def drafting_model(bot: BotContext) -> tuple[RegisteredModel, str | None]:
 
 def activation_line(bot: BotContext, model: RegisteredModel) -> str | None:
     """Get ``model`` ready for drafts (load it where drafts run); a line for the trainer, or None. Slow: defer it."""
-    embedded = model.backend == TrainingBackend.LOCAL and not bot.settings.inference_url
+    embedded = model.backend in RUNS_ON_PREM and not bot.settings.inference_url
     if embedded and not Path(model.location).is_dir():  # never start the drafting process for an adapter it cannot load
         return (f":warning: Drafts cannot use {bk.escape(model.name)} on this machine: its adapter "
                 f"`{bk.escape(model.location)}` is not here.")

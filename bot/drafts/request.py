@@ -40,7 +40,8 @@ from bot.threads import (
 )
 from storage.drafts import create_draft, find_draft, get_draft, set_draft_timing
 from storage.errors import DraftNotFound, FtbotError
-from storage.models import ReplyDraft, TrainingBackend, stored_id
+from storage.models import ReplyDraft, stored_id
+from trainers.drafts.generate import RUNS_ON_PREM
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
@@ -213,7 +214,7 @@ def _offer(bot: BotContext, client: WebClient, request: DraftRequest) -> None:
     model, note = drafting_model(bot)
     thread, root = _read_thread(client, request)
     source, messages = draft_prompt(bot, client, request, thread)
-    if model.backend == TrainingBackend.LOCAL and request.source != RequestSource.AUTO:
+    if model.backend in RUNS_ON_PREM and request.source != RequestSource.AUTO:
         # A local model may take seconds (the first draft loads it): say something is happening.
         _tell(client, request, waiting[0], f":hourglass_flowing_sand: Drafting a reply with *{bk.escape(model.name)}*…",
               thread_ts=root)

@@ -42,10 +42,11 @@ def _answer(harness: SlackHarness, text: str, user: str = "U_AGENT") -> str:
     ("train lcoal", "unknown back end 'lcoal' (did you mean local?)"),
     ("train azure", "unknown back end 'azure'"),
     ("train azure gpt-4o", "unknown back end 'azure'"),
+    ("train togther", "unknown back end 'togther' (did you mean together?)"),
 ])
 def test_an_unknown_back_end_is_a_usage_error_listing_the_back_ends(bot, command, expected):
     answer = _answer(bot, command)
-    assert expected in answer and "openai and local" in answer and "Usage: `/ft train" in answer
+    assert expected in answer and "openai, local and together" in answer and "Usage: `/ft train" in answer
     assert list_jobs(bot.db) == []
 
 

@@ -6,7 +6,8 @@
 - OpenAI models (``backend == "openai"``, ``location`` the ``ft:`` id): personal data is redacted first (the same
   redaction as evaluation prompts), ``max_completion_tokens`` is ``FTBOT_DRAFT_MAX_TOKENS``, and the cost comes from
   the dated price table (``FTBOT_PRICES_FILE``).
-- Local models with ``FTBOT_INFERENCE_URL`` (e.g. ``http://gpu-box:8000/v1``): requests name the *registered* model
+- Local models (Together AI ones too: their adapters were brought home) with ``FTBOT_INFERENCE_URL``
+  (e.g. ``http://gpu-box:8000/v1``): requests name the *registered* model
   (``model=<name>``); :meth:`DraftService.activate` (at ``/ft use``) loads the adapter with vLLM's runtime LoRA API,
   ``POST <root>/v1/load_lora_adapter {"lora_name": <name>, "lora_path": <adapter dir>}``, and a draft answered 404
   (model not found: the server restarted, or nobody activated it) loads it and retries once. Prompts stay unredacted:
@@ -66,6 +67,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Back ends whose models run on the premises as base model + LoRA adapter directory: a Together AI fine-tune is
+# downloaded when it finishes and runs like an on-prem one.
+RUNS_ON_PREM = frozenset({TrainingBackend.LOCAL, TrainingBackend.TOGETHER})
 
 DEFAULT_REQUEST_TIMEOUT_S = 300.0  # a long draft on a busy CPU; the Slack side shows its own "drafting…" meanwhile
 EMBEDDED_START_TIMEOUT_S = 120.0
@@ -141,9 +146,9 @@ class DraftService:
         """A draft answering ``messages`` (system + conversation) with ``model``; raises GenerationError/ConfigError."""
         if model.backend == TrainingBackend.OPENAI:
             return self._generate_openai(model, messages)
-        if model.backend == TrainingBackend.LOCAL:
+        if model.backend in RUNS_ON_PREM:
             return self._generate_local(model, messages)
-        raise ConfigError(f"model {model.name} has back end {model.backend!r}; drafts need 'openai' or 'local'")
+        raise ConfigError(f"model {model.name} has back end {model.backend!r}; drafts need 'openai', 'local' or 'together'")
 
     def activate(self, model: RegisteredModel) -> str | None:
         """Prepare ``model`` for drafting (at ``/ft use``): load it into the inference server or the embedded one.
@@ -156,8 +161,8 @@ class DraftService:
             except ConfigError:
                 pass  # a missing OPENAI_API_KEY: the first draft says so
             return None
-        if model.backend != TrainingBackend.LOCAL:
-            raise ConfigError(f"model {model.name} has back end {model.backend!r}; drafts need 'openai' or 'local'")
+        if model.backend not in RUNS_ON_PREM:
+            raise ConfigError(f"model {model.name} has back end {model.backend!r}; drafts need 'openai', 'local' or 'together'")
         started = time.perf_counter()
         endpoint = self._local_endpoint()
         with endpoint.load_lock:

@@ -60,6 +60,7 @@ def model_spec(db: Database, name: str) -> ModelSpec:
 def registered_spec(model: RegisteredModel) -> ModelSpec:
     if model.backend == "openai":
         return ModelSpec(model.name, "openai", model.location)
+    # Local and Together AI models alike: a Together fine-tune was brought home as an adapter for its public base.
     return ModelSpec(model.name, "local", model.base_model, adapter=model.location)
 
 

@@ -1,11 +1,12 @@
 """Training jobs from quote to registered model: the one API behind ``/ft train`` and ``ftbot train``.
 
 - :func:`quote_job` freezes a snapshot, prices it and stores a job in status ``quoted``.
-- :func:`start_job` checks the gate (data errors, PII for OpenAI, budget), claims the job exactly once and starts
-  it: OpenAI upload + create, or the local worker process.
-- :func:`refresh_job` advances what the caller watches: polls OpenAI, or checks the local worker is alive
-  (a dead worker fails its job with the log tail); on success it registers the model. Idempotent.
-- :func:`cancel_job` stops a job on either back end.
+- :func:`start_job` checks the gate (data errors, PII bound for OpenAI or Together AI, budget), claims the job
+  exactly once and starts it: OpenAI or Together AI upload + create, or the local worker process.
+- :func:`refresh_job` advances what the caller watches: polls OpenAI or Together AI (whose finished LoRA adapter is
+  downloaded), or checks the local worker is alive (a dead worker fails its job with the log tail); on success it
+  registers the model. Idempotent.
+- :func:`cancel_job` stops a job on any back end.
 
 No Slack and no ML imports here: the bot calls this on its scheduler threads.
 """
@@ -27,7 +28,6 @@ from storage.jobs import (
     QUOTE_EXPIRED,
     QUOTE_MAX_AGE,
     ModelNotFound,
-    active_model,
     claim_job,
     create_job,
     discard_quote,
@@ -36,7 +36,6 @@ from storage.jobs import (
     get_model,
     is_expired_quote,
     last_losses,
-    list_models,
     metric_points,
     model_for_job,
     register_model,
@@ -56,14 +55,27 @@ from trainers.training.local.config import (
     configured_base_model,
 )
 from trainers.training.openai_backend import OpenAIBackend
+from trainers.training.parents import Parent, dpo_parent
 from trainers.training.quote import Quote, build_quote
+from trainers.training.together_backend import (
+    TogetherBackend,
+    TogetherEstimate,
+    adapter_base_model,
+    make_together_client,
+)
+from trainers.training.together_backend import estimate as estimate_together
 
 if TYPE_CHECKING:
     from openai import OpenAI
+    from together import Together
 
-BACKENDS = ("openai", "local")
+
+BACKENDS = ("openai", "local", "together")
+# Back ends whose training data leaves the premises: personal data in it is gated (redacted by default).
+REMOTE_BACKENDS = ("openai", "together")
+# Together AI has no automatic epoch rule: a job trains this many unless told otherwise (the quote prices them).
+DEFAULT_TOGETHER_EPOCHS = 3
 METHODS = ("sft", "dpo")
-FROM_BASE = "base"  # `--from base`: DPO on the plain base model, not on a fine-tuned one
 
 
 @dataclass(frozen=True)
@@ -87,48 +99,14 @@ class JobUpdate:
     model: RegisteredModel | None = None
 
 
-@dataclass(frozen=True)
-class Parent:
-    """Where a DPO job starts: a registered fine-tuned model (``model``), or the base model (``model`` None)."""
-
-    model: RegisteredModel | None
-    note: str
-
-
-def dpo_parent(db: Database, backend: str, choice: str | None = None) -> Parent:
-    """The model a DPO job continues from: the votes judged the team's fine-tuned model, so DPO must move *that*
-    policy (and use it as the reference), not the plain base model.
-
-    ``choice``: a registered model's name (or id), ``base`` for the plain base model, or None for the default:
-    the model in use (``/ft use``) when it is on this back end, else the newest model a job of this back end
-    registered, else the base model (the note says why).
-    """
-    if choice and choice.strip().lower() == FROM_BASE:
-        return Parent(None, "starts from the base model (--from base)")
-    if choice:
-        chosen = get_model(db, choice)
-        if chosen.backend != backend:
-            raise ConfigError(
-                f"{chosen.name} is an {chosen.backend} model and this job trains on {backend}: DPO continues a model "
-                f"of the same back end. Pick one with --from NAME (`/ft models` lists them) or use --from base."
-            )
-        return Parent(chosen, f"continues from {chosen.name} (chosen)")
-    active = active_model(db)
-    if active is not None and active.backend == backend:
-        return Parent(active, f"continues from {active.name} (the model in use)")
-    # Team-registered baselines (no job) are not fine-tuned models; OpenAI parents are ft: ids.
-    trained = [m for m in list_models(db) if m.backend == backend and m.job_id is not None
-               and (backend != "openai" or m.location.startswith("ft:"))]
-    skipped = f" (the model in use, {active.name}, is an {active.backend} model)" if active is not None else ""
-    if trained:
-        return Parent(trained[0], f"continues from {trained[0].name}, the newest {backend} model{skipped}")
-    return Parent(None, f"starts from the base model: no fine-tuned {backend} model is registered yet{skipped}")
-
-
 def openai_key_missing(client: OpenAI | None = None) -> bool:
     """True when no OpenAI client was given and ``OPENAI_API_KEY`` (read by the ``openai`` client itself) is unset:
     callers say so before quoting, rather than when the job or the judge first calls OpenAI."""
     return client is None and not os.environ.get("OPENAI_API_KEY")
+
+
+def _together(client: Together | None, settings: Settings | None) -> TogetherBackend:
+    return TogetherBackend(client, settings=settings or Settings())
 
 
 def quote_job(
@@ -147,6 +125,7 @@ def quote_job(
     settings: Settings | None = None,
     slack_channel: str | None = None,
     check_base: bool = False,
+    together_client: Together | None = None,
 ) -> QuotedJob:
     """Snapshot the approved examples (or pairs for DPO), quote them, and store a ``quoted`` job.
 
@@ -156,9 +135,11 @@ def quote_job(
     model to continue (see :func:`dpo_parent`); a ``model`` that names a registered model is taken as the parent,
     and an explicit base model without ``parent`` means the plain base model.
     ``check_base`` (local): refuse now a base model the worker could not load (:func:`check_base_model`).
+    Together AI: ``model`` defaults to ``settings.together_model``; Together prices the job (``estimate-price``)
+    and names the model's limits, through ``together_client`` (None: one from ``TOGETHER_API_KEY``).
     """
     if backend not in BACKENDS:
-        raise ConfigError(f"unknown back end {backend!r}: use 'openai' or 'local'")
+        raise ConfigError(f"unknown back end {backend!r}: use {', '.join(repr(b) for b in BACKENDS)}")
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: use 'sft' or 'dpo'")
     settings = settings or Settings()
@@ -192,6 +173,17 @@ def quote_job(
         config: dict[str, Any] = {"seed": 42, **lineage}
         if epochs:
             config["n_epochs"] = epochs
+    elif backend == "together":
+        if start is not None and start.model is not None:
+            # Together continues a fine-tune from its job (from_checkpoint), trained on that job's base model.
+            parent_job = get_job(db, start.model.job_id) if start.model.job_id is not None else None
+            if parent_job is None or not parent_job.external_id:
+                raise ConfigError(f"{start.model.name} has no Together AI job to continue from: use --from base")
+            base_model = parent_job.base_model
+            lineage["parent_external_id"] = parent_job.external_id
+        else:
+            base_model = model or settings.together_model
+        config = {"seed": 42, "n_epochs": epochs or DEFAULT_TOGETHER_EPOCHS, **lineage}
     else:
         if start is not None and start.model is not None:
             parent_model = start.model
@@ -208,9 +200,17 @@ def quote_job(
             options.setdefault(key, value)
         local_config = LocalTrainConfig(base_model=base_model, method=method, **options)
         config = local_config.to_dict()
+    together_estimate: TogetherEstimate | None = None
+    if backend == "together":
+        together_estimate = estimate_together(
+            make_together_client(together_client), db, snapshot, model=base_model, method=method,
+            epochs=config["n_epochs"], settings=settings,
+        )
     quote = build_quote(
-        db, snapshot, backend=backend, model=base_model, method=method, epochs=epochs, settings=settings,
+        db, snapshot, backend=backend, model=base_model, method=method,
+        epochs=config["n_epochs"] if backend == "together" else epochs, settings=settings,
         parent_model=lineage.get("parent_model"), start_note=start.note if start else None, local_config=local_config,
+        together_estimate=together_estimate,
     )
     result = create_job(
         db, backend=backend, method=method, base_model=base_model, snapshot_id=snapshot.id, config=config,
@@ -249,12 +249,13 @@ def start_job(
     openai_client: OpenAI | None = None,
     database_url: str | None = None,
     settings: Settings | None = None,
+    together_client: Together | None = None,
 ) -> StartResult:
     """Start a quoted job once; a second call (double click, retry) returns the job without starting it again.
 
     ``settings``: how often the OpenAI client retries (None: the defaults).
-    ``redact_pii`` (OpenAI): upload the splits with personal data redacted (the snapshot stays as it is); the
-    number of redacted examples lands in the job's config as ``redacted_examples``.
+    ``redact_pii`` (OpenAI, Together AI): upload the splits with personal data redacted (the snapshot stays as it
+    is); the number of redacted examples lands in the job's config as ``redacted_examples``.
     Raises ValidationFailed with every blocker when the gate refuses.
     """
     job = get_job(db, job_id)
@@ -268,7 +269,7 @@ def start_job(
     if job.status != JobStatus.QUOTED:
         return StartResult(job, False)
     quote = Quote.from_json(job.quote or {})
-    redact_pii = redact_pii and job.backend == "openai"  # on-prem data never leaves: nothing to redact
+    redact_pii = redact_pii and job.backend in REMOTE_BACKENDS  # on-prem data never leaves: nothing to redact
     blockers = quote.blockers(admin_confirmed=admin_confirmed, allow_pii=allow_pii, redact_pii=redact_pii)
     if blockers:
         raise ValidationFailed(f"cannot start job #{job_id}: {'; '.join(blockers)}")
@@ -278,17 +279,25 @@ def start_job(
     # The upload reads ``redact_pii`` from here, so a resumed submit (after a crash) redacts too.
     gate = {"allow_pii": allow_pii, "redact_pii": redact_pii, "admin_confirmed": admin_confirmed}
     update_job(db, job_id, config={**job.config, "gate": gate})
-    if job.backend == "openai":
+    if job.backend in REMOTE_BACKENDS:
+        service = "OpenAI" if job.backend == "openai" else "Together AI"
         try:
-            return StartResult(_openai(openai_client, settings).submit(db, job_id), True)
+            if job.backend == "openai":
+                return StartResult(_openai(openai_client, settings).submit(db, job_id), True)
+            submitted = _together(together_client, settings).submit(db, job_id)
+            if submitted.status == JobStatus.FAILED:
+                # Refused before any job was created (Together's price above the budget cap, an account that cannot
+                # pay): the caller shows why, as for any refusal.
+                raise TrainingError(submitted.error or f"Together AI refused job #{job_id}")
+            return StartResult(submitted, True)
         except FtbotError:
-            # Unreachable OpenAI or a missing key leaves the job pending with nothing created (refusals already
+            # An unreachable service or a missing key leaves the job pending with nothing created (refusals already
             # failed it): release it so Start works again once that is fixed.
             claim_job(db, job_id, from_status=JobStatus.PENDING, to_status=JobStatus.QUOTED)
             raise
         except Exception as error:
-            finish_job(db, job_id, JobStatus.FAILED, error=scrub_credentials(f"Could not start the OpenAI job: {error}"))
-            raise TrainingError(scrub_credentials(f"could not start the OpenAI job: {error}")) from error
+            finish_job(db, job_id, JobStatus.FAILED, error=scrub_credentials(f"Could not start the {service} job: {error}"))
+            raise TrainingError(scrub_credentials(f"could not start the {service} job: {error}")) from error
     url = database_url or db.engine.url.render_as_string(hide_password=False)
     try:
         pid = spawn_worker(job_id, database_url=url)
@@ -328,6 +337,12 @@ def _register(db: Database, job: Job, settings: Settings | None) -> RegisteredMo
     if job.backend == "openai":
         name = job.result_model
         cost = _openai_cost(job, settings)
+    elif job.backend == "together":
+        # The adapter was downloaded (result_model is its directory): it runs on-prem on the base's public weights.
+        name = (job.progress or {}).get("together_output_name") or f"together-{job.method}-job{job.id}"
+        base_model = adapter_base_model(job.base_model)
+        metrics["together_model"] = job.base_model
+        cost = job.estimated_cost_usd
     else:
         # ftbot's own base models by their short name (tiny, smollm2), a directory by its folder, a hub id by its last part.
         short = job.base_model.removeprefix("ftbot:") if job.base_model in BUNDLED_BASE_MODELS else Path(job.base_model.rstrip("/")).name
@@ -355,7 +370,8 @@ def _openai_cost(job: Job, settings: Settings | None) -> float | None:
     return training_cost(entry, job.trained_tokens) if entry is not None else job.estimated_cost_usd
 
 
-def refresh_job(db: Database, job_id: int, *, openai_client: OpenAI | None = None, settings: Settings | None = None) -> JobUpdate:
+def refresh_job(db: Database, job_id: int, *, openai_client: OpenAI | None = None, settings: Settings | None = None,
+                together_client: Together | None = None) -> JobUpdate:
     """Bring one job's record up to date and register its model when it succeeded."""
     job = get_job(db, job_id)
     changed = False
@@ -363,6 +379,9 @@ def refresh_job(db: Database, job_id: int, *, openai_client: OpenAI | None = Non
         if job.backend == "openai":
             result = _openai(openai_client, settings).poll(db, job_id)
             job, changed = result.job, result.changed
+        elif job.backend == "together":
+            polled = _together(together_client, settings).poll(db, job_id)
+            job, changed = polled.job, polled.changed
         else:
             changed = _check_worker(db, job)
             job = get_job(db, job_id)
@@ -407,13 +426,16 @@ def finished_message(job: Job) -> str:
     return f"job #{job.id} {how}: there is nothing to cancel."
 
 
-def cancel_job(db: Database, job_id: int, *, openai_client: OpenAI | None = None, settings: Settings | None = None) -> Job:
+def cancel_job(db: Database, job_id: int, *, openai_client: OpenAI | None = None, settings: Settings | None = None,
+               together_client: Together | None = None) -> Job:
     """Stop a job (a quote is discarded); raises JobAlreadyFinished when it had already ended."""
     job = get_job(db, job_id)
     if job.status in JobStatus.FINISHED:
         raise JobAlreadyFinished(finished_message(job))
     if job.backend == "openai" and job.external_id:
         return _openai(openai_client, settings).cancel(db, job_id)
+    if job.backend == "together" and job.external_id:
+        return _together(together_client, settings).cancel(db, job_id)
     finish_job(db, job_id, JobStatus.CANCELLED)
     if job.worker_pid is not None and worker_exit_code(job.worker_pid) is None:
         stop_worker(job.worker_pid)
@@ -429,11 +451,12 @@ def wait_for_job(
     openai_client: OpenAI | None = None,
     on_update: Callable[[JobUpdate], None] | None = None,
     settings: Settings | None = None,
+    together_client: Together | None = None,
 ) -> JobUpdate:
     """Refresh until the job finishes (the CLI's ``--wait``)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        update = refresh_job(db, job_id, openai_client=openai_client, settings=settings)
+        update = refresh_job(db, job_id, openai_client=openai_client, settings=settings, together_client=together_client)
         if on_update is not None:
             on_update(update)
         if update.finished:
@@ -459,7 +482,7 @@ def progress_line(db: Database, job: Job) -> str:
 
 
 __all__ = [
-    "openai_key_missing",
+    "openai_key_missing", "BACKENDS", "REMOTE_BACKENDS",
     "QuotedJob", "StartResult", "JobUpdate", "Parent", "dpo_parent", "quote_job", "start_job", "refresh_job", "cancel_job",
     "JobAlreadyFinished", "finished_message", "wait_for_job",
     "progress_line", "metric_points",

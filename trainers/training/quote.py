@@ -2,8 +2,9 @@
 
 One engine for ``/ft train`` and ``ftbot train``: token counts, epochs and OpenAI cost come from
 ``trainers.data.report.build_report`` (the same numbers as ``ftbot price``); the on-prem back end gets a GPU-hour
-estimate from the tokens and a configured throughput and price. Blockers are data errors, PII that would leave
-the premises (OpenAI only) and a budget cap that only an admin may override.
+estimate from the tokens and a configured throughput and price; Together AI prices the job itself (``estimate-price``,
+through ``trainers.training.together_backend.estimate``). Blockers are data errors, PII that would leave the premises
+(OpenAI and Together AI) and a budget cap that only an admin may override.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storage.config import DEFAULT_OPENAI_MODEL, Settings
 from storage.db import Database
@@ -24,12 +25,17 @@ from trainers.data.pricing import load_price_table, on_prem_estimate
 from trainers.training.local.config import LocalTrainConfig
 from trainers.training.local.token_count import local_token_counter
 
+if TYPE_CHECKING:
+    from trainers.training.together_backend import TogetherEstimate
+
 DEFAULT_LOCAL_EPOCHS = 3
 # When the local base model's tokenizer is not on this machine yet, its tokens are estimated with an OpenAI encoding.
 LOCAL_COUNTING_MODEL = DEFAULT_OPENAI_MODEL
 # Fewer training examples (SFT) or preference pairs (DPO) than this teach a model nothing useful: OpenAI refuses to
 # fine-tune on fewer than 10 examples, and the same floor applies on-prem.
 MIN_TRAINING_EXAMPLES = 10
+# Back ends the training data is uploaded to, by the name the quote and the buttons use: personal data is gated.
+REMOTE_SERVICES = {"openai": "OpenAI", "together": "Together AI"}
 
 
 @dataclass
@@ -72,7 +78,12 @@ class Quote:
 
     @property
     def pii_blocks(self) -> bool:
-        return self.backend == "openai" and bool(self.pii)
+        return self.backend in REMOTE_SERVICES and bool(self.pii)
+
+    @property
+    def service(self) -> str:
+        """Where the data goes, in words ("OpenAI", "Together AI"; "on-prem" for local)."""
+        return REMOTE_SERVICES.get(self.backend, "on-prem")
 
     def blockers(self, *, admin_confirmed: bool = False, allow_pii: bool = False, redact_pii: bool = False) -> list[str]:
         """Why this job may not start (empty: it may). Each reason says what to do.
@@ -182,24 +193,30 @@ def build_quote(
     parent_model: str | None = None,
     start_note: str | None = None,
     local_config: LocalTrainConfig | None = None,
+    together_estimate: TogetherEstimate | None = None,
 ) -> Quote:
     """Price and check a snapshot for one back end. ``model``: the OpenAI base model or the local base model.
 
     ``settings``: the price table, budget cap and on-prem throughput and price (None: the defaults).
     ``parent_model`` / ``start_note``: for DPO, the fine-tuned model the job continues from and a line saying so.
     ``local_config``: the local run's settings (batch size, packing, ``max_steps``, ``max_length``): its tokens are
-    counted with the base model's own tokenizer and chat template when they are on this machine."""
+    counted with the base model's own tokenizer and chat template when they are on this machine.
+    ``together_estimate`` (Together AI, required there): Together's price and the model's limits; tokens are counted
+    with an OpenAI encoding (an estimate: Together counts with the base model's tokenizer)."""
     # Local: the report engine loads numpy and multiprocessing (~0.15 s), which `ftbot jobs` and other CLI
     # commands that import this module through trainers.training.jobs never need.
     from trainers.data.report import build_report
 
     settings = settings or Settings()
-    if backend not in ("openai", "local"):
-        raise ConfigError(f"back end must be 'openai' or 'local', got {backend!r}")
+    if backend not in ("openai", "local", "together"):
+        raise ConfigError(f"back end must be 'openai', 'local' or 'together', got {backend!r}")
+    if backend == "together" and together_estimate is None:
+        raise ConfigError("a Together AI quote needs Together's estimate (trainers.training.together_backend.estimate)")
     counting_model = model if backend == "openai" else LOCAL_COUNTING_MODEL
     kind = "dpo" if method == "dpo" else "sft"
     report = build_report(
-        iter_snapshot_items(db, stored_id(snapshot), "train"), model=counting_model, epochs=epochs if backend == "openai" else None,
+        iter_snapshot_items(db, stored_id(snapshot), "train"), model=counting_model,
+        epochs=epochs if backend in REMOTE_SERVICES else None,
         kind=kind, workers=1, unit="example", prices=load_price_table(settings.prices_file),
     )
     train_ids = [member.example_id for member in snapshot_members(db, stored_id(snapshot), "train")]
@@ -215,6 +232,15 @@ def build_quote(
         trained = report.billed_tokens
         cost = report.estimated_cost_usd
         gpu_hours = None
+    elif together_estimate is not None:
+        # Together's price, never a guessed table: it knows the model's size bracket and the method.
+        chosen_epochs = epochs or report.epochs or 1
+        trained = tokens_per_epoch * chosen_epochs
+        cost = together_estimate.cost_usd
+        gpu_hours = None
+        notes.append(f"token counts are about right: counted with an OpenAI encoding, while Together counts with {model}'s "
+                     "own tokenizer; the cost is Together AI's own estimate (estimate-price)")
+        notes.extend(together_estimate.notes)
     else:
         config = local_config or LocalTrainConfig(base_model=model, method=kind)
         chosen_epochs = epochs or int(config.epochs) or DEFAULT_LOCAL_EPOCHS
@@ -241,7 +267,8 @@ def build_quote(
         train_examples=snapshot.train_count, validation_examples=snapshot.validation_count,
         tokens_per_epoch=tokens_per_epoch, epochs=chosen_epochs, trained_tokens=trained, cost_usd=cost,
         gpu_hours=gpu_hours, prices_as_of=report.prices_as_of if backend == "openai" else None,
-        errors=errors[:20], warnings=warnings[:20], error_count=len(errors) if backend == "local" else sum(report.error_counts.values()),
+        errors=errors[:20], warnings=warnings[:20],
+        error_count=len(errors) if backend == "local" else sum(report.error_counts.values()),
         warning_count=sum(report.warning_counts.values()),
         pii=find_snapshot_pii(db, stored_id(snapshot)), budget_usd=settings.budget_usd, notes=notes,
         parent_model=parent_model, start=start_note,
@@ -289,6 +316,12 @@ def quote_lines(quote: Quote) -> list[str]:
     if quote.backend == "openai":
         cost = "unknown (model not in the price table)" if quote.cost_usd is None else f"${quote.cost_usd:,.2f}"
         lines.append(f"Estimated cost: {cost} (prices as of {quote.prices_as_of})")
+    elif quote.backend == "together":
+        if quote.cost_usd is None:
+            lines.append("Estimated cost: Together AI prices the run at Start, from the uploaded file, before any job "
+                         "exists (above the budget cap, nothing is created)")
+        else:
+            lines.append(f"Estimated cost: ${quote.cost_usd:,.2f} (Together AI's estimate)")
     else:
         lines.append(f"Estimated GPU time: {quote.gpu_hours:,.3f} GPU-hours ≈ ${quote.cost_usd:,.2f}")
     if quote.budget_usd is not None:
@@ -297,7 +330,7 @@ def quote_lines(quote: Quote) -> list[str]:
     lines.extend(_issue_line("error", issue) for issue in quote.errors[:5])
     lines.extend(_issue_line("warning", issue) for issue in quote.warnings[:5])
     if quote.pii:
-        where = ("blocks the upload to OpenAI unless it is redacted on the way out" if quote.pii_blocks
+        where = (f"blocks the upload to {quote.service} unless it is redacted on the way out" if quote.pii_blocks
                  else "stays on-prem")
         lines.append(f"Personal data: {len(quote.pii)} example(s) with unredacted PII ({where})")
     lines.extend(f"Note: {note}" for note in quote.notes)
