@@ -27,6 +27,7 @@ from storage.db import Database
 from storage.examples import import_records
 from storage.jobs import QUOTE_MAX_AGE, create_job, get_job, list_jobs, list_models, register_model, update_job
 from storage.models import JobStatus, stored_id, utcnow
+from tests.bot import training_helpers as slack_training
 from tests.fixtures.concurrency import wait_until
 from tests.fixtures.db import database_url
 from tests.fixtures.paths import REPO
@@ -38,23 +39,6 @@ MODEL = "gpt-4o-mini-2024-07-18"
 
 def _approve(db, n: int = 12) -> None:
     import_records(db, enumerate(sample_conversations(n, seed=5, max_turns=1), 1), source_file="t.jsonl", approved_by="U_LEAD")
-
-
-def _quote(harness: SlackHarness, text: str, user: str = "U_AGENT") -> dict:
-    before = len(harness.fake.responses)
-    harness.command(text, user_id=user, trigger_id=harness.fake.new_trigger_id())
-    harness.wait()
-    assert len(harness.fake.responses) > before, "no answer to the command"
-    return harness.fake.responses[-1]
-
-
-def _buttons(response: dict) -> dict[str, str]:
-    return {e["action_id"]: e.get("value", "") for b in response.get("blocks", []) if b["type"] == "actions" for e in b["elements"]}
-
-
-def _click(harness: SlackHarness, action_id: str, value: str, user: str = "U_AGENT") -> None:
-    harness.interact(block_actions(action_id, value, user_id=user, response_url=harness.fake.response_url()))
-    harness.wait()
 
 
 def _progress_message(harness: SlackHarness, job_id: int) -> dict:
@@ -74,10 +58,10 @@ def test_ft_train_openai_quotes_starts_relays_progress_and_registers_the_model(h
     quote = bot.fake.responses[-1]
     assert quote["response_type"] == "ephemeral" and "Training quote" in quote["text"]
     assert "Estimated cost: $" in json.dumps(quote["blocks"])
-    job_id = int(_buttons(quote)[START_ACTION])
+    job_id = int(slack_training.buttons(quote)[START_ACTION])
     assert get_job(bot.db, job_id).status == JobStatus.QUOTED and not openai_api.calls
 
-    _click(bot, START_ACTION, str(job_id))
+    slack_training.click(bot, START_ACTION, str(job_id))
     posted = bot.fake.wait_for("chat.postMessage")
     assert posted[0].args["channel"] == "C_SUPPORT"
     # One message, updated in place until the end; then the loss curve in its thread and the model registered.
@@ -102,8 +86,8 @@ def test_polling_resumes_in_a_new_bot_after_a_restart_mid_job(harnesses, openai_
     openai_api.steps = 40  # long enough to stop the first bot while the job runs
     first = harnesses()
     _approve(first.db, 20)
-    job_id = int(_buttons(_quote(first, f"train openai {MODEL}"))[START_ACTION])
-    _click(first, START_ACTION, str(job_id))
+    job_id = int(slack_training.buttons(slack_training.quote(first, f"train openai {MODEL}"))[START_ACTION])
+    slack_training.click(first, START_ACTION, str(job_id))
     wait_until(lambda: get_job(first.db, job_id).status == "running", 20, "job running")
     stop_scheduler(first.bot)  # the first process "dies"; its scheduled poll stays in the database
     polls_before = len([c for c in openai_api.calls if c.method == "GET" and c.path.count("/") == 3])
@@ -126,7 +110,7 @@ def test_polling_resumes_in_a_new_bot_after_a_restart_mid_job(harnesses, openai_
 def test_a_double_clicked_start_starts_one_job(harnesses, openai_api):
     bot = harnesses()
     _approve(bot.db, 20)
-    job_id = _buttons(_quote(bot, f"train openai {MODEL}"))[START_ACTION]
+    job_id = slack_training.buttons(slack_training.quote(bot, f"train openai {MODEL}"))[START_ACTION]
     for _ in range(2):
         bot.interact(block_actions(START_ACTION, job_id, response_url=bot.fake.response_url()))
     bot.wait()
@@ -141,8 +125,8 @@ def test_personal_data_is_redacted_on_the_way_out_by_the_first_button_and_a_doub
     records = sample_conversations(20, seed=5, max_turns=1)
     records[2]["messages"][1]["content"] = "Reach me at sam.lee@example.org about the refund."
     import_records(bot.db, enumerate(records, 1), source_file="t.jsonl", approved_by="U_LEAD")
-    quote = _quote(bot, f"train openai {MODEL}")
-    buttons = _buttons(quote)
+    quote = slack_training.quote(bot, f"train openai {MODEL}")
+    buttons = slack_training.buttons(quote)
     # Redacting is offered first; plain Start is not offered while PII would leave; the explicit override stays.
     assert list(buttons) == [START_REDACTED_ACTION, START_PII_ACTION, DISCARD_ACTION]
     job_id = buttons[START_REDACTED_ACTION]
@@ -163,21 +147,21 @@ def test_only_the_trainers_role_may_train_and_the_budget_cap_needs_an_admin(harn
     monkeypatch.setenv("FTBOT_BUDGET_USD", "0.0001")
     bot = harnesses(trainers=("U_AGENT",), admins=("U_LEAD",))
     _approve(bot.db, 20)
-    refused = _quote(bot, f"train openai {MODEL}", user="U_CUSTOMER")
+    refused = slack_training.quote(bot, f"train openai {MODEL}", user="U_CUSTOMER")
     assert "trainers role" in refused["text"] and not list_jobs(bot.db)
 
-    quote = _quote(bot, f"train openai {MODEL}", user="U_AGENT")
-    buttons = _buttons(quote)
+    quote = slack_training.quote(bot, f"train openai {MODEL}", user="U_AGENT")
+    buttons = slack_training.buttons(quote)
     assert START_ACTION not in buttons and START_OVER_BUDGET_ACTION in buttons  # over budget: no plain Start
     assert "above the budget cap" in json.dumps(quote["blocks"])
     job_id = buttons[START_OVER_BUDGET_ACTION]
-    _click(bot, START_OVER_BUDGET_ACTION, job_id, user="U_AGENT")
+    slack_training.click(bot, START_OVER_BUDGET_ACTION, job_id, user="U_AGENT")
     assert "only an ftbot admin" in bot.fake.responses[-1]["text"]
-    _click(bot, START_ACTION, job_id, user="U_CUSTOMER")
+    slack_training.click(bot, START_ACTION, job_id, user="U_CUSTOMER")
     assert "trainers role" in bot.fake.responses[-1]["text"]
     assert get_job(bot.db, int(job_id)).status == JobStatus.QUOTED and not openai_api.requests_to("/files")
 
-    _click(bot, START_OVER_BUDGET_ACTION, job_id, user="U_LEAD")
+    slack_training.click(bot, START_OVER_BUDGET_ACTION, job_id, user="U_LEAD")
     assert get_job(bot.db, int(job_id)).external_id
     assert get_job(bot.db, int(job_id)).config["gate"]["admin_confirmed"] is True
 
@@ -186,8 +170,8 @@ def test_the_wind_down_refusal_is_shown_verbatim_with_the_local_alternative(harn
     openai_api.refuse_create(403, "Your organization cannot create fine-tuning jobs.", code="permission_denied")
     bot = harnesses()
     _approve(bot.db, 20)
-    job_id = _buttons(_quote(bot, f"train openai {MODEL}"))[START_ACTION]
-    _click(bot, START_ACTION, job_id)
+    job_id = slack_training.buttons(slack_training.quote(bot, f"train openai {MODEL}"))[START_ACTION]
+    slack_training.click(bot, START_ACTION, job_id)
     answer = bot.fake.responses[-1]["text"]
     assert "Your organization cannot create fine-tuning jobs." in answer and "/ft train local" in answer
     message = _progress_message(bot, int(job_id))
@@ -198,42 +182,42 @@ def test_cancel_discard_jobs_models_and_use(harnesses, openai_api):
     openai_api.steps = 50
     bot = harnesses()
     _approve(bot.db, 20)
-    discarded = _buttons(_quote(bot, f"train openai {MODEL}"))[DISCARD_ACTION]
-    _click(bot, DISCARD_ACTION, discarded)
+    discarded = slack_training.buttons(slack_training.quote(bot, f"train openai {MODEL}"))[DISCARD_ACTION]
+    slack_training.click(bot, DISCARD_ACTION, discarded)
     assert get_job(bot.db, int(discarded)).status == JobStatus.CANCELLED and "discarded" in bot.fake.responses[-1]["text"]
 
-    job_id = _buttons(_quote(bot, f"train openai {MODEL} --epochs 2"))[START_ACTION]
-    _click(bot, START_ACTION, job_id)
+    job_id = slack_training.buttons(slack_training.quote(bot, f"train openai {MODEL} --epochs 2"))[START_ACTION]
+    slack_training.click(bot, START_ACTION, job_id)
     assert openai_api.requests_to("/fine_tuning/jobs", "POST")[0].json["method"]["supervised"]["hyperparameters"] == {"n_epochs": 2}
-    _quote(bot, f"cancel {job_id}")
+    slack_training.quote(bot, f"cancel {job_id}")
     assert get_job(bot.db, int(job_id)).status == JobStatus.CANCELLED
     assert openai_api.jobs[get_job(bot.db, int(job_id)).external_id].body["status"] == "cancelled"
     assert "cancelled" in _progress_message(bot, int(job_id))["text"]
 
-    jobs = _quote(bot, "jobs")
+    jobs = slack_training.quote(bot, "jobs")
     assert f"job #{job_id} cancelled" in jobs["text"]
-    assert "No models registered yet" in _quote(bot, "models")["text"]
+    assert "No models registered yet" in slack_training.quote(bot, "models")["text"]
 
     register_model(bot.db, name="ft:gpt-4o-mini:acme::a1", backend="openai", base_model=MODEL, location="ft:gpt-4o-mini:acme::a1")
     register_model(bot.db, name="tiny-sft-job9", backend="local", base_model="ftbot:tiny", location="/x/adapter")
     before = len(bot.fake.responses)
-    _quote(bot, "use tiny-sft-job9")
+    slack_training.quote(bot, "use tiny-sft-job9")
     said = [r["text"] for r in bot.fake.responses[before:]]  # then drafts say whether they can use it (bot.drafts)
     assert "Now using *tiny-sft-job9*" in said[0] and "adapter `/x/adapter` is not here" in said[1]
-    listing = _quote(bot, "models")["text"]
+    listing = slack_training.quote(bot, "models")["text"]
     assert "★ *tiny-sft-job9*" in listing and "• *ft:gpt-4o-mini:acme::a1*" in listing
-    assert "no registered model named 'nope'" in _quote(bot, "use nope")["text"]
-    assert "--method must be sft or dpo" in _quote(bot, "train local --method ppo")["text"]
+    assert "no registered model named 'nope'" in slack_training.quote(bot, "use nope")["text"]
+    assert "--method must be sft or dpo" in slack_training.quote(bot, "train local --method ppo")["text"]
 
 
 @pytest.mark.slow
 def test_ft_train_local_runs_the_worker_and_posts_the_loss_plot(harnesses, tiny_model_dir):
     bot = harnesses()
     _approve(bot.db, 12)  # a training split of at least 10 (the quote blocks fewer)
-    quote = _quote(bot, f"train local {tiny_model_dir}")
+    quote = slack_training.quote(bot, f"train local {tiny_model_dir}")
     assert "GPU-hours" in json.dumps(quote["blocks"])
-    job_id = int(_buttons(quote)[START_ACTION])
-    _click(bot, START_ACTION, str(job_id))
+    job_id = int(slack_training.buttons(quote)[START_ACTION])
+    slack_training.click(bot, START_ACTION, str(job_id))
     assert get_job(bot.db, job_id).worker_pid
     bot.fake.wait_for("files.completeUploadExternal", timeout=120)
     job = get_job(bot.db, job_id)
@@ -267,8 +251,8 @@ def test_a_new_bot_process_resumes_polling_from_the_database(harnesses, openai_a
     openai_api.steps = 40
     first = harnesses()
     _approve(first.db, 20)
-    job_id = int(_buttons(_quote(first, f"train openai {MODEL}"))[START_ACTION])
-    _click(first, START_ACTION, str(job_id))
+    job_id = int(slack_training.buttons(slack_training.quote(first, f"train openai {MODEL}"))[START_ACTION])
+    slack_training.click(first, START_ACTION, str(job_id))
     wait_until(lambda: get_job(first.db, job_id).status == "running", 20, "job running")
     stop_scheduler(first.bot)
     for job in openai_api.jobs.values():
@@ -317,8 +301,8 @@ def test_openai_error_bodies_are_stored_and_posted_without_credentials(harnesses
                              code="invalid_api_key", type_="invalid_request_error")
     bot = harnesses()
     _approve(bot.db, 20)
-    job_id = int(_buttons(_quote(bot, f"train openai {MODEL}"))[START_ACTION])
-    _click(bot, START_ACTION, str(job_id))
+    job_id = int(slack_training.buttons(slack_training.quote(bot, f"train openai {MODEL}"))[START_ACTION])
+    slack_training.click(bot, START_ACTION, str(job_id))
     job = get_job(bot.db, job_id)
     assert job.status == JobStatus.FAILED and "Incorrect API key provided" in job.error
     assert "sk-abc123secretKEY" not in job.error and "xyz789token" not in job.error
@@ -331,8 +315,8 @@ def test_a_failing_openai_job_posts_its_reason_without_credentials(harnesses, op
     openai_api.fail_jobs_with("invalid_training_file", "File rejected; request had Bearer xyz789token and sk-proj-abc123def")
     bot = harnesses()
     _approve(bot.db, 20)
-    job_id = int(_buttons(_quote(bot, f"train openai {MODEL}"))[START_ACTION])
-    _click(bot, START_ACTION, str(job_id))
+    job_id = int(slack_training.buttons(slack_training.quote(bot, f"train openai {MODEL}"))[START_ACTION])
+    slack_training.click(bot, START_ACTION, str(job_id))
     wait_until(lambda: "File rejected" in json.dumps(_progress_message(bot, job_id)["blocks"]), 20, "failure posted")
     job = get_job(bot.db, job_id)
     assert job.status == JobStatus.FAILED
@@ -349,10 +333,10 @@ def test_a_failing_local_job_keeps_its_log_out_of_the_channel_and_sends_it_to_th
     (not_a_model / "config.json").write_text('{"model_type": "no-such-architecture"}')  # passes the quote, fails the worker
     bot = harnesses(trainers=("U_AGENT",))
     _approve(bot.db, 12)  # a training split of at least 10 (the quote blocks fewer)
-    quote = _quote(bot, f"train local {not_a_model}")
-    assert START_ACTION in _buttons(quote), quote
-    job_id = int(_buttons(quote)[START_ACTION])
-    _click(bot, START_ACTION, str(job_id))
+    quote = slack_training.quote(bot, f"train local {not_a_model}")
+    assert START_ACTION in slack_training.buttons(quote), quote
+    job_id = int(slack_training.buttons(quote)[START_ACTION])
+    slack_training.click(bot, START_ACTION, str(job_id))
     wait_until(lambda: get_job(bot.db, job_id).status == JobStatus.FAILED, 120, "job failed")
     job = get_job(bot.db, job_id)
     assert "Traceback" in job.log_tail
@@ -447,7 +431,7 @@ def test_cancel_of_a_finished_job_says_how_it_ended(harnesses):
     for status, said in ((JobStatus.SUCCEEDED, "already succeeded"), (JobStatus.FAILED, "already failed"),
                          (JobStatus.CANCELLED, "was already cancelled")):
         job = create_job(bot.db, backend="local", base_model="ftbot:tiny", status=status).job
-        answer = _quote(bot, f"cancel {job.id}")
+        answer = slack_training.quote(bot, f"cancel {job.id}")
         assert f"job #{job.id} {said}" in answer["text"] and answer.get("response_type", "ephemeral") == "ephemeral"
         assert get_job(bot.db, stored_id(job)).status == status
 
@@ -455,15 +439,15 @@ def test_cancel_of_a_finished_job_says_how_it_ended(harnesses):
 def test_an_abandoned_quote_expires_and_start_says_so(harnesses):
     bot = harnesses()
     _approve(bot.db, 12)
-    old = int(_buttons(_quote(bot, "train local ftbot:tiny"))[START_ACTION])
-    fresh = int(_buttons(_quote(bot, "train local ftbot:tiny"))[START_ACTION])
+    old = int(slack_training.buttons(slack_training.quote(bot, "train local ftbot:tiny"))[START_ACTION])
+    fresh = int(slack_training.buttons(slack_training.quote(bot, "train local ftbot:tiny"))[START_ACTION])
     update_job(bot.db, old, created_at=utcnow() - QUOTE_MAX_AGE - timedelta(minutes=1))
     start_scheduler(bot.bot)
     assert [job.id for job in bot.bot.scheduler.get_jobs() if job.id == EXPIRE_QUOTES_JOB]
     assert expire_old_quotes(context_key(bot.bot)) == 1
     assert get_job(bot.db, old).status == JobStatus.CANCELLED and get_job(bot.db, fresh).status == JobStatus.QUOTED
-    listing = _quote(bot, "jobs")["text"]
+    listing = slack_training.quote(bot, "jobs")["text"]
     assert f"job #{fresh} quoted" in listing and f"job #{old} " not in listing
-    _click(bot, START_ACTION, str(old))
+    slack_training.click(bot, START_ACTION, str(old))
     assert wait_until(lambda: "expired" in bot.fake.responses[-1]["text"])
     assert "/ft train" in bot.fake.responses[-1]["text"] and get_job(bot.db, old).status == JobStatus.CANCELLED

@@ -10,8 +10,9 @@ from bot.training import DISCARD_ACTION, START_ACTION, START_PII_ACTION, START_R
 from storage.examples import import_records
 from storage.jobs import get_job, list_jobs, list_models
 from storage.models import JobStatus
+from tests.bot import training_helpers as slack_training
 from tests.fixtures.concurrency import wait_until
-from tests.fixtures.slack_api import SlackHarness, block_actions
+from tests.fixtures.slack_api import block_actions
 from trainers.tiny_model import sample_conversations
 
 TOGETHER_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
@@ -24,32 +25,15 @@ def _approve(db, n: int = 20, *, pii: bool = False) -> None:
     import_records(db, enumerate(records, 1), source_file="t.jsonl", approved_by="U_LEAD")
 
 
-def _quote(harness: SlackHarness, text: str, user: str = "U_AGENT") -> dict:
-    before = len(harness.fake.responses)
-    harness.command(text, user_id=user, trigger_id=harness.fake.new_trigger_id())
-    harness.wait()
-    assert len(harness.fake.responses) > before, "no answer to the command"
-    return harness.fake.responses[-1]
-
-
-def _buttons(response: dict) -> dict[str, str]:
-    return {e["action_id"]: e.get("value", "") for b in response.get("blocks", []) if b["type"] == "actions" for e in b["elements"]}
-
-
-def _click(harness: SlackHarness, action_id: str, value: str, user: str = "U_AGENT") -> None:
-    harness.interact(block_actions(action_id, value, user_id=user, response_url=harness.fake.response_url()))
-    harness.wait()
-
-
 def test_ft_train_together_quotes_starts_once_shows_togethers_price_and_registers_the_brought_home_adapter(
         harnesses, together_api, adapter_dir):
     together_api.adapter_source = adapter_dir
     bot = harnesses()
     _approve(bot.db)
-    quote = _quote(bot, f"train together {TOGETHER_MODEL}")
+    quote = slack_training.quote(bot, f"train together {TOGETHER_MODEL}")
     assert quote["response_type"] == "ephemeral" and "Training quote" in quote["text"]
     blocks = json.dumps(quote["blocks"])
-    job_id = int(_buttons(quote)[START_ACTION])
+    job_id = int(slack_training.buttons(quote)[START_ACTION])
     # Only the model's name went to Together for the quote; it prices the uploaded file at Start.
     assert "Estimated cost: Together AI prices the run at Start" in blocks
     assert [c.path for c in together_api.calls] == ["/fine-tunes/models/limits"]
@@ -80,19 +64,19 @@ def test_ft_train_together_quotes_starts_once_shows_togethers_price_and_register
     wait_until(lambda: "succeeded" in json.dumps(bot.fake.find_message(job.slack_channel, job.slack_ts) or {}), 10,
                "progress message says succeeded")
 
-    listing = _quote(bot, "models")["text"]
+    listing = slack_training.quote(bot, "models")["text"]
     assert model.name in listing and "together" in listing
 
 
 def test_personal_data_bound_for_together_is_redacted_by_the_first_button(harnesses, together_api):
     bot = harnesses()
     _approve(bot.db, pii=True)
-    quote = _quote(bot, "train together")
-    buttons = _buttons(quote)
+    quote = slack_training.quote(bot, "train together")
+    buttons = slack_training.buttons(quote)
     assert list(buttons) == [START_REDACTED_ACTION, START_PII_ACTION, DISCARD_ACTION]
     assert "will be sent to Together AI" in json.dumps(quote["blocks"])
     job_id = buttons[START_REDACTED_ACTION]
-    _click(bot, START_REDACTED_ACTION, job_id)
+    slack_training.click(bot, START_REDACTED_ACTION, job_id)
     job = get_job(bot.db, int(job_id))
     assert job.external_id and job.config["gate"]["redact_pii"] is True
     uploaded = "".join(data.decode() for data in together_api.file_contents.values())
@@ -102,11 +86,11 @@ def test_personal_data_bound_for_together_is_redacted_by_the_first_button(harnes
 def test_cancel_stops_the_remote_job(harnesses, together_api):
     bot = harnesses()
     _approve(bot.db)
-    job_id = _buttons(_quote(bot, "train together"))[START_ACTION]
-    _click(bot, START_ACTION, job_id)
+    job_id = slack_training.buttons(slack_training.quote(bot, "train together"))[START_ACTION]
+    slack_training.click(bot, START_ACTION, job_id)
     external = get_job(bot.db, int(job_id)).external_id
     assert external
-    answer = _quote(bot, f"cancel {job_id}")["text"]
+    answer = slack_training.quote(bot, f"cancel {job_id}")["text"]
     assert f"Job #{job_id} is cancelled" in answer
     assert get_job(bot.db, int(job_id)).status == JobStatus.CANCELLED
     assert together_api.requests_to(f"/fine-tunes/{external}/cancel", "POST")
@@ -115,9 +99,9 @@ def test_cancel_stops_the_remote_job(harnesses, together_api):
 def test_an_error_from_together_is_shown_verbatim(harnesses, together_api):
     bot = harnesses()
     _approve(bot.db)
-    job_id = _buttons(_quote(bot, "train together"))[START_ACTION]
+    job_id = slack_training.buttons(slack_training.quote(bot, "train together"))[START_ACTION]
     together_api.refuse("/fine-tunes", 400, "Insufficient balance: add credits at api.together.ai/settings/billing")
-    _click(bot, START_ACTION, job_id)
+    slack_training.click(bot, START_ACTION, job_id)
     said = " ".join(r["text"] for r in bot.fake.responses)
     assert "Insufficient balance: add credits at api.together.ai/settings/billing" in said
 
@@ -126,7 +110,7 @@ def test_without_a_together_key_the_quote_says_what_to_set(harnesses, together_a
     monkeypatch.delenv("TOGETHER_API_KEY")
     bot = harnesses()
     _approve(bot.db)
-    answer = _quote(bot, "train together")["text"]
+    answer = slack_training.quote(bot, "train together")["text"]
     assert "TOGETHER_API_KEY" in answer and "/ft train local" in answer
     assert list_jobs(bot.db) == [] and not together_api.calls
 
@@ -135,8 +119,8 @@ def test_togethers_price_above_the_budget_cap_is_refused_at_start_and_said_in_sl
     monkeypatch.setenv("FTBOT_BUDGET_USD", "0")
     bot = harnesses()
     _approve(bot.db)
-    job_id = _buttons(_quote(bot, "train together"))[START_ACTION]
-    _click(bot, START_ACTION, job_id)
+    job_id = slack_training.buttons(slack_training.quote(bot, "train together"))[START_ACTION]
+    slack_training.click(bot, START_ACTION, job_id)
     said = " ".join(r["text"] for r in bot.fake.responses)
     assert "above the budget cap" in said and "Started training" not in said
     assert get_job(bot.db, int(job_id)).status == JobStatus.FAILED
