@@ -17,7 +17,6 @@ logged ``Settings`` cannot leak a token.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -26,11 +25,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from storage import setting_parsers as parse
 from storage.errors import ConfigError
+from storage.setting_parsers import Parser
 
 T = TypeVar("T")
 # (variable name, its text without surrounding blanks) → the value; raises ConfigError saying what to set.
-Parser = Callable[[str, str], object]
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful, friendly customer support agent. Answer accurately and concisely."
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini-2024-07-18"
@@ -56,8 +56,9 @@ DATA = "Data checks"
 TRAINING = "Training"
 EVALUATION = "Evaluation"
 DRAFTS = "Drafts"
+CLUSTER = "Cluster and artifacts"
 LIBRARIES = "Read by libraries"
-SECTIONS = (SLACK, STORAGE, DATA, TRAINING, EVALUATION, DRAFTS)
+SECTIONS = (SLACK, STORAGE, DATA, TRAINING, EVALUATION, DRAFTS, CLUSTER)
 
 # Variables that third-party libraries read themselves; ftbot documents them but never parses them.
 LIBRARY_VARIABLES: tuple[tuple[str, str], ...] = (
@@ -67,6 +68,10 @@ LIBRARY_VARIABLES: tuple[tuple[str, str], ...] = (
                            "`$FTBOT_HOME/tiktoken` when neither is set, and seeds it so token counts work offline."),
     ("TOGETHER_API_KEY", "The `together` client's API key: needed to train on Together AI."),
     ("TOGETHER_BASE_URL", "The `together` client's API root, without `/v1`: a proxy or, in tests, a fake server."),
+    ("AWS_ACCESS_KEY_ID", "With `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`): the S3 credentials s3fs uses for an "
+                          "`s3://` `FTBOT_ARTIFACTS_URL`; a node's instance role works too."),
+    ("RAY_ADDRESS", "Ray's own address variable (and `RAY_API_SERVER_ADDRESS`): Ray's client prefers it to the address "
+                    "it is given, so ftbot refuses to submit when it names another cluster than `FTBOT_RAY_ADDRESS`."),
     ("RANK", "Set by `accelerate launch` for each training process: only rank 0 writes metrics and saves the adapter."),
     ("TOKENIZERS_PARALLELISM", "Hugging Face tokenizers' threads; the workers set it to `false` unless it is set."),
 )
@@ -107,89 +112,11 @@ def env_setting_from(factory: Callable[[], T], name: str, section: str, parse: P
     return field(default_factory=factory, metadata={ENV_VARIABLE_METADATA: variable})
 
 
-# --- parsers: the variable's name and its non-blank text → the value ------------------------------------------
-
-
-def _text(_name: str, text: str) -> str:
-    return text
-
-
-def _path(_name: str, text: str) -> Path:
-    return Path(text).expanduser()
-
-
-def _id_list(_name: str, text: str) -> tuple[str, ...]:
-    """``"U1, U2,S3"`` → ``("U1", "U2", "S3")``; also accepts ``<@U1>`` and ``<!subteam^S3>`` as pasted from Slack."""
-    ids: list[str] = []
-    for part in text.replace(";", ",").replace(" ", ",").split(","):
-        part = part.strip().strip("<>@").removeprefix("!subteam^").split("|")[0]
-        if part and part not in ids:
-            ids.append(part)
-    return tuple(ids)
-
-
-def _channel_prompts(name: str, text: str) -> Mapping[str, str]:
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{name} is not valid JSON ({exc.msg} at character {exc.pos}): "
-            'set it to an object such as {"C0123456789": "You answer billing questions."}'
-        ) from None
-    if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
-        raise ConfigError(f'{name} must be a JSON object of channel ID → prompt text, e.g. {{"C0123456789": "…"}}')
-    return MappingProxyType(dict(parsed))
-
-
-def _api_url(_name: str, text: str) -> str:
-    return text if text.endswith("/") else text + "/"  # slack_sdk joins method names onto base_url
-
-
-def _port(name: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a number: set {name} to the HTTP port, e.g. 3000") from None
-
-
-def _whole_number(name: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {text!r}") from None
-
-
-def _number(name: str, text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {text!r}") from None
+# --- parsers that need ftbot's defaults (the rest are in storage.setting_parsers) ---------------------------------
 
 
 def _throughput(name: str, text: str) -> float:
-    return _number(name, text) or DEFAULT_LOCAL_TOKENS_PER_S  # 0 would divide by zero: it means "the default"
-
-
-def _positive(default: float, *, allow_zero: bool = False) -> Parser:
-    def parse(name: str, text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = -1.0
-        if value < 0 or (value == 0 and not allow_zero) or value != value:
-            raise ConfigError(f"{name}={text!r} is not a positive number: set it to e.g. {default:g}, or unset it")
-        return value
-
-    return parse
-
-
-def _switch(name: str, text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be on or off (1/0, true/false, yes/no), got {text!r}")
+    return parse.number(name, text) or DEFAULT_LOCAL_TOKENS_PER_S  # 0 would divide by zero: it means "the default"
 
 
 def _launcher(name: str, text: str) -> str:
@@ -213,7 +140,7 @@ def ftbot_home(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     configured = _value(env, HOME_VARIABLE)
     if configured:
-        return _path(HOME_VARIABLE, configured)
+        return parse.path(HOME_VARIABLE, configured)
     xdg = _value(env, "XDG_DATA_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
     return base / "ftbot"
@@ -234,86 +161,86 @@ class Settings:
 
     # Slack app. The console's and the tests' fake Slack take Web API calls at "http://127.0.0.1:PORT/api/".
     slack_bot_token: str | None = env_setting(
-        None, "SLACK_BOT_TOKEN", SLACK, _text, "Bot token (`xoxb-…`) from *OAuth & Permissions*. Never logged.", secret=True)
+        None, "SLACK_BOT_TOKEN", SLACK, parse.text, "Bot token (`xoxb-…`) from *OAuth & Permissions*. Never logged.", secret=True)
     slack_app_token: str | None = env_setting(
-        None, "SLACK_APP_TOKEN", SLACK, _text, "App-level token (`xapp-…`, `connections:write`): turns on Socket Mode.",
+        None, "SLACK_APP_TOKEN", SLACK, parse.text, "App-level token (`xapp-…`, `connections:write`): turns on Socket Mode.",
         secret=True)
     slack_signing_secret: str | None = env_setting(
-        None, "SLACK_SIGNING_SECRET", SLACK, _text, "Signing secret from *Basic Information*: needed for `--http`.", secret=True)
-    http_port: int = env_setting(3000, "PORT", SLACK, _port, "HTTP port when `--port` is not given.")
+        None, "SLACK_SIGNING_SECRET", SLACK, parse.text, "Signing secret from *Basic Information*: needed for `--http`.", secret=True)
+    http_port: int = env_setting(3000, "PORT", SLACK, parse.port, "HTTP port when `--port` is not given.")
     slack_api_url: str | None = env_setting(
-        None, "FTBOT_SLACK_API_URL", SLACK, _api_url,
+        None, "FTBOT_SLACK_API_URL", SLACK, parse.api_url,
         "Send Web API calls to another base URL (a proxy or a fake Slack), e.g. `http://127.0.0.1:8080/api/`.",
         shown_default="Slack's Web API")
     # Roles: Slack user IDs (U…/W…) or user-group IDs (S…). Empty everywhere = no role configuration.
     agents: tuple[str, ...] = env_setting(
-        (), "FTBOT_AGENTS", SLACK, _id_list,
+        (), "FTBOT_AGENTS", SLACK, parse.id_list,
         "Support agents (capture replies): comma-separated user IDs (`U…`) or user-group IDs (`S…`, read with "
         "`usergroups:read`). With no role variable set, everyone may do everything.", shown_default="unset")
     reviewers: tuple[str, ...] = env_setting(
-        (), "FTBOT_REVIEWERS", SLACK, _id_list, "Reviewers (approve or reject captures), as for `FTBOT_AGENTS`.",
+        (), "FTBOT_REVIEWERS", SLACK, parse.id_list, "Reviewers (approve or reject captures), as for `FTBOT_AGENTS`.",
         shown_default="unset")
     trainers: tuple[str, ...] = env_setting(
-        (), "FTBOT_TRAINERS", SLACK, _id_list, "Trainers (train, evaluate, choose the model in use), as for `FTBOT_AGENTS`.",
+        (), "FTBOT_TRAINERS", SLACK, parse.id_list, "Trainers (train, evaluate, choose the model in use), as for `FTBOT_AGENTS`.",
         shown_default="unset")
     admins: tuple[str, ...] = env_setting(
-        (), "FTBOT_ADMINS", SLACK, _id_list, "Admins (every role, and jobs above the budget cap), as for `FTBOT_AGENTS`.",
+        (), "FTBOT_ADMINS", SLACK, parse.id_list, "Admins (every role, and jobs above the budget cap), as for `FTBOT_AGENTS`.",
         shown_default="unset")
     voters: tuple[str, ...] = env_setting(
-        (), "FTBOT_VOTERS", SLACK, _id_list, "Who may vote on blind comparisons, as for `FTBOT_AGENTS`; everyone when unset.",
+        (), "FTBOT_VOTERS", SLACK, parse.id_list, "Who may vote on blind comparisons, as for `FTBOT_AGENTS`; everyone when unset.",
         shown_default="unset")
     system_prompt: str = env_setting(
-        DEFAULT_SYSTEM_PROMPT, "FTBOT_SYSTEM_PROMPT", SLACK, _text, "The system turn of captured examples.",
+        DEFAULT_SYSTEM_PROMPT, "FTBOT_SYSTEM_PROMPT", SLACK, parse.text, "The system turn of captured examples.",
         shown_default="a generic support-agent prompt")
     channel_prompts: Mapping[str, str] = env_setting_from(
-        lambda: MappingProxyType({}), "FTBOT_CHANNEL_PROMPTS", SLACK, _channel_prompts,
+        lambda: MappingProxyType({}), "FTBOT_CHANNEL_PROMPTS", SLACK, parse.channel_prompts,
         'Per-channel system prompts as JSON, e.g. `{"C0123456789": "You answer billing questions."}`; '
         "`/ft prompt set …` in a channel overrides it (stored in the database).", shown_default="unset")
 
     # Storage. The home is resolved from the environment even for Settings built by hand: it is where this
     # process and the workers it starts keep their files.
     home: Path = env_setting_from(
-        ftbot_home, HOME_VARIABLE, STORAGE, _path,
+        ftbot_home, HOME_VARIABLE, STORAGE, parse.path,
         "Where ftbot keeps its state: the SQLite database, training jobs' files and models, console files.",
         shown_default="`$XDG_DATA_HOME/ftbot`, else `~/.local/share/ftbot`")
     database_url: str | None = env_setting(
-        None, DATABASE_URL_VARIABLE, STORAGE, _text,
+        None, DATABASE_URL_VARIABLE, STORAGE, parse.text,
         "SQLAlchemy URL of the database, e.g. `postgresql+psycopg://USER:PASSWORD@HOST:5432/ftbot`.",
         shown_default="SQLite at `$FTBOT_HOME/ftbot.sqlite3`")
 
     # Data checks.
     prices_file: Path | None = env_setting(
-        None, "FTBOT_PRICES_FILE", DATA, _path, "The dated price table (TOML) that costs and context limits come from.",
+        None, "FTBOT_PRICES_FILE", DATA, parse.path, "The dated price table (TOML) that costs and context limits come from.",
         shown_default="the bundled `trainers/data/prices.toml`")
     max_line_bytes: int = env_setting(
-        DEFAULT_MAX_LINE_BYTES, "FTBOT_MAX_LINE_BYTES", DATA, _whole_number,
+        DEFAULT_MAX_LINE_BYTES, "FTBOT_MAX_LINE_BYTES", DATA, parse.whole_number,
         "A JSONL line longer than this is reported as `line_too_long` without being read into memory.",
         shown_default="16 MiB")
 
     # Training.
     openai_model: str = env_setting(
-        DEFAULT_OPENAI_MODEL, "FTBOT_OPENAI_MODEL", TRAINING, _text,
+        DEFAULT_OPENAI_MODEL, "FTBOT_OPENAI_MODEL", TRAINING, parse.text,
         "OpenAI base model to fine-tune, price and validate for (`/ft price`, `/ft validate`, `ftbot validate/price`). "
         "The deprecated `FTBOT_BASE_MODEL` is read as this one (never as the on-prem base), with a one-line warning.",
         deprecated_name="FTBOT_BASE_MODEL")
     together_model: str = env_setting(
-        DEFAULT_TOGETHER_MODEL, "FTBOT_TOGETHER_MODEL", TRAINING, _text,
+        DEFAULT_TOGETHER_MODEL, "FTBOT_TOGETHER_MODEL", TRAINING, parse.text,
         "Together AI base model to fine-tune with LoRA (`/ft train together`, `ftbot train --backend together`).")
-    together_lora_r: int = env_setting(16, "FTBOT_TOGETHER_LORA_R", TRAINING, _whole_number, "Together AI: LoRA rank.")
+    together_lora_r: int = env_setting(16, "FTBOT_TOGETHER_LORA_R", TRAINING, parse.whole_number, "Together AI: LoRA rank.")
     together_lora_alpha: int = env_setting(
-        32, "FTBOT_TOGETHER_LORA_ALPHA", TRAINING, _whole_number, "Together AI: LoRA alpha.")
+        32, "FTBOT_TOGETHER_LORA_ALPHA", TRAINING, parse.whole_number, "Together AI: LoRA alpha.")
     together_learning_rate: float = env_setting(
-        1e-4, "FTBOT_TOGETHER_LEARNING_RATE", TRAINING, _number, "Together AI: learning rate.", shown_default="0.0001")
+        1e-4, "FTBOT_TOGETHER_LEARNING_RATE", TRAINING, parse.number, "Together AI: learning rate.", shown_default="0.0001")
     # None: the back end's default (the console trains the bundled SmolLM2 instead).
     local_base_model: str | None = env_setting(
-        None, "FTBOT_LOCAL_BASE_MODEL", TRAINING, _text,
+        None, "FTBOT_LOCAL_BASE_MODEL", TRAINING, parse.text,
         "On-prem base model: a Hugging Face id or a directory (the console uses `ftbot:smollm2`, the bundled SmolLM2-135M-Instruct).",
         shown_default=f"`{DEFAULT_LOCAL_BASE_MODEL}`")
     budget_usd: float | None = env_setting(
-        None, "FTBOT_BUDGET_USD", TRAINING, _number, "Budget cap per job; above it only an admin may start.",
+        None, "FTBOT_BUDGET_USD", TRAINING, parse.number, "Budget cap per job; above it only an admin may start.",
         shown_default="no cap")
     gpu_hour_usd: float = env_setting(
-        DEFAULT_GPU_HOUR_USD, "FTBOT_GPU_HOUR_USD", TRAINING, _number, "On-prem estimate: price of a GPU-hour (USD).",
+        DEFAULT_GPU_HOUR_USD, "FTBOT_GPU_HOUR_USD", TRAINING, parse.number, "On-prem estimate: price of a GPU-hour (USD).",
         shown_default="2.00")
     local_tokens_per_s: float = env_setting(
         DEFAULT_LOCAL_TOKENS_PER_S, "FTBOT_LOCAL_TOKENS_PER_S", TRAINING, _throughput,
@@ -322,56 +249,83 @@ class Settings:
     launcher: str = env_setting(
         "python", "FTBOT_LAUNCHER", TRAINING, _launcher, "`accelerate` runs local training under `accelerate launch`.")
     num_processes: int = env_setting(
-        1, "FTBOT_NUM_PROCESSES", TRAINING, _whole_number, "Training processes (GPUs) when a job does not set its own.")
+        1, "FTBOT_NUM_PROCESSES", TRAINING, parse.whole_number, "Training processes (GPUs) when a job does not set its own.")
     accelerate_config: str | None = env_setting(
-        None, "FTBOT_ACCELERATE_CONFIG", TRAINING, _text,
+        None, "FTBOT_ACCELERATE_CONFIG", TRAINING, parse.text,
         "An `accelerate config` file (FSDP, DeepSpeed, …) that replaces `--multi_gpu`.")
     openai_max_retries: int = env_setting(
-        DEFAULT_OPENAI_MAX_RETRIES, "FTBOT_OPENAI_MAX_RETRIES", TRAINING, _whole_number,
+        DEFAULT_OPENAI_MAX_RETRIES, "FTBOT_OPENAI_MAX_RETRIES", TRAINING, parse.whole_number,
         "OpenAI client retries on 429/5xx answers (training, generation, the judge).")
     training_poll_seconds: float = env_setting(
-        10.0, "FTBOT_TRAINING_POLL_SECONDS", TRAINING, _number,
+        10.0, "FTBOT_TRAINING_POLL_SECONDS", TRAINING, parse.number,
         "How often the bot polls OpenAI / relays a worker's progress, in seconds.")
 
     # Evaluation: the baseline ("base" = the candidate's base model, "openai:<model>", a registered model or a local
     # base model), how long voting stays open, and the pause between posted comparisons (Slack: ~1 message/s/channel).
     eval_baseline: str | None = env_setting(
-        None, "FTBOT_EVAL_BASELINE", EVALUATION, _text,
+        None, "FTBOT_EVAL_BASELINE", EVALUATION, parse.text,
         "The baseline: `base` (the candidate's base model), `openai:<model>`, a registered model, or a local base model.",
         shown_default="`base`")
     eval_hours: float = env_setting(
-        24.0, "FTBOT_EVAL_HOURS", EVALUATION, _positive(24.0),
+        24.0, "FTBOT_EVAL_HOURS", EVALUATION, parse.positive(24.0),
         "How long voting stays open, in hours (a scheduler job and the next vote or command close it).")
     eval_post_interval: float = env_setting(
-        1.1, "FTBOT_EVAL_POST_INTERVAL", EVALUATION, _positive(1.1, allow_zero=True),
+        1.1, "FTBOT_EVAL_POST_INTERVAL", EVALUATION, parse.positive(1.1, allow_zero=True),
         "Seconds between posted comparisons.")
     eval_max_tokens: int = env_setting(
-        512, "FTBOT_EVAL_MAX_TOKENS", EVALUATION, _whole_number, "Generation: the longest answer, in tokens.")
+        512, "FTBOT_EVAL_MAX_TOKENS", EVALUATION, parse.whole_number, "Generation: the longest answer, in tokens.")
     eval_temperature: float = env_setting(
-        0.0, "FTBOT_EVAL_TEMPERATURE", EVALUATION, _number, "Generation: sampling temperature (0 = greedy).")
+        0.0, "FTBOT_EVAL_TEMPERATURE", EVALUATION, parse.number, "Generation: sampling temperature (0 = greedy).")
     eval_batch_size: int = env_setting(
-        8, "FTBOT_EVAL_BATCH_SIZE", EVALUATION, _whole_number, "Generation: prompts per batch on a local model.")
+        8, "FTBOT_EVAL_BATCH_SIZE", EVALUATION, parse.whole_number, "Generation: prompts per batch on a local model.")
     judge_model: str = env_setting(
-        DEFAULT_JUDGE_MODEL, "FTBOT_JUDGE_MODEL", EVALUATION, _text, "The LLM judge for `/ft judge`.")
+        DEFAULT_JUDGE_MODEL, "FTBOT_JUDGE_MODEL", EVALUATION, parse.text, "The LLM judge for `/ft judge`.")
 
     inference_url: str | None = env_setting(
-        None, "FTBOT_INFERENCE_URL", DRAFTS, _text,
+        None, "FTBOT_INFERENCE_URL", DRAFTS, parse.text,
         "An OpenAI-compatible inference server for local models' drafts (vLLM with `--enable-lora`, SGLang, llama.cpp's "
         "server, Ollama), e.g. `http://gpu-box:8000/v1`; unset: ftbot keeps the model loaded in a local process.",
         shown_default="unset (embedded)")
     inference_api_key: str | None = env_setting(
-        None, "FTBOT_INFERENCE_API_KEY", DRAFTS, _text, "Bearer token for `FTBOT_INFERENCE_URL`, if it asks for one. Never logged.",
+        None, "FTBOT_INFERENCE_API_KEY", DRAFTS, parse.text, "Bearer token for `FTBOT_INFERENCE_URL`, if it asks for one. Never logged.",
         secret=True)
     draft_max_tokens: int = env_setting(
-        300, "FTBOT_DRAFT_MAX_TOKENS", DRAFTS, _whole_number, "The longest draft, in tokens.")
+        300, "FTBOT_DRAFT_MAX_TOKENS", DRAFTS, parse.whole_number, "The longest draft, in tokens.")
     draft_reply_window_minutes: float = env_setting(
-        60.0, "FTBOT_DRAFT_REPLY_WINDOW_MINUTES", DRAFTS, _positive(60.0),
+        60.0, "FTBOT_DRAFT_REPLY_WINDOW_MINUTES", DRAFTS, parse.positive(60.0),
         "After a discarded draft, the agent's own reply in the thread within this many minutes becomes a preference pair.")
     draft_expire_hours: float = env_setting(
-        24.0, "FTBOT_DRAFT_EXPIRE_HOURS", DRAFTS, _positive(24.0), "A draft nobody sent, edited or discarded expires after this.")
+        24.0, "FTBOT_DRAFT_EXPIRE_HOURS", DRAFTS, parse.positive(24.0), "A draft nobody sent, edited or discarded expires after this.")
     drafts_sent_as_examples: bool = env_setting(
-        False, "FTBOT_DRAFTS_SENT_AS_EXAMPLES", DRAFTS, _switch,
+        False, "FTBOT_DRAFTS_SENT_AS_EXAMPLES", DRAFTS, parse.switch,
         "Also store each draft sent as is as a pending training example (edited drafts always are).", shown_default="off")
+
+    # Cluster and artifacts: where model work runs and where its files go.
+    ray_address: str | None = env_setting(
+        None, "FTBOT_RAY_ADDRESS", CLUSTER, parse.text,
+        "A Ray cluster's dashboard address, e.g. `http://gpu-head:8265`: training, merges, evaluation answers and "
+        "`eval score` run there as Ray jobs; unset: as child processes of the bot or the CLI.", shown_default="unset (local)")
+    ray_num_gpus: float = env_setting(
+        1.0, "FTBOT_RAY_NUM_GPUS", CLUSTER, parse.positive(1.0, allow_zero=True),
+        "GPUs each Ray job asks for (`entrypoint_num_gpus`; a training job with several processes asks for that many); "
+        "0 on a CPU-only cluster.")
+    ray_num_cpus: float = env_setting(
+        1.0, "FTBOT_RAY_NUM_CPUS", CLUSTER, parse.positive(1.0, allow_zero=True),
+        "CPUs each Ray job reserves (`entrypoint_num_cpus`), so the cluster queues jobs instead of overloading a node.")
+    ray_runtime_env: Mapping[str, Any] = env_setting_from(
+        lambda: MappingProxyType({}), "FTBOT_RAY_RUNTIME_ENV", CLUSTER, parse.json_object,
+        'The Ray `runtime_env` of ftbot jobs as JSON, e.g. `{"image_uri": "registry/ftbot-worker:1"}` or '
+        '`{"pip": ["ftbot[local,postgres,cluster]"]}`; ftbot adds the `env_vars` its workers need.', shown_default="unset "
+        "(the nodes have ftbot installed)")
+    ray_python: str = env_setting(
+        "python", "FTBOT_RAY_PYTHON", CLUSTER, parse.text, "The Python on the Ray nodes that has ftbot installed.")
+    artifacts_url: str | None = env_setting(
+        None, "FTBOT_ARTIFACTS_URL", CLUSTER, parse.text,
+        "Where adapters, merged models, loss charts and worker logs go: a directory (shared by every node) or "
+        "`s3://bucket/prefix` (S3, MinIO, Ceph).", shown_default="`$FTBOT_HOME`")
+    artifacts_endpoint_url: str | None = env_setting(
+        None, "FTBOT_ARTIFACTS_ENDPOINT_URL", CLUSTER, parse.text,
+        "The S3 endpoint of an S3-compatible store, e.g. `http://minio:9000`.", shown_default="AWS S3")
 
     # Not an environment variable: the local console sets it, so a bot with no base model configured trains the
     # bundled SmolLM2 there (no accounts, no downloads).
