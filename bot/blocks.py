@@ -203,16 +203,20 @@ def upload_file(
     return files[0]
 
 
-def send_worker_log(client: WebClient, user: str, *, text: str, heading: str, tail: str) -> bool:
+def send_worker_log(client: WebClient, user: str, *, text: str, heading: str, tail: str,
+                    full_log: tuple[str, str] | None = None) -> bool:
     """Send the end of a failed worker's log to ``user``'s direct message with the bot; False when Slack refused.
 
     Logs hold customer text and server paths: they go to the trainer who started the work, never to a channel.
-    ``text`` is the notification fallback, ``heading`` the first block's mrkdwn.
+    ``text`` is the notification fallback, ``heading`` the first block's mrkdwn. ``full_log`` (file name, text): the
+    whole log as a file in the same conversation (a worker that ran on another machine leaves no log file here).
     """
     try:
         dm = client.conversations_open(users=user)["channel"]["id"]
         client.chat_postMessage(channel=dm, text=text,
                                 blocks=fit_blocks([section(heading), section("```" + escape(truncate(tail, 2500)) + "```")]))
+        if full_log is not None and full_log[1].strip():
+            upload_file(client, dm, content=full_log[1], filename=full_log[0], title="The whole worker log")
     except SlackApiError as error:
         log.warning("cannot send a worker log to %s: %s", user, error.response.get("error"))
         return False

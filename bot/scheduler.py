@@ -10,6 +10,11 @@ every ``REDELIVER_SECONDS``); ``ftbot run`` starts the scheduler at once.
 Stored jobs keep only a textual function reference and plain arguments; the function finds the live ``BotContext``
 with :func:`context_for` using the database URL as the key, so a new bot process on the same database picks up
 every stored job where the old one stopped.
+
+Two bot processes on one database (a rolling deploy) both run a scheduler on the one job table, which APScheduler 3
+does not coordinate: both find a job due. :class:`OncePerRunExecutor` runs a due job only under its run lock and
+only after claiming its run time (``storage.scheduled_runs``), so each scheduled run happens once across processes;
+:class:`SharedJobStore` lets a process update a job another process just removed without its scheduler thread dying.
 """
 
 from __future__ import annotations
@@ -18,18 +23,24 @@ import atexit
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from apscheduler.events import JobExecutionEvent
+from apscheduler.executors.base import run_job
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.job import Job as ScheduledJob
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from storage.db import Database
 from storage.drafts import expire_drafts, store_missing_training_data
 from storage.events import forget_events_before
 from storage.jobs import QUOTE_MAX_AGE, expire_quotes, has_scheduled_jobs
 from storage.models import utcnow
+from storage.scheduled_runs import claim_run, forget_run, forget_runs_except, hold_run, is_scheduled
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext
@@ -60,13 +71,56 @@ def context_for(key: str) -> BotContext | None:
     return _contexts.get(key)
 
 
+class SharedJobStore(SQLAlchemyJobStore):
+    """APScheduler's SQLAlchemy job store, for a table other processes write too."""
+
+    def update_job(self, job: ScheduledJob) -> None:
+        # After running a due job the scheduler stores its next run time. When another process removed the job
+        # meanwhile (a relay that finished unschedules itself), the store raises JobLookupError, which nothing in
+        # APScheduler catches: the scheduler thread would die and this process would never run a job again.
+        try:
+            super().update_job(job)
+        except JobLookupError:
+            log.debug("scheduled job %s was removed by another process", job.id)
+
+
+class OncePerRunExecutor(ThreadPoolExecutor):
+    """A thread pool that runs each due job once across the processes on one database (see the module docstring)."""
+
+    def __init__(self, db: Database, max_workers: int = 2):
+        super().__init__(max_workers)
+        self.db = db
+
+    def _do_submit_job(self, job: ScheduledJob, run_times: list[datetime]) -> None:
+        # As BasePoolExecutor does, with the run wrapped in the run lock and the claim.
+        def done(future: Future[list[JobExecutionEvent]]) -> None:
+            error = future.exception()
+            if error is not None:
+                self._run_job_error(job.id, error, error.__traceback__)
+            else:
+                self._run_job_success(job.id, future.result())
+
+        self._pool.submit(self.run_once, job, run_times).add_done_callback(done)
+
+    def run_once(self, job: ScheduledJob, run_times: list[datetime]) -> list[JobExecutionEvent]:
+        """Run ``job`` for ``run_times`` (their last, coalesced) unless another process runs or ran it; its events."""
+        with hold_run(self.db, job.id) as held:
+            if not held:
+                log.debug("scheduled job %s is running in another process: skipped", job.id)
+                return []
+            if not is_scheduled(self.db, JOBS_TABLE, job.id) or not claim_run(self.db, job.id, run_times[-1]):
+                log.debug("scheduled job %s at %s ran in another process (or was removed): skipped", job.id, run_times[-1])
+                return []
+            return list(run_job(job, job._jobstore_alias, run_times, self._logger.name))
+
+
 def build_scheduler(bot: BotContext, *, max_workers: int = 2) -> BackgroundScheduler:
     """A scheduler whose jobs live in the bot's database (same engine, so SQLite's settings apply)."""
     # "skipped: maximum number of running instances reached" is expected when a poll outlasts its interval.
     logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
     return BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(engine=bot.db.engine, tablename=JOBS_TABLE)},
-        executors={"default": ThreadPoolExecutor(max_workers)},
+        jobstores={"default": SharedJobStore(engine=bot.db.engine, tablename=JOBS_TABLE)},
+        executors={"default": OncePerRunExecutor(bot.db, max_workers)},
         # A poll missed while the bot was down runs once when it is back, not once per missed interval.
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
         timezone="UTC",
@@ -93,6 +147,8 @@ def start_scheduler(bot: BotContext) -> BackgroundScheduler:
             bot.scheduler = scheduler
             atexit.register(_shutdown_quietly, scheduler)
             _schedule_housekeeping(bot, scheduler)
+            # Claims of jobs removed since (a relay that ended while another process had just claimed it).
+            forget_runs_except(bot.db, {job.id for job in scheduler.get_jobs()})
         return scheduler
 
 
@@ -211,3 +267,4 @@ def unschedule(bot: BotContext, job_id: str) -> None:
         scheduler.remove_job(job_id)
     except JobLookupError:
         pass
+    forget_run(bot.db, job_id)

@@ -58,6 +58,7 @@ from trainers.training.jobs import (
 )
 from trainers.training.local.config import SMOLLM2_BASE_MODEL
 from trainers.training.quote import Quote, quote_lines
+from trainers.training.runners import full_log, runs_on_ray
 from trainers.training.together_backend import together_key_missing
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
@@ -286,7 +287,10 @@ def _send_failure_log(bot: BotContext, job: Job) -> None:
         return
     text = f"Training job #{job_id} failed. The end of its worker log:"
     heading = f":x: *{text}*\n" + bk.escape(scrub_credentials(job.error or ""))
-    if not bk.send_worker_log(bot.client, user, text=text, heading=heading, tail=scrub_credentials(job.log_tail)):
+    # A worker that ran on the Ray cluster left its log with Ray: the whole of it goes along as a file.
+    whole = (f"ftbot-job-{job_id}.log", full_log(job, bot.settings)) if runs_on_ray(job) else None
+    if not bk.send_worker_log(bot.client, user, text=text, heading=heading, tail=scrub_credentials(job.log_tail),
+                              full_log=whole):
         return
     update_job(bot.db, job_id, progress={**(get_job(bot.db, job_id).progress or {}), "log_sent": True})
 

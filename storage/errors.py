@@ -58,3 +58,12 @@ class DraftNotFound(FtbotError):
     def __init__(self, draft_id: int):
         self.draft_id = draft_id
         super().__init__(f"draft #{draft_id} does not exist: list drafts with `ftbot drafts list`")
+
+
+class ArtifactError(FtbotError):
+    """Artifact storage (``FTBOT_ARTIFACTS_URL``) cannot be read or written: a missing bucket or location, refused
+    credentials, an unreachable endpoint, or the ``cluster`` extra (fsspec, s3fs) not installed."""
+
+
+class ClusterError(FtbotError):
+    """The Ray cluster (``FTBOT_RAY_ADDRESS``) cannot be reached or refused a request; nothing was started."""

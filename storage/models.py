@@ -382,6 +382,18 @@ class ProcessedEvent(SQLModel, table=True):
     created_at: datetime = _created()
 
 
+class ScheduledRun(SQLModel, table=True):
+    """The latest run time of each scheduled job (bot.scheduler) that a bot process claimed: two bots on one database
+    (a rolling deploy) both find a job due, and only the one whose claim moves ``run_time`` forward runs it."""
+
+    __tablename__ = "scheduled_runs"
+
+    job_id: str = Field(primary_key=True, max_length=191)  # APScheduler's job id (its own table's key length)
+    run_time: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    owner: str = Field(max_length=200)  # "host:pid" of the process that claimed it
+    claimed_at: datetime = _created()
+
+
 class InboxStatus(StrEnum):
     """Where a stored Slack event stands."""
 

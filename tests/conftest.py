@@ -5,4 +5,6 @@ pytest_plugins = [
     "tests.fixtures.openai_api",
     "tests.fixtures.together_api",
     "tests.fixtures.tiny_model",
+    "tests.fixtures.ray_head",
+    "tests.fixtures.s3",
 ]

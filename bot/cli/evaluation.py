@@ -203,11 +203,17 @@ def score(
 ) -> None:
     """Held-out loss of a local model and of its baseline (its base, or its DPO parent) on replies it never trained on."""
     # Scoring loads the model (torch, transformers): imported when this command runs, so `ftbot --help` stays fast.
-    from trainers.evaluation.score import model_to_score, score_model
+    from trainers.evaluation.score import model_to_score, score_in_worker, score_model
 
+    settings = cli_settings()
     with database_errors(), open_database() as db:
         with json_errors(as_json):
-            report = score_model(db, model_to_score(db, model))
+            chosen = model_to_score(db, model)
+            if settings.ray_address:  # the model loads on the cluster's GPUs, not on this machine
+                report = score_in_worker(chosen.name, database_url=db.engine.url.render_as_string(hide_password=False),
+                                         settings=settings)
+            else:
+                report = score_model(db, chosen)
     if as_json:
         print_json(report.to_json())
         return

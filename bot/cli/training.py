@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from bot.cli.common import cli_settings, console, database_errors, err_console, open_database, print_table
 from bot.payloads import MAX_EPOCHS, MAX_STORED_ID
+from storage.artifacts import is_remote
 from storage.jobs import discard_quote, get_job, job_record, list_jobs, list_models, model_record, use_model
 from storage.model_names import display_name, job_model_name
 from storage.models import JobStatus, TrainingBackend, TrainingMethod, stored_id
@@ -201,15 +202,22 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         for r in records:
             metrics = r["metrics"] or {}
             loss = metrics.get("final_valid_loss")
-            # Bases by their short name; where a model's files are (its location) is in --json.
+            # Bases by their short name; a model's exact location (a server path) is in --json.
             base = display_name(metrics.get("root_base_model") or r["base_model"])
             origin = f"{base} → {metrics['parent_model']}" if metrics.get("parent_model") else base
             rows.append([
                 "*" if r["active"] else "", r["name"], r["backend"], origin, str(r["job_id"] or ""),
                 f"{loss:.4f}" if isinstance(loss, (int, float)) else "",
-                f"${r['cost_usd']:,.4f}" if r["cost_usd"] is not None else "",
+                f"${r['cost_usd']:,.4f}" if r["cost_usd"] is not None else "", stored_where(r["backend"], r["location"]),
             ])
-        print_table(["", "name", "backend", "base model", "job", "valid loss", "cost"], rows, whole={"name"})
+        print_table(["", "name", "backend", "base model", "job", "valid loss", "cost", "stored"], rows, whole={"name"})
+
+
+def stored_where(backend: str, location: str) -> str:
+    """Where a model's files are, for the table: at OpenAI, on this machine (a path), or the shared store's URL."""
+    if backend == TrainingBackend.OPENAI:
+        return "OpenAI"
+    return location if is_remote(location) else "this machine"
 
 
 def use(name: Annotated[str, typer.Argument(help="Model name (or id) from `ftbot models`.")]) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot import blocks as bk
-from storage.errors import FtbotError
+from storage.artifacts import artifact_exists
+from storage.errors import ArtifactError, FtbotError
 from storage.jobs import active_model, list_models
 from storage.models import RegisteredModel
 from trainers.drafts.generate import RUNS_ON_PREM
@@ -31,7 +31,13 @@ def drafting_model(bot: BotContext) -> tuple[RegisteredModel, str | None]:
 def activation_line(bot: BotContext, model: RegisteredModel) -> str | None:
     """Get ``model`` ready for drafts (load it where drafts run); a line for the trainer, or None. Slow: defer it."""
     embedded = model.backend in RUNS_ON_PREM and not bot.settings.inference_url
-    if embedded and not Path(model.location).is_dir():  # never start the drafting process for an adapter it cannot load
+    try:
+        # Never start the drafting process for an adapter it cannot load: a directory here, or a finished upload in
+        # the shared artifact store (the drafting process downloads it).
+        missing = embedded and not artifact_exists(model.location, bot.settings)
+    except ArtifactError as error:
+        return f":warning: Drafts cannot use {bk.escape(model.name)}: {bk.escape(str(error))}"
+    if missing:
         return (f":warning: Drafts cannot use {bk.escape(model.name)} on this machine: its adapter "
                 f"`{bk.escape(model.location)}` is not here.")
     try:

@@ -9,7 +9,6 @@ voting time is over (a scheduler job, and lazily on the next event or command) o
 from __future__ import annotations
 
 import logging
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from storage.errors import FtbotError
 from storage.evals import RoundStatus
 from storage.models import EvalRound, stored_id, utcnow
 from storage.scrub import scrub_credentials
+from trainers.cluster import WorkerHandle
 from trainers.evaluation.charts import report_png
 from trainers.evaluation.generation import generate_round, read_log_tail, round_needs_worker, spawn_generation
 from trainers.evaluation.inference import GenerationSettings
@@ -138,14 +138,14 @@ def _run_round(bot: BotContext, round_id: int, *, started_by: str | None, poll_s
     try:
         if round_needs_worker(bot.db, round_id):
             url = bot.db.engine.url.render_as_string(hide_password=False)
-            process = spawn_generation(round_id, database_url=url)
+            process = spawn_generation(round_id, database_url=url, settings=bot.settings, created_at=round_.created_at)
             code = _wait_for_worker(bot, process, round_id, total, progress, poll_seconds)
             if code != 0:
                 evals.move_round(bot.db, round_id, RoundStatus.FAILED, from_status=RoundStatus.GENERATING)
                 # The log (tracebacks, server paths, customer questions) stays out of the channel.
                 progress.show(f"generation failed (worker exit code {code}). Nothing was posted; fix the cause, then "
                               f"`/ft eval resume {round_id}` (answers already written are kept).",
-                              note=_send_generation_log(bot, round_id, started_by))
+                              note=_send_generation_log(bot, round_id, started_by, process))
                 return
         else:
             def report(name: str, done: int, of: int) -> None:
@@ -171,9 +171,9 @@ def _run_round(bot: BotContext, round_id: int, *, started_by: str | None, poll_s
         _posting_stopped(round_id, progress, error)
 
 
-def _send_generation_log(bot: BotContext, round_id: int, started_by: str | None) -> str:
+def _send_generation_log(bot: BotContext, round_id: int, started_by: str | None, worker: WorkerHandle) -> str:
     """DM the end of the generation worker's log to the trainer who started the round; where it went (mrkdwn)."""
-    tail = read_log_tail(round_id)
+    tail = read_log_tail(round_id, worker=worker)
     if not (started_by and tail.strip() and bot.roles.may_train(started_by)):
         return "The worker log is kept with the round on the ftbot server."
     sent = bk.send_worker_log(bot.client, started_by,
@@ -184,7 +184,7 @@ def _send_generation_log(bot: BotContext, round_id: int, started_by: str | None)
     return f"The worker log was sent to <@{bk.escape(started_by)}>, who started the round."
 
 
-def _wait_for_worker(bot: BotContext, process: subprocess.Popen, round_id: int, total: int,
+def _wait_for_worker(bot: BotContext, process: WorkerHandle, round_id: int, total: int,
                      progress: _ProgressMessage, poll_seconds: float) -> int:
     while True:
         code = process.poll()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from bot import blocks as bk
 from bot.commands import CommandContext
+from storage.config import Settings
 from storage.errors import FtbotError
 from storage.jobs import get_model
 from storage.models import TrainingBackend
@@ -34,12 +35,12 @@ def score_command(bot: BotContext, ctx: CommandContext) -> None:
                          "Compare it with `/ft eval` instead.")
     ctx.respond(bk.escape(f"Scoring {model.name} and its baseline on held-out replies… (about a minute)"))
     url = bot.db.engine.url.render_as_string(hide_password=False)
-    bot.defer(_score_and_answer, ctx, model.name, url)
+    bot.defer(_score_and_answer, ctx, model.name, url, bot.settings)
 
 
-def _score_and_answer(ctx: CommandContext, name: str, database_url: str) -> None:
+def _score_and_answer(ctx: CommandContext, name: str, database_url: str, settings: Settings) -> None:
     try:
-        report = score_in_worker(name, database_url=database_url)
+        report = score_in_worker(name, database_url=database_url, settings=settings)
     except (ScoreUnavailable, TimeoutError) as error:
         ctx.respond(bk.escape(f"Could not score {name}: {error}"))
         return

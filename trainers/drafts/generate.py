@@ -18,8 +18,10 @@
   ``<base model>`` is the models' base (``ftbot models`` shows it; for ``ftbot:smollm2`` use
   ``HuggingFaceTB/SmolLM2-135M-Instruct``), ``--max-lora-rank`` at least the rank trained with (16 by default), and the
   adapter directory must be readable by the server at the same path (a shared volume), or loaded at start with
-  ``--lora-modules <name>=<dir>`` instead. ``FTBOT_INFERENCE_API_KEY`` is sent as the bearer token (vLLM's
-  ``--api-key``). Other servers:
+  ``--lora-modules <name>=<dir>`` instead. With a remote artifact store (``FTBOT_ARTIFACTS_URL=s3://…``) the
+  ``lora_path`` sent is the adapter's ``s3://`` URL, which vLLM does not download: give the server the store as a
+  mounted directory (``FTBOT_ARTIFACTS_URL`` a shared directory) or load the adapters at its start.
+  ``FTBOT_INFERENCE_API_KEY`` is sent as the bearer token (vLLM's ``--api-key``). Other servers:
 
   - SGLang (``--enable-lora --lora-paths <name>=<dir>``) loads at ``POST <root>/load_lora_adapter`` (no ``/v1``)
     and picks an adapter with ``model="<base>:<name>"``, neither of which ftbot sends: merge the adapter into its
@@ -33,7 +35,8 @@
 - Local models without a server: ftbot's embedded server (``trainers/drafts/server.py``), a child process started
   once, at the first draft or activation, that keeps the models loaded (the load call carries ``base_model``, so it
   knows which base to load each adapter on; the service loads a model before its first draft). Same client path as
-  for vLLM. If the child dies, the next draft starts a new one. Its log is ``$FTBOT_HOME/drafts/server.log``.
+  for vLLM; an adapter in a remote artifact store is downloaded once into ``$FTBOT_HOME/cache/artifacts`` by that
+  process. If the child dies, the next draft starts a new one. Its log is ``$FTBOT_HOME/drafts/server.log``.
 
 ``DraftText.generation_ms`` is the time spent waiting for the model side: the completion, plus any start or load the
 draft had to wait for (so the caller's "overhead" — total minus generation — is ftbot's own).

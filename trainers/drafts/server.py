@@ -7,7 +7,8 @@ and talks to it with the ``openai`` client, exactly as it talks to vLLM when ``F
 Routes (the subset of vLLM's OpenAI server that drafts use):
 
 - ``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path", "base_model"}``: load ``base_model`` (an HF id, a
-  directory, ``ftbot:tiny`` / ``ftbot:smollm2``) with the LoRA adapter at ``lora_path`` and serve it as
+  directory, ``ftbot:tiny`` / ``ftbot:smollm2``) with the LoRA adapter at ``lora_path`` (a directory, or a location
+  in the remote artifact store, ``s3://…``, downloaded once into ``$FTBOT_HOME/cache/artifacts``) and serve it as
   ``lora_name``. ``base_model`` is ftbot's extension: vLLM serves one base fixed at start, this server loads the
   base each adapter names (without it, the adapter's ``adapter_config.json`` ``base_model_name_or_path``). The name
   already loaded: 400, as vLLM answers. At most ``--max-models`` stay loaded; the least recently used goes first.
@@ -46,7 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from storage.errors import ConfigError
+from storage.artifacts import is_remote, local_copy
+from storage.errors import ArtifactError, ConfigError
 from storage.scrub import scrub_credentials
 from trainers.evaluation.inference import GenerationError, GenerationSettings
 
@@ -181,7 +183,14 @@ def load_request(body: Mapping[str, Any], store: ModelStore) -> tuple[str, str, 
         raise RequestError(400, "'lora_path' and 'base_model' must be strings.")
     if store.get(name) is not None:
         raise RequestError(400, f"The lora adapter '{name}' has already been loaded.", param="lora_name")
-    if adapter is not None and not Path(adapter).is_dir():
+    if adapter is not None and is_remote(adapter):
+        # An adapter in the shared artifact store: loaded from this machine's copy (downloaded once).
+        try:
+            adapter = str(local_copy(adapter))
+        except ArtifactError as error:
+            raise RequestError(404, f"No adapter found for {adapter}: {error}", type_="NotFoundError",
+                               param="lora_path", code="not_found") from None
+    elif adapter is not None and not Path(adapter).is_dir():
         raise RequestError(404, f"No adapter found for {adapter}: the directory does not exist on this machine.",
                            type_="NotFoundError", param="lora_path", code="not_found")
     base = base or (_adapter_base(adapter) if adapter else None)
@@ -239,7 +248,7 @@ def create_app(store: ModelStore, *, token: str | None = None) -> Starlette:
                 return await handler(request)
             except RequestError as error:
                 return JSONResponse(error.body(), status_code=error.status)
-            except (ConfigError, GenerationError) as error:
+            except (ConfigError, GenerationError, ArtifactError) as error:
                 return JSONResponse(RequestError(400, str(error)).body(), status_code=400)
             except Exception as error:  # the model itself failed: say so, keep serving
                 log.exception("request failed")
@@ -250,7 +259,8 @@ def create_app(store: ModelStore, *, token: str | None = None) -> Starlette:
 
     @answering_errors
     async def load(request: Request) -> Response:
-        name, base, adapter = load_request(await json_body(request), store)
+        # In the thread pool: an adapter in a remote artifact store is downloaded first.
+        name, base, adapter = await run_in_threadpool(load_request, await json_body(request), store)
         if not await run_in_threadpool(store.load, name, base, adapter):
             raise RequestError(400, f"The lora adapter '{name}' has already been loaded.", param="lora_name")
         return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,8 +28,9 @@ from storage.evals import RoundStatus, get_round, move_round, round_comparisons,
 from storage.jobs import ModelNotFound, get_model
 from storage.model_names import LOCAL_PREFIX, OPENAI_PREFIX
 from storage.model_names import display_name as display_name  # re-exported: the charts and /ft eval name models with it
-from storage.models import RegisteredModel, stored_id
+from storage.models import RegisteredModel, stored_id, utcnow
 from storage.scrub import scrub_credentials
+from trainers.cluster import RayCluster, RayWork, WorkerHandle, WorkKind, submission_id
 from trainers.evaluation.inference import GenerationSettings, LocalGenerator, ModelSpec, generate_openai
 from trainers.worker_processes import PACKAGE_ROOT, worker_environment
 
@@ -163,8 +165,17 @@ def worker_command(round_id: int, *, python: str | None = None) -> list[str]:
     return [python or sys.executable, "-m", "trainers.evaluation.generation", "--round", str(round_id)]
 
 
-def spawn_generation(round_id: int, *, database_url: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start the generation worker for a round; its output goes to the round's log file."""
+def spawn_generation(round_id: int, *, database_url: str, env: dict[str, str] | None = None,
+                     settings: Settings | None = None, created_at: datetime | None = None) -> WorkerHandle:
+    """Start the generation worker for a round: a Ray job when ``FTBOT_RAY_ADDRESS`` is set (``created_at``, the
+    round's, names it), else a child process whose output goes to the round's log file. Wait on it with ``poll()``."""
+    cluster = RayCluster.from_settings(settings)
+    if cluster is not None:
+        job_id = submission_id(WorkKind.GENERATION, round_id, created_at or utcnow())
+        # replace_finished: `/ft eval resume` runs a failed round's worker again under the same id.
+        cluster.submit(job_id, "trainers.evaluation.generation", ["--round", str(round_id)], database_url=database_url,
+                       metadata={"ftbot_round": str(round_id), "kind": WorkKind.GENERATION.value}, replace_finished=True)
+        return RayWork(cluster, job_id)
     path = log_path(round_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     child_env = worker_environment(database_url, env)
@@ -176,8 +187,10 @@ def spawn_generation(round_id: int, *, database_url: str, env: dict[str, str] | 
         )
 
 
-def read_log_tail(round_id: int, max_chars: int = 1500) -> str:
-    """The end of the round's worker log, without credentials an error body may have echoed."""
+def read_log_tail(round_id: int, max_chars: int = 1500, *, worker: WorkerHandle | None = None) -> str:
+    """The end of the round's worker log (Ray's log for a Ray job), without credentials an error body may have echoed."""
+    if isinstance(worker, RayWork):
+        return scrub_credentials(worker.log_tail(max_chars))
     try:
         text = log_path(round_id).read_text(encoding="utf-8", errors="replace")
     except OSError:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from storage.artifacts import is_remote, local_copy
 from storage.config import DEFAULT_OPENAI_MAX_RETRIES, Settings, ftbot_home
 from storage.errors import ConfigError, FtbotError
 from trainers.data.pii import redact_record
@@ -48,7 +49,8 @@ class ModelSpec:
 
     ``backend`` "openai": ``model`` is the OpenAI model id (``ft:…`` or a base model).
     ``backend`` "local": ``model`` is the base model (HF id, directory or ``ftbot:tiny``), ``adapter`` the LoRA
-    adapter directory of a fine-tuned model (None: the base model itself).
+    adapter directory of a fine-tuned model (None: the base model itself); either may be a location in a remote
+    artifact store (``s3://…``), read through this machine's copy.
     """
 
     name: str
@@ -222,6 +224,11 @@ class LocalGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        # Models in a remote artifact store (FTBOT_ARTIFACTS_URL=s3://…) load from this machine's copy of them.
+        if is_remote(base_model):
+            base_model = str(local_copy(base_model))
+        if adapter and is_remote(adapter):
+            adapter = str(local_copy(adapter))
         cache = Path(cache_dir) if cache_dir is not None else _models_dir()
         resolved = resolve_base_model(base_model, cache)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

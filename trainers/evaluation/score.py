@@ -20,13 +20,15 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any
+from uuid import uuid4
 
 from storage.config import Settings, ftbot_home
 from storage.db import Database
 from storage.errors import ConfigError, FtbotError
 from storage.eval_prompts import eval_items, scored_conversations
 from storage.jobs import active_model, get_model, list_models
-from storage.models import RegisteredModel, TrainingBackend
+from storage.models import RegisteredModel, TrainingBackend, utcnow
+from trainers.cluster import RayCluster, WorkKind, submission_id
 from trainers.evaluation.loss import HeldoutLoss, assistant_token_loss, prepare_scoring_tokenizer
 from trainers.worker_processes import PACKAGE_ROOT, worker_environment
 
@@ -123,19 +125,40 @@ def report_from(model: str, baseline: str, tuned: HeldoutLoss, base: HeldoutLoss
 # --- the worker process (the bot's `/ft eval score`) ---------------------------------------------------------------
 
 
-def score_in_worker(model: str | None, *, database_url: str, timeout: float = 1800) -> ScoreReport:
-    """Run the scoring in a fresh process (torch stays out of the caller); its error message when it fails."""
-    command = [sys.executable, "-m", "trainers.evaluation.score", "--json"] + ([model] if model else [])
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
-                               env=worker_environment(database_url), cwd=str(PACKAGE_ROOT), stdin=subprocess.DEVNULL)
-    try:
-        answer = json.loads(completed.stdout.strip().splitlines()[-1]) if completed.stdout.strip() else {}
-    except ValueError:
-        answer = {}
-    if completed.returncode == 0 and "loss" in answer:
+def score_in_worker(model: str | None, *, database_url: str, timeout: float = 1800,
+                    settings: Settings | None = None) -> ScoreReport:
+    """Run the scoring in a fresh process (torch stays out of the caller), or as a Ray job when
+    ``FTBOT_RAY_ADDRESS`` is set; its error message when it fails."""
+    args = ["--json"] + ([model] if model else [])
+    cluster = RayCluster.from_settings(settings)
+    if cluster is not None:
+        job_id = submission_id(WorkKind.SCORING, uuid4().hex[:8], utcnow())  # each request scores anew
+        cluster.submit(job_id, "trainers.evaluation.score", args, database_url=database_url,
+                       metadata={"kind": WorkKind.SCORING.value, "ftbot_model": model or ""})
+        state = cluster.wait(job_id, timeout=timeout)
+        code, stdout, stderr = state.exit_code, cluster.logs(job_id), ""
+    else:
+        completed = subprocess.run([sys.executable, "-m", "trainers.evaluation.score", *args], capture_output=True,
+                                   text=True, timeout=timeout, check=False, env=worker_environment(database_url),
+                                   cwd=str(PACKAGE_ROOT), stdin=subprocess.DEVNULL)
+        code, stdout, stderr = completed.returncode, completed.stdout, completed.stderr
+    answer = _last_json_line(stdout)
+    if code == 0 and "loss" in answer:
         return ScoreReport.from_json(answer)
-    log.warning("scoring worker exited with %s: %s", completed.returncode, completed.stderr[-2000:])
+    log.warning("scoring worker exited with %s: %s", code, (stderr or stdout)[-2000:])
     raise ScoreUnavailable(str(answer.get("error") or "scoring failed; the server log says why."))
+
+
+def _last_json_line(output: str) -> dict[str, Any]:
+    """The worker's answer: its last line that is a JSON object (a Ray log has Ray's own lines around it)."""
+    for line in reversed(output.strip().splitlines()):
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(answer, dict):
+            return answer
+    return {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,8 @@
 - :func:`start_job` checks the gate (data errors, PII bound for OpenAI or Together AI, budget), claims the job
   exactly once and starts it: OpenAI or Together AI upload + create, or the local worker process.
 - :func:`refresh_job` advances what the caller watches: polls OpenAI or Together AI (whose finished LoRA adapter is
-  downloaded), or checks the local worker is alive (a dead worker fails its job with the log tail); on success it
+  downloaded), or checks the local worker is alive (a child process or a Ray job, ``trainers.training.runners``; a dead worker
+  fails its job with the log tail); on success it
   registers the model. Idempotent.
 - :func:`cancel_job` stops a job on any back end.
 
@@ -45,7 +46,6 @@ from storage.models import Job, JobStatus, RegisteredModel, stored_id, utcnow
 from storage.scrub import scrub_credentials
 from storage.snapshots import create_snapshot
 from trainers.data.pricing import load_price_table, training_cost
-from trainers.training.launch import read_log_tail, spawn_worker, stop_worker, worker_exit_code
 from trainers.training.local.base_models import check_base_model
 from trainers.training.local.config import (
     BUNDLED_BASE_MODELS,
@@ -57,6 +57,7 @@ from trainers.training.local.config import (
 from trainers.training.openai_backend import OpenAIBackend
 from trainers.training.parents import Parent, dpo_parent
 from trainers.training.quote import Quote, build_quote
+from trainers.training.runners import check_worker, runs_on_ray, start_worker, stop_job_worker
 from trainers.training.together_backend import (
     TogetherBackend,
     TogetherEstimate,
@@ -106,7 +107,7 @@ def openai_key_missing(client: OpenAI | None = None) -> bool:
 
 
 def _together(client: Together | None, settings: Settings | None) -> TogetherBackend:
-    return TogetherBackend(client, settings=settings or Settings())
+    return TogetherBackend(client, settings=settings or Settings.from_env())
 
 
 def quote_job(
@@ -299,12 +300,7 @@ def start_job(
             finish_job(db, job_id, JobStatus.FAILED, error=scrub_credentials(f"Could not start the {service} job: {error}"))
             raise TrainingError(scrub_credentials(f"could not start the {service} job: {error}")) from error
     url = database_url or db.engine.url.render_as_string(hide_password=False)
-    try:
-        pid = spawn_worker(job_id, database_url=url)
-    except OSError as error:
-        finish_job(db, job_id, JobStatus.FAILED, error=f"Could not start the training worker: {error}")
-        raise TrainingError(f"could not start the training worker process: {error}") from error
-    return StartResult(update_job(db, job_id, worker_pid=pid), True)
+    return StartResult(start_worker(db, job, database_url=url, settings=settings), True)
 
 
 def _aware(value: datetime) -> datetime:
@@ -383,32 +379,13 @@ def refresh_job(db: Database, job_id: int, *, openai_client: OpenAI | None = Non
             polled = _together(together_client, settings).poll(db, job_id)
             job, changed = polled.job, polled.changed
         else:
-            changed = _check_worker(db, job)
+            changed = check_worker(db, job, settings)
             job = get_job(db, job_id)
+    elif runs_on_ray(job) and job.status == JobStatus.FAILED and not (job.log_tail or "").strip():
+        changed = check_worker(db, job, settings)  # the worker ran elsewhere: its log is Ray's
+        job = get_job(db, job_id)
     model = _register(db, job, settings)
     return JobUpdate(job, job.status in JobStatus.FINISHED, changed, model)
-
-
-def _check_worker(db: Database, job: Job) -> bool:
-    """Fail a local job whose worker is gone without recording a result (killed, crashed, out of memory)."""
-    if job.worker_pid is None:
-        return False
-    code = worker_exit_code(job.worker_pid)
-    if code is None:
-        return False
-    time.sleep(0.05)
-    job_id = stored_id(job)
-    fresh = get_job(db, job_id)
-    if fresh.status in JobStatus.FINISHED:
-        return True  # the worker recorded its own result before exiting
-    how = f"was killed by signal {-code}" if code < -1 else ("is gone" if code == -1 else f"exited with code {code}")
-    finish_job(
-        db, job_id, JobStatus.FAILED,
-        error=f"The training worker (pid {job.worker_pid}) {how} before finishing; its log tail is kept with the job. "
-        f"fix the cause and start a new job (`/ft train local`).",
-        log_tail=scrub_credentials(read_log_tail(job_id)),
-    )
-    return True
 
 
 class JobAlreadyFinished(TrainingError):
@@ -437,8 +414,7 @@ def cancel_job(db: Database, job_id: int, *, openai_client: OpenAI | None = None
     if job.backend == "together" and job.external_id:
         return _together(together_client, settings).cancel(db, job_id)
     finish_job(db, job_id, JobStatus.CANCELLED)
-    if job.worker_pid is not None and worker_exit_code(job.worker_pid) is None:
-        stop_worker(job.worker_pid)
+    stop_job_worker(job, settings)
     return get_job(db, job_id)
 
 

@@ -2,7 +2,8 @@
 
 ``Together()`` reads ``TOGETHER_API_KEY`` and ``TOGETHER_BASE_URL`` (the API root without ``/v1``; tests point it at
 a fake server on 127.0.0.1). Together trains a LoRA adapter on its GPUs; when the job completes the adapter is
-downloaded into ``model_dir(job_id)/"adapter"`` and runs here like an on-prem adapter (serving on Together needs a
+downloaded into ``model_dir(job_id)/"adapter"`` (and published to the artifact store, ``FTBOT_ARTIFACTS_URL``, when
+that is shared) and runs on-prem like a local job's adapter (serving on Together needs a
 dedicated endpoint billed per minute, which ftbot does not create).
 
 Every call that changes state is safe to repeat: uploaded file ids are stored on the job before the next step, a
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from storage.artifacts import ArtifactStore
 from storage.db import Database
-from storage.errors import ConfigError, TrainingError
+from storage.errors import ArtifactError, ConfigError, TrainingError
 from storage.examples import pii_allowed_ids
 from storage.jobs import finish_job, get_job, record_metric, update_job, update_unfinished_job
 from storage.models import Job, JobStatus, Snapshot, SnapshotMember, stored_id, utcnow
@@ -412,18 +414,21 @@ class TogetherBackend:
         import together  # Local: see make_together_client.
 
         target = model_dir(job_id) / ADAPTER
+        store = ArtifactStore.from_settings(self._settings)
         try:
             archive = self.client.fine_tuning.content(ft_id=external_id, checkpoint="adapter").read()
             extract_archive(archive, target)
-        except (together.APIError, TrainingError) as error:
-            # The job is done on Together; a failed download is retried by the next poll.
+            # A shared store (a directory every node sees, or S3): the adapter goes there, as a local job's does.
+            location = str(target) if store.is_default else store.publish_dir(target, "models", job_id, ADAPTER)
+        except (together.APIError, TrainingError, ArtifactError) as error:
+            # The job is done on Together; a failed download (or upload to the store) is retried by the next poll.
             reason = _api_error_text(error) if isinstance(error, together.APIError) else str(error)
             progress["message"] = scrub_credentials(f"downloading the adapter failed (will retry): {reason}")
             update_unfinished_job(db, job_id, status=JobStatus.RUNNING, progress=progress)
             return
-        progress["message"] = f"adapter downloaded to {target}"
+        progress["message"] = f"adapter downloaded to {location}"
         update_job(db, job_id, progress=progress)
-        finish_job(db, job_id, JobStatus.SUCCEEDED, result_model=str(target), trained_tokens=token_count)
+        finish_job(db, job_id, JobStatus.SUCCEEDED, result_model=location, trained_tokens=token_count)
 
     # --- cancel -------------------------------------------------------------------------------------------------
 

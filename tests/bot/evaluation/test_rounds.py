@@ -245,7 +245,7 @@ def test_a_failed_generation_worker_keeps_its_log_out_of_the_channel(trainer_har
     round_id = start_round(h, "eval --n 2")
     home_file = tmp_path / "home" / "evals" / str(round_id) / "model.bin"
 
-    def failing_worker(round_id: int, *, database_url: str) -> subprocess.Popen:
+    def failing_worker(round_id: int, *, database_url: str, **_options) -> subprocess.Popen:
         path = log_path(round_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"Traceback (most recent call last):\n  File \"{home_file}\"\n"

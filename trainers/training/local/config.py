@@ -15,6 +15,11 @@ SMOLLM2_BASE_MODEL = "ftbot:smollm2"
 BUNDLED_BASE_MODELS = (TINY_BASE_MODEL, SMOLLM2_BASE_MODEL)
 
 
+# What starting a job adds to its config besides training settings: the start gate's record, and where the worker
+# runs (trainers.training.runners).
+JOB_RECORD_KEYS = frozenset({"gate", "runner", "ray_address"})
+
+
 @dataclass
 class LocalTrainConfig:
     base_model: str = DEFAULT_LOCAL_BASE_MODEL
@@ -61,7 +66,7 @@ class LocalTrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LocalTrainConfig:
         known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k != "gate"}  # the start gate's record, not a training setting
+        data = {k: v for k, v in data.items() if k not in JOB_RECORD_KEYS}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown local training setting(s): {', '.join(unknown)}")

@@ -10,13 +10,16 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from storage.errors import ConfigError, TrainingError
+from storage.artifacts import artifact_exists, is_remote, keep_as_copy, local_copy, upload_dir
+from storage.config import Settings
+from storage.errors import ArtifactError, ConfigError, TrainingError
 from trainers.evaluation.loss import Conversation, HeldoutLoss, assistant_token_loss, prepare_scoring_tokenizer
 from trainers.training.local.base_models import resolve_base_model
 from trainers.training.local.chat_template import ensure_generation_markers
@@ -69,7 +72,12 @@ def merged_parent(parent_location: str | Path, parent_base: str) -> str:
     into a 4-bit base: PEFT warns of rounding errors) and saved next to it as ``merged/`` — the same export
     ``--merge`` writes, so a parent merged once (or exported) is reused. A 4-bit run then quantizes the merged
     weights as it loads them. Written to a temporary directory and renamed, so concurrent runs never see half a model.
+
+    A parent in a remote artifact store (``s3://…``) is read through this machine's copy, and its merged model is
+    published next to it in the store: the location returned is then that URL (load it with ``local_copy``).
     """
+    if is_remote(str(parent_location)):
+        return _merged_remote_parent(str(parent_location), parent_base)
     location = Path(parent_location)
     if not location.is_dir():
         raise ConfigError(f"the parent model's directory {location} does not exist; was its job directory removed? "
@@ -89,6 +97,30 @@ def merged_parent(parent_location: str | Path, parent_base: str) -> str:
         shutil.rmtree(scratch, ignore_errors=True)  # another process merged it first: use theirs
     log.info("merged the parent adapter %s into %s: DPO continues from %s", location, parent_base, target)
     return str(target)
+
+
+def _merged_remote_parent(location: str, parent_base: str) -> str:
+    """:func:`merged_parent` for a parent adapter in a remote store: merged once, by whichever node needs it first."""
+    settings = Settings.from_env()
+    try:
+        local = local_copy(location, settings)
+        if (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
+            return location
+        target = location.rstrip("/").rsplit("/", 1)[0] + "/merged"
+        if artifact_exists(target, settings):
+            return target
+    except ArtifactError as error:
+        raise ConfigError(f"the parent model cannot be read: {error} Continue from another model (--from NAME) or "
+                          "from the base model (--from base).") from error
+    scratch = Path(tempfile.mkdtemp(prefix=".merge-", dir=local.parent))
+    try:
+        merge_adapter(parent_base, local, scratch / "merged")
+        upload_dir(scratch / "merged", target, endpoint_url=settings.artifacts_endpoint_url)
+        keep_as_copy(scratch / "merged", target, settings)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    log.info("merged the parent adapter %s into %s: DPO continues from %s", location, parent_base, target)
+    return target
 
 
 def _device_setup(config: LocalTrainConfig) -> dict[str, Any]:
@@ -223,9 +255,15 @@ def train(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     base = resolve_base_model(config.base_model, output_dir.parent)
+    adapter_base = base  # what the adapter applies to, as recorded: a store URL when the merged parent is remote
     if config.parent_location:
-        parent_base = resolve_base_model(config.parent_base_model, output_dir.parent) if config.parent_base_model else base
-        base = merged_parent(config.parent_location, parent_base)
+        parent_base = base
+        if config.parent_base_model:
+            # A DPO parent's own base is its merged parent, which may live in a remote artifact store.
+            parent_base = (str(local_copy(config.parent_base_model)) if is_remote(config.parent_base_model)
+                           else resolve_base_model(config.parent_base_model, output_dir.parent))
+        adapter_base = merged_parent(config.parent_location, parent_base)
+        base = str(local_copy(adapter_base)) if is_remote(adapter_base) else adapter_base
     model, tokenizer, setup = load_model_and_tokenizer(base, config)
     if not train_records:
         raise TrainingError("nothing to train on: the snapshot's train split is empty")
@@ -291,7 +329,7 @@ def train(
     return TrainResult(
         adapter_dir=adapter_dir, merged_dir=merged_dir, steps=trainer.state.global_step, train_tokens=tokens,
         train_seconds=seconds, train_cpu_seconds=cpu_seconds, log_history=list(trainer.state.log_history),
-        assistant_only_loss=assistant_only, quantized=bool(setup["load_in_4bit"]), adapter_base=base,
+        assistant_only_loss=assistant_only, quantized=bool(setup["load_in_4bit"]), adapter_base=adapter_base,
         heldout=tuned_loss, baseline_heldout=base_loss,
     )
 
