@@ -38,8 +38,9 @@ from sqlalchemy import create_engine, select, text  # noqa: E402
 from storage.db import Database  # noqa: E402
 from storage.examples import example_record, import_records, iter_records  # noqa: E402
 from storage.exports import write_jsonl  # noqa: E402
-from storage.models import Example, ExampleStatus, utcnow  # noqa: E402
+from storage.models import Example, utcnow  # noqa: E402
 from storage.records import content_hash, sft_record  # noqa: E402
+from storage.vocabulary import ExampleStatus
 from trainers.data.imports import import_file  # noqa: E402
 
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -135,6 +135,8 @@ POLICY: tuple[Rule, ...] = (
     _command("drafts", P.TEAM, "see whether auto drafts are on in a channel"),
     _command("drafts on", P.TRAINER, "turn auto drafts on or off in a channel"),
     _command("drafts off", P.TRAINER, "turn auto drafts on or off in a channel"),
+    _command("deploy", P.ADMIN, "serve a model on a Together AI dedicated endpoint (billed per minute)"),
+    _command("undeploy", P.ADMIN, "stop a model's Together AI dedicated endpoint"),
     _action("ft_capture_open", P.TEAM, "capture replies", "Open capture form button"),
     _action("ft_capture_redact", P.TEAM, "capture replies", "Redact PII button (capture form)"),
     _action("ft_review_approve", P.REVIEWER, "approve or reject examples", "Approve button"),
@@ -151,6 +153,8 @@ POLICY: tuple[Rule, ...] = (
     _action("ft_eval_cancel", P.TRAINER, "cancel an evaluation round", "Cancel button (evaluation quote)"),
     _action("ft_judge_run", P.TRAINER, "run the LLM judge", "Judge button (judge quote)"),
     _action("ft_judge_cancel", P.TRAINER, "cancel an LLM judge quote", "Cancel button (judge quote)"),
+    _action("ft_deploy_start", P.ADMIN, "start a Together AI dedicated endpoint", "Deploy button (endpoint quote)"),
+    _action("ft_deploy_discard", P.ADMIN, "discard an endpoint quote", "Cancel button (endpoint quote)"),
     # Draft buttons and forms: the listener also checks that the draft was offered to whoever clicks.
     _action("ft_draft_send", P.TEAM, "send their draft reply", "Send button (draft)"),
     _action("ft_draft_edit", P.TEAM, "edit their draft reply", "Edit… button (draft)"),

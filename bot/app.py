@@ -23,7 +23,7 @@ from slack_bolt import App, BoltContext, Respond
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
-from bot import capture, checks, commands, drafts, evaluation, home, review, training
+from bot import capture, checks, commands, deploy, drafts, evaluation, home, review, training
 from bot.access import access_middleware
 from bot.blocks import escape
 from bot.commands import Router
@@ -189,7 +189,7 @@ def build_app(
         log.error("listener failed: %s: %s", type(error).__name__, error, exc_info=error)
 
     commands.register(app, bot)
-    for feature in (capture, review, checks, home, training, evaluation, drafts):
+    for feature in (capture, review, checks, home, training, evaluation, drafts, deploy):
         feature.register(app, bot)
     # Last: an event no feature listens to is still finished (not left pending in the inbox, nor answered 404).
     app.event(re.compile(".*"))(_no_listener)

@@ -19,7 +19,8 @@ from bot.review import confirmation_blocks
 from storage.capture_drafts import delete_capture_draft
 from storage.errors import FtbotError
 from storage.examples import change_status, update_example
-from storage.models import Example, ExampleStatus, stored_id
+from storage.models import Example, stored_id
+from storage.vocabulary import ExampleStatus
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext

@@ -26,7 +26,8 @@ from bot.threads import fetch_thread
 from storage.errors import FtbotError
 from storage.examples import change_status, count_by_status, dataset_stats, list_examples, recent_examples
 from storage.jobs import active_model
-from storage.models import Example, ExampleStatus
+from storage.models import Example
+from storage.vocabulary import ExampleStatus
 from trainers.drafts.stats import draft_stats
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle

@@ -28,7 +28,8 @@ from bot.payloads import MAX_EPOCHS, button_int
 from bot.scheduler import context_for, context_key, has_stored_jobs, schedule_every, start_scheduler, unschedule
 from bot.training_progress import progress_blocks, redacted_note
 from storage.config import DEFAULT_LOCAL_BASE_MODEL
-from storage.errors import FtbotError
+from storage.deployments import list_deployments
+from storage.errors import FtbotError, OverBudget
 from storage.jobs import (
     active_jobs,
     discard_quote,
@@ -44,8 +45,9 @@ from storage.jobs import (
     use_model,
 )
 from storage.model_names import display_name, job_model_name
-from storage.models import Job, JobStatus, RegisteredModel, stored_id
+from storage.models import Job, RegisteredModel, stored_id
 from storage.scrub import scrub_credentials
+from storage.vocabulary import JobStatus
 from trainers.plots import loss_curve_png
 from trainers.training.jobs import (
     BACKENDS,
@@ -240,6 +242,14 @@ def start_from_slack(bot: BotContext, client: WebClient, respond: Respond, job_i
     try:
         result = start_job(bot.db, job_id, allow_pii=allow_pii, redact_pii=redact_pii, admin_confirmed=admin_confirmed,
                            openai_client=bot.openai_client, settings=bot.settings)
+    except OverBudget as error:
+        # Together's price, learned at Start, is above the cap: the quote comes back with it and, for an admin, the
+        # "Start over budget" button. Nothing was created.
+        job = get_job(bot.db, job_id)
+        text, view = training_quote_blocks(job, Quote.from_json(job.quote or {}))
+        respond(text=text, blocks=view, replace_original=True)
+        respond(text=f":warning: {bk.escape(str(error))}", response_type="ephemeral", replace_original=False)
+        return
     except FtbotError as error:
         respond(text=f":warning: {bk.escape(str(error))}", response_type="ephemeral", replace_original=False)
         job = get_job(bot.db, job_id)
@@ -411,9 +421,11 @@ def _ft_models(bot: BotContext) -> Handler:
         if not models:
             ctx.respond("No models registered yet: a finished training job registers its model.")
             return
+        served = {d.model_name: d for d in list_deployments(bot.db, active_only=True)}
         lines = []
         for model in models[:30]:
             metrics = model.metrics or {}
+            endpoint = served.get(model.name)
             loss = metrics.get("final_valid_loss")
             parent = metrics.get("parent_model")
             # A DPO model that continued another: its base is that model (merged), named rather than shown as a path.
@@ -424,6 +436,9 @@ def _ft_models(bot: BotContext) -> Handler:
                 + (f", job #{model.job_id}" if model.job_id else "")
                 + (f", valid loss {loss:.3f}" if isinstance(loss, (int, float)) else "")
                 + (f", ${model.cost_usd:,.2f}" if model.cost_usd is not None else "")
+                # A dedicated endpoint bills by the minute while it runs: say so wherever the model is listed.
+                + (f", served on Together (`{bk.escape(endpoint.endpoint_name or 'starting')}`, "
+                   f"${endpoint.price_cents_per_hour / 100:,.2f}/h until `/ft undeploy`)" if endpoint else "")
             )
         ctx.respond("Models:\n" + "\n".join(lines), blocks=[bk.section("*Models* (★ = in use)\n" + "\n".join(lines))])
 

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 from bot import blocks as bk
 from storage.jobs import model_for_job
 from storage.model_names import display_name
-from storage.models import Job, JobStatus, stored_id
+from storage.models import Job, stored_id
 from storage.scrub import hide_paths, scrub_credentials
+from storage.vocabulary import JobStatus
 from trainers.evaluation.score import loss_line
 from trainers.training.jobs import progress_line
 

@@ -67,6 +67,8 @@ LIBRARY_VARIABLES: tuple[tuple[str, str], ...] = (
     ("TIKTOKEN_CACHE_DIR", "tiktoken's cache of encodings (older name `DATA_GYM_CACHE_DIR`); ftbot sets it to "
                            "`$FTBOT_HOME/tiktoken` when neither is set, and seeds it so token counts work offline."),
     ("TOGETHER_API_KEY", "The `together` client's API key: needed to train on Together AI."),
+    ("TOGETHER_PROJECT_ID", "The `together` client's project for dedicated endpoints (`ftbot deploy`); unset: the "
+                            "API key's own project, asked from Together."),
     ("TOGETHER_BASE_URL", "The `together` client's API root, without `/v1`: a proxy or, in tests, a fake server."),
     ("AWS_ACCESS_KEY_ID", "With `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`): the S3 credentials s3fs uses for an "
                           "`s3://` `FTBOT_ARTIFACTS_URL`; a node's instance role works too."),
@@ -231,6 +233,15 @@ class Settings:
         32, "FTBOT_TOGETHER_LORA_ALPHA", TRAINING, parse.whole_number, "Together AI: LoRA alpha.")
     together_learning_rate: float = env_setting(
         1e-4, "FTBOT_TOGETHER_LEARNING_RATE", TRAINING, parse.number, "Together AI: learning rate.", shown_default="0.0001")
+    # None: the cheapest instance type Together offers for the model.
+    together_hardware: str | None = env_setting(
+        None, "FTBOT_TOGETHER_HARDWARE", TRAINING, parse.text,
+        "Together AI dedicated endpoint hardware for `/ft deploy` and `ftbot deploy` (an instance type such as "
+        "`1xnvidia-h100-80gb`).", shown_default="the cheapest that serves the model")
+    together_idle_minutes: int = env_setting(
+        60, "FTBOT_TOGETHER_IDLE_MINUTES", TRAINING, parse.whole_number_between(30, 1440),
+        "Together AI dedicated endpoint: minutes without a request before it stops itself (30 to 1440; it bills "
+        "per minute while running, even idle).")
     # None: the back end's default (the console trains the bundled SmolLM2 instead).
     local_base_model: str | None = env_setting(
         None, "FTBOT_LOCAL_BASE_MODEL", TRAINING, parse.text,

@@ -25,9 +25,10 @@ from storage.db import Database
 from storage.errors import DraftNotFound, DuplicateExample, ValidationFailed
 from storage.eval_prompts import prompt_hash
 from storage.examples import BATCH_SIZE, SaveResult, save_capture
-from storage.models import DraftOutcome, ExampleSource, PairSource, PreferencePair, ReplyDraft, stored_id, utcnow
+from storage.models import PreferencePair, ReplyDraft, stored_id, utcnow
 from storage.pairs import add_pair, normalize_pair
 from storage.records import content_hash, dpo_record
+from storage.vocabulary import DraftOutcome, ExampleSource, PairSource
 from storage.workspace_settings import get_setting, set_setting
 
 __all__ = [

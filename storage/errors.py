@@ -67,3 +67,8 @@ class ArtifactError(FtbotError):
 
 class ClusterError(FtbotError):
     """The Ray cluster (``FTBOT_RAY_ADDRESS``) cannot be reached or refused a request; nothing was started."""
+
+
+class OverBudget(TrainingError):
+    """A price learned only at Start (Together AI's) is above ``FTBOT_BUDGET_USD``: nothing was created, and the job is
+    a quote again that carries the price, for an admin to start anyway."""

@@ -30,20 +30,11 @@ from storage.db import Database
 from storage.errors import FtbotError, ValidationFailed
 from storage.eval_prompts import prompt_hash
 from storage.examples import SaveResult
-from storage.models import (
-    Comparison,
-    EvalRound,
-    JudgeVerdict,
-    PairSource,
-    PreferencePair,
-    Vote,
-    VoteTombstone,
-    stored_id,
-    utcnow,
-)
+from storage.models import Comparison, EvalRound, JudgeVerdict, PreferencePair, Vote, VoteTombstone, stored_id, utcnow
 from storage.pairs import add_pair
 from storage.records import dpo_record
 from storage.types import UTCDateTime
+from storage.vocabulary import PairSource
 from storage.votes import JUDGE_CHOICES, SIDES, VOTE_CHOICES, VoteChoice, decided_side, preferred_and_rejected
 
 __all__ = [

@@ -26,7 +26,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import col
 
 from storage.db import Database
-from storage.models import InboxStatus, ProcessedEvent, SlackEvent, utcnow
+from storage.models import ProcessedEvent, SlackEvent, utcnow
+from storage.vocabulary import InboxStatus
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ from sqlmodel import Session, col
 
 from storage.db import Database
 from storage.errors import DuplicateExample, ExampleNotFound, ValidationFailed
-from storage.models import Example, ExampleSource, ExampleStatus, PreferencePair, utcnow
+from storage.models import Example, PreferencePair, utcnow
 from storage.records import content_hash, sft_record
+from storage.vocabulary import ExampleSource, ExampleStatus
 
 T = TypeVar("T")
 

@@ -19,7 +19,8 @@ from sqlmodel import col
 
 from storage.db import Database
 from storage.errors import FtbotError
-from storage.models import Job, JobMetric, JobStatus, RegisteredModel, TrainingMethod, stored_id, utcnow
+from storage.models import Job, JobMetric, RegisteredModel, stored_id, utcnow
+from storage.vocabulary import JobStatus, TrainingMethod
 
 
 class JobNotFound(FtbotError):

@@ -1,4 +1,4 @@
-"""The database schema: every table ftbot keeps.
+"""The database schema: every table ftbot keeps (the values its status columns hold are in ``storage.vocabulary``).
 
 Schema changes need a migration in ``storage/migrations/versions``; ``tests/storage/test_migrations.py``
 fails when the models and the migrations disagree.
@@ -7,13 +7,19 @@ fails when the models and the migrations disagree.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum, nonmember
 from typing import Any, Protocol
 
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from storage.types import UTCDateTime
+from storage.vocabulary import (
+    DeploymentStatus,
+    ExampleStatus,
+    InboxStatus,
+    JobStatus,
+    TrainingMethod,
+)
 
 
 def utcnow() -> datetime:
@@ -43,70 +49,6 @@ def _created() -> Any:
 def _json(nullable: bool = True) -> Any:
     # none_as_null: a missing value is SQL NULL (so "IS NULL" finds it), not the JSON text 'null'.
     return Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=nullable))
-
-
-# Domain values are StrEnums whose values are the strings stored in the database and printed in JSON output;
-# the columns stay plain strings, so a value read back compares equal to its member.
-
-
-class ExampleStatus(StrEnum):
-    """Where an example stands in review; only approved examples are trained on."""
-
-    PENDING = "pending"
-    APPROVED = "approved"
-    REJECTED = "rejected"
-
-
-class ExampleSource(StrEnum):
-    """Where an example came from (``Example.source_kind``)."""
-
-    SLACK = "slack"
-    IMPORT = "import"
-    # The local console's fake workspace (``ftbot console``).
-    CONSOLE = "console"
-    # A model's draft that an agent edited (or sent as is, with ``FTBOT_DRAFTS_SENT_AS_EXAMPLES``).
-    DRAFT = "draft"
-
-
-class Split(StrEnum):
-    """The part of a snapshot a record belongs to (also a pin on an example)."""
-
-    TRAIN = "train"
-    VALIDATION = "validation"
-
-
-class TrainingMethod(StrEnum):
-    """What a job trains with, and so what a snapshot holds: SFT examples or DPO preference pairs."""
-
-    SFT = "sft"
-    DPO = "dpo"
-
-
-class TrainingBackend(StrEnum):
-    """Where a job trains: OpenAI's API, on-prem, or Together AI (whose LoRA adapter is then brought home and runs
-    like an on-prem one)."""
-
-    OPENAI = "openai"
-    LOCAL = "local"
-    TOGETHER = "together"
-
-
-class PairSource(StrEnum):
-    """Where a preference pair came from (``PreferencePair.source_kind``)."""
-
-    VOTE = "vote"
-    IMPORT = "import"
-    DRAFT_EDIT = "draft_edit"  # an agent's edit of a draft, preferred over the draft
-    DRAFT_REPLY = "draft_reply"  # an agent's own reply after discarding a draft, preferred over the draft
-
-
-class DraftOutcome(StrEnum):
-    """What became of a reply draft (``ReplyDraft.outcome``; None while its agent has not decided)."""
-
-    SENT = "sent"  # posted as the model wrote it
-    EDITED = "edited"  # posted after the agent changed it
-    DISCARDED = "discarded"
-    EXPIRED = "expired"  # nobody decided within ``FTBOT_DRAFT_EXPIRE_HOURS``
 
 
 class Example(SQLModel, table=True):
@@ -175,21 +117,6 @@ class SnapshotMember(SQLModel, table=True):
     content_hash: str = Field(max_length=64)
     # The OpenAI line (SFT or DPO format) exactly as it is uploaded or trained on.
     record: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-
-
-class JobStatus(StrEnum):
-    """A training job's progress, from the quote shown before starting to its end."""
-
-    QUOTED = "quoted"
-    PENDING = "pending"
-    VALIDATING_FILES = "validating_files"
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    # The statuses a job never leaves (a group, not a status of its own).
-    FINISHED = nonmember((SUCCEEDED, FAILED, CANCELLED))
 
 
 class Job(SQLModel, table=True):
@@ -394,12 +321,29 @@ class ScheduledRun(SQLModel, table=True):
     claimed_at: datetime = _created()
 
 
-class InboxStatus(StrEnum):
-    """Where a stored Slack event stands."""
+class Deployment(SQLModel, table=True):
+    """A model served on a Together AI dedicated endpoint, quoted, started and stopped by an admin."""
 
-    PENDING = "pending"  # stored and acknowledged; its listener has not finished yet
-    DONE = "done"
-    FAILED = "failed"  # its listener failed on every attempt: kept for inspection, never retried again
+    __tablename__ = "deployments"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(max_length=200, index=True)  # the registered model (Together's model_output_name)
+    status: str = Field(default=DeploymentStatus.QUOTED, max_length=16, index=True)  # a DeploymentStatus value
+    together_model: str = Field(sa_column=Column(Text, nullable=False))  # projects/{project}/models/{id}
+    config: str = Field(sa_column=Column(Text, nullable=False))  # projects/{project}/configs/{id}: the hardware
+    hardware: str = Field(max_length=128)  # the instance type, e.g. 1xnvidia-h100-80gb
+    price_cents_per_hour: int  # Together's on-demand price of one replica
+    idle_minutes: int  # the inactive timeout sent to Together
+    endpoint_id: str | None = Field(default=None, max_length=128)
+    endpoint_name: str | None = Field(default=None, max_length=256)  # what inference requests pass as ``model``
+    deployment_id: str | None = Field(default=None, max_length=128)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    requested_by: str | None = Field(default=None, max_length=64)
+    started_by: str | None = Field(default=None, max_length=64)
+    stopped_by: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _created()
+    started_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    stopped_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
 
 
 class SlackEvent(SQLModel, table=True):

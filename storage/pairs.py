@@ -15,8 +15,9 @@ from sqlmodel import Session, col
 from storage.db import Database
 from storage.errors import ValidationFailed
 from storage.examples import BATCH_SIZE, ImportResult, SaveResult, insert_new_rows
-from storage.models import PairSource, PreferencePair, utcnow
+from storage.models import PreferencePair, utcnow
 from storage.records import content_hash
+from storage.vocabulary import PairSource
 
 DPO_KEYS = ("input", "preferred_output", "non_preferred_output")
 # Older versions of OpenAI's spec named the outputs *_completion; stored pairs always use the current names.

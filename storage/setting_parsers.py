@@ -95,6 +95,17 @@ def positive(default: float, *, allow_zero: bool = False) -> Parser:
     return parse
 
 
+def whole_number_between(low: int, high: int) -> Parser:
+    """A whole number from ``low`` to ``high``; anything else is a ConfigError naming the range."""
+
+    def parse(name: str, text: str) -> int:
+        if not (text.isascii() and text.isdigit() and len(text) <= 9 and low <= int(text) <= high):
+            raise ConfigError(f"{name}={text!r} must be a whole number from {low} to {high}")
+        return int(text)
+
+    return parse
+
+
 def switch(name: str, text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):

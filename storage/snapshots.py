@@ -24,17 +24,9 @@ from sqlmodel import col
 
 from storage.db import Database
 from storage.errors import FtbotError, ValidationFailed
-from storage.models import (
-    Example,
-    ExampleStatus,
-    PreferencePair,
-    Snapshot,
-    SnapshotMember,
-    Split,
-    TrainingMethod,
-    stored_id,
-)
+from storage.models import Example, PreferencePair, Snapshot, SnapshotMember, stored_id
 from storage.records import canonical_json, content_hash, sft_record
+from storage.vocabulary import ExampleStatus, Split, TrainingMethod
 
 # Short names for the two splits, as trainers and evaluation import them.
 TRAIN = Split.TRAIN

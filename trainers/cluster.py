@@ -160,9 +160,8 @@ class RayCluster:
         return {**configured, "env_vars": env_vars}
 
     def submit(self, job_id: str, module: str, args: list[str], *, database_url: str, gpus: float | None = None,
-               metadata: Mapping[str, str] | None = None, replace_finished: bool = False) -> str:
-        """Submit ``python -m module args`` as Ray job ``job_id``, once: when Ray already has that job, it is kept
-        (``replace_finished``: a finished one is deleted and submitted again, for work that may be retried).
+               metadata: Mapping[str, str] | None = None) -> str:
+        """Submit ``python -m module args`` as Ray job ``job_id``, once: when Ray already has that job, it is kept.
 
         ``gpus``: GPUs to reserve (None: ``FTBOT_RAY_NUM_GPUS``). Raises ClusterError when Ray refuses or cannot be reached.
         """
@@ -172,21 +171,25 @@ class RayCluster:
             options["entrypoint_num_gpus"] = gpus
         if self.settings.ray_num_cpus > 0:
             options["entrypoint_num_cpus"] = self.settings.ray_num_cpus
-        client = self.client
         try:
-            client.submit_job(entrypoint=self.entrypoint(module, args), submission_id=job_id,
-                              runtime_env=self.runtime_env(database_url), metadata=dict(metadata or {}), **options)
+            self.client.submit_job(entrypoint=self.entrypoint(module, args), submission_id=job_id,
+                                   runtime_env=self.runtime_env(database_url), metadata=dict(metadata or {}), **options)
             log.info("submitted Ray job %s to %s", job_id, self.address)
-            return job_id
         except Exception as error:
             if "already exists" not in str(error):
                 raise ClusterError(f"the Ray cluster at {self.address} refused job {job_id}: {_reason(error)}") from None
-        state = self.state(job_id)
-        if replace_finished and state.is_terminal and state != RayJobState.UNKNOWN:
-            self._call(client.delete_job, job_id)
-            return self.submit(job_id, module, args, database_url=database_url, gpus=gpus, metadata=metadata)
-        log.info("Ray job %s was already submitted (%s): not starting a second one", job_id, state)
+            log.info("Ray job %s was already submitted: not starting a second one", job_id)
         return job_id
+
+    def submit_attempt(self, work_id: str, module: str, args: list[str], *, database_url: str,
+                       metadata: Mapping[str, str] | None = None) -> str:
+        """For work that may run again (an evaluation round resumed after a failure): the attempt still running on
+        Ray, else a new one, ``<work_id>-1``, ``-2``, … (finished attempts stay in Ray's list with their logs)."""
+        attempts = [j for j in self._call(self.client.list_jobs) if (j.submission_id or "").startswith(f"{work_id}-")]
+        for attempt in attempts:
+            if not RayJobState(str(getattr(attempt.status, "value", attempt.status))).is_terminal:
+                return str(attempt.submission_id)
+        return self.submit(f"{work_id}-{len(attempts) + 1}", module, args, database_url=database_url, metadata=metadata)
 
     def state(self, job_id: str) -> RayJobState:
         """Ray's status of the job; UNKNOWN when Ray does not know it. Raises ClusterError when Ray cannot answer."""

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from bot.cli import checks, data, drafts, evaluation, slack, training
+from bot.cli import checks, data, deploy, drafts, evaluation, slack, training
 from bot.cli.common import invocation
 from storage.errors import FtbotError
 
@@ -49,7 +49,7 @@ app = typer.Typer(
     cls=FtbotGroup,
 )
 
-for feature in (checks, data, slack, training, evaluation, drafts):
+for feature in (checks, data, slack, training, evaluation, drafts, deploy):
     feature.register(app)
 
 

@@ -17,9 +17,11 @@ from rich.markup import escape
 from bot.cli.common import cli_settings, console, database_errors, err_console, open_database, print_table
 from bot.payloads import MAX_EPOCHS, MAX_STORED_ID
 from storage.artifacts import is_remote
+from storage.errors import OverBudget
 from storage.jobs import discard_quote, get_job, job_record, list_jobs, list_models, model_record, use_model
 from storage.model_names import display_name, job_model_name
-from storage.models import JobStatus, TrainingBackend, TrainingMethod, stored_id
+from storage.models import stored_id
+from storage.vocabulary import JobStatus, TrainingBackend, TrainingMethod
 from trainers.training.jobs import (
     REMOTE_BACKENDS,
     JobUpdate,
@@ -116,8 +118,12 @@ def train(
             discard_quote(db, job_id, reason="declined at the CLI prompt")
             out.print(f"Not started; quote #{job_id} discarded.")
             raise typer.Exit(0)
-        started = start_job(db, job_id, admin_confirmed=over_budget, allow_pii=allow_pii, redact_pii=redact_pii,
-                            settings=cli_settings()).job
+        try:
+            started = start_job(db, job_id, admin_confirmed=over_budget, allow_pii=allow_pii, redact_pii=redact_pii,
+                                settings=cli_settings()).job
+        except OverBudget as error:
+            discard_quote(db, job_id, reason="above the budget cap at Start")  # the command line asks again, whole
+            raise OverBudget(f"{error} On the command line, as an admin: the same command with --over-budget.") from None
         parent = (started.config or {}).get("parent_model")
         origin = f"continuing {escape(parent)}" if parent else f"base {escape(started.base_model)}"
         out.print(f"Started job #{started.id} ({started.backend}, {started.method}, {origin}).")

@@ -39,7 +39,8 @@ from bot.payloads import STALE_ACTION_MESSAGE, button_int, stale_view, view_meta
 from storage.drafts import decide_draft, get_draft, list_drafts
 from storage.errors import DraftNotFound, StaleAction
 from storage.events import claim_event, release_event
-from storage.models import DraftOutcome, ReplyDraft
+from storage.models import ReplyDraft
+from storage.vocabulary import DraftOutcome
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle
     from bot.app import BotContext

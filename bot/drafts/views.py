@@ -12,7 +12,8 @@ import json
 from typing import Any
 
 from bot import blocks as bk
-from storage.models import DraftOutcome, ReplyDraft, stored_id
+from storage.models import ReplyDraft, stored_id
+from storage.vocabulary import DraftOutcome
 
 SEND_ACTION = "ft_draft_send"
 EDIT_ACTION = "ft_draft_edit"

@@ -26,7 +26,8 @@ from storage import eval_prompts, evals
 from storage.errors import FtbotError
 from storage.evals import RoundStatus
 from storage.jobs import ModelNotFound, active_model, get_model, list_models
-from storage.models import EvalRound, RegisteredModel, TrainingBackend, stored_id
+from storage.models import EvalRound, RegisteredModel, stored_id
+from storage.vocabulary import TrainingBackend
 from trainers.evaluation.generation import BASE, baseline_name, display_name, model_spec, registered_spec
 from trainers.evaluation.results import resolve_round, round_report
 

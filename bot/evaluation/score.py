@@ -13,7 +13,7 @@ from bot.commands import CommandContext
 from storage.config import Settings
 from storage.errors import FtbotError
 from storage.jobs import get_model
-from storage.models import TrainingBackend
+from storage.vocabulary import TrainingBackend
 from trainers.evaluation.score import ScoreUnavailable, loss_line, model_to_score, score_in_worker
 
 if TYPE_CHECKING:  # bot.app imports every feature (so this module): a type-only import avoids the cycle

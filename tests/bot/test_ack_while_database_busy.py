@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from storage.db import Database
 from storage.events import event_status
-from storage.models import InboxStatus
+from storage.vocabulary import InboxStatus
 from tests.fixtures.slack_api import SlackHarness
 
 # How long the ack may take while the lock is held: a bound on the test, far below SQLite's 15 s busy timeout the

@@ -34,7 +34,8 @@ from storage import evals
 from storage.db import Database
 from storage.evals import RoundStatus
 from storage.events import Delivery, event_status, inbox_database, pending_events, receive_event
-from storage.models import InboxStatus, SlackEvent, Vote
+from storage.models import SlackEvent, Vote
+from storage.vocabulary import InboxStatus
 from tests.fixtures.slack_api import BOT_TOKEN, SIGNING_SECRET, SlackHarness, event_callback, signed_headers
 
 CHANNEL = "C_SUPPORT"

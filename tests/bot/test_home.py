@@ -8,7 +8,8 @@ from storage import evals
 from storage.evals import RoundStatus
 from storage.examples import list_examples, save_capture
 from storage.jobs import create_job, register_model, update_job
-from storage.models import Job, JobStatus, Snapshot, stored_id
+from storage.models import Job, Snapshot, stored_id
+from storage.vocabulary import JobStatus
 from tests.fixtures.slack_api import SlackHarness, form_values, message_action, view_submission
 
 

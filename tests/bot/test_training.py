@@ -26,7 +26,8 @@ from bot.training import (
 from storage.db import Database
 from storage.examples import import_records
 from storage.jobs import QUOTE_MAX_AGE, create_job, get_job, list_jobs, list_models, register_model, update_job
-from storage.models import JobStatus, stored_id, utcnow
+from storage.models import stored_id, utcnow
+from storage.vocabulary import JobStatus
 from tests.bot import training_helpers as slack_training
 from tests.fixtures.concurrency import wait_until
 from tests.fixtures.db import database_url

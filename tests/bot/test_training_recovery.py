@@ -13,7 +13,7 @@ from bot.scheduler import stop_scheduler
 from bot.training import START_ACTION
 from storage.examples import import_records
 from storage.jobs import get_job, list_models
-from storage.models import JobStatus
+from storage.vocabulary import JobStatus
 from tests.fixtures.concurrency import wait_until
 from tests.fixtures.slack_api import SlackHarness
 from trainers.tiny_model import sample_conversations

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bot.training import DISCARD_ACTION, START_ACTION, START_PII_ACTION, START_REDACTED_ACTION
+from bot.training import DISCARD_ACTION, START_ACTION, START_OVER_BUDGET_ACTION, START_PII_ACTION, START_REDACTED_ACTION
 from storage.examples import import_records
 from storage.jobs import get_job, list_jobs, list_models
-from storage.models import JobStatus
+from storage.vocabulary import JobStatus
 from tests.bot import training_helpers as slack_training
 from tests.fixtures.concurrency import wait_until
 from tests.fixtures.slack_api import block_actions
@@ -115,13 +115,24 @@ def test_without_a_together_key_the_quote_says_what_to_set(harnesses, together_a
     assert list_jobs(bot.db) == [] and not together_api.calls
 
 
-def test_togethers_price_above_the_budget_cap_is_refused_at_start_and_said_in_slack(harnesses, together_api, monkeypatch):
+def test_togethers_price_above_the_budget_cap_is_refused_at_start_and_an_admin_may_override(harnesses, together_api,
+                                                                                            monkeypatch):
     monkeypatch.setenv("FTBOT_BUDGET_USD", "0")
-    bot = harnesses()
+    bot = harnesses(trainers=("U_AGENT",), admins=("U_LEAD",))
     _approve(bot.db)
     job_id = slack_training.buttons(slack_training.quote(bot, "train together"))[START_ACTION]
     slack_training.click(bot, START_ACTION, job_id)
     said = " ".join(r["text"] for r in bot.fake.responses)
     assert "above the budget cap" in said and "Started training" not in said
-    assert get_job(bot.db, int(job_id)).status == JobStatus.FAILED
     assert not [c for c in together_api.calls if c.method == "POST" and c.path.rstrip("/").endswith("/fine-tunes")]
+    # The quote comes back with Together's price and the admin's button; an admin's click starts the job.
+    [requote] = [r for r in bot.fake.responses if r.get("replace_original") and r.get("blocks")]
+    assert "Together AI's estimate" in json.dumps(requote["blocks"])
+    buttons = slack_training.buttons(requote)
+    assert START_OVER_BUDGET_ACTION in buttons and START_ACTION not in buttons
+    assert get_job(bot.db, int(job_id)).status == JobStatus.QUOTED
+    slack_training.click(bot, START_OVER_BUDGET_ACTION, job_id, user="U_AGENT")
+    assert "only an ftbot admin" in bot.fake.responses[-1]["text"] and not get_job(bot.db, int(job_id)).external_id
+    slack_training.click(bot, START_OVER_BUDGET_ACTION, job_id, user="U_LEAD")
+    assert get_job(bot.db, int(job_id)).external_id
+    assert len([c for c in together_api.calls if c.method == "POST" and c.path.rstrip("/").endswith("/fine-tunes")]) == 1

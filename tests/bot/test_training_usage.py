@@ -10,7 +10,8 @@ import pytest
 from bot.scheduler import stop_scheduler
 from storage.examples import import_records
 from storage.jobs import create_job, list_jobs, register_model, update_job
-from storage.models import JobStatus, stored_id
+from storage.models import stored_id
+from storage.vocabulary import JobStatus
 from tests.fixtures.slack_api import SlackHarness
 from trainers.tiny_model import sample_conversations
 

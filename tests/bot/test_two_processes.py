@@ -27,8 +27,8 @@ from bot.training import START_ACTION
 from storage.db import Database
 from storage.examples import import_records
 from storage.jobs import get_job, list_models
-from storage.models import JobStatus
 from storage.scheduled_runs import claim_run, claimed_runs
+from storage.vocabulary import JobStatus
 from tests.bot.training_helpers import buttons, click, quote
 from tests.fixtures.concurrency import at_once, wait_until
 from tests.fixtures.db import database_url

@@ -27,8 +27,9 @@ from storage.drafts import (
 from storage.errors import DraftNotFound, ValidationFailed
 from storage.eval_prompts import prompt_hash
 from storage.examples import get_example, list_examples, save_capture
-from storage.models import DraftOutcome, ExampleSource, ExampleStatus, PairSource, ReplyDraft, stored_id, utcnow
+from storage.models import ReplyDraft, stored_id, utcnow
 from storage.pairs import list_pairs
+from storage.vocabulary import DraftOutcome, ExampleSource, ExampleStatus, PairSource
 from tests.fixtures.concurrency import at_once
 
 PROMPT = [

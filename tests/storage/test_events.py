@@ -19,7 +19,8 @@ from storage.events import (
     release_failed_event,
     stored_event_body,
 )
-from storage.models import InboxStatus, SlackEvent, utcnow
+from storage.models import SlackEvent, utcnow
+from storage.vocabulary import InboxStatus
 from tests.fixtures.concurrency import at_once
 
 LEASE = timedelta(seconds=60)

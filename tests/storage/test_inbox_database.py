@@ -7,7 +7,7 @@ from pathlib import Path
 
 from storage.db import Database
 from storage.events import Delivery, event_status, finish_event, inbox_database, pending_events, receive_event
-from storage.models import InboxStatus
+from storage.vocabulary import InboxStatus
 
 LEASE = timedelta(minutes=1)
 

@@ -24,7 +24,7 @@ from storage.events import Delivery, claim_event, event_status, pending_events, 
 from storage.examples import list_examples
 from storage.jobs import jobs_to_relay, list_jobs
 from storage.migrate import current_revision, downgrade, head_revision, include_object, upgrade
-from storage.models import InboxStatus
+from storage.vocabulary import InboxStatus
 from storage.workspace_settings import get_setting
 from tests.fixtures.paths import REPO
 

@@ -6,7 +6,8 @@ import pytest
 
 from storage.jobs import create_job, register_model, update_job
 from storage.model_names import display_name, job_model_name
-from storage.models import JobStatus, stored_id
+from storage.models import stored_id
+from storage.vocabulary import JobStatus
 
 
 @pytest.mark.parametrize(("name", "shown"), [

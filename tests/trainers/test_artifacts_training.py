@@ -14,9 +14,9 @@ from storage.artifacts import MARKER, cache_dir
 from storage.config import Settings
 from storage.examples import import_records
 from storage.jobs import create_job, register_model
-from storage.models import JobStatus
 from storage.pairs import add_pair
 from storage.snapshots import create_snapshot
+from storage.vocabulary import JobStatus
 from tests.fixtures.db import database_url
 from tests.fixtures.paths import REPO
 from tests.fixtures.s3 import S3Bucket

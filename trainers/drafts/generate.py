@@ -55,8 +55,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from storage.config import HOME_VARIABLE, Settings, default_database_url
 from storage.errors import ConfigError
-from storage.models import RegisteredModel, TrainingBackend
+from storage.models import RegisteredModel
 from storage.scrub import scrub_credentials
+from storage.vocabulary import TrainingBackend
 from trainers.data.pricing import inference_cost, load_price_table
 from trainers.drafts.server import ServerProcess
 from trainers.evaluation.inference import GenerationError, chat_messages, openai_messages

@@ -30,7 +30,7 @@ from storage.db import Database
 from storage.drafts import DraftFact, draft_facts
 from storage.errors import FtbotError
 from storage.model_names import display_name
-from storage.models import DraftOutcome
+from storage.vocabulary import DraftOutcome
 from trainers.evaluation.results import format_p
 from trainers.evaluation.stats import Interval, wilson_interval
 from trainers.plots import figure_png, new_figure

@@ -171,10 +171,11 @@ def spawn_generation(round_id: int, *, database_url: str, env: dict[str, str] | 
     round's, names it), else a child process whose output goes to the round's log file. Wait on it with ``poll()``."""
     cluster = RayCluster.from_settings(settings)
     if cluster is not None:
-        job_id = submission_id(WorkKind.GENERATION, round_id, created_at or utcnow())
-        # replace_finished: `/ft eval resume` runs a failed round's worker again under the same id.
-        cluster.submit(job_id, "trainers.evaluation.generation", ["--round", str(round_id)], database_url=database_url,
-                       metadata={"ftbot_round": str(round_id), "kind": WorkKind.GENERATION.value}, replace_finished=True)
+        # `/ft eval resume` runs a round's worker again: a new attempt, unless one is still running (then it is watched).
+        job_id = cluster.submit_attempt(
+            submission_id(WorkKind.GENERATION, round_id, created_at or utcnow()), "trainers.evaluation.generation",
+            ["--round", str(round_id)], database_url=database_url,
+            metadata={"ftbot_round": str(round_id), "kind": WorkKind.GENERATION.value})
         return RayWork(cluster, job_id)
     path = log_path(round_id)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ from storage.db import Database
 from storage.errors import ConfigError, FtbotError
 from storage.eval_prompts import eval_items, scored_conversations
 from storage.jobs import active_model, get_model, list_models
-from storage.models import RegisteredModel, TrainingBackend, utcnow
+from storage.models import RegisteredModel, utcnow
+from storage.vocabulary import TrainingBackend
 from trainers.cluster import RayCluster, WorkKind, submission_id
 from trainers.evaluation.loss import HeldoutLoss, assistant_token_loss, prepare_scoring_tokenizer
 from trainers.worker_processes import PACKAGE_ROOT, worker_environment

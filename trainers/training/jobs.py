@@ -4,9 +4,8 @@
 - :func:`start_job` checks the gate (data errors, PII bound for OpenAI or Together AI, budget), claims the job
   exactly once and starts it: OpenAI or Together AI upload + create, or the local worker process.
 - :func:`refresh_job` advances what the caller watches: polls OpenAI or Together AI (whose finished LoRA adapter is
-  downloaded), or checks the local worker is alive (a child process or a Ray job, ``trainers.training.runners``; a dead worker
-  fails its job with the log tail); on success it
-  registers the model. Idempotent.
+  downloaded), or checks the local worker is alive (a child process or a Ray job, ``trainers.training.runners``; a
+  dead worker fails its job with the log tail); on success it registers the model. Idempotent.
 - :func:`cancel_job` stops a job on any back end.
 
 No Slack and no ML imports here: the bot calls this on its scheduler threads.
@@ -42,9 +41,10 @@ from storage.jobs import (
     register_model,
     update_job,
 )
-from storage.models import Job, JobStatus, RegisteredModel, stored_id, utcnow
+from storage.models import Job, RegisteredModel, stored_id, utcnow
 from storage.scrub import scrub_credentials
 from storage.snapshots import create_snapshot
+from storage.vocabulary import JobStatus
 from trainers.data.pricing import load_price_table, training_cost
 from trainers.training.local.base_models import check_base_model
 from trainers.training.local.config import (

@@ -21,10 +21,11 @@ from storage.db import Database
 from storage.errors import ConfigError, TrainingError
 from storage.examples import pii_allowed_ids
 from storage.jobs import finish_job, get_job, record_metric, update_job, update_unfinished_job
-from storage.models import Job, JobStatus, stored_id, utcnow
+from storage.models import Job, stored_id, utcnow
 from storage.records import canonical_json
 from storage.scrub import scrub_credentials
 from storage.snapshots import TRAIN, VALIDATION, jsonl_bytes, snapshot_members
+from storage.vocabulary import JobStatus
 from trainers.data.pii import redact_record
 
 if TYPE_CHECKING:

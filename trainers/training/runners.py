@@ -18,8 +18,9 @@ from storage.config import Settings
 from storage.db import Database
 from storage.errors import FtbotError, TrainingError
 from storage.jobs import claim_job, finish_job, get_job, update_job
-from storage.models import Job, JobStatus, stored_id
+from storage.models import Job, stored_id
 from storage.scrub import scrub_credentials
+from storage.vocabulary import JobStatus
 from trainers.cluster import JobRunner, RayCluster, RayJobState, WorkKind, submission_id
 from trainers.training.launch import read_log_tail, spawn_worker, stop_worker, worker_exit_code
 

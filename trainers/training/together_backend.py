@@ -3,8 +3,8 @@
 ``Together()`` reads ``TOGETHER_API_KEY`` and ``TOGETHER_BASE_URL`` (the API root without ``/v1``; tests point it at
 a fake server on 127.0.0.1). Together trains a LoRA adapter on its GPUs; when the job completes the adapter is
 downloaded into ``model_dir(job_id)/"adapter"`` (and published to the artifact store, ``FTBOT_ARTIFACTS_URL``, when
-that is shared) and runs on-prem like a local job's adapter (serving on Together needs a
-dedicated endpoint billed per minute, which ftbot does not create).
+that is shared) and runs on-prem like a local job's adapter. Serving it on Together itself is a dedicated endpoint,
+billed per minute, that only an admin starts (``trainers.training.together_endpoints``).
 
 Every call that changes state is safe to repeat: uploaded file ids are stored on the job before the next step, a
 job already created is found again by its suffix and training file, and metrics are upserted per step.
@@ -15,23 +15,25 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from storage.artifacts import ArtifactStore
 from storage.db import Database
-from storage.errors import ArtifactError, ConfigError, TrainingError
+from storage.errors import ArtifactError, ConfigError, OverBudget, TrainingError
 from storage.examples import pii_allowed_ids
 from storage.jobs import finish_job, get_job, record_metric, update_job, update_unfinished_job
-from storage.models import Job, JobStatus, Snapshot, SnapshotMember, stored_id, utcnow
+from storage.models import Job, Snapshot, SnapshotMember, stored_id, utcnow
 from storage.records import canonical_json
 from storage.scrub import scrub_credentials
 from storage.snapshots import TRAIN, VALIDATION, snapshot_members
+from storage.vocabulary import JobStatus
 from trainers.data.pii import redact_record
 from trainers.training.archives import extract_archive
 from trainers.training.launch import model_dir
 from trainers.training.openai_backend import PollResult
+from trainers.training.quote import Quote
 
 if TYPE_CHECKING:
     from together import Together
@@ -249,7 +251,7 @@ class TogetherBackend:
                 job = update_job(db, job_id, validation_file_id=validation_file)
             remote_id = self._existing_remote_job(job)
             if remote_id is None:
-                refusal = self._price_refusal(db, job, training_file)
+                refusal = self._price_refusal(db, job, training_file, validation_file)
                 if refusal:
                     finish_job(db, job_id, JobStatus.FAILED, error=refusal)
                     return get_job(db, job_id)
@@ -276,12 +278,19 @@ class TogetherBackend:
             progress={**(get_job(db, job_id).progress or {}), "remote_status": remote.status},
         )
 
-    def _price_refusal(self, db: Database, job: Job, training_file: str) -> str | None:
-        """Ask Together what the run costs (kept in the job's progress); why it must not start, or None."""
+    def _price_refusal(self, db: Database, job: Job, training_file: str, validation_file: str | None) -> str | None:
+        """Ask Together what the run costs (kept in the job's progress); why it must not start, or None.
+
+        Above the budget cap without an admin's confirmation, OverBudget: the job's quote now carries Together's price
+        (the caller makes the job a quote again, whose Start needs an admin), and the uploaded files are kept for it.
+        """
         config, settings = job.config or {}, self._settings
+        epochs = int(config.get("n_epochs") or DEFAULT_EPOCHS)
+        # Priced as created: evaluations on the validation split once per epoch (see _create).
+        evaluation = {"validation_file": validation_file, "n_evals": epochs} if validation_file else {"n_evals": 0}
         price = self.client.fine_tuning.estimate_price(
-            training_file=training_file, model=job.base_model, n_epochs=int(config.get("n_epochs") or DEFAULT_EPOCHS),
-            n_evals=0, training_method=_training_method(job.method),
+            training_file=training_file, model=job.base_model, n_epochs=epochs, **evaluation,
+            training_method=_training_method(job.method),
             training_type={"type": "Lora", "lora_r": int(config.get("lora_r") or settings.together_lora_r),
                            "lora_alpha": int(config.get("lora_alpha") or settings.together_lora_alpha)},
         )
@@ -292,9 +301,12 @@ class TogetherBackend:
                    progress={**(job.progress or {}), "together_estimate_usd": cost})
         admin = bool((config.get("gate") or {}).get("admin_confirmed"))
         if settings.budget_usd is not None and cost is not None and cost > settings.budget_usd and not admin:
-            return (f"Together prices this run at ${cost:,.2f}, above the budget cap ${settings.budget_usd:,.2f} "
-                    "(FTBOT_BUDGET_USD): no job was created and nothing is billed. Train fewer epochs, or ask an ftbot "
-                    "admin to raise the cap.")
+            if job.quote:
+                update_job(db, stored_id(job), quote=replace(Quote.from_json(job.quote), cost_usd=cost).to_json())
+            raise OverBudget(
+                f"Together prices this run at ${cost:,.2f}, above the budget cap ${settings.budget_usd:,.2f} "
+                "(FTBOT_BUDGET_USD): no job was created and nothing is billed. An ftbot admin can start it anyway "
+                "(the quote now shows Together's price), or train fewer epochs.")
         if price.allowed_to_proceed is False:
             return (f"Together says the account cannot pay for this run (${cost:,.2f}; limit ${price.user_limit}): "
                     "no job was created. Add credit to the Together account, then start again.")

@@ -20,8 +20,9 @@ from storage.config import Settings
 from storage.db import Database
 from storage.errors import FtbotError
 from storage.jobs import finish_job, get_job, update_unfinished_job
-from storage.models import JobStatus, utcnow
+from storage.models import utcnow
 from storage.scrub import scrub_credentials
+from storage.vocabulary import JobStatus
 from trainers.training.launch import launch_plan, read_log_tail, training_command
 from trainers.training.local.entry import run
 

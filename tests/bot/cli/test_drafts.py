@@ -16,7 +16,8 @@ from bot.cli import app, common
 from storage.db import Database
 from storage.drafts import create_draft, decide_draft, record_agent_reply
 from storage.jobs import register_model, use_model
-from storage.models import DraftOutcome, ReplyDraft, stored_id
+from storage.models import ReplyDraft, stored_id
+from storage.vocabulary import DraftOutcome
 from tests.fixtures.db import database_url
 
 PROMPT = [{"role": "system", "content": "You are Acme's support assistant."},

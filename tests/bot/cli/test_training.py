@@ -13,7 +13,8 @@ import pytest
 
 from storage.examples import import_records
 from storage.jobs import QUOTE_MAX_AGE, create_job, expire_quotes, get_job, list_jobs, register_model, update_job
-from storage.models import JobStatus, stored_id, utcnow
+from storage.models import stored_id, utcnow
+from storage.vocabulary import JobStatus
 from tests.fixtures.db import database_url
 from tests.fixtures.paths import REPO
 from trainers.tiny_model import sample_conversations

@@ -83,3 +83,21 @@ def test_train_together_without_a_key_says_what_to_set(env, sqlite_db, together_
     result = _run(env, "train", "--backend", "together", "--yes")
     assert result.returncode == 1 and "TOGETHER_API_KEY is not set" in result.stderr
     assert list_jobs(sqlite_db) == [] and not together_api.calls
+
+
+def test_togethers_price_above_the_budget_says_how_an_admin_starts_it_anyway(env, sqlite_db, together_api):
+    env["FTBOT_BUDGET_USD"] = "0"
+    import_records(sqlite_db, enumerate(sample_conversations(24, seed=4, max_turns=1), 1), source_file="t.jsonl",
+                   approved_by="U1")
+    refused = _run(env, "train", "--backend", "together", "--yes")
+    assert refused.returncode == 1 and "above the budget cap" in refused.stderr and "--over-budget" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not _created(together_api)
+    started = _run(env, "train", "--backend", "together", "--yes", "--over-budget", "--json")
+    assert started.returncode == 0, started.stderr
+    assert json.loads(started.stdout)["status"] in ("pending", "queued", "running")
+    assert len(_created(together_api)) == 1
+
+
+def _created(together_api) -> list:
+    return [c for c in together_api.calls if c.method == "POST" and c.path.rstrip("/").endswith("/fine-tunes")]

@@ -10,7 +10,7 @@ from bot.console.shell import Console
 from storage.config import Settings
 from storage.drafts import list_drafts
 from storage.jobs import register_model, use_model
-from storage.models import DraftOutcome
+from storage.vocabulary import DraftOutcome
 
 ANSWER = "Yes: Settings → Billing → Invoices, then Download."
 

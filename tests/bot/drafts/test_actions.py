@@ -15,8 +15,9 @@ from bot.drafts.views import DISCARD_ACTION, EDIT_ACTION, SEND_ACTION
 from bot.scheduler import EXPIRE_DRAFTS_JOB, context_key, expire_old_drafts, start_scheduler
 from storage.drafts import get_draft
 from storage.examples import list_examples
-from storage.models import DraftOutcome, PairSource, ReplyDraft, utcnow
+from storage.models import ReplyDraft, utcnow
 from storage.pairs import list_pairs
+from storage.vocabulary import DraftOutcome, PairSource
 from tests.bot.drafts.conftest import DRAFT_TEXT, MODEL, QUESTION, Desk
 from tests.fixtures.concurrency import at_once
 from tests.fixtures.db import database_url

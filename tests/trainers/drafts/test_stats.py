@@ -14,7 +14,8 @@ from sqlmodel import col
 from storage.db import Database
 from storage.drafts import DraftFact, create_draft, decide_draft, expire_drafts
 from storage.errors import FtbotError
-from storage.models import DraftOutcome, ReplyDraft, stored_id
+from storage.models import ReplyDraft, stored_id
+from storage.vocabulary import DraftOutcome
 from trainers.drafts.stats import (
     draft_stats,
     draft_stats_figure,

@@ -10,7 +10,7 @@ import pytest
 
 from storage.examples import import_records
 from storage.jobs import get_job, job_metrics, list_models
-from storage.models import JobStatus
+from storage.vocabulary import JobStatus
 from tests.fixtures.concurrency import wait_until
 from trainers.evaluation.score import score_model
 from trainers.tiny_model import CHATML_TRAINING_TEMPLATE, sample_conversations, sample_preference_pairs

@@ -12,9 +12,9 @@ from storage.config import Settings
 from storage.errors import TrainingError, ValidationFailed
 from storage.examples import import_records, list_examples, update_example
 from storage.jobs import get_job, job_metrics, list_models, metric_points
-from storage.models import JobStatus
 from storage.pairs import add_pair
 from storage.snapshots import snapshot_records
+from storage.vocabulary import JobStatus
 from trainers.tiny_model import sample_conversations
 from trainers.training.jobs import cancel_job, quote_job, refresh_job, start_job
 from trainers.training.openai_backend import parse_metrics_csv

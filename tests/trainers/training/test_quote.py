@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from storage.examples import import_records, set_status
-from storage.models import ExampleStatus, PairSource
 from storage.pairs import add_pair
 from storage.records import dpo_record
+from storage.vocabulary import ExampleStatus, PairSource
 from trainers.tiny_model import sample_conversations
 from trainers.training.jobs import quote_job
 from trainers.training.quote import quote_lines

@@ -22,7 +22,7 @@ from storage import evals
 from storage.errors import ClusterError
 from storage.examples import import_records
 from storage.jobs import get_job, list_jobs, list_models, register_model, update_job
-from storage.models import JobStatus
+from storage.vocabulary import JobStatus
 from tests.fixtures.concurrency import wait_until
 from tests.fixtures.db import database_url
 from trainers.cluster import RayCluster, RayJobState, RayWork, WorkKind, submission_id
@@ -89,9 +89,12 @@ def test_evaluation_answers_are_generated_by_a_ray_job(sqlite_db, tiny_model_dir
     assert isinstance(worker, RayWork) and worker.job_id.startswith(f"ftbot-eval-{round_.id}-")
     assert wait_until(lambda: worker.poll() is not None, timeout=180) is not None and worker.poll() == 0
     assert all(c.answer_a and c.answer_b for c in evals.round_comparisons(sqlite_db, round_.id))
-    # `/ft eval resume` runs a finished round's worker again under the same id: Ray replaces the finished job.
+    assert worker.job_id.endswith("-1")
+    # `/ft eval resume` runs the round's worker again: a second attempt while the first stays in Ray's list; asked
+    # again while that one runs, it is the one watched (never two at once).
     again = spawn_generation(round_.id, database_url=database_url(sqlite_db), created_at=round_.created_at)
-    assert again.job_id == worker.job_id
+    same = spawn_generation(round_.id, database_url=database_url(sqlite_db), created_at=round_.created_at)
+    assert again.job_id == worker.job_id.removesuffix("-1") + "-2" and same.job_id == again.job_id
     wait_until(lambda: again.poll() is not None, timeout=180)
     assert again.poll() == 0
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from storage.config import Settings
-from storage.errors import ConfigError, TrainingError
+from storage.errors import ConfigError, OverBudget, TrainingError
 from storage.examples import import_records
 from storage.jobs import create_job, get_job, job_metrics
-from storage.models import JobStatus
 from storage.pairs import add_pair
 from storage.snapshots import create_snapshot, snapshot_records
+from storage.vocabulary import JobStatus
 from trainers.tiny_model import sample_conversations
 from trainers.training.archives import extract_archive
 from trainers.training.launch import model_dir
@@ -151,10 +151,13 @@ def test_estimate_says_when_together_cannot_train_the_model(sqlite_db, together_
 
 def test_start_asks_together_the_price_and_creates_nothing_above_the_budget_cap(sqlite_db, together_api, home):
     capped = TogetherBackend(settings=Settings(budget_usd=0.0001))
-    job = capped.submit(sqlite_db, _sft_job(sqlite_db, config={"n_epochs": 2}).id)
+    job_id = _sft_job(sqlite_db, config={"n_epochs": 2}).id
+    with pytest.raises(OverBudget, match="above the budget cap"):
+        capped.submit(sqlite_db, job_id)
     [priced] = together_api.requests_to("/fine-tunes/estimate-price")
     assert priced.json["n_epochs"] == 2 and priced.json["training_type"]["type"] == "Lora"
-    assert job.status == JobStatus.FAILED and "above the budget cap" in (job.error or "") and job.external_id is None
+    job = get_job(sqlite_db, job_id)
+    assert job.external_id is None and job.training_file_id  # the upload is kept for an admin's start
     assert _creates(together_api) == [] and job.estimated_cost_usd and job.estimated_cost_usd > 0.0001
 
     within = _backend().submit(sqlite_db, _sft_job(sqlite_db).id)

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from storage.config import Settings
-from storage.errors import FtbotError, ValidationFailed
+from storage.errors import FtbotError, OverBudget, ValidationFailed
 from storage.examples import import_records
 from storage.jobs import get_job, list_models
-from storage.models import JobStatus
+from storage.vocabulary import JobStatus
 from trainers.tiny_model import sample_conversations
 from trainers.training.jobs import cancel_job, quote_job, refresh_job, start_job
-from trainers.training.quote import quote_lines
+from trainers.training.quote import Quote, quote_lines
 
 TOGETHER_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
 
@@ -103,14 +103,25 @@ def test_the_budget_cap_refuses_togethers_price_at_start_unless_an_admin_confirm
     settings = Settings.from_env()
     _approve(sqlite_db)
     refused = quote_job(sqlite_db, backend="together", created_by="U1", settings=settings).job.id
-    with pytest.raises(FtbotError, match="above the budget cap"):
+    with pytest.raises(OverBudget, match="above the budget cap"):
         start_job(sqlite_db, refused, settings=settings)
-    assert get_job(sqlite_db, refused).status == JobStatus.FAILED
     assert not [c for c in together_api.calls if c.method == "POST" and c.path.rstrip("/").endswith("/fine-tunes")]
-    assert not start_job(sqlite_db, refused, settings=settings).started  # a second click does not retry it
-
-    confirmed = quote_job(sqlite_db, backend="together", created_by="U1", settings=settings).job.id
-    assert start_job(sqlite_db, confirmed, admin_confirmed=True, settings=settings).job.external_id
+    # Nothing was created, and the job is a quote again that carries Together's price (evaluations included).
+    job = get_job(sqlite_db, refused)
+    [estimate] = [c.json for c in together_api.calls if c.path.endswith("/estimate-price")]
+    assert estimate["n_evals"] == estimate["n_epochs"] and estimate["validation_file"] == job.validation_file_id
+    quote = Quote.from_json(job.quote)
+    assert job.status == JobStatus.QUOTED and quote.cost_usd == job.estimated_cost_usd > 0 and quote.over_budget
+    # A second plain Start is refused by the gate, without asking Together again.
+    with pytest.raises(FtbotError, match="budget cap"):
+        start_job(sqlite_db, refused, settings=settings)
+    assert len([c for c in together_api.calls if c.path.endswith("/estimate-price")]) == 1
+    # An admin starts the same job anyway: the files already uploaded are used, one job is created.
+    uploads = len(together_api.requests_to("/files", "POST"))
+    started = start_job(sqlite_db, refused, admin_confirmed=True, settings=settings).job
+    assert started.external_id and started.config["gate"]["admin_confirmed"] is True
+    assert len(together_api.requests_to("/files", "POST")) == uploads
+    assert len([c for c in together_api.calls if c.method == "POST" and c.path.rstrip("/").endswith("/fine-tunes")]) == 1
 
 
 def test_cancel_cancels_the_remote_job(sqlite_db, together_api, home):

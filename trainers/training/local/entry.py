@@ -28,8 +28,8 @@ from storage.jobs import (
     update_job,
     update_unfinished_job,
 )
-from storage.models import JobStatus
 from storage.snapshots import TRAIN, VALIDATION, snapshot_records
+from storage.vocabulary import JobStatus
 from trainers.training.launch import log_path, model_dir
 from trainers.training.local.config import LocalTrainConfig
 from trainers.training.local.train import TrainResult, train
