@@ -134,7 +134,7 @@ def _upload(client: Together, name: str, data: bytes) -> str:
         return client.files.upload(path, purpose="fine-tune", check=True).id
 
 
-def _api_error_text(error: Exception) -> str:
+def api_error_text(error: Exception) -> str:
     """Together's own message, verbatim (its JSON ``error.message`` when there is one), and the HTTP status."""
     body = getattr(error, "body", None)
     message = None
@@ -178,7 +178,7 @@ def estimate(client: Together, db: Database, snapshot: Snapshot, *, model: str, 
         limits: FinetuneModelLimits = client.fine_tuning.model_limits(model_name=model)
     except together.APIStatusError as error:
         raise TrainingError(scrub_credentials(
-            f"Together cannot fine-tune {model}: {_api_error_text(error)}. Pick a model from "
+            f"Together cannot fine-tune {model}: {api_error_text(error)}. Pick a model from "
             "https://docs.together.ai/docs/fine-tuning-models (set FTBOT_TOGETHER_MODEL or pass the model)."
         )) from error
     max_seq = limits.max_seq_length_dpo if method == "dpo" else limits.max_seq_length_sft
@@ -258,7 +258,7 @@ class TogetherBackend:
                 remote_id = self._create(job, training_file, validation_file)
             remote = self.client.fine_tuning.retrieve(remote_id)
         except together.AuthenticationError as error:
-            text = scrub_credentials(f"Together rejected the API key: {_api_error_text(error)}. Check TOGETHER_API_KEY.")
+            text = scrub_credentials(f"Together rejected the API key: {api_error_text(error)}. Check TOGETHER_API_KEY.")
             finish_job(db, job_id, JobStatus.FAILED, error=text)
             raise ConfigError(text) from error
         except together.APIConnectionError as error:
@@ -269,7 +269,7 @@ class TogetherBackend:
             )) from error
         except (together.APIStatusError, ValueError) as error:
             # ValueError: the SDK's own checks against the model's limits (LoRA rank, batch size, ...).
-            reason = _api_error_text(error) if isinstance(error, together.APIStatusError) else str(error)
+            reason = api_error_text(error) if isinstance(error, together.APIStatusError) else str(error)
             text = scrub_credentials(f"Together refused the fine-tuning job: {reason}. {TOGETHER_HINT}")
             finish_job(db, job_id, JobStatus.FAILED, error=text)
             raise TrainingError(text) from error
@@ -410,7 +410,7 @@ class TogetherBackend:
         try:
             rows = self.client.fine_tuning.list_metrics(external_id).metrics or []
         except together.APIStatusError as error:  # not every deployment has the endpoint: losses are a bonus
-            log.info("no metrics for Together job %s: %s", external_id, _api_error_text(error))
+            log.info("no metrics for Together job %s: %s", external_id, api_error_text(error))
             return
         for row in rows:
             step = row.get("global_step", row.get("step"))
@@ -434,7 +434,7 @@ class TogetherBackend:
             location = str(target) if store.is_default else store.publish_dir(target, "models", job_id, ADAPTER)
         except (together.APIError, TrainingError, ArtifactError) as error:
             # The job is done on Together; a failed download (or upload to the store) is retried by the next poll.
-            reason = _api_error_text(error) if isinstance(error, together.APIError) else str(error)
+            reason = api_error_text(error) if isinstance(error, together.APIError) else str(error)
             progress["message"] = scrub_credentials(f"downloading the adapter failed (will retry): {reason}")
             update_unfinished_job(db, job_id, status=JobStatus.RUNNING, progress=progress)
             return

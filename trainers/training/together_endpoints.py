@@ -44,7 +44,7 @@ from storage.jobs import get_model
 from storage.models import Deployment, RegisteredModel, stored_id
 from storage.scrub import scrub_credentials
 from storage.vocabulary import DeploymentStatus, TrainingBackend
-from trainers.training.together_backend import make_together_client
+from trainers.training.together_backend import api_error_text, make_together_client
 
 if TYPE_CHECKING:
     from together import Together
@@ -132,18 +132,6 @@ def check_idle_minutes(minutes: int) -> int:
     if not MIN_IDLE_MINUTES <= minutes <= MAX_IDLE_MINUTES:
         raise ConfigError(f"the idle auto-stop must be {MIN_IDLE_MINUTES} to {MAX_IDLE_MINUTES} minutes, not {minutes}")
     return minutes
-
-
-def api_error_text(error: Exception) -> str:
-    """Together's own message, verbatim (its JSON ``error.message`` when there is one), and the HTTP status."""
-    body = getattr(error, "body", None)
-    message = None
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        message = inner.get("message") if isinstance(inner, dict) else None
-    message = message or getattr(error, "message", None) or str(error)
-    status = getattr(error, "status_code", None)
-    return f"{message} (HTTP {status})" if status else str(message)
 
 
 def endpoint_name_for(model_name: str, deployment_id: int) -> str:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from storage.examples import import_records
 from storage.jobs import get_job, job_metrics, list_models
 from storage.vocabulary import JobStatus
 from tests.fixtures.concurrency import wait_until
+from tests.trainers.training.local_jobs import FAST, quoted_local_job
 from trainers.evaluation.score import score_model
 from trainers.tiny_model import CHATML_TRAINING_TEMPLATE, sample_conversations, sample_preference_pairs
-from trainers.training.jobs import quote_job, refresh_job, start_job, wait_for_job
+from trainers.training.jobs import refresh_job, start_job, wait_for_job
 from trainers.training.launch import read_log_tail
 from trainers.training.local.chat_template import ensure_generation_markers
 from trainers.training.local.config import LocalTrainConfig
@@ -24,7 +24,6 @@ pytestmark = pytest.mark.slow
 
 # torch and transformers are imported inside the tests that use them: collecting this module (e.g. with
 # -m "not slow") does not load the ML stack.
-FAST = dict(max_steps=10, learning_rate=3e-2, batch_size=4, max_length=256, lora_dropout=0.0, lora_r=8, lora_alpha=16)
 
 
 def _sequence_loss(model, tokenizer, record) -> float:
@@ -103,20 +102,8 @@ def test_a_template_without_generation_markers_gets_them_with_the_end_token_insi
 # --- the worker process ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def local_env(monkeypatch, tmp_path, tiny_model_dir):
-    monkeypatch.setenv("FTBOT_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return tiny_model_dir
-
-
-def _quoted_local_job(db, base_model: Path, **options):
-    import_records(db, enumerate(sample_conversations(12, max_turns=1), 1), source_file="t.jsonl", approved_by="U1")
-    return quote_job(db, backend="local", model=str(base_model), local_options={**FAST, **options}).job
-
-
 def test_a_killed_worker_fails_its_job_with_the_log_tail(sqlite_db, local_env):
-    job = _quoted_local_job(sqlite_db, local_env, max_steps=100000)
+    job = quoted_local_job(sqlite_db, local_env, max_steps=100000)
     started = start_job(sqlite_db, job.id).job
     assert started.worker_pid and started.status == JobStatus.PENDING
     wait_until(lambda: get_job(sqlite_db, job.id).status == JobStatus.RUNNING)
@@ -133,7 +120,7 @@ def test_a_killed_worker_fails_its_job_with_the_log_tail(sqlite_db, local_env):
 def test_a_crashing_worker_records_its_error_and_traceback(sqlite_db, local_env, tmp_path):
     not_a_model = tmp_path / "not-a-model"
     not_a_model.mkdir()
-    job = _quoted_local_job(sqlite_db, not_a_model)
+    job = quoted_local_job(sqlite_db, not_a_model)
     started = start_job(sqlite_db, job.id).job
     update = wait_until(lambda: (u := refresh_job(sqlite_db, job.id)).finished and u, timeout=120)
     assert update.job.status == JobStatus.FAILED
@@ -145,7 +132,7 @@ def test_a_crashing_worker_records_its_error_and_traceback(sqlite_db, local_env,
 
 def test_the_worker_runs_the_training_entry_point_under_accelerate_launch(sqlite_db, local_env, monkeypatch):
     monkeypatch.setenv("FTBOT_LAUNCHER", "accelerate")
-    job = _quoted_local_job(sqlite_db, local_env, max_steps=3)
+    job = quoted_local_job(sqlite_db, local_env, max_steps=3)
     start_job(sqlite_db, job.id)
     update = wait_for_job(sqlite_db, job.id, interval=0.5, timeout=240)
     assert update.job.status == JobStatus.SUCCEEDED, update.job.error

@@ -25,26 +25,16 @@ from storage.jobs import get_job, list_jobs, list_models, register_model, update
 from storage.vocabulary import JobStatus
 from tests.fixtures.concurrency import wait_until
 from tests.fixtures.db import database_url
+from tests.trainers.training.local_jobs import quoted_local_job
 from trainers.cluster import RayCluster, RayJobState, RayWork, WorkKind, submission_id
 from trainers.evaluation.generation import spawn_generation
 from trainers.tiny_model import sample_conversations
-from trainers.training.jobs import quote_job, refresh_job, start_job, wait_for_job
+from trainers.training.jobs import refresh_job, start_job, wait_for_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster_env")]
 
-FAST = dict(max_steps=3, learning_rate=3e-2, batch_size=4, max_length=256, lora_dropout=0.0, lora_r=8, lora_alpha=16)
-
-
-@pytest.fixture
-def local_env(monkeypatch, tmp_path, tiny_model_dir):
-    monkeypatch.setenv("FTBOT_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return tiny_model_dir
-
-
-def _quoted(db, base_model: Path, **options):
-    import_records(db, enumerate(sample_conversations(12, max_turns=1), 1), source_file="t.jsonl", approved_by="U1")
-    return quote_job(db, backend="local", model=str(base_model), local_options={**FAST, **options}).job
+def _quoted_job(db, base_model: Path, **options):
+    return quoted_local_job(db, base_model, **{"max_steps": 3, **options})
 
 
 def _ray_jobs(address: str) -> dict[str, str]:
@@ -53,7 +43,7 @@ def _ray_jobs(address: str) -> dict[str, str]:
 
 
 def test_a_tiny_sft_job_runs_as_a_ray_job_and_registers_its_model(db, local_env, ray_cluster_env):
-    job = _quoted(db, local_env)
+    job = _quoted_job(db, local_env)
     started = start_job(db, job.id).job
     assert started.external_id == submission_id(WorkKind.TRAINING, job.id, started.created_at)
     assert started.config["runner"] == "ray" and started.config["ray_address"] == ray_cluster_env.address
@@ -100,7 +90,7 @@ def test_evaluation_answers_are_generated_by_a_ray_job(sqlite_db, tiny_model_dir
 
 
 def test_a_retried_submit_never_starts_a_second_ray_job(sqlite_db, local_env, ray_cluster_env):
-    job = _quoted(sqlite_db, local_env, max_steps=100000)
+    job = _quoted_job(sqlite_db, local_env, max_steps=100000)
     started = start_job(sqlite_db, job.id).job
     # A bot killed after writing the submission id and before hearing Ray's answer: the job is still pending, and the
     # next refresh submits it again. Ray keeps one job under that id.
@@ -122,7 +112,7 @@ def _cli(*args: str, database):
 
 
 def test_ftbot_cancel_stops_a_running_ray_job(db, local_env, ray_cluster_env):
-    job = _quoted(db, local_env, max_steps=100000)
+    job = _quoted_job(db, local_env, max_steps=100000)
     started = start_job(db, job.id).job
     wait_until(lambda: get_job(db, job.id).status == JobStatus.RUNNING, timeout=120, what="the worker running on Ray")
     result = _cli("cancel", str(job.id), database=db)
@@ -158,7 +148,7 @@ def test_a_ray_job_outlives_a_kill_9_of_the_cli_that_submitted_it(sqlite_db, loc
 
 
 def test_a_ray_job_stopped_behind_ftbots_back_fails_with_rays_log(sqlite_db, local_env, ray_cluster_env):
-    job = _quoted(sqlite_db, local_env, max_steps=100000)
+    job = _quoted_job(sqlite_db, local_env, max_steps=100000)
     started = start_job(sqlite_db, job.id).job
     wait_until(lambda: get_job(sqlite_db, job.id).status == JobStatus.RUNNING, timeout=120)
     cluster = RayCluster(ray_cluster_env.address)
@@ -173,7 +163,7 @@ def test_a_ray_job_stopped_behind_ftbots_back_fails_with_rays_log(sqlite_db, loc
 def test_a_failing_worker_on_ray_keeps_rays_log_tail(sqlite_db, local_env, tmp_path):
     not_a_model = tmp_path / "not-a-model"
     not_a_model.mkdir()
-    job = _quoted(sqlite_db, not_a_model)
+    job = _quoted_job(sqlite_db, not_a_model)
     start_job(sqlite_db, job.id)
     update = wait_for_job(sqlite_db, job.id, interval=0.5, timeout=180)
     assert update.job.status == JobStatus.FAILED
@@ -186,7 +176,7 @@ def test_an_unreachable_cluster_leaves_the_job_quoted_with_a_clear_error(sqlite_
     from tests.fixtures.ray_head import free_port
 
     monkeypatch.setenv("FTBOT_RAY_ADDRESS", f"http://127.0.0.1:{free_port()}")
-    job = _quoted(sqlite_db, local_env)
+    job = _quoted_job(sqlite_db, local_env)
     with pytest.raises(ClusterError, match="cannot reach the Ray cluster"):
         start_job(sqlite_db, job.id)
     assert get_job(sqlite_db, job.id).status == JobStatus.QUOTED  # Start works again once the cluster is back
@@ -194,7 +184,7 @@ def test_an_unreachable_cluster_leaves_the_job_quoted_with_a_clear_error(sqlite_
 
 def test_on_ray_the_adapter_lands_in_s3_and_a_generation_job_reads_it_back(sqlite_db, local_env, s3_artifacts,
                                                                           tmp_path, monkeypatch):
-    job = _quoted(sqlite_db, local_env)
+    job = _quoted_job(sqlite_db, local_env)
     start_job(sqlite_db, job.id)
     update = wait_for_job(sqlite_db, job.id, interval=0.5, timeout=240)
     assert update.job.status == JobStatus.SUCCEEDED, (update.job.error, update.job.log_tail)
