@@ -20,7 +20,7 @@ from sqlmodel import col
 from storage.db import Database
 from storage.errors import FtbotError
 from storage.models import Job, JobMetric, RegisteredModel, stored_id, utcnow
-from storage.vocabulary import JobStatus, TrainingMethod
+from storage.vocabulary import JobStatus, TrainingBackend, TrainingMethod
 
 
 class JobNotFound(FtbotError):
@@ -296,10 +296,16 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def job_record(db: Database, job: Job) -> dict[str, Any]:
-    """The JSON view of a job (``ftbot jobs --json``, ``ftbot train --wait --json``)."""
+    """The JSON view of a job (``ftbot jobs --json``, ``ftbot train --wait --json``).
+
+    ``model`` is what the back end calls the trained model: OpenAI's ``ft:`` id, Together's output name (opaque), a
+    local adapter's location; ``location`` is where its files are (the same as ``model`` but for Together, whose
+    adapter is brought home)."""
+    together_name = (job.progress or {}).get("together_output_name") if job.backend == TrainingBackend.TOGETHER else None
     return {
         "id": job.id, "status": job.status, "backend": job.backend, "method": job.method,
-        "base_model": job.base_model, "model": job.result_model, "snapshot_id": job.snapshot_id,
+        "base_model": job.base_model, "model": together_name or job.result_model, "location": job.result_model,
+        "snapshot_id": job.snapshot_id,
         "external_id": job.external_id, "estimated_tokens": job.estimated_tokens, "trained_tokens": job.trained_tokens,
         "estimated_cost_usd": job.estimated_cost_usd, "error": job.error, "progress": job.progress,
         "created_by": job.created_by, "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),

@@ -62,12 +62,14 @@ def test_train_together_wait_json_brings_the_adapter_home_and_eval_score_runs_on
     assert process.returncode == 0, stderr
     record = json.loads(stdout)
     assert record["status"] == "succeeded" and record["backend"] == "together"
-    assert Path(record["model"], "adapter_config.json").is_file()
+    # `model` is Together's output name exactly; the adapter brought home is at `location`.
+    assert record["model"] == together_api.jobs[external].body["model_output_name"]
+    assert Path(record["location"], "adapter_config.json").is_file()
     assert "Training quote" in stderr and "Together AI prices the run at Start" in stderr
     assert "Together AI's estimate for this run: $" in stderr and "succeeded" in stderr.lower()
 
     [model] = json.loads(_run(env, "models", "--json").stdout)
-    assert model["backend"] == "together" and model["location"] == record["model"]
+    assert model["backend"] == "together" and model["name"] == record["model"] and model["location"] == record["location"]
     assert model["base_model"] == str(tiny_model_dir)
     used = _run(env, "use", model["name"])
     assert used.returncode == 0 and "Now using" in used.stdout and "together" in used.stdout
