@@ -36,6 +36,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from storage.db import Database
+from storage.deployments import list_deployments
 from storage.drafts import expire_drafts, store_missing_training_data
 from storage.events import forget_events_before
 from storage.jobs import QUOTE_MAX_AGE, expire_quotes, has_scheduled_jobs
@@ -53,6 +54,9 @@ FORGET_EVENTS_JOB = "forget-old-event-claims"
 REDELIVER_EVENTS_JOB = "redeliver-pending-events"
 EXPIRE_QUOTES_JOB = "expire-abandoned-quotes"
 EXPIRE_DRAFTS_JOB = "expire-undecided-drafts"
+REFRESH_ENDPOINTS_JOB = "refresh-together-endpoints"
+# How often the Together endpoints ftbot started are checked for having stopped by themselves (the idle auto-stop).
+ENDPOINT_CHECK_SECONDS = 300
 # How often stored events nobody is working on (their process died) are looked for, besides at start-up.
 REDELIVER_SECONDS = 30
 # Slack retries an event within about 5 minutes; a week of claims is far more than retries can need.
@@ -167,6 +171,10 @@ def _schedule_housekeeping(bot: BotContext, scheduler: BackgroundScheduler) -> N
         f"{__name__}:expire_old_drafts", "cron", minute=37, id=EXPIRE_DRAFTS_JOB,
         args=[context_key(bot)], replace_existing=True,
     )
+    scheduler.add_job(
+        f"{__name__}:refresh_together_endpoints", "interval", seconds=ENDPOINT_CHECK_SECONDS, id=REFRESH_ENDPOINTS_JOB,
+        args=[context_key(bot)], replace_existing=True,
+    )
     # First run now: the events a killed process acknowledged but never processed are handled at start-up.
     scheduler.add_job(
         f"{__name__}:redeliver_pending_events", "interval", seconds=REDELIVER_SECONDS, id=REDELIVER_EVENTS_JOB,
@@ -211,6 +219,21 @@ def expire_old_drafts(key: str) -> int:
     if completed:
         log.info("stored the training data of %d decided draft(s) a stopped process left without it", completed)
     return expired
+
+
+def refresh_together_endpoints(key: str) -> int:
+    """Scheduled: record the Together endpoints that stopped by themselves (idle auto-stop) or failed, so listings
+    never show a model as served (and billing) when it is not; returns how many."""
+    bot = context_for(key)
+    if bot is None or not list_deployments(bot.db, active_only=True):
+        return 0
+    # Local: the Together client loads only when an endpoint runs.
+    from trainers.training.together_endpoints import refresh_deployments
+
+    ended = refresh_deployments(bot.db)
+    for row in ended:
+        log.info("the Together endpoint of %s ended by itself (%s): %s", row.model_name, row.status, row.error or "")
+    return len(ended)
 
 
 def redeliver_pending_events(key: str) -> int:

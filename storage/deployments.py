@@ -119,6 +119,13 @@ def record_stopped(db: Database, deployment_id: int, *, at: datetime | None = No
     return get_deployment(db, deployment_id)
 
 
+def record_ended_at_together(db: Database, deployment_id: int, *, status: DeploymentStatus, reason: str) -> bool:
+    """A running endpoint Together stopped by itself (the idle auto-stop) or lost (failed, deleted elsewhere): it no
+    longer bills. False when the row was not running any more (an undeploy got there first)."""
+    return _move(db, deployment_id, DeploymentStatus.RUNNING, status=status, stopped_at=utcnow(),
+                 stopped_by="Together", error=reason or None)
+
+
 def release_stop(db: Database, deployment_id: int, error: str) -> Deployment:
     """Together refused the delete: the endpoint still runs (and bills), so the row says running again."""
     _move(db, deployment_id, DeploymentStatus.STOPPING, status=DeploymentStatus.RUNNING, error=error)

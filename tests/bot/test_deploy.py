@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from bot.deploy import DEPLOY_ACTION, DISCARD_ACTION
+from bot.scheduler import REFRESH_ENDPOINTS_JOB, context_key, refresh_together_endpoints, start_scheduler
 from storage.deployments import list_deployments
 from storage.jobs import register_model
 from storage.vocabulary import DeploymentStatus
@@ -80,3 +81,20 @@ def test_a_reference_base_is_refused_with_the_reason_and_nothing_is_asked_of_tog
     assert "cannot serve them on a dedicated endpoint" in answer["text"]
     assert "<b>" not in answer["text"] and "&lt;b&gt;" in answer["text"]
     assert together_api.calls == [] and list_deployments(bot.db) == []
+
+
+def test_an_endpoint_that_stopped_when_idle_is_no_longer_listed_as_served(harnesses, together_api):
+    together_api.serving.add_model(FINE_TUNE)
+    bot = harnesses(admins=("U_ADMIN",))
+    _model(bot.db)
+    row_id = slack.buttons(slack.quote(bot, f"deploy {FINE_TUNE}", user="U_ADMIN"))[DEPLOY_ACTION]
+    slack.click(bot, DEPLOY_ACTION, row_id, user="U_ADMIN")
+    (row,) = list_deployments(bot.db)
+    assert "served on Together" in slack.quote(bot, "models", user="U_ADMIN")["text"]
+    # The bot checks its endpoints on a schedule; Together stopped this one after its idle minutes.
+    assert [j for j in start_scheduler(bot.bot).get_jobs() if j.id == REFRESH_ENDPOINTS_JOB]
+    together_api.serving.deployments[row.deployment_id]["status"] = {"state": "DEPLOYMENT_STATE_STOPPED",
+                                                                     "message": "idle for 60 minutes"}
+    assert refresh_together_endpoints(context_key(bot.bot)) == 1
+    assert list_deployments(bot.db)[0].status == DeploymentStatus.STOPPED
+    assert "served on Together" not in slack.quote(bot, "models", user="U_ADMIN")["text"]

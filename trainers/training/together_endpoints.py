@@ -34,7 +34,9 @@ from storage.deployments import (
     claim_stop,
     create_quote,
     get_deployment,
+    list_deployments,
     record_created,
+    record_ended_at_together,
     record_failed,
     record_stopped,
     release_stop,
@@ -281,6 +283,10 @@ class TogetherEndpoints:
                                       "It may still bill: stop it on https://api.together.ai/models.") from error
 
 
+# Together's deployment states that mean the endpoint no longer runs (nor bills).
+ENDED_STATES = {"DEPLOYMENT_STATE_STOPPED": DeploymentStatus.STOPPED, "DEPLOYMENT_STATE_FAILED": DeploymentStatus.FAILED}
+
+
 # --- the flow both ``/ft deploy`` and ``ftbot deploy`` run: quote, claimed start, stop --------------------------------
 
 
@@ -341,3 +347,28 @@ def stop_deployment(db: Database, model_name: str, *, user: str | None, client: 
         release_stop(db, deployment_id, str(error))
         raise
     return record_stopped(db, deployment_id)
+
+
+def refresh_deployments(db: Database, *, client: Together | None = None) -> list[Deployment]:
+    """Ask Together about every endpoint ftbot thinks runs; those it stopped by itself (the idle auto-stop), failed or
+    no longer has are recorded as ended. The ones that changed; a Together that cannot be asked changes nothing."""
+    import together  # Local: see TogetherEndpoints._call.
+
+    running = [d for d in list_deployments(db, active_only=True) if d.status == DeploymentStatus.RUNNING]
+    if not running:
+        return []
+    endpoints = TogetherEndpoints(client)
+    ended = []
+    for row in running:
+        try:
+            state, message = endpoints.state(row.endpoint_id or "", row.deployment_id or "")
+        except TogetherRefused as error:
+            if not isinstance(error.__cause__, together.NotFoundError):
+                continue  # asked again at the next refresh
+            state, message = "DEPLOYMENT_STATE_STOPPED", "deleted on Together"
+        except DeployError:
+            continue
+        status = ENDED_STATES.get(state)
+        if status is not None and record_ended_at_together(db, stored_id(row), status=status, reason=message):
+            ended.append(get_deployment(db, stored_id(row)))
+    return ended

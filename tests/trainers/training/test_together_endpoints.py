@@ -20,6 +20,7 @@ from trainers.training.together_endpoints import (
     ReferenceBaseNotServable,
     TogetherRefused,
     quote_deployment,
+    refresh_deployments,
     start_deployment,
     stop_deployment,
 )
@@ -105,3 +106,29 @@ def test_a_refused_deployment_deletes_the_endpoint_and_says_what_together_said(d
         start_deployment(db, stored_id(row), user="U1")
     assert get_deployment(db, stored_id(row)).status == DeploymentStatus.FAILED
     assert together_api.serving.endpoints == {}
+
+
+def test_an_endpoint_together_stopped_by_itself_is_recorded_as_stopped(db, together_api):
+    serving = together_api.serving
+    names = [FINE_TUNE, FINE_TUNE.replace("abc123", "def456"), FINE_TUNE.replace("abc123", "ghi789")]
+    rows = []
+    for name in names:
+        serving.add_model(name)
+        together_model(db, name)
+        row, _plan = quote_deployment(db, name, hardware=None, idle_minutes=30, requested_by="U1")
+        rows.append(start_deployment(db, stored_id(row), user="U1").deployment)
+    idle, gone, ready = rows
+    serving.deployments[idle.deployment_id]["status"] = {"state": "DEPLOYMENT_STATE_STOPPED",
+                                                         "message": "stopped after 30 minutes without requests"}
+    del serving.deployments[gone.deployment_id]  # deleted on Together's own site
+    serving.deployments[ready.deployment_id]["status"] = {"state": "DEPLOYMENT_STATE_READY", "message": ""}
+
+    ended = refresh_deployments(db)
+    assert sorted(d.model_name for d in ended) == sorted([idle.model_name, gone.model_name])
+    stopped = get_deployment(db, stored_id(idle))
+    assert stopped.status == DeploymentStatus.STOPPED and stopped.stopped_by == "Together"
+    assert "without requests" in (stopped.error or "") and stopped.stopped_at is not None
+    assert get_deployment(db, stored_id(gone)).status == DeploymentStatus.STOPPED
+    assert get_deployment(db, stored_id(ready)).status == DeploymentStatus.RUNNING
+    assert refresh_deployments(db) == []  # nothing more to record
+
