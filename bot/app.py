@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from openai import OpenAI
-from slack_bolt import App, BoltContext, Respond
+from slack_bolt import Ack, App, BoltContext, BoltResponse, Respond
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
@@ -151,6 +151,36 @@ def build_client(settings: Settings, *, rate_limit_retries: int = 2) -> WebClien
     return client
 
 
+class KeptAck(Ack):
+    """An ``ack`` whose response, once given, stays given.
+
+    When a listener that already acknowledged then raises (a stale button: ftbot acks first, then parses, and the error
+    handler answers privately), Bolt's thread runner sets ``ack.response`` back to None. If the request thread had not
+    yet seen the acknowledgement, it waits out the 3 s and answers Slack 404 ("didn't call ack()"), and the user sees an
+    error for a click that was answered. Seen under load in CI; ``tests/bot/test_payloads.py`` covers it.
+    """
+
+    def __init__(self) -> None:
+        self._given: BoltResponse | None = None
+        super().__init__()
+
+    @property
+    def response(self) -> BoltResponse | None:
+        return self._given
+
+    @response.setter
+    def response(self, value: BoltResponse | None) -> None:
+        if value is not None or self._given is None:
+            self._given = value
+
+
+def keep_acknowledgements(context: BoltContext, next: Callable[[], None]) -> None:  # noqa: A002 - Bolt's name
+    """First middleware: every request's ``ack`` is a :class:`KeptAck`."""
+    if "ack" not in context or context.ack.response is None:
+        context["ack"] = KeptAck()
+    next()
+
+
 def build_app(
     settings: Settings,
     db: Database,
@@ -174,6 +204,7 @@ def build_app(
     bot = BotContext(settings=settings, db=db, router=Router(), roles=Roles(settings, client), client=client,
                      inbox=EventInbox(inbox_database(db)))
     app.ftbot = bot  # type: ignore[attr-defined]
+    app.middleware(keep_acknowledgements)
     # Before any listener runs: the request's rule in bot.access.POLICY admits its user, or it is refused privately.
     app.middleware(access_middleware(bot))
 

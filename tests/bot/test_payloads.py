@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 
@@ -100,3 +101,31 @@ def test_parsers_accept_what_the_bot_writes():
     for bad in ({"value": "0"}, {"value": " 7"}, {"value": "٣"}, {}, {"value": str(2**31)}):
         with pytest.raises(StaleAction):
             button_int(bad)
+
+
+def test_a_button_acknowledged_then_refused_is_answered_200_however_late_the_request_thread_looks(
+        slack_bot: SlackHarness, monkeypatch: pytest.MonkeyPatch):
+    # Bolt's request thread polls for the listener's ack every 10 ms; under load it may look only after the listener
+    # acknowledged *and* raised (a stale button), when Bolt has already reset the acknowledgement. Make it look late.
+    import slack_bolt.listener.thread_runner as runner
+
+    class LateClock:
+        time = staticmethod(time.time)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            time.sleep(max(seconds, 0.3))
+
+    monkeypatch.setattr(runner, "time", LateClock)
+    h = slack_bot
+    submit = h.executor.submit
+
+    def listener_starts_a_moment_later(fn, /, *args, **kwargs):
+        return submit(lambda: (time.sleep(0.05), fn(*args, **kwargs))[1])
+
+    monkeypatch.setattr(h.executor, "submit", listener_starts_a_moment_later)
+    started = time.monotonic()
+    response = h.interact(block_actions(quotes.POST_ACTION, "abc", response_url=h.fake.response_url()))
+    h.wait()
+    assert response.status == 200 and time.monotonic() - started < 2.5
+    assert h.fake.responses[-1]["text"] == STALE_ACTION_MESSAGE
