@@ -262,6 +262,13 @@ def build_quote(
             f"GPU time estimated at {settings.local_tokens_per_s:,.0f} tokens/s and ${settings.gpu_hour_usd:,.2f}/GPU-hour "
             f"(FTBOT_LOCAL_TOKENS_PER_S, FTBOT_GPU_HOUR_USD); tokens counted with {counted_by}"
         )
+        if settings.ray_address:
+            where = f"trains as a job on the Ray cluster (FTBOT_RAY_ADDRESS), {settings.ray_num_gpus:g} GPU(s) per process"
+            if not settings.artifacts_url:
+                # A model saved on one GPU node is not on the next: evaluation and drafts would not find it.
+                where += ("; its adapter stays in $FTBOT_HOME of the node that trains it: set FTBOT_ARTIFACTS_URL "
+                          "(e.g. s3://bucket/prefix) unless every node shares that directory")
+            notes.append(where)
     return Quote(
         backend=backend, method=method, model=model, snapshot=describe(snapshot),
         train_examples=snapshot.train_count, validation_examples=snapshot.validation_count,

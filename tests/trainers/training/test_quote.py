@@ -92,3 +92,18 @@ def test_without_the_tokenizer_on_this_machine_the_quote_says_it_estimated(sqlit
     quote = quote_job(sqlite_db, backend="local", model="ftbot:tiny", settings=Settings(home=tmp_path)).quote
     assert quote.tokens_per_epoch > 0
     assert "an OpenAI encoding (the base model's tokenizer is not on this machine yet)" in quote_lines(quote)[-1]
+
+
+def test_a_quote_says_the_job_trains_on_the_ray_cluster_and_warns_when_nodes_share_no_artifact_store(sqlite_db, tmp_path):
+    from storage.config import Settings
+
+    import_records(sqlite_db, enumerate(sample_conversations(12, seed=5), 1), source_file="t.jsonl", approved_by="U1")
+    on_ray = Settings(home=tmp_path, ray_address="http://gpu-head:8265", ray_num_gpus=1.0)
+    text = "\n".join(quote_lines(quote_job(sqlite_db, backend="local", model="ftbot:tiny", settings=on_ray).quote))
+    assert "trains as a job on the Ray cluster (FTBOT_RAY_ADDRESS), 1 GPU(s) per process" in text
+    assert "set FTBOT_ARTIFACTS_URL" in text and "gpu-head" not in text  # no infrastructure address in a Slack quote
+    shared = Settings(home=tmp_path, ray_address="http://gpu-head:8265", artifacts_url="s3://models/team")
+    text = "\n".join(quote_lines(quote_job(sqlite_db, backend="local", model="ftbot:tiny", settings=shared).quote))
+    assert "on the Ray cluster" in text and "FTBOT_ARTIFACTS_URL" not in text
+    here = "\n".join(quote_lines(quote_job(sqlite_db, backend="local", model="ftbot:tiny", settings=Settings(home=tmp_path)).quote))
+    assert "Ray" not in here
