@@ -142,14 +142,7 @@ def team(harnesses, fake_slack, openai_api) -> Iterator[Desk]:
     for user, name in (("U_AGENT2", "sam"), ("U_OTHER", "otto")):
         fake_slack.add_user(user, name)
     fake_slack.channels[CHANNEL]["members"] = ["U_AGENT", "U_AGENT2", "U_LEAD", "U_CUSTOMER", "U_OTHER", "U0FTBOT"]
-    h = harnesses(agents=("U_AGENT", "U_AGENT2"), trainers=("U_LEAD",))
-    use_openai_model(h.db)
-    desk = Desk(h)
-    desk.question()
-    try:
-        yield desk
-    finally:
-        h.bot.close()
+    yield from _desk_with_a_question(harnesses(agents=("U_AGENT", "U_AGENT2"), trainers=("U_LEAD",)))
 
 
 @pytest.fixture
@@ -157,7 +150,11 @@ def open_desk(harnesses, fake_slack, openai_api) -> Iterator[Desk]:
     """No roles configured ("everything open"), the OpenAI model in use."""
     openai_api.responder = draft_answer
     fake_slack.channels[CHANNEL]["members"] = ["U_AGENT", "U_LEAD", "U_CUSTOMER", "U0FTBOT"]
-    h = harnesses()
+    yield from _desk_with_a_question(harnesses())
+
+
+def _desk_with_a_question(h) -> Iterator[Desk]:
+    """The OpenAI model in use and a customer's question in #support; the bot is closed afterwards."""
     use_openai_model(h.db)
     desk = Desk(h)
     desk.question()
